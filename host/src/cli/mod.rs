@@ -1,0 +1,93 @@
+//! Command-line interface: `tollgate run`, `tollgate demo`.
+
+mod demo;
+mod run;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Exit codes shared by every command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Exit {
+    /// Everything worked.
+    Ok = 0,
+    /// Bad usage or bad input.
+    Usage = 2,
+    /// A result was withheld as unlicensed, or a license was denied.
+    Unlicensed = 3,
+    /// A plugin trapped, failed or timed out.
+    PluginFailed = 4,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(e: Exit) -> Self {
+        ExitCode::from(e as u8)
+    }
+}
+
+/// An error with the exit code it maps to.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    pub(crate) exit: Exit,
+    pub(crate) error: anyhow::Error,
+}
+
+impl Failure {
+    pub(crate) fn usage(error: impl Into<anyhow::Error>) -> Self {
+        Self {
+            exit: Exit::Usage,
+            error: error.into(),
+        }
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(error: anyhow::Error) -> Self {
+        Self {
+            exit: Exit::PluginFailed,
+            error,
+        }
+    }
+}
+
+/// tollgate: run WebAssembly plugins that must hold a license to do their work.
+#[derive(Debug, Parser)]
+#[command(name = "tollgate", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a plugin component once (or many times) under in-memory licenses.
+    Run(run::RunArgs),
+    /// Show the bundled example plugins asking for, using and returning licenses.
+    Demo(demo::DemoArgs),
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,tollgate::plugin=info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Parses arguments, runs the command, prints any error and maps it to an exit code.
+pub(crate) fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let result = match cli.command {
+        Command::Run(args) => run::run(args),
+        Command::Demo(args) => demo::run(args),
+    };
+    match result {
+        Ok(exit) => exit.into(),
+        Err(Failure { exit, error }) => {
+            eprintln!("error: {error:#}");
+            exit.into()
+        }
+    }
+}

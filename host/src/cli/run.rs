@@ -1,0 +1,294 @@
+//! `tollgate run`: one plugin, in-memory licenses, N calls at concurrency C.
+
+use super::{Exit, Failure};
+use anyhow::{Context, anyhow};
+use clap::Args;
+use serde_json::{Value, json};
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tollgate::{Host, InvokeError, Limits, PluginSpec, Seats, Terms};
+
+/// Arguments of `tollgate run`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Exit codes: 0 ok; 2 bad usage or bad input; 3 result withheld as unlicensed or \
+license denied; 4 plugin trapped, failed or timed out.
+
+Examples:
+  tollgate run hello.wasm --license demo=1 --input name.txt
+  echo world | tollgate run hello.wasm --license demo=2 --input -
+  tollgate run hello.wasm --license demo=4 --repeat 1000 --concurrency 2 --summary out.json")]
+pub(crate) struct RunArgs {
+    /// The plugin component (.wasm, built for wasm32-wasip2).
+    plugin: PathBuf,
+
+    /// License the plugin must hold on every call; repeatable. Default: every --license id.
+    #[arg(long = "requires", value_name = "ID")]
+    requires: Vec<String>,
+
+    /// License the plugin may use without requiring it; repeatable.
+    #[arg(long = "allow", value_name = "ID")]
+    allow: Vec<String>,
+
+    /// Install an in-memory license: ID=SEATS or ID=unlimited; repeatable.
+    #[arg(long = "license", value_name = "ID=SEATS", value_parser = parse_license)]
+    licenses: Vec<(String, Seats)>,
+
+    /// Input bytes for the plugin: a file, or - for standard input. Default: empty.
+    #[arg(long, value_name = "FILE|-")]
+    input: Option<String>,
+
+    /// Call the plugin this many times.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    repeat: u64,
+
+    /// Run this many calls at once.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    concurrency: u32,
+
+    /// Write a JSON summary of outcomes and license counters to FILE.
+    #[arg(long, value_name = "FILE")]
+    summary: Option<PathBuf>,
+
+    /// Name the plugin is loaded under. Default: from the file name.
+    #[arg(long)]
+    name: Option<String>,
+
+    /// Memory limit per call, in MiB.
+    #[arg(long, default_value_t = 64, value_name = "MIB")]
+    memory_mib: usize,
+
+    /// Time limit per call (e.g. 500ms, 5s).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+
+    /// Wait this long for a free seat instead of refusing at once (e.g. 100ms).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    wait: Option<Duration>,
+}
+
+fn parse_license(s: &str) -> Result<(String, Seats), String> {
+    let (id, seats) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not ID=SEATS (for example demo=2 or demo=unlimited)"))?;
+    tollgate::license::validate_id(id).map_err(|e| e.to_string())?;
+    let seats = match seats {
+        "unlimited" => Seats::Unlimited,
+        n => Seats::Counted(n.parse().map_err(|_| {
+            format!("seat count {n:?} in {s:?} is not a whole number from 0 to 4294967295 or 'unlimited'")
+        })?),
+    };
+    Ok((id.to_string(), seats))
+}
+
+fn read_input(input: Option<&str>) -> Result<Vec<u8>, Failure> {
+    match input {
+        None => Ok(Vec::new()),
+        Some("-") => {
+            let mut buf = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .context("reading standard input")
+                .map_err(Failure::usage)?;
+            Ok(buf)
+        }
+        Some(path) => std::fs::read(path)
+            .with_context(|| format!("cannot read input file {path}"))
+            .map_err(Failure::usage),
+    }
+}
+
+fn plugin_name(args: &RunArgs) -> String {
+    if let Some(name) = &args.name {
+        return name.clone();
+    }
+    let stem = args
+        .plugin
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
+    let name: String = stem
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect::<String>()
+        .trim_start_matches(['-', '_'])
+        .chars()
+        .take(64)
+        .collect();
+    if name.is_empty() {
+        "plugin".to_string()
+    } else {
+        name
+    }
+}
+
+/// Tallies of outcomes across calls.
+#[derive(Default)]
+struct Tally {
+    ok: AtomicU64,
+    unlicensed: AtomicU64,
+    failed: AtomicU64,
+}
+
+pub(crate) fn run(args: RunArgs) -> Result<Exit, Failure> {
+    let input = read_input(args.input.as_deref())?;
+    let mut builder = Host::builder();
+    let mut installed = BTreeSet::new();
+    for (id, seats) in &args.licenses {
+        if !installed.insert(id.clone()) {
+            return Err(Failure::usage(anyhow!("--license {id} is given twice")));
+        }
+        builder = builder.license(id.clone(), Terms::new(*seats));
+    }
+    let requires: Vec<String> = if args.requires.is_empty() {
+        installed.iter().cloned().collect()
+    } else {
+        args.requires.clone()
+    };
+    for id in &requires {
+        if !installed.contains(id) {
+            return Err(Failure::usage(anyhow!(
+                "the plugin requires license {id:?} but none is installed; add --license {id}=SEATS"
+            )));
+        }
+    }
+    let host = builder
+        .build()
+        .context("starting the host")
+        .map_err(Failure::usage)?;
+    let name = plugin_name(&args);
+    let mut spec = PluginSpec::file(name.clone(), &args.plugin).limits(Limits {
+        memory_bytes: args.memory_mib.saturating_mul(1024 * 1024),
+        time: args.timeout,
+        wait_for_seat: args.wait,
+        ..Limits::default()
+    });
+    for id in &requires {
+        spec = spec.requires(id.clone());
+    }
+    for id in &args.allow {
+        spec = spec.may_use(id.clone());
+    }
+    host.load_plugin(spec).map_err(Failure::usage)?;
+
+    let tally = Tally::default();
+    let next = AtomicU64::new(0);
+    let last_ok: Mutex<Option<(u64, Vec<u8>)>> = Mutex::new(None);
+    let last_err: Mutex<Option<(u64, InvokeError)>> = Mutex::new(None);
+    std::thread::scope(|scope| {
+        for _ in 0..args
+            .concurrency
+            .min(u32::try_from(args.repeat).unwrap_or(u32::MAX))
+        {
+            scope.spawn(|| {
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n >= args.repeat {
+                        break;
+                    }
+                    match host.invoke(&name, &input) {
+                        Ok(out) => {
+                            tally.ok.fetch_add(1, Ordering::Relaxed);
+                            keep_latest(&last_ok, n, out);
+                        }
+                        Err(e) => {
+                            let counter = if e.is_unlicensed() {
+                                &tally.unlicensed
+                            } else {
+                                &tally.failed
+                            };
+                            counter.fetch_add(1, Ordering::Relaxed);
+                            keep_latest(&last_err, n, e);
+                        }
+                    }
+                }
+            });
+        }
+    });
+
+    let (ok, unlicensed, failed) = (
+        tally.ok.load(Ordering::Relaxed),
+        tally.unlicensed.load(Ordering::Relaxed),
+        tally.failed.load(Ordering::Relaxed),
+    );
+    if let Some(path) = &args.summary {
+        let summary = summary_json(&host, args.repeat, ok, unlicensed, failed);
+        let text =
+            serde_json::to_string_pretty(&summary).map_err(|e| Failure::usage(anyhow!(e)))?;
+        std::fs::write(path, text + "\n")
+            .with_context(|| format!("cannot write summary to {}", path.display()))
+            .map_err(Failure::usage)?;
+    }
+    if let Some((_, out)) = last_ok.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        let mut stdout = std::io::stdout().lock();
+        stdout
+            .write_all(&out)
+            .and_then(|()| stdout.flush())
+            .context("writing output")
+            .map_err(Failure::usage)?;
+    }
+    if args.repeat > 1 {
+        eprintln!(
+            "{} calls: {ok} ok, {unlicensed} unlicensed, {failed} failed",
+            args.repeat
+        );
+    }
+    match last_err.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        None => Ok(Exit::Ok),
+        Some((_, e)) => {
+            let exit = if failed > 0 {
+                Exit::PluginFailed
+            } else {
+                Exit::Unlicensed
+            };
+            Err(Failure {
+                exit,
+                error: anyhow!(e),
+            })
+        }
+    }
+}
+
+fn keep_latest<T>(slot: &Mutex<Option<(u64, T)>>, n: u64, value: T) {
+    let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+    if slot.as_ref().is_none_or(|(m, _)| *m < n) {
+        *slot = Some((n, value));
+    }
+}
+
+fn summary_json(host: &Host, invocations: u64, ok: u64, unlicensed: u64, failed: u64) -> Value {
+    let mut licenses = serde_json::Map::new();
+    for l in host.licenses().status().licenses {
+        let c = &l.counters;
+        licenses.insert(
+            l.id.clone(),
+            json!({
+                "seats": l.terms.seats.limit(),
+                "in_use": c.in_use,
+                "peak": c.peak,
+                "checkouts": c.checkouts,
+                "releases": c.releases,
+                "reclaims": c.reclaims,
+                "denials": c.denials,
+                "withheld": c.withheld,
+            }),
+        );
+    }
+    json!({
+        "invocations": invocations,
+        "ok": ok,
+        "unlicensed": unlicensed,
+        "failed": failed,
+        "licenses": licenses,
+    })
+}

@@ -1,0 +1,244 @@
+//! The license manager: seat pools keyed by license id, leases, counters and
+//! entitlement. Nothing here knows about WebAssembly.
+
+mod clock;
+mod pool;
+mod reason;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use pool::{
+    Counters, Holder, Lease, LeaseEnd, LeaseEnding, LicenseStatus, SeatPool, Seats, Terms,
+};
+pub use reason::{Denial, ReasonCounts, ReclaimReason};
+
+use crate::ledger::{EventKind, Ledger, MemoryLedger, UsageEvent};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+/// Errors from operator actions on the license manager.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LicenseError {
+    /// The id is not a valid license id.
+    #[error(
+        "invalid license id {id:?}: {why}; use 1-128 characters from a-z, A-Z, 0-9, '.', '_', '-', ':'"
+    )]
+    InvalidId {
+        /// The offending id.
+        id: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// No license with this id is installed.
+    #[error("no license {0:?} is installed on this host; install it first")]
+    Unknown(String),
+}
+
+/// Checks that a license id is usable: 1–128 of `[A-Za-z0-9._:-]`.
+pub fn validate_id(id: &str) -> Result<(), LicenseError> {
+    let bad = |why| {
+        Err(LicenseError::InvalidId {
+            id: id.to_string(),
+            why,
+        })
+    };
+    if id.is_empty() {
+        return bad("it is empty");
+    }
+    if id.len() > 128 {
+        return bad("it is longer than 128 bytes");
+    }
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+    {
+        return bad("it contains a character outside the allowed set");
+    }
+    Ok(())
+}
+
+/// Which license ids a plugin may ask for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Entitlement {
+    ids: BTreeSet<String>,
+}
+
+impl Entitlement {
+    /// A plugin entitled to exactly these ids.
+    pub fn to<I: IntoIterator<Item = S>, S: Into<String>>(ids: I) -> Self {
+        Self {
+            ids: ids.into_iter().map(Into::into).collect(),
+        }
+    }
+
+    /// Whether `id` is among them.
+    pub fn allows(&self, id: &str) -> bool {
+        self.ids.contains(id)
+    }
+
+    /// The ids, sorted.
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.ids.iter().map(String::as_str)
+    }
+}
+
+/// A snapshot of the whole license manager.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ManagerStatus {
+    /// Per license id, sorted by id.
+    pub licenses: Vec<LicenseStatus>,
+    /// Requests for ids that no license on this host has.
+    pub unknown_license_denials: u64,
+}
+
+/// The host's license manager: one [`SeatPool`] per license id.
+pub struct LicenseManager {
+    pools: RwLock<BTreeMap<Arc<str>, Arc<SeatPool>>>,
+    unknown_denials: AtomicU64,
+    lease_ids: Arc<AtomicU64>,
+    ledger: Arc<dyn Ledger>,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for LicenseManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LicenseManager").finish_non_exhaustive()
+    }
+}
+
+impl Default for LicenseManager {
+    fn default() -> Self {
+        Self::new(Arc::new(MemoryLedger::default()), Arc::new(SystemClock))
+    }
+}
+
+impl LicenseManager {
+    /// A manager writing to `ledger` and reading time from `clock`.
+    pub fn new(ledger: Arc<dyn Ledger>, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            pools: RwLock::new(BTreeMap::new()),
+            unknown_denials: AtomicU64::new(0),
+            lease_ids: Arc::new(AtomicU64::new(1)),
+            ledger,
+            clock,
+        }
+    }
+
+    /// The ledger events go to.
+    pub fn ledger(&self) -> &Arc<dyn Ledger> {
+        &self.ledger
+    }
+
+    /// Installs a license, or replaces the terms of an installed one (lifting
+    /// a revocation). Held leases stay held.
+    pub fn install(&self, id: &str, terms: Terms) -> Result<(), LicenseError> {
+        validate_id(id)?;
+        let mut pools = self.pools.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(pool) = pools.get(id) {
+            pool.set_terms(terms);
+        } else {
+            let id: Arc<str> = id.into();
+            let pool = SeatPool::new(
+                id.clone(),
+                terms,
+                self.ledger.clone(),
+                self.clock.clone(),
+                self.lease_ids.clone(),
+            );
+            pools.insert(id, Arc::new(pool));
+        }
+        Ok(())
+    }
+
+    /// The pool of `id`, if installed.
+    pub fn pool(&self, id: &str) -> Option<Arc<SeatPool>> {
+        self.pools
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(id)
+            .cloned()
+    }
+
+    /// Every installed license id, sorted.
+    pub fn ids(&self) -> Vec<String> {
+        let pools = self.pools.read().unwrap_or_else(PoisonError::into_inner);
+        pools.keys().map(|k| k.to_string()).collect()
+    }
+
+    /// The ids `entitlement` allows that are installed here, sorted.
+    pub fn ids_for(&self, entitlement: &Entitlement) -> Vec<String> {
+        let pools = self.pools.read().unwrap_or_else(PoisonError::into_inner);
+        entitlement
+            .ids()
+            .filter(|id| pools.contains_key(*id))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// A seat of `id` for `holder`, or why not. Entitlement is checked first,
+    /// then the pool decides in one atomic step (waiting up to `wait`).
+    pub fn acquire(
+        &self,
+        holder: &Holder,
+        entitlement: &Entitlement,
+        id: &str,
+        wait: Option<Duration>,
+    ) -> Result<Lease, Denial> {
+        let Some(pool) = self.pool(id) else {
+            self.unknown_denials.fetch_add(1, Ordering::Relaxed);
+            return Err(Denial::UnknownLicense);
+        };
+        if !entitlement.allows(id) {
+            pool.refuse(holder, Denial::NotEntitled);
+            return Err(Denial::NotEntitled);
+        }
+        pool.acquire(holder, wait)
+    }
+
+    /// Revokes `id`: returns how many held leases were reclaimed.
+    pub fn revoke(&self, id: &str) -> Result<usize, LicenseError> {
+        let pool = self
+            .pool(id)
+            .ok_or_else(|| LicenseError::Unknown(id.to_string()))?;
+        Ok(pool.revoke())
+    }
+
+    /// Counts a call withheld for lacking `id` (ignored if `id` is not installed,
+    /// beyond the ledger row).
+    pub fn record_withheld(&self, holder: &Holder, id: &str) {
+        match self.pool(id) {
+            Some(pool) => pool.record_withheld(holder),
+            None => self.ledger.record(UsageEvent {
+                seq: 0,
+                at_ms: self.clock.now_ms(),
+                kind: EventKind::Withheld,
+                license_id: id.into(),
+                plugin: holder.plugin.clone(),
+                component_digest: holder.component_digest.clone(),
+                lease_id: None,
+                invocation_id: holder.invocation,
+            }),
+        }
+    }
+
+    /// A snapshot of one license.
+    pub fn describe(&self, id: &str) -> Option<LicenseStatus> {
+        self.pool(id).map(|p| p.status())
+    }
+
+    /// A snapshot of every license.
+    pub fn status(&self) -> ManagerStatus {
+        let pools: Vec<Arc<SeatPool>> = {
+            let pools = self.pools.read().unwrap_or_else(PoisonError::into_inner);
+            pools.values().cloned().collect()
+        };
+        ManagerStatus {
+            licenses: pools.iter().map(|p| p.status()).collect(),
+            unknown_license_denials: self.unknown_denials.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,478 @@
+//! One license id's seats: an atomic acquire, release, reclaim and revoke,
+//! with a fair FIFO wait queue and counters.
+
+use super::clock::Clock;
+use super::reason::{Denial, ReasonCounts, ReclaimReason};
+use crate::ledger::{EventKind, Ledger, UsageEvent};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+/// How many seats a license has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Seats {
+    /// At most this many leases at once.
+    Counted(u32),
+    /// Uncounted: any number of leases (each still counted as a checkout).
+    Unlimited,
+}
+
+impl Seats {
+    /// The seat count, or `None` when uncounted.
+    pub fn limit(self) -> Option<u32> {
+        match self {
+            Seats::Counted(n) => Some(n),
+            Seats::Unlimited => None,
+        }
+    }
+}
+
+/// The terms of one license: seats and validity window.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Terms {
+    /// How many seats.
+    pub seats: Seats,
+    /// Not valid before this unix second.
+    pub not_before: Option<u64>,
+    /// Not valid after this unix second.
+    pub expires_at: Option<u64>,
+}
+
+impl Terms {
+    /// Terms with `seats` and no validity window.
+    pub fn new(seats: Seats) -> Self {
+        Self {
+            seats,
+            not_before: None,
+            expires_at: None,
+        }
+    }
+
+    /// Whether the license is valid at unix second `now`.
+    pub fn valid_at(&self, now: u64) -> bool {
+        self.not_before.is_none_or(|t| now >= t) && self.expires_at.is_none_or(|t| now <= t)
+    }
+}
+
+/// Who holds or asks for a seat: the plugin, its component and the call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Holder {
+    /// The plugin's name.
+    pub plugin: Arc<str>,
+    /// The sha256 of the plugin's component, hex.
+    pub component_digest: Arc<str>,
+    /// The invocation asking.
+    pub invocation: u64,
+}
+
+/// Counters for one license id, or for one plugin's use of it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Counters {
+    /// Seats held right now.
+    pub in_use: u32,
+    /// The most seats held at once.
+    pub peak: u32,
+    /// Leases handed out.
+    pub checkouts: u64,
+    /// Leases sent back by the plugin.
+    pub releases: u64,
+    /// Leases taken back by the host, by reason.
+    pub reclaims: ReasonCounts<ReclaimReason>,
+    /// Requests refused, by reason.
+    pub denials: ReasonCounts<Denial>,
+    /// Calls whose result was withheld because they lacked this license.
+    pub withheld: u64,
+}
+
+impl Counters {
+    fn checkout(&mut self) {
+        self.in_use += 1;
+        self.peak = self.peak.max(self.in_use);
+        self.checkouts += 1;
+    }
+
+    fn end(&mut self, end: LeaseEnding) {
+        self.in_use = self.in_use.saturating_sub(1);
+        match end {
+            LeaseEnding::Released => self.releases += 1,
+            LeaseEnding::Reclaimed(reason) => self.reclaims.add(reason, 1),
+        }
+    }
+
+    /// Whether every lease handed out has come back: `checkouts == releases + reclaims`.
+    pub fn balanced(&self) -> bool {
+        self.in_use == 0 && self.checkouts == self.releases + self.reclaims.total()
+    }
+}
+
+/// A snapshot of one license id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LicenseStatus {
+    /// The license id.
+    pub id: String,
+    /// Seats and validity.
+    pub terms: Terms,
+    /// Whether the operator revoked it.
+    pub revoked: bool,
+    /// Callers waiting for a seat right now.
+    pub waiting: usize,
+    /// Counters over all plugins.
+    pub counters: Counters,
+    /// Counters per plugin name.
+    pub per_plugin: BTreeMap<String, Counters>,
+}
+
+/// How a lease ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeaseEnding {
+    /// The plugin sent it back.
+    Released,
+    /// The host took it back.
+    Reclaimed(ReclaimReason),
+}
+
+/// The outcome of ending a lease.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseEnd {
+    /// The lease was still valid (not revoked, not expired) when it ended.
+    pub valid: bool,
+}
+
+struct PoolState {
+    terms: Terms,
+    revoked: bool,
+    outstanding: HashMap<u64, Holder>,
+    totals: Counters,
+    per_plugin: HashMap<Arc<str>, Counters>,
+    queue: VecDeque<u64>,
+    next_ticket: u64,
+}
+
+impl PoolState {
+    fn has_free_seat(&self) -> bool {
+        match self.terms.seats {
+            Seats::Counted(n) => (self.outstanding.len() as u64) < u64::from(n),
+            Seats::Unlimited => true,
+        }
+    }
+
+    fn plugin(&mut self, plugin: &Arc<str>) -> &mut Counters {
+        self.per_plugin.entry(plugin.clone()).or_default()
+    }
+
+    fn deny(&mut self, holder: &Holder, denial: Denial) {
+        self.totals.denials.add(denial, 1);
+        self.plugin(&holder.plugin).denials.add(denial, 1);
+    }
+
+    fn leave_queue(&mut self, ticket: u64) {
+        self.queue.retain(|t| *t != ticket);
+    }
+}
+
+/// The seats of one license id.
+pub struct SeatPool {
+    id: Arc<str>,
+    state: Mutex<PoolState>,
+    seat_freed: Condvar,
+    ledger: Arc<dyn Ledger>,
+    clock: Arc<dyn Clock>,
+    lease_ids: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for SeatPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SeatPool")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SeatPool {
+    pub(super) fn new(
+        id: Arc<str>,
+        terms: Terms,
+        ledger: Arc<dyn Ledger>,
+        clock: Arc<dyn Clock>,
+        lease_ids: Arc<AtomicU64>,
+    ) -> Self {
+        Self {
+            id,
+            state: Mutex::new(PoolState {
+                terms,
+                revoked: false,
+                outstanding: HashMap::new(),
+                totals: Counters::default(),
+                per_plugin: HashMap::new(),
+                queue: VecDeque::new(),
+                next_ticket: 0,
+            }),
+            seat_freed: Condvar::new(),
+            ledger,
+            clock,
+            lease_ids,
+        }
+    }
+
+    /// The license id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn lock(&self) -> MutexGuard<'_, PoolState> {
+        // Every update keeps the state consistent before it can panic, so a
+        // poisoned lock still guards valid state.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn event(&self, kind: EventKind, holder: &Holder, lease_id: Option<u64>) {
+        self.ledger.record(UsageEvent {
+            seq: 0,
+            at_ms: self.clock.now_ms(),
+            kind,
+            license_id: self.id.clone(),
+            plugin: holder.plugin.clone(),
+            component_digest: holder.component_digest.clone(),
+            lease_id,
+            invocation_id: holder.invocation,
+        });
+    }
+
+    /// Replaces the terms and lifts a revocation; held leases stay held.
+    pub(super) fn set_terms(&self, terms: Terms) {
+        let mut st = self.lock();
+        st.terms = terms;
+        st.revoked = false;
+        drop(st);
+        self.seat_freed.notify_all();
+    }
+
+    /// Records a refusal decided outside the pool (e.g. entitlement).
+    pub(super) fn refuse(&self, holder: &Holder, denial: Denial) {
+        self.lock().deny(holder, denial);
+        self.event(EventKind::Denial(denial), holder, None);
+    }
+
+    /// Takes a seat in one atomic step, or says why not. With `wait`, queues
+    /// in FIFO order for at most that long when every seat is taken.
+    pub fn acquire(
+        self: &Arc<Self>,
+        holder: &Holder,
+        wait: Option<Duration>,
+    ) -> Result<Lease, Denial> {
+        match self.try_take(self.lock(), holder, wait) {
+            Ok(lease_id) => {
+                self.event(EventKind::Checkout, holder, Some(lease_id));
+                Ok(Lease {
+                    pool: Arc::clone(self),
+                    id: lease_id,
+                    holder: holder.clone(),
+                    open: true,
+                })
+            }
+            Err(denial) => {
+                self.event(EventKind::Denial(denial), holder, None);
+                Err(denial)
+            }
+        }
+    }
+
+    fn try_take<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, PoolState>,
+        holder: &Holder,
+        wait: Option<Duration>,
+    ) -> Result<u64, Denial> {
+        let refused = |st: &mut PoolState, d: Denial| {
+            st.deny(holder, d);
+            Err(d)
+        };
+        if st.revoked {
+            return refused(&mut st, Denial::Revoked);
+        }
+        if !st.terms.valid_at(self.clock.now_secs()) {
+            return refused(&mut st, Denial::Expired);
+        }
+        if st.queue.is_empty() && st.has_free_seat() {
+            return Ok(self.grant(&mut st, holder));
+        }
+        let Some(wait) = wait.filter(|w| !w.is_zero()) else {
+            return refused(&mut st, Denial::Exhausted);
+        };
+        let ticket = st.next_ticket;
+        st.next_ticket += 1;
+        st.queue.push_back(ticket);
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            st = self
+                .seat_freed
+                .wait_timeout(st, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+            if st.revoked {
+                st.leave_queue(ticket);
+                self.seat_freed.notify_all();
+                return refused(&mut st, Denial::Revoked);
+            }
+            if st.queue.front() == Some(&ticket) && st.has_free_seat() {
+                st.queue.pop_front();
+                let lease_id = self.grant(&mut st, holder);
+                if !st.queue.is_empty() && st.has_free_seat() {
+                    self.seat_freed.notify_all();
+                }
+                return Ok(lease_id);
+            }
+            if Instant::now() >= deadline {
+                st.leave_queue(ticket);
+                self.seat_freed.notify_all();
+                return refused(&mut st, Denial::TimedOut);
+            }
+        }
+    }
+
+    fn grant(&self, st: &mut PoolState, holder: &Holder) -> u64 {
+        let lease_id = self.lease_ids.fetch_add(1, Ordering::Relaxed);
+        st.outstanding.insert(lease_id, holder.clone());
+        st.totals.checkout();
+        st.plugin(&holder.plugin).checkout();
+        lease_id
+    }
+
+    fn finish(&self, lease_id: u64, holder: &Holder, ending: LeaseEnding) -> LeaseEnd {
+        let mut st = self.lock();
+        if st.outstanding.remove(&lease_id).is_none() {
+            // Already taken back (revoked): nothing to count twice.
+            return LeaseEnd { valid: false };
+        }
+        let valid = !st.revoked && st.terms.valid_at(self.clock.now_secs());
+        st.totals.end(ending);
+        st.plugin(&holder.plugin).end(ending);
+        let wake = !st.queue.is_empty();
+        drop(st);
+        if wake {
+            self.seat_freed.notify_all();
+        }
+        let kind = match ending {
+            LeaseEnding::Released => EventKind::Release,
+            LeaseEnding::Reclaimed(reason) => EventKind::Reclaim(reason),
+        };
+        self.event(kind, holder, Some(lease_id));
+        LeaseEnd { valid }
+    }
+
+    fn is_outstanding_and_valid(&self, lease_id: u64) -> bool {
+        let st = self.lock();
+        st.outstanding.contains_key(&lease_id)
+            && !st.revoked
+            && st.terms.valid_at(self.clock.now_secs())
+    }
+
+    /// Withdraws the license: new requests get `revoked`, every held lease is
+    /// reclaimed now (its handle turns invalid) and waiters are turned away.
+    pub fn revoke(&self) -> usize {
+        let mut st = self.lock();
+        st.revoked = true;
+        let taken: Vec<(u64, Holder)> = st.outstanding.drain().collect();
+        for (_, holder) in &taken {
+            let ending = LeaseEnding::Reclaimed(ReclaimReason::Revoked);
+            st.totals.end(ending);
+            st.plugin(&holder.plugin).end(ending);
+        }
+        drop(st);
+        self.seat_freed.notify_all();
+        for (lease_id, holder) in &taken {
+            self.event(
+                EventKind::Reclaim(ReclaimReason::Revoked),
+                holder,
+                Some(*lease_id),
+            );
+        }
+        taken.len()
+    }
+
+    /// Counts one call withheld because it ran without this license.
+    pub fn record_withheld(&self, holder: &Holder) {
+        let mut st = self.lock();
+        st.totals.withheld += 1;
+        st.plugin(&holder.plugin).withheld += 1;
+        drop(st);
+        self.event(EventKind::Withheld, holder, None);
+    }
+
+    /// A snapshot of terms and counters.
+    pub fn status(&self) -> LicenseStatus {
+        let st = self.lock();
+        LicenseStatus {
+            id: self.id.to_string(),
+            terms: st.terms.clone(),
+            revoked: st.revoked,
+            waiting: st.queue.len(),
+            counters: st.totals.clone(),
+            per_plugin: st
+                .per_plugin
+                .iter()
+                .map(|(name, c)| (name.to_string(), c.clone()))
+                .collect(),
+        }
+    }
+}
+
+/// One held seat. Send it back with [`Lease::release`]; the host takes it
+/// back with [`Lease::reclaim`]; if dropped unended it is reclaimed as
+/// `store-dropped`, so a seat is never lost.
+#[derive(Debug)]
+pub struct Lease {
+    pool: Arc<SeatPool>,
+    id: u64,
+    holder: Holder,
+    open: bool,
+}
+
+impl Lease {
+    /// This lease's host-wide id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The license id it is a seat of.
+    pub fn license_id(&self) -> &str {
+        self.pool.id()
+    }
+
+    /// Who holds it.
+    pub fn holder(&self) -> &Holder {
+        &self.holder
+    }
+
+    /// Still held, not revoked, and inside the validity window.
+    pub fn is_valid(&self) -> bool {
+        self.open && self.pool.is_outstanding_and_valid(self.id)
+    }
+
+    /// The plugin sends the seat back.
+    pub fn release(mut self) -> LeaseEnd {
+        self.end(LeaseEnding::Released)
+    }
+
+    /// The host takes the seat back for `reason`.
+    pub fn reclaim(mut self, reason: ReclaimReason) -> LeaseEnd {
+        self.end(LeaseEnding::Reclaimed(reason))
+    }
+
+    fn end(&mut self, ending: LeaseEnding) -> LeaseEnd {
+        self.open = false;
+        self.pool.finish(self.id, &self.holder, ending)
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.open {
+            self.end(LeaseEnding::Reclaimed(ReclaimReason::StoreDropped));
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! One call of a plugin: a fresh store, the call under limits, then every
+//! lease ended with its reason and the result released only if licensed.
+
+use super::licensing::LicensingState;
+use super::plugin::Plugin;
+use super::sandbox::InvocationState;
+use super::{EPOCH_TICK, Runtime};
+use crate::license::{Denial, Holder, LicenseManager, ReclaimReason};
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use wasmtime::{Store, Trap};
+
+/// A required license a call did not hold, and why, if it asked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MissingLicense {
+    /// The required license id.
+    pub id: String,
+    /// Why the host refused it, if the plugin asked.
+    pub denial: Option<Denial>,
+}
+
+impl fmt::Display for MissingLicense {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.denial {
+            Some(d) => write!(f, "{} (its request was refused: {d})", self.id),
+            None => write!(f, "{} (never acquired)", self.id),
+        }
+    }
+}
+
+fn list(missing: &[MissingLicense]) -> String {
+    missing
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Why a call's result did not reach the caller.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum InvokeError {
+    /// No plugin of that name is loaded.
+    #[error("no plugin named {0:?} is loaded")]
+    UnknownPlugin(String),
+    /// The plugin ran without a required license: its result is withheld.
+    #[error("result of plugin {plugin} withheld as unlicensed: it did not hold {}", list(.missing))]
+    Unlicensed {
+        /// The plugin.
+        plugin: String,
+        /// The required licenses it lacked.
+        missing: Vec<MissingLicense>,
+    },
+    /// The plugin trapped.
+    #[error("plugin {plugin} trapped: {reason}")]
+    Trapped {
+        /// The plugin.
+        plugin: String,
+        /// The trap.
+        reason: String,
+    },
+    /// The plugin ran past its time limit and was stopped.
+    #[error("plugin {plugin} ran past its time limit of {limit:?} and was stopped")]
+    TimedOut {
+        /// The plugin.
+        plugin: String,
+        /// Its limit.
+        limit: Duration,
+    },
+    /// The plugin tried to grow its memory past its limit and was stopped.
+    #[error(
+        "plugin {plugin} tried to grow its memory past its limit of {limit} bytes and was stopped"
+    )]
+    MemoryLimit {
+        /// The plugin.
+        plugin: String,
+        /// Its limit in bytes.
+        limit: usize,
+    },
+    /// The plugin returned an error of its own.
+    #[error("plugin {plugin} returned an error: {message}")]
+    Failed {
+        /// The plugin.
+        plugin: String,
+        /// The plugin's message.
+        message: String,
+    },
+    /// The output was larger than the plugin's output limit.
+    #[error("plugin {plugin} returned {size} bytes, over its output limit of {limit}")]
+    OutputTooLarge {
+        /// The plugin.
+        plugin: String,
+        /// Bytes returned.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+}
+
+impl InvokeError {
+    /// Whether the call was refused for licensing (withheld or denied).
+    pub fn is_unlicensed(&self) -> bool {
+        matches!(self, InvokeError::Unlicensed { .. })
+    }
+}
+
+/// How the guest call itself ended, before the licensing check.
+enum CallEnd {
+    Returned(Result<Vec<u8>, String>),
+    Stopped(InvokeError, ReclaimReason),
+}
+
+impl Runtime {
+    /// Runs one call of `plugin` in a fresh store.
+    pub(crate) fn invoke(
+        &self,
+        plugin: &Plugin,
+        licenses: &Arc<LicenseManager>,
+        invocation: u64,
+        input: &[u8],
+    ) -> Result<Vec<u8>, InvokeError> {
+        plugin.stats.invocations.fetch_add(1, Ordering::Relaxed);
+        let holder = Holder {
+            plugin: plugin.name.clone(),
+            component_digest: plugin.digest.clone(),
+            invocation,
+        };
+        let licensing = LicensingState::new(
+            licenses.clone(),
+            holder.clone(),
+            plugin.entitlement.clone(),
+            plugin.limits.wait_for_seat,
+            plugin.limits.max_leases,
+        );
+        let state = InvocationState::new(&plugin.name, plugin.limits.memory_bytes, licensing);
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        let ticks = plugin
+            .limits
+            .time
+            .as_nanos()
+            .div_ceil(EPOCH_TICK.as_nanos())
+            + 1;
+        store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
+        store.epoch_deadline_trap();
+
+        let end = match plugin.pre.instantiate(&mut store).and_then(|inst| {
+            inst.tollgate_plugin_service()
+                .call_invoke(&mut store, input)
+        }) {
+            Ok(returned) => CallEnd::Returned(returned),
+            Err(err) => {
+                let name = plugin.name.to_string();
+                if matches!(err.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
+                    let e = InvokeError::TimedOut {
+                        plugin: name,
+                        limit: plugin.limits.time,
+                    };
+                    CallEnd::Stopped(e, ReclaimReason::TimedOut)
+                } else if store.data().limiter.memory_hit {
+                    let e = InvokeError::MemoryLimit {
+                        plugin: name,
+                        limit: plugin.limits.memory_bytes,
+                    };
+                    CallEnd::Stopped(e, ReclaimReason::Trapped)
+                } else {
+                    let e = InvokeError::Trapped {
+                        plugin: name,
+                        reason: trap_reason(&err),
+                    };
+                    CallEnd::Stopped(e, ReclaimReason::Trapped)
+                }
+            }
+        };
+
+        let state = store.data_mut();
+        let reason = match &end {
+            CallEnd::Returned(_) => ReclaimReason::InvocationEnded,
+            CallEnd::Stopped(_, reason) => *reason,
+        };
+        state.licensing.reclaim_all(reason);
+        let missing: Vec<MissingLicense> = plugin
+            .requires
+            .iter()
+            .filter(|id| !state.licensing.satisfied(id))
+            .map(|id| MissingLicense {
+                id: id.clone(),
+                denial: state.licensing.denial(id),
+            })
+            .collect();
+        drop(store);
+
+        let outcome = match end {
+            CallEnd::Stopped(e, _) => Err(e),
+            CallEnd::Returned(_) if !missing.is_empty() => {
+                for m in &missing {
+                    licenses.record_withheld(&holder, &m.id);
+                }
+                Err(InvokeError::Unlicensed {
+                    plugin: plugin.name.to_string(),
+                    missing,
+                })
+            }
+            CallEnd::Returned(Err(message)) => Err(InvokeError::Failed {
+                plugin: plugin.name.to_string(),
+                message,
+            }),
+            CallEnd::Returned(Ok(output)) if output.len() > plugin.limits.max_output_bytes => {
+                Err(InvokeError::OutputTooLarge {
+                    plugin: plugin.name.to_string(),
+                    size: output.len(),
+                    limit: plugin.limits.max_output_bytes,
+                })
+            }
+            CallEnd::Returned(Ok(output)) => Ok(output),
+        };
+        let counter = match &outcome {
+            Ok(_) => &plugin.stats.ok,
+            Err(InvokeError::Unlicensed { .. }) => &plugin.stats.unlicensed,
+            Err(_) => &plugin.stats.failed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        outcome
+    }
+}
+
+/// The trap code, or the error's first line, without the backtrace.
+fn trap_reason(err: &wasmtime::Error) -> String {
+    match err.downcast_ref::<Trap>() {
+        Some(trap) => trap.to_string(),
+        None => err.to_string(),
+    }
+}

@@ -1,0 +1,112 @@
+//! The wasmtime side: one engine, a linker with WASI p2 (deny-all) and the
+//! licensing interface, one pre-linked `InstancePre` per plugin, and a fresh
+//! `Store` per invocation with memory and time limits.
+
+mod bindings;
+mod invocation;
+mod licensing;
+mod plugin;
+mod sandbox;
+mod stdio;
+
+pub use invocation::{InvokeError, MissingLicense};
+pub use plugin::{
+    ComponentSource, Limits, LoadError, Plugin, PluginSpec, PluginStats, WIT_PACKAGE,
+};
+
+use sandbox::InvocationState;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+use wasmtime::component::Linker;
+use wasmtime::{Config, Engine};
+
+/// How often the epoch advances; time limits are rounded up to this.
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Errors setting up the runtime itself.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// wasmtime refused the engine configuration or the linker setup.
+    #[error("could not set up the WebAssembly runtime: {0}")]
+    Setup(String),
+}
+
+/// The engine, the linker shared by every plugin, and the epoch ticker.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<InvocationState>,
+    ticker: Option<EpochTicker>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime").finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    /// A runtime with epoch interruption and the service-offer linker.
+    pub fn new() -> Result<Self, RuntimeError> {
+        let setup = |e: wasmtime::Error| RuntimeError::Setup(format!("{e:#}"));
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        config.wasm_component_model(true);
+        let engine = Engine::new(&config).map_err(setup)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(setup)?;
+        bindings::ServiceOffer::add_to_linker::<_, licensing::LicensingCtx>(
+            &mut linker,
+            InvocationState::licensing_view,
+        )
+        .map_err(setup)?;
+        let ticker = Some(EpochTicker::start(engine.clone()));
+        Ok(Self {
+            engine,
+            linker,
+            ticker,
+        })
+    }
+
+    /// The wasmtime engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        if let Some(t) = self.ticker.take() {
+            t.stop();
+        }
+    }
+}
+
+/// A thread that advances the engine's epoch every [`EPOCH_TICK`].
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("tollgate-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .unwrap_or_else(|e| panic!("cannot start the epoch ticker thread: {e}"));
+        Self { stop, thread }
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+    }
+}

@@ -1,0 +1,358 @@
+//! Loading a plugin: check the component, pre-link it once, keep its limits.
+
+use super::Runtime;
+use super::bindings::ServiceOfferPre;
+use super::sandbox::InvocationState;
+use crate::license::{Entitlement, LicenseError, validate_id};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+use wasmtime::component::Component;
+
+/// The WIT package plugins are built against.
+pub const WIT_PACKAGE: &str = "tollgate:plugin@0.1.0";
+
+/// Largest component file accepted.
+const MAX_COMPONENT_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Limits applied to each invocation of a plugin.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Limits {
+    /// Most linear memory, in bytes.
+    pub memory_bytes: usize,
+    /// Most wall time per call.
+    pub time: Duration,
+    /// How long `acquire` may wait for a seat; `None`: refuse at once.
+    pub wait_for_seat: Option<Duration>,
+    /// Largest output returned to the caller, in bytes.
+    pub max_output_bytes: usize,
+    /// Most leases one invocation may hold at once.
+    pub max_leases: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            memory_bytes: 64 * 1024 * 1024,
+            time: Duration::from_secs(5),
+            wait_for_seat: None,
+            max_output_bytes: 16 * 1024 * 1024,
+            max_leases: 1024,
+        }
+    }
+}
+
+/// Where a plugin's component comes from.
+#[derive(Clone, Debug)]
+pub enum ComponentSource {
+    /// A `.wasm` file.
+    File(PathBuf),
+    /// Component bytes in memory.
+    Bytes(Vec<u8>),
+}
+
+/// What an operator says about a plugin: its name, component, licenses and limits.
+#[derive(Clone, Debug)]
+pub struct PluginSpec {
+    /// Unique name on this host.
+    pub name: String,
+    /// The component.
+    pub component: ComponentSource,
+    /// License ids every call must hold, or its result is withheld.
+    pub requires: Vec<String>,
+    /// Further license ids the plugin may ask for.
+    pub may_use: Vec<String>,
+    /// Per-invocation limits.
+    pub limits: Limits,
+}
+
+impl PluginSpec {
+    /// A plugin named `name` loaded from the file at `path`.
+    pub fn file(name: impl Into<String>, path: impl Into<PathBuf>) -> Self {
+        Self::new(name, ComponentSource::File(path.into()))
+    }
+
+    /// A plugin named `name` from component `bytes`.
+    pub fn bytes(name: impl Into<String>, bytes: impl Into<Vec<u8>>) -> Self {
+        Self::new(name, ComponentSource::Bytes(bytes.into()))
+    }
+
+    fn new(name: impl Into<String>, component: ComponentSource) -> Self {
+        Self {
+            name: name.into(),
+            component,
+            requires: Vec::new(),
+            may_use: Vec::new(),
+            limits: Limits::default(),
+        }
+    }
+
+    /// Adds a required license id.
+    pub fn requires(mut self, id: impl Into<String>) -> Self {
+        self.requires.push(id.into());
+        self
+    }
+
+    /// Adds a license id the plugin may use without requiring it.
+    pub fn may_use(mut self, id: impl Into<String>) -> Self {
+        self.may_use.push(id.into());
+        self
+    }
+
+    /// Sets the limits.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+}
+
+/// Why a plugin could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The plugin name is unusable.
+    #[error(
+        "invalid plugin name {0:?}: use 1-64 characters from a-z, 0-9, '-', '_', starting with a letter or digit"
+    )]
+    InvalidName(String),
+    /// A plugin with this name is already loaded.
+    #[error("a plugin named {0:?} is already loaded; unload it first or pick another name")]
+    DuplicateName(String),
+    /// A license id in the manifest is invalid.
+    #[error("plugin {plugin}: {source}")]
+    InvalidLicenseId {
+        /// The plugin.
+        plugin: String,
+        /// What is wrong.
+        source: LicenseError,
+    },
+    /// The component file could not be read.
+    #[error("plugin {plugin}: cannot read {path}: {source}")]
+    Read {
+        /// The plugin.
+        plugin: String,
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The component file is too large.
+    #[error(
+        "plugin {plugin}: {path} is {size} bytes, over the {MAX_COMPONENT_BYTES}-byte limit for a component"
+    )]
+    TooLarge {
+        /// The plugin.
+        plugin: String,
+        /// The file.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+    },
+    /// The bytes are a core Wasm module, not a component.
+    #[error(
+        "plugin {plugin}: this is a core WebAssembly module, not a component; build it for wasm32-wasip2 (or wrap it with `wasm-tools component new`) against {WIT_PACKAGE}"
+    )]
+    CoreModule {
+        /// The plugin.
+        plugin: String,
+    },
+    /// The bytes are not WebAssembly at all, or are malformed.
+    #[error("plugin {plugin}: not a valid WebAssembly component: {reason}")]
+    Malformed {
+        /// The plugin.
+        plugin: String,
+        /// What wasmtime reported.
+        reason: String,
+    },
+    /// The component needs imports this host does not provide.
+    #[error(
+        "plugin {plugin}: it imports something this host does not provide ({reason}); plugins may import only WASI 0.2 and {WIT_PACKAGE}/licensing"
+    )]
+    WrongImports {
+        /// The plugin.
+        plugin: String,
+        /// What wasmtime reported.
+        reason: String,
+    },
+    /// The component does not export the service interface.
+    #[error(
+        "plugin {plugin}: it does not export {WIT_PACKAGE}/service with `invoke` ({reason}); build it for world service-offer"
+    )]
+    WrongExports {
+        /// The plugin.
+        plugin: String,
+        /// What wasmtime reported.
+        reason: String,
+    },
+}
+
+/// Counts of one plugin's invocations by outcome.
+#[derive(Debug, Default)]
+pub struct PluginStats {
+    /// Calls started.
+    pub invocations: AtomicU64,
+    /// Calls whose result reached the caller.
+    pub ok: AtomicU64,
+    /// Calls whose result was withheld as unlicensed.
+    pub unlicensed: AtomicU64,
+    /// Calls that trapped, timed out or returned an error.
+    pub failed: AtomicU64,
+}
+
+/// A loaded plugin: manifest, digest and its pre-linked instance.
+pub struct Plugin {
+    pub(crate) name: Arc<str>,
+    pub(crate) digest: Arc<str>,
+    pub(crate) requires: Vec<String>,
+    pub(crate) entitlement: Arc<Entitlement>,
+    pub(crate) limits: Limits,
+    pub(crate) pre: ServiceOfferPre<InvocationState>,
+    pub(crate) stats: PluginStats,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Plugin {
+    /// The plugin's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The sha256 of its component, hex.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// The license ids every call must hold.
+    pub fn requires(&self) -> &[String] {
+        &self.requires
+    }
+
+    /// The license ids it may ask for.
+    pub fn entitlement(&self) -> &Entitlement {
+        &self.entitlement
+    }
+
+    /// Its limits.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Its invocation counts.
+    pub fn stats(&self) -> &PluginStats {
+        &self.stats
+    }
+}
+
+/// Checks a plugin name: 1–64 of `[a-z0-9_-]`, starting alphanumeric.
+pub(crate) fn validate_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 64
+        && b[0].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-' || *c == b'_')
+}
+
+fn read_component(plugin: &str, path: &Path) -> Result<Vec<u8>, LoadError> {
+    let read_err = |source| LoadError::Read {
+        plugin: plugin.to_string(),
+        path: path.to_path_buf(),
+        source,
+    };
+    let size = std::fs::metadata(path).map_err(read_err)?.len();
+    if size > MAX_COMPONENT_BYTES {
+        return Err(LoadError::TooLarge {
+            plugin: plugin.to_string(),
+            path: path.to_path_buf(),
+            size,
+        });
+    }
+    std::fs::read(path).map_err(read_err)
+}
+
+/// The 8-byte header of a core module (version 1, layer 0).
+const CORE_MODULE_HEADER: [u8; 8] = *b"\0asm\x01\0\0\0";
+
+impl Runtime {
+    /// Checks, compiles and pre-links a plugin.
+    pub fn load(&self, spec: PluginSpec) -> Result<Plugin, LoadError> {
+        let PluginSpec {
+            name,
+            component,
+            requires,
+            may_use,
+            limits,
+        } = spec;
+        if !validate_name(&name) {
+            return Err(LoadError::InvalidName(name));
+        }
+        for id in requires.iter().chain(&may_use) {
+            validate_id(id).map_err(|source| LoadError::InvalidLicenseId {
+                plugin: name.clone(),
+                source,
+            })?;
+        }
+        let bytes = match component {
+            ComponentSource::File(path) => read_component(&name, &path)?,
+            ComponentSource::Bytes(bytes) => bytes,
+        };
+        if bytes.starts_with(&CORE_MODULE_HEADER) {
+            return Err(LoadError::CoreModule { plugin: name });
+        }
+        let digest = hex(&Sha256::digest(&bytes));
+        let component =
+            Component::from_binary(&self.engine, &bytes).map_err(|e| LoadError::Malformed {
+                plugin: name.clone(),
+                reason: format!("{e:#}"),
+            })?;
+        let instance_pre =
+            self.linker
+                .instantiate_pre(&component)
+                .map_err(|e| LoadError::WrongImports {
+                    plugin: name.clone(),
+                    reason: format!("{e:#}"),
+                })?;
+        let pre = ServiceOfferPre::new(instance_pre).map_err(|e| LoadError::WrongExports {
+            plugin: name.clone(),
+            reason: format!("{e:#}"),
+        })?;
+        let entitlement = Entitlement::to(requires.iter().chain(&may_use).cloned());
+        Ok(Plugin {
+            name: name.into(),
+            digest: digest.into(),
+            requires,
+            entitlement: Arc::new(entitlement),
+            limits,
+            pre,
+            stats: PluginStats::default(),
+        })
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plugin_names() {
+        for ok in ["a", "hello-licensed", "x_1", "9lives"] {
+            assert!(validate_name(ok), "{ok}");
+        }
+        for bad in ["", "-a", "A", "a/b", "../x", "a b", &"a".repeat(65)] {
+            assert!(!validate_name(bad), "{bad}");
+        }
+    }
+}
