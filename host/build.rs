@@ -13,6 +13,11 @@ const BUNDLED: &[&str] = &[
 
 fn main() {
     let guests = build_guests();
+    if let Some((_, path)) = guests.first() {
+        // Integration tests of the binary find every guest here.
+        let dir = path.parent().expect("guest components live in a directory");
+        println!("cargo:rustc-env=TOLLGATE_GUEST_DIR={}", dir.display());
+    }
     let mut code = String::new();
     for (name, path) in &guests {
         if !BUNDLED.contains(&name.as_str()) {

@@ -1,4 +1,5 @@
-//! Rogue plugin: takes every seat of every license it can get.
+//! Rogue plugin: takes every seat of every license it can get and never
+//! gives one back.
 
 wit_bindgen::generate!({ path: "../../wit", world: "service-offer" });
 
@@ -31,6 +32,8 @@ impl Guest for Greedy {
             };
             report.push(format!("{id}: took {taken}, then {stop}"));
         }
+        // Keep every seat to the end: the host has to take them back.
+        std::mem::forget(hoard);
         Ok(report.join("\n").into_bytes())
     }
 }

@@ -61,7 +61,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a plugin component once (or many times) under in-memory licenses.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Show the bundled example plugins asking for, using and returning licenses.
     Demo(demo::DemoArgs),
 }
@@ -80,7 +80,7 @@ pub(crate) fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
     let result = match cli.command {
-        Command::Run(args) => run::run(args),
+        Command::Run(args) => run::run(*args),
         Command::Demo(args) => demo::run(args),
     };
     match result {

@@ -332,7 +332,7 @@ fn step() -> impl Strategy<Value = Step> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, .. ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 128, .. ProptestConfig::default() })]
 
     /// Many threads acquiring, releasing, reclaiming and dropping at random
     /// never hold more seats than issued, and every seat comes back.

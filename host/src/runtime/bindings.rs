@@ -9,4 +9,4 @@ wasmtime::component::bindgen!({
     },
 });
 
-pub use tollgate::plugin::licensing;
+pub use self::tollgate::plugin::licensing;

@@ -308,6 +308,13 @@ impl Runtime {
         if bytes.starts_with(&CORE_MODULE_HEADER) {
             return Err(LoadError::CoreModule { plugin: name });
         }
+        if !bytes.starts_with(b"\0asm") {
+            let reason = "it does not start with the WebAssembly magic bytes \\0asm (is this the right file?)";
+            return Err(LoadError::Malformed {
+                plugin: name,
+                reason: reason.to_string(),
+            });
+        }
         let digest = hex(&Sha256::digest(&bytes));
         let component =
             Component::from_binary(&self.engine, &bytes).map_err(|e| LoadError::Malformed {

@@ -1,0 +1,318 @@
+//! Runs every example and rogue guest under the host and asserts its exact
+//! outcome, then that every seat came back.
+
+use std::time::{Duration, Instant};
+use tollgate::license::{Counters, LicenseStatus};
+use tollgate::runtime::MissingLicense;
+use tollgate::{Denial, Host, InvokeError, Limits, PluginSpec, ReclaimReason, Seats, Terms};
+use tollgate_tests as guests;
+
+const SEAT: &str = "seat";
+
+fn host_with(seats: Seats) -> Host {
+    Host::builder()
+        .license(SEAT, Terms::new(seats))
+        .build()
+        .expect("host starts")
+}
+
+fn load(host: &Host, name: &str, path: &str) {
+    load_with(host, name, path, Limits::default());
+}
+
+fn load_with(host: &Host, name: &str, path: &str, limits: Limits) {
+    host.load_plugin(PluginSpec::file(name, path).requires(SEAT).limits(limits))
+        .expect("guest loads");
+}
+
+fn seat(host: &Host) -> LicenseStatus {
+    host.licenses()
+        .describe(SEAT)
+        .expect("seat license installed")
+}
+
+/// Every seat is back and every checkout was ended exactly once.
+fn assert_balanced(host: &Host) {
+    for l in host.licenses().status().licenses {
+        let c: &Counters = &l.counters;
+        assert_eq!(c.in_use, 0, "{}: seats still in use: {c:?}", l.id);
+        assert_eq!(
+            c.checkouts,
+            c.releases + c.reclaims.total(),
+            "{}: unbalanced {c:?}",
+            l.id
+        );
+    }
+}
+
+fn text(out: Vec<u8>) -> String {
+    String::from_utf8(out).expect("utf-8 output")
+}
+
+#[test]
+fn hello_licensed() {
+    let host = host_with(Seats::Counted(1));
+    load(&host, "hello", guests::HELLO_LICENSED);
+    let out = host
+        .invoke("hello", b"world")
+        .expect("licensed call succeeds");
+    assert_eq!(text(out), "hello, world! (licensed by seat)");
+    let c = seat(&host).counters;
+    assert_eq!(
+        (c.checkouts, c.releases, c.reclaims.total(), c.peak),
+        (1, 1, 0, 1)
+    );
+    assert_balanced(&host);
+}
+
+#[test]
+fn drop_licensed() {
+    let host = host_with(Seats::Counted(1));
+    load(&host, "dropper", guests::DROP_LICENSED);
+    let out = host
+        .invoke("dropper", b"one two three")
+        .expect("licensed call succeeds");
+    assert_eq!(text(out), "three two one");
+    let c = seat(&host).counters;
+    assert_eq!(
+        (c.checkouts, c.releases),
+        (1, 1),
+        "dropping the handle is a release"
+    );
+    assert_balanced(&host);
+}
+
+#[test]
+fn ids() {
+    let host = Host::builder()
+        .license(SEAT, Terms::new(Seats::Counted(2)))
+        .license(
+            "extra",
+            Terms {
+                seats: Seats::Unlimited,
+                not_before: None,
+                expires_at: Some(4_000_000_000),
+            },
+        )
+        .license("not-mine", Terms::new(Seats::Counted(1)))
+        .build()
+        .expect("host starts");
+    host.load_plugin(
+        PluginSpec::file("ids", guests::IDS)
+            .requires(SEAT)
+            .may_use("extra")
+            .may_use("absent"),
+    )
+    .expect("loads");
+    assert_eq!(
+        host.license_ids("ids"),
+        Some(vec!["extra".to_string(), SEAT.to_string()])
+    );
+    let out = host.invoke("ids", b"").expect("licensed call succeeds");
+    assert_eq!(
+        text(out),
+        "extra: seats=unlimited in-use=0->1 expires=4000000000\nseat: seats=2 in-use=0->1 expires=never\n"
+    );
+    assert_eq!(
+        host.licenses()
+            .describe("not-mine")
+            .expect("installed")
+            .counters
+            .checkouts,
+        0
+    );
+    assert_balanced(&host);
+}
+
+#[test]
+fn no_license() {
+    let host = host_with(Seats::Counted(1));
+    load(&host, "freeloader", guests::NO_LICENSE);
+    let err = host.invoke("freeloader", b"abc").expect_err("withheld");
+    assert_eq!(
+        err,
+        InvokeError::Unlicensed {
+            plugin: "freeloader".into(),
+            missing: vec![MissingLicense {
+                id: SEAT.into(),
+                denial: None
+            }],
+        }
+    );
+    let c = seat(&host).counters;
+    assert_eq!((c.checkouts, c.withheld), (0, 1));
+    assert_balanced(&host);
+}
+
+#[test]
+fn leaker() {
+    let host = host_with(Seats::Counted(2));
+    load(&host, "leaker", guests::LEAKER);
+    for _ in 0..3 {
+        // Each call starts from a fresh instance: the static is empty again
+        // and the seats it kept last time are back.
+        let out = host
+            .invoke("leaker", b"")
+            .expect("valid until reclaimed, so delivered");
+        assert_eq!(text(out), "kept 1 lease(s)");
+        assert_eq!(seat(&host).counters.in_use, 0);
+    }
+    let c = seat(&host).counters;
+    assert_eq!(c.checkouts, 6);
+    assert_eq!(c.reclaims.get(ReclaimReason::InvocationEnded), 6);
+    assert_eq!(c.releases, 0);
+    assert_balanced(&host);
+}
+
+#[test]
+fn trapper() {
+    let host = host_with(Seats::Counted(1));
+    load(&host, "trapper", guests::TRAPPER);
+    let err = host.invoke("trapper", b"").expect_err("traps");
+    match &err {
+        InvokeError::Trapped { plugin, reason } => {
+            assert_eq!(plugin, "trapper");
+            assert!(reason.contains("unreachable"), "{reason}");
+        }
+        other => panic!("expected a trap, got {other:?}"),
+    }
+    assert_eq!(seat(&host).counters.reclaims.get(ReclaimReason::Trapped), 1);
+    assert_balanced(&host);
+    // The seat came back: a good plugin can take it now.
+    load(&host, "hello", guests::HELLO_LICENSED);
+    assert!(host.invoke("hello", b"x").is_ok());
+}
+
+#[test]
+fn spinner() {
+    let host = host_with(Seats::Counted(1));
+    let limits = Limits {
+        time: Duration::from_millis(100),
+        ..Limits::default()
+    };
+    load_with(&host, "spinner", guests::SPINNER, limits);
+    let started = Instant::now();
+    let err = host.invoke("spinner", b"").expect_err("stopped");
+    assert_eq!(
+        err,
+        InvokeError::TimedOut {
+            plugin: "spinner".into(),
+            limit: Duration::from_millis(100)
+        }
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the time limit stopped it"
+    );
+    assert_eq!(
+        seat(&host).counters.reclaims.get(ReclaimReason::TimedOut),
+        1
+    );
+    assert_balanced(&host);
+}
+
+#[test]
+fn hog() {
+    let host = host_with(Seats::Counted(1));
+    let limits = Limits {
+        memory_bytes: 16 << 20,
+        ..Limits::default()
+    };
+    load_with(&host, "hog", guests::HOG, limits);
+    let err = host.invoke("hog", b"").expect_err("stopped");
+    assert_eq!(
+        err,
+        InvokeError::MemoryLimit {
+            plugin: "hog".into(),
+            limit: 16 << 20
+        }
+    );
+    assert_eq!(seat(&host).counters.reclaims.get(ReclaimReason::Trapped), 1);
+    assert_balanced(&host);
+}
+
+#[test]
+fn greedy() {
+    let host = Host::builder()
+        .license(SEAT, Terms::new(Seats::Counted(3)))
+        .license("free", Terms::new(Seats::Unlimited))
+        .build()
+        .expect("host starts");
+    host.load_plugin(
+        PluginSpec::file("greedy", guests::GREEDY)
+            .requires(SEAT)
+            .may_use("free"),
+    )
+    .expect("loads");
+    let out = host.invoke("greedy", b"").expect("it did hold the seat");
+    assert_eq!(
+        text(out),
+        "free: took 1000, then enough\nseat: took 3, then LicenseError::Exhausted"
+    );
+    let c = seat(&host).counters;
+    assert_eq!((c.peak, c.checkouts), (3, 3));
+    assert_eq!(c.denials.get(Denial::Exhausted), 1);
+    assert_eq!(c.reclaims.get(ReclaimReason::InvocationEnded), 3);
+    assert_balanced(&host);
+}
+
+#[test]
+fn greedy_is_capped_per_invocation() {
+    let host = host_with(Seats::Unlimited);
+    let limits = Limits {
+        max_leases: 10,
+        ..Limits::default()
+    };
+    load_with(&host, "greedy", guests::GREEDY, limits);
+    let out = host.invoke("greedy", b"").expect("it did hold the seat");
+    assert_eq!(text(out), "seat: took 10, then LicenseError::Exhausted");
+    assert_balanced(&host);
+}
+
+#[test]
+fn wrong_id() {
+    let host = Host::builder()
+        .license(SEAT, Terms::new(Seats::Counted(1)))
+        .license("other", Terms::new(Seats::Counted(1)))
+        .build()
+        .expect("host starts");
+    // Without requirements its output is visible: the host said no.
+    host.load_plugin(PluginSpec::file("wrong-open", guests::WRONG_ID))
+        .expect("loads");
+    assert_eq!(
+        text(host.invoke("wrong-open", b"other").expect("ok")),
+        "other: LicenseError::NotEntitled"
+    );
+    assert_eq!(
+        text(host.invoke("wrong-open", b"").expect("ok")),
+        "someone-elses-license: LicenseError::UnknownLicense"
+    );
+    // With a requirement it holds nothing, so its result is withheld.
+    load(&host, "wrong-id", guests::WRONG_ID);
+    let err = host.invoke("wrong-id", b"other").expect_err("withheld");
+    assert!(err.is_unlicensed(), "{err}");
+    let other = host
+        .licenses()
+        .describe("other")
+        .expect("installed")
+        .counters;
+    assert_eq!(
+        (other.checkouts, other.denials.get(Denial::NotEntitled)),
+        (0, 2)
+    );
+    assert_eq!(host.licenses().status().unknown_license_denials, 1);
+    assert_balanced(&host);
+}
+
+/// Fails to compile — and so fails — when a guest in guest-examples has no
+/// test of the same name in this file.
+#[test]
+fn every_guest_has_a_test() {
+    macro_rules! has_test {
+        ($name:ident) => {
+            let _: fn() = $name;
+        };
+    }
+    tollgate_tests::for_each_guest!(has_test);
+    assert_eq!(guests::GUESTS.len(), 10);
+}
