@@ -304,6 +304,54 @@ fn wrong_id() {
     assert_balanced(&host);
 }
 
+/// A writer that keeps what tracing logs, for assertions.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log lock").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn prober() {
+    let host = host_with(Seats::Counted(1));
+    load(&host, "prober", guests::PROBER);
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let out = tracing::subscriber::with_default(subscriber, || host.invoke("prober", b""))
+        .expect("licensed call succeeds");
+    // Deny-all sandbox: no host files, no environment, no sockets.
+    assert_eq!(
+        text(out),
+        "file: denied (NotFound)\ndir: denied (NotFound)\nenv: empty\nsocket: denied (PermissionDenied)"
+    );
+    // Its stdout and stderr went to the log, tagged with the plugin's name.
+    let logs = String::from_utf8(logs.0.lock().expect("log lock").clone()).expect("utf-8 logs");
+    let line = |needle: &str| {
+        logs.lines()
+            .find(|l| l.contains(needle))
+            .map(str::to_string)
+    };
+    let out_line = line("prober: probing the sandbox").expect("stdout logged");
+    assert!(
+        out_line.contains("plugin=prober") && out_line.contains("stream=\"stdout\""),
+        "{out_line}"
+    );
+    let err_line = line("this line goes to stderr").expect("stderr logged");
+    assert!(err_line.contains("stream=\"stderr\""), "{err_line}");
+    assert_balanced(&host);
+}
+
 /// Fails to compile — and so fails — when a guest in guest-examples has no
 /// test of the same name in this file.
 #[test]
@@ -314,5 +362,5 @@ fn every_guest_has_a_test() {
         };
     }
     tollgate_tests::for_each_guest!(has_test);
-    assert_eq!(guests::GUESTS.len(), 10);
+    assert_eq!(guests::GUESTS.len(), 11);
 }
