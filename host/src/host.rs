@@ -1,17 +1,22 @@
 //! [`Host`]: licenses plus plugins, the API an operator embeds.
 
-use crate::ledger::{Ledger, MemoryLedger};
+use crate::ReclaimReason;
+use crate::ledger::{EventKind, Ledger, LedgerError, MemoryLedger, SqliteLedger, UsageEvent};
 use crate::license::{Clock, LicenseError, LicenseManager, ManagerStatus, SystemClock, Terms};
 use crate::runtime::{InvokeError, LoadError, Plugin, PluginSpec, Runtime, RuntimeError};
+use crate::state::{HostLock, State, StateError};
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 /// Builds a [`Host`].
 pub struct HostBuilder {
     licenses: Vec<(String, Terms)>,
+    trials: Vec<(String, Terms)>,
     ledger: Option<Arc<dyn Ledger>>,
+    state: Option<PathBuf>,
     clock: Arc<dyn Clock>,
 }
 
@@ -19,7 +24,9 @@ impl Default for HostBuilder {
     fn default() -> Self {
         Self {
             licenses: Vec::new(),
+            trials: Vec::new(),
             ledger: None,
+            state: None,
             clock: Arc::new(SystemClock),
         }
     }
@@ -32,7 +39,22 @@ impl HostBuilder {
         self
     }
 
-    /// Sends usage events to `ledger` (default: an in-memory ledger).
+    /// Adds a trial license: counted in memory, never written to the ledger.
+    pub fn trial_license(mut self, id: impl Into<String>, terms: Terms) -> Self {
+        self.trials.push((id.into(), terms));
+        self
+    }
+
+    /// Uses the state directory `dir`: installed licenses, revocations and
+    /// the durable SQLite ledger. Leases a dead host left open are reclaimed
+    /// as `host-restart` on start.
+    pub fn state(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.state = Some(dir.into());
+        self
+    }
+
+    /// Sends usage events to `ledger` (default: an in-memory ledger, or the
+    /// durable ledger of the state directory).
     pub fn ledger(mut self, ledger: Arc<dyn Ledger>) -> Self {
         self.ledger = Some(ledger);
         self
@@ -46,20 +68,96 @@ impl HostBuilder {
 
     /// Starts the runtime and installs the licenses.
     pub fn build(self) -> Result<Host, HostError> {
-        let ledger = self
-            .ledger
-            .unwrap_or_else(|| Arc::new(MemoryLedger::default()));
-        let licenses = Arc::new(LicenseManager::new(ledger, self.clock));
+        let runtime = Runtime::new()?;
+        let mut durable = None;
+        let (licenses, state, lock, first_invocation) = match &self.state {
+            None => {
+                let ledger = self
+                    .ledger
+                    .clone()
+                    .unwrap_or_else(|| Arc::new(MemoryLedger::default()));
+                let licenses = Arc::new(LicenseManager::new(ledger, self.clock.clone()));
+                (licenses, None, None, 1)
+            }
+            Some(dir) => {
+                let state = State::open(dir)?;
+                let lock = state.lock_host()?;
+                let sqlite = Arc::new(SqliteLedger::open(state.db_path())?);
+                durable = Some(sqlite.clone());
+                let ledger: Arc<dyn Ledger> = match &self.ledger {
+                    Some(l) => l.clone(),
+                    None => sqlite,
+                };
+                let (licenses, next) = recover(&state, ledger, self.clock.clone())?;
+                (licenses, Some(Arc::new(state)), Some(lock), next)
+            }
+        };
         for (id, terms) in self.licenses {
             licenses.install(&id, terms)?;
         }
+        for (id, terms) in self.trials {
+            if licenses.pool(&id).is_some() {
+                return Err(HostError::TrialShadows(id));
+            }
+            licenses.install_trial(&id, terms)?;
+        }
         Ok(Host {
-            runtime: Runtime::new()?,
+            runtime,
             licenses,
             plugins: RwLock::new(BTreeMap::new()),
-            invocations: AtomicU64::new(1),
+            invocations: AtomicU64::new(first_invocation),
+            state,
+            durable,
+            _lock: lock,
         })
     }
+}
+
+/// Opens the license manager of a state directory: reclaims leases a dead
+/// host left open, installs the enforced terms and revocations, and starts
+/// the counters (and lease ids) where the ledger left off.
+fn recover(
+    state: &State,
+    ledger: Arc<dyn Ledger>,
+    clock: Arc<dyn Clock>,
+) -> Result<(Arc<LicenseManager>, u64), HostError> {
+    let open = state.open_leases()?;
+    for lease in &open {
+        ledger.record(UsageEvent {
+            seq: 0,
+            at_ms: clock.now_ms(),
+            kind: EventKind::Reclaim(ReclaimReason::HostRestart),
+            license_id: lease.license_id.as_str().into(),
+            plugin: lease.plugin.as_str().into(),
+            component_digest: lease.digest.as_str().into(),
+            lease_id: Some(lease.lease_id),
+            invocation_id: lease.invocation_id,
+        });
+    }
+    ledger.sync()?;
+    if !open.is_empty() {
+        tracing::warn!(
+            "reclaimed {} lease(s) left open by a host that stopped without ending them",
+            open.len()
+        );
+    }
+    let (last_lease, last_invocation) = state.last_ids()?;
+    let now = clock.now_secs();
+    let licenses = Arc::new(LicenseManager::new(ledger, clock));
+    licenses.resume_lease_ids_after(last_lease);
+    let mut history = state.ledger_counters()?;
+    for (id, terms) in state.effective_terms(now)? {
+        licenses.install(&id, terms)?;
+        if let Some((totals, per_plugin)) = history.remove(&id) {
+            licenses.seed(&id, totals, per_plugin)?;
+        }
+    }
+    for id in state.revocations()?.keys() {
+        if licenses.pool(id).is_some() {
+            licenses.revoke(id)?;
+        }
+    }
+    Ok((licenses, last_invocation + 1))
 }
 
 /// Errors from building or configuring a [`Host`].
@@ -74,6 +172,15 @@ pub enum HostError {
     /// A plugin could not be loaded.
     #[error(transparent)]
     Load(#[from] LoadError),
+    /// The state directory could not be used.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The durable ledger failed.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    /// A trial license has the id of an installed one.
+    #[error("trial license {0:?} has the same id as an installed license; pick another id")]
+    TrialShadows(String),
 }
 
 /// Invocation counts of one plugin.
@@ -113,6 +220,9 @@ pub struct Host {
     licenses: Arc<LicenseManager>,
     plugins: RwLock<BTreeMap<String, Arc<Plugin>>>,
     invocations: AtomicU64,
+    state: Option<Arc<State>>,
+    durable: Option<Arc<SqliteLedger>>,
+    _lock: Option<HostLock>,
 }
 
 impl std::fmt::Debug for Host {
@@ -170,14 +280,54 @@ impl Host {
     }
 
     /// Calls plugin `name` with `input`. The output is returned only if the
-    /// call held every license its plugin requires.
+    /// call held every license its plugin requires, and only once the call's
+    /// usage events are durable.
     pub fn invoke(&self, name: &str, input: &[u8]) -> Result<Vec<u8>, InvokeError> {
-        let plugin = self
-            .plugin(name)
-            .ok_or_else(|| InvokeError::UnknownPlugin(name.to_string()))?;
+        self.invoke_call(name, input).1
+    }
+
+    /// Like [`Host::invoke`], also returning the invocation id the ledger uses.
+    pub fn invoke_call(&self, name: &str, input: &[u8]) -> (u64, Result<Vec<u8>, InvokeError>) {
         let invocation = self.invocations.fetch_add(1, Ordering::Relaxed);
-        self.runtime
-            .invoke(&plugin, &self.licenses, invocation, input)
+        let Some(plugin) = self.plugin(name) else {
+            return (
+                invocation,
+                Err(InvokeError::UnknownPlugin(name.to_string())),
+            );
+        };
+        let outcome = self
+            .runtime
+            .invoke(&plugin, &self.licenses, invocation, input);
+        if let Err(e) = self.licenses.ledger().sync() {
+            let e = InvokeError::NotRecorded {
+                plugin: name.to_string(),
+                reason: e.0,
+            };
+            return (invocation, Err(e));
+        }
+        (invocation, outcome)
+    }
+
+    /// Revokes a license: held leases are reclaimed now (their calls are
+    /// withheld) and new requests get `revoked`; recorded in the state
+    /// directory when there is one.
+    pub fn revoke_license(&self, id: &str) -> Result<usize, HostError> {
+        if let Some(state) = &self.state {
+            state.revoke(id, SystemClock.now_secs())?;
+        }
+        let reclaimed = self.licenses.revoke(id)?;
+        self.licenses.ledger().sync()?;
+        Ok(reclaimed)
+    }
+
+    /// The state directory, if the host has one.
+    pub fn state(&self) -> Option<&State> {
+        self.state.as_deref()
+    }
+
+    /// Commit statistics of the durable ledger, if the host has one.
+    pub fn ledger_stats(&self) -> Option<crate::ledger::CommitStats> {
+        self.durable.as_ref().map(|l| l.stats())
     }
 
     /// The license ids plugin `name` may use that are installed here.

@@ -7,9 +7,11 @@
 #![deny(missing_docs)]
 
 mod host;
+pub mod issuer;
 pub mod ledger;
 pub mod license;
 pub mod runtime;
+pub mod state;
 
 pub use host::{Host, HostBuilder, HostError, HostStatus, PluginStatus};
 pub use license::{Denial, ReclaimReason, Seats, Terms};

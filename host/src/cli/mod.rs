@@ -1,6 +1,8 @@
 //! Command-line interface: `tollgate run`, `tollgate demo`.
 
+mod admin;
 mod demo;
+mod issuer;
 mod run;
 
 use clap::{Parser, Subcommand};
@@ -17,6 +19,8 @@ pub(crate) enum Exit {
     Unlicensed = 3,
     /// A plugin trapped, failed or timed out.
     PluginFailed = 4,
+    /// `audit verify` found the ledger altered.
+    AuditFailed = 5,
 }
 
 impl From<Exit> for ExitCode {
@@ -64,6 +68,22 @@ enum Command {
     Run(Box<run::RunArgs>),
     /// Show the bundled example plugins asking for, using and returning licenses.
     Demo(demo::DemoArgs),
+    /// Issue licenses: make a signing key, sign license files.
+    #[command(subcommand)]
+    Issuer(issuer::IssuerCommand),
+    /// Manage the issuer keys this host trusts.
+    #[command(subcommand)]
+    Trust(admin::TrustCommand),
+    /// Install, list and revoke licenses.
+    #[command(subcommand)]
+    License(admin::LicenseCommand),
+    /// Per license: issued seats, in use, peak, checkouts, releases, reclaims, denials, expiry.
+    Status(admin::StatusArgs),
+    /// Usage from the ledger, per license, plugin and day.
+    Usage(admin::UsageArgs),
+    /// Check the usage ledger's hash chain.
+    #[command(subcommand)]
+    Audit(admin::AuditCommand),
 }
 
 fn init_logging() {
@@ -82,6 +102,12 @@ pub(crate) fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run::run(*args),
         Command::Demo(args) => demo::run(args),
+        Command::Issuer(cmd) => issuer::run(cmd),
+        Command::Trust(cmd) => admin::trust(cmd),
+        Command::License(cmd) => admin::license(cmd),
+        Command::Status(args) => admin::status(args),
+        Command::Usage(args) => admin::usage(args),
+        Command::Audit(cmd) => admin::audit(cmd),
     };
     match result {
         Ok(exit) => exit.into(),

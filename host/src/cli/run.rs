@@ -69,6 +69,15 @@ pub(crate) struct RunArgs {
     /// Wait this long for a free seat instead of refusing at once (e.g. 100ms).
     #[arg(long, value_parser = humantime::parse_duration)]
     wait: Option<Duration>,
+
+    /// Use the licenses installed in this state directory; usage is billed to its
+    /// durable ledger. --license ids then stay trials (counted, not billed).
+    #[arg(long, value_name = "DIR", env = "TOLLGATE_STATE")]
+    state: Option<PathBuf>,
+
+    /// Append a line "INVOCATION OUTCOME" to FILE for each call once its usage is durable.
+    #[arg(long, value_name = "FILE")]
+    ack_log: Option<PathBuf>,
 }
 
 fn parse_license(s: &str) -> Result<(String, Seats), String> {
@@ -143,29 +152,41 @@ struct Tally {
 pub(crate) fn run(args: RunArgs) -> Result<Exit, Failure> {
     let input = read_input(args.input.as_deref())?;
     let mut builder = Host::builder();
-    let mut installed = BTreeSet::new();
+    let mut trials = BTreeSet::new();
     for (id, seats) in &args.licenses {
-        if !installed.insert(id.clone()) {
+        if !trials.insert(id.clone()) {
             return Err(Failure::usage(anyhow!("--license {id} is given twice")));
         }
-        builder = builder.license(id.clone(), Terms::new(*seats));
+        builder = match &args.state {
+            Some(_) => builder.trial_license(id.clone(), Terms::new(*seats)),
+            None => builder.license(id.clone(), Terms::new(*seats)),
+        };
     }
+    if let Some(dir) = &args.state {
+        builder = builder.state(dir.clone());
+    }
+    let host = builder
+        .build()
+        .context("starting the host")
+        .map_err(Failure::usage)?;
+    let installed: BTreeSet<String> = host.licenses().ids().into_iter().collect();
     let requires: Vec<String> = if args.requires.is_empty() {
-        installed.iter().cloned().collect()
+        trials.iter().cloned().collect()
     } else {
         args.requires.clone()
     };
     for id in &requires {
         if !installed.contains(id) {
             return Err(Failure::usage(anyhow!(
-                "the plugin requires license {id:?} but none is installed; add --license {id}=SEATS"
+                "the plugin requires license {id:?} but none is installed; add --license {id}=SEATS{}",
+                if args.state.is_some() {
+                    " or install a license file with `tollgate license install`"
+                } else {
+                    ""
+                }
             )));
         }
     }
-    let host = builder
-        .build()
-        .context("starting the host")
-        .map_err(Failure::usage)?;
     let name = plugin_name(&args);
     let mut spec = PluginSpec::file(name.clone(), &args.plugin).limits(Limits {
         memory_bytes: args.memory_mib.saturating_mul(1024 * 1024),
@@ -180,6 +201,17 @@ pub(crate) fn run(args: RunArgs) -> Result<Exit, Failure> {
         spec = spec.may_use(id.clone());
     }
     host.load_plugin(spec).map_err(Failure::usage)?;
+    let ack_log = match &args.ack_log {
+        None => None,
+        Some(path) => Some(Mutex::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("cannot open ack log {}", path.display()))
+                .map_err(Failure::usage)?,
+        )),
+    };
 
     let tally = Tally::default();
     let next = AtomicU64::new(0);
@@ -196,7 +228,20 @@ pub(crate) fn run(args: RunArgs) -> Result<Exit, Failure> {
                     if n >= args.repeat {
                         break;
                     }
-                    match host.invoke(&name, &input) {
+                    let (invocation, result) = host.invoke_call(&name, &input);
+                    if let Some(log) = &ack_log {
+                        let outcome = match &result {
+                            Ok(_) => "ok",
+                            Err(InvokeError::NotRecorded { .. }) => "not-recorded",
+                            Err(e) if e.is_unlicensed() => "unlicensed",
+                            Err(_) => "failed",
+                        };
+                        let mut f = log.lock().unwrap_or_else(|e| e.into_inner());
+                        if let Err(e) = writeln!(f, "{invocation} {outcome}") {
+                            tracing::error!("cannot write the ack log: {e}");
+                        }
+                    }
+                    match result {
                         Ok(out) => {
                             tally.ok.fetch_add(1, Ordering::Relaxed);
                             keep_latest(&last_ok, n, out);

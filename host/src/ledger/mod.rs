@@ -4,6 +4,12 @@
 //! [`MemoryLedger`] is the in-memory ledger used by the embedded default;
 //! durable ledgers implement the same [`Ledger`] trait.
 
+pub mod chain;
+mod sqlite;
+
+pub(crate) use sqlite::connect;
+pub use sqlite::{CommitStats, SqliteLedger};
+
 use crate::license::{Denial, ReclaimReason};
 use serde::Serialize;
 use std::collections::VecDeque;
@@ -46,10 +52,20 @@ pub struct UsageEvent {
     pub invocation_id: u64,
 }
 
+/// A ledger could not make events durable.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[error("the usage ledger could not commit: {0}")]
+pub struct LedgerError(pub String);
+
 /// Where usage events go.
 pub trait Ledger: Send + Sync {
     /// Appends one event; the ledger assigns its `seq`.
     fn record(&self, event: UsageEvent);
+
+    /// Returns once every event recorded so far is durable.
+    fn sync(&self) -> Result<(), LedgerError> {
+        Ok(())
+    }
 }
 
 /// A bounded in-memory ledger: keeps the newest `capacity` events and counts

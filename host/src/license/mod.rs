@@ -133,6 +133,21 @@ impl LicenseManager {
     /// Installs a license, or replaces the terms of an installed one (lifting
     /// a revocation). Held leases stay held.
     pub fn install(&self, id: &str, terms: Terms) -> Result<(), LicenseError> {
+        self.install_into(id, terms, self.ledger.clone())
+    }
+
+    /// Installs a trial license whose events stay out of the host's ledger
+    /// (kept in a private in-memory ledger: counted, not billed).
+    pub fn install_trial(&self, id: &str, terms: Terms) -> Result<(), LicenseError> {
+        self.install_into(id, terms, Arc::new(MemoryLedger::default()))
+    }
+
+    fn install_into(
+        &self,
+        id: &str,
+        terms: Terms,
+        ledger: Arc<dyn Ledger>,
+    ) -> Result<(), LicenseError> {
         validate_id(id)?;
         let mut pools = self.pools.write().unwrap_or_else(PoisonError::into_inner);
         if let Some(pool) = pools.get(id) {
@@ -142,13 +157,35 @@ impl LicenseManager {
             let pool = SeatPool::new(
                 id.clone(),
                 terms,
-                self.ledger.clone(),
+                ledger,
                 self.clock.clone(),
                 self.lease_ids.clone(),
             );
             pools.insert(id, Arc::new(pool));
         }
         Ok(())
+    }
+
+    /// Starts `id`'s counters from `history`, e.g. totals read back from a
+    /// durable ledger when a host restarts.
+    pub fn seed(
+        &self,
+        id: &str,
+        history: Counters,
+        per_plugin: BTreeMap<String, Counters>,
+    ) -> Result<(), LicenseError> {
+        let pool = self
+            .pool(id)
+            .ok_or_else(|| LicenseError::Unknown(id.to_string()))?;
+        pool.seed(history, per_plugin);
+        Ok(())
+    }
+
+    /// Makes new lease ids start after `last`, so they stay unique across
+    /// restarts of a host with a durable ledger.
+    pub fn resume_lease_ids_after(&self, last: u64) {
+        self.lease_ids
+            .fetch_max(last.saturating_add(1), Ordering::SeqCst);
     }
 
     /// The pool of `id`, if installed.

@@ -39,16 +39,28 @@ pub struct Terms {
     pub not_before: Option<u64>,
     /// Not valid after this unix second.
     pub expires_at: Option<u64>,
+    /// Plugins entitled, by name or `sha256:HEX`; empty: any plugin.
+    pub plugins: Vec<String>,
 }
 
 impl Terms {
-    /// Terms with `seats` and no validity window.
+    /// Terms with `seats`, no validity window and no plugin rule.
     pub fn new(seats: Seats) -> Self {
         Self {
             seats,
             not_before: None,
             expires_at: None,
+            plugins: Vec::new(),
         }
+    }
+
+    /// Whether the plugin rule lets `holder` use this license.
+    pub fn entitles(&self, holder: &Holder) -> bool {
+        self.plugins.is_empty()
+            || self.plugins.iter().any(|p| {
+                **p == *holder.plugin
+                    || p.strip_prefix("sha256:") == Some(&*holder.component_digest)
+            })
     }
 
     /// Whether the license is valid at unix second `now`.
@@ -250,6 +262,20 @@ impl SeatPool {
         self.seat_freed.notify_all();
     }
 
+    /// Starts the counters from `history` (e.g. totals read back from a
+    /// durable ledger); nothing may be held yet.
+    pub(super) fn seed(&self, history: Counters, per_plugin: BTreeMap<String, Counters>) {
+        let mut st = self.lock();
+        st.totals = Counters {
+            in_use: 0,
+            ..history
+        };
+        st.per_plugin = per_plugin
+            .into_iter()
+            .map(|(name, c)| (Arc::from(name), Counters { in_use: 0, ..c }))
+            .collect();
+    }
+
     /// Records a refusal decided outside the pool (e.g. entitlement).
     pub(super) fn refuse(&self, holder: &Holder, denial: Denial) {
         self.lock().deny(holder, denial);
@@ -292,6 +318,9 @@ impl SeatPool {
         };
         if st.revoked {
             return refused(&mut st, Denial::Revoked);
+        }
+        if !st.terms.entitles(holder) {
+            return refused(&mut st, Denial::NotEntitled);
         }
         if !st.terms.valid_at(self.clock.now_secs()) {
             return refused(&mut st, Denial::Expired);

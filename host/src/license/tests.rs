@@ -110,18 +110,17 @@ fn validity_window_refuses_and_invalidates() {
     m.install(
         "a",
         Terms {
-            seats: Seats::Counted(2),
             not_before: Some(900),
             expires_at: Some(1_100),
+            ..Terms::new(Seats::Counted(2))
         },
     )
     .expect("valid");
     m.install(
         "b",
         Terms {
-            seats: Seats::Counted(1),
             not_before: Some(2_000),
-            expires_at: None,
+            ..Terms::new(Seats::Counted(1))
         },
     )
     .expect("valid");
@@ -176,6 +175,36 @@ fn revoke_reclaims_held_leases_once() {
         m.acquire(&h, &all(), "a", None).is_ok(),
         "reinstall lifts the revocation"
     );
+}
+
+#[test]
+fn plugin_rules_refuse_other_plugins() {
+    let m = LicenseManager::default();
+    let digest = "ab".repeat(32);
+    let rule = vec!["hello".to_string(), format!("sha256:{digest}")];
+    m.install(
+        "a",
+        Terms {
+            plugins: rule,
+            ..Terms::new(Seats::Counted(5))
+        },
+    )
+    .expect("valid");
+    let by_name = holder("hello", 1);
+    let by_digest = Holder {
+        plugin: "renamed".into(),
+        component_digest: digest.into(),
+        invocation: 2,
+    };
+    let stranger = holder("stranger", 3);
+    assert!(m.acquire(&by_name, &all(), "a", None).is_ok());
+    assert!(m.acquire(&by_digest, &all(), "a", None).is_ok());
+    assert_eq!(
+        m.acquire(&stranger, &all(), "a", None).err(),
+        Some(Denial::NotEntitled)
+    );
+    let s = m.describe("a").expect("installed");
+    assert_eq!(s.per_plugin["stranger"].denials.get(Denial::NotEntitled), 1);
 }
 
 #[test]

@@ -86,6 +86,16 @@ pub enum InvokeError {
         /// The plugin's message.
         message: String,
     },
+    /// The call's usage could not be made durable, so it is not acknowledged.
+    #[error(
+        "the usage of plugin {plugin}'s call could not be recorded ({reason}); its result is withheld"
+    )]
+    NotRecorded {
+        /// The plugin.
+        plugin: String,
+        /// What the ledger reported.
+        reason: String,
+    },
     /// The output was larger than the plugin's output limit.
     #[error("plugin {plugin} returned {size} bytes, over its output limit of {limit}")]
     OutputTooLarge {
@@ -99,6 +109,20 @@ pub enum InvokeError {
 }
 
 impl InvokeError {
+    /// The plugin concerned, if any.
+    pub fn plugin(&self) -> Option<&str> {
+        match self {
+            InvokeError::UnknownPlugin(_) => None,
+            InvokeError::Unlicensed { plugin, .. }
+            | InvokeError::Trapped { plugin, .. }
+            | InvokeError::TimedOut { plugin, .. }
+            | InvokeError::MemoryLimit { plugin, .. }
+            | InvokeError::Failed { plugin, .. }
+            | InvokeError::OutputTooLarge { plugin, .. }
+            | InvokeError::NotRecorded { plugin, .. } => Some(plugin),
+        }
+    }
+
     /// Whether the call was refused for licensing (withheld or denied).
     pub fn is_unlicensed(&self) -> bool {
         matches!(self, InvokeError::Unlicensed { .. })

@@ -1,0 +1,225 @@
+//! The durable ledger: events appended to SQLite by one writer thread, many
+//! calls' events per transaction (group commit), each row hash-chained.
+
+use super::chain::{GENESIS, kind_names, row_hash};
+use super::{Ledger, LedgerError, UsageEvent};
+use rusqlite::{Connection, params};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+
+struct Pending {
+    queue: Vec<UsageEvent>,
+    next_seq: u64,
+    committed_seq: u64,
+    failed: Option<String>,
+    shutdown: bool,
+}
+
+struct Shared {
+    pending: Mutex<Pending>,
+    work: Condvar,
+    committed: Condvar,
+    commits: AtomicU64,
+    rows: AtomicU64,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Commit statistics of a [`SqliteLedger`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CommitStats {
+    /// Transactions committed (each one WAL sync).
+    pub commits: u64,
+    /// Rows written.
+    pub rows: u64,
+}
+
+/// A usage ledger in an SQLite database, written by a background thread.
+pub struct SqliteLedger {
+    shared: Arc<Shared>,
+    writer: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for SqliteLedger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteLedger").finish_non_exhaustive()
+    }
+}
+
+/// Opens a connection with the settings every tollgate connection uses.
+pub(crate) fn connect(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(conn)
+}
+
+impl SqliteLedger {
+    /// Starts the writer on the database at `path` (schema already created),
+    /// continuing the chain from its stored head.
+    pub fn open(path: &Path) -> Result<Self, LedgerError> {
+        let err = |e: rusqlite::Error| LedgerError(format!("{}: {e}", path.display()));
+        let conn = connect(path).map_err(err)?;
+        let (seq, hash): (u64, Vec<u8>) = conn
+            .query_row("SELECT seq, hash FROM chain_head WHERE id = 1", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .or_else(|e| match e {
+                rusqlite::Error::QueryReturnedNoRows => Ok((0, GENESIS.to_vec())),
+                e => Err(e),
+            })
+            .map_err(err)?;
+        let head: [u8; 32] = hash
+            .try_into()
+            .map_err(|_| LedgerError("chain head hash is not 32 bytes".into()))?;
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(Pending {
+                queue: Vec::new(),
+                next_seq: seq + 1,
+                committed_seq: seq,
+                failed: None,
+                shutdown: false,
+            }),
+            work: Condvar::new(),
+            committed: Condvar::new(),
+            commits: AtomicU64::new(0),
+            rows: AtomicU64::new(0),
+        });
+        let writer_shared = shared.clone();
+        let writer = std::thread::Builder::new()
+            .name("tollgate-ledger".into())
+            .spawn(move || write_loop(conn, head, &writer_shared))
+            .map_err(|e| LedgerError(format!("cannot start the ledger writer: {e}")))?;
+        Ok(Self {
+            shared,
+            writer: Some(writer),
+        })
+    }
+
+    /// How many transactions and rows were committed so far.
+    pub fn stats(&self) -> CommitStats {
+        CommitStats {
+            commits: self.shared.commits.load(Ordering::Relaxed),
+            rows: self.shared.rows.load(Ordering::Relaxed),
+        }
+    }
+}
+
+fn write_loop(mut conn: Connection, mut head: [u8; 32], shared: &Shared) {
+    loop {
+        let batch = {
+            let mut p = shared.lock();
+            while p.queue.is_empty() && !p.shutdown {
+                p = shared.work.wait(p).unwrap_or_else(PoisonError::into_inner);
+            }
+            if p.queue.is_empty() {
+                return;
+            }
+            std::mem::take(&mut p.queue)
+        };
+        let last = batch.last().map_or(0, |e| e.seq);
+        match append(&mut conn, &mut head, &batch) {
+            Ok(()) => {
+                shared.commits.fetch_add(1, Ordering::Relaxed);
+                shared.rows.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                let mut p = shared.lock();
+                p.committed_seq = last;
+                drop(p);
+                shared.committed.notify_all();
+            }
+            Err(e) => {
+                tracing::error!("usage ledger commit failed: {e}");
+                let mut p = shared.lock();
+                p.failed = Some(e.to_string());
+                drop(p);
+                shared.committed.notify_all();
+                return;
+            }
+        }
+    }
+}
+
+fn append(
+    conn: &mut Connection,
+    head: &mut [u8; 32],
+    batch: &[UsageEvent],
+) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    let mut hash = *head;
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO ledger (seq, at_ms, kind, reason, license_id, plugin, digest, lease_id, invocation_id, hash)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )?;
+        for e in batch {
+            hash = row_hash(&hash, e);
+            let (kind, reason) = kind_names(e.kind);
+            insert.execute(params![
+                e.seq,
+                e.at_ms,
+                kind,
+                reason,
+                &*e.license_id,
+                &*e.plugin,
+                &*e.component_digest,
+                e.lease_id,
+                e.invocation_id,
+                &hash[..]
+            ])?;
+        }
+        let last = batch.last().map_or(0, |e| e.seq);
+        tx.execute(
+            "INSERT INTO chain_head (id, seq, hash) VALUES (1, ?1, ?2)
+             ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+            params![last, &hash[..]],
+        )?;
+    }
+    tx.commit()?;
+    *head = hash;
+    Ok(())
+}
+
+impl Ledger for SqliteLedger {
+    fn record(&self, mut event: UsageEvent) {
+        let mut p = self.shared.lock();
+        event.seq = p.next_seq;
+        p.next_seq += 1;
+        p.queue.push(event);
+        drop(p);
+        self.shared.work.notify_one();
+    }
+
+    fn sync(&self) -> Result<(), LedgerError> {
+        let mut p = self.shared.lock();
+        let target = p.next_seq - 1;
+        while p.committed_seq < target {
+            if let Some(e) = &p.failed {
+                return Err(LedgerError(e.clone()));
+            }
+            p = self
+                .shared
+                .committed
+                .wait(p)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for SqliteLedger {
+    fn drop(&mut self) {
+        self.shared.lock().shutdown = true;
+        self.shared.work.notify_all();
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+    }
+}

@@ -1,0 +1,599 @@
+//! The host's state directory: an SQLite database (WAL) holding trusted
+//! issuers, installed license grants, revocations and the usage ledger.
+
+mod reports;
+
+pub use reports::{AuditReport, LicenseReport, UsageFilter, UsageRow};
+
+use crate::issuer::{IssuerError, IssuerPublicKey, SignedLicense, read_small_text};
+use crate::ledger::chain::kind_from_names;
+use crate::ledger::{EventKind, connect};
+use crate::license::{Counters, Seats, Terms};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+/// The database file inside a state directory.
+pub const DB_FILE: &str = "tollgate.db";
+/// The lock file a running host holds.
+const LOCK_FILE: &str = "host.lock";
+/// The schema version this build writes.
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS trusted_issuers (
+    key_id TEXT PRIMARY KEY, public_key BLOB NOT NULL, name TEXT, added_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS grants (
+    grant_id TEXT PRIMARY KEY, license_id TEXT NOT NULL, issuer TEXT NOT NULL,
+    seats INTEGER, not_before INTEGER, expires_at INTEGER, plugins TEXT NOT NULL,
+    customer TEXT, issued_at INTEGER NOT NULL, installed_at INTEGER NOT NULL, file TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS grants_license ON grants(license_id);
+CREATE TABLE IF NOT EXISTS revocations (license_id TEXT PRIMARY KEY, revoked_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS ledger (
+    seq INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL, kind TEXT NOT NULL, reason TEXT,
+    license_id TEXT NOT NULL, plugin TEXT NOT NULL, digest TEXT NOT NULL,
+    lease_id INTEGER, invocation_id INTEGER NOT NULL, hash BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS ledger_lease ON ledger(lease_id);
+CREATE TABLE IF NOT EXISTS chain_head (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL, hash BLOB NOT NULL);
+";
+
+/// Errors opening or using the state directory.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The directory could not be created or used.
+    #[error(
+        "cannot use state directory {path}: {message}; pass --state DIR (or set TOLLGATE_STATE) to a directory you can write"
+    )]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// The database is damaged or not a database.
+    #[error(
+        "the state database {path} is damaged or not a tollgate database ({message}); move it aside and restore it from a backup"
+    )]
+    Corrupt {
+        /// The database file.
+        path: PathBuf,
+        /// What SQLite said.
+        message: String,
+    },
+    /// Another process holds the database locked.
+    #[error(
+        "the state database {path} is locked by another process ({message}); try again when it is done"
+    )]
+    Locked {
+        /// The database file.
+        path: PathBuf,
+        /// What SQLite said.
+        message: String,
+    },
+    /// Written by a newer tollgate.
+    #[error(
+        "the state database {path} has schema version {found}, newer than this tollgate understands ({SCHEMA_VERSION}); upgrade tollgate"
+    )]
+    NewerSchema {
+        /// The database file.
+        path: PathBuf,
+        /// Its version.
+        found: i64,
+    },
+    /// Another host is running on this state directory.
+    #[error(
+        "another tollgate host is running with state directory {0}; stop it first or use another --state"
+    )]
+    HostRunning(PathBuf),
+    /// Any other database error.
+    #[error("state database {path}: {message}")]
+    Database {
+        /// The database file.
+        path: PathBuf,
+        /// What SQLite said.
+        message: String,
+    },
+    /// A license or key was rejected.
+    #[error(transparent)]
+    Issuer(#[from] IssuerError),
+    /// No grant of this license is installed.
+    #[error("no license {0:?} is installed; `tollgate license list` shows what is")]
+    UnknownLicense(String),
+}
+
+/// Counters per license id, with per-plugin counters, read from the ledger.
+pub type LedgerCounters = BTreeMap<String, (Counters, BTreeMap<String, Counters>)>;
+
+/// A trusted issuer key.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct TrustedIssuer {
+    /// The key id.
+    pub key_id: String,
+    /// A name given when trusting it.
+    pub name: Option<String>,
+    /// When it was added, unix seconds.
+    pub added_at: u64,
+}
+
+/// One installed grant.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Grant {
+    /// The grant id.
+    pub grant_id: String,
+    /// The license id.
+    pub license_id: String,
+    /// The issuer key id.
+    pub issuer: String,
+    /// Seats; `None`: unlimited.
+    pub seats: Option<u32>,
+    /// Validity start.
+    pub not_before: Option<u64>,
+    /// Validity end.
+    pub expires_at: Option<u64>,
+    /// Plugin rules.
+    pub plugins: Vec<String>,
+    /// Customer.
+    pub customer: Option<String>,
+    /// When installed, unix seconds.
+    pub installed_at: u64,
+}
+
+impl Grant {
+    fn valid_at(&self, now: u64) -> bool {
+        self.not_before.is_none_or(|t| now >= t) && self.expires_at.is_none_or(|t| now <= t)
+    }
+}
+
+/// What `install` did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Installed {
+    /// The verified grant.
+    pub grant: Grant,
+    /// False when this exact grant was already installed (nothing added).
+    pub new: bool,
+    /// True when installing lifted a revocation of the license id.
+    pub unrevoked: bool,
+}
+
+/// A lease a host checked out and never ended (the host died).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpenLease {
+    /// The lease id.
+    pub lease_id: u64,
+    /// Its license.
+    pub license_id: String,
+    /// Its plugin.
+    pub plugin: String,
+    /// Its component digest.
+    pub digest: String,
+    /// Its invocation.
+    pub invocation_id: u64,
+}
+
+/// Held by a running host: one host per state directory.
+#[derive(Debug)]
+pub struct HostLock {
+    _file: File,
+}
+
+/// An open state directory.
+#[derive(Debug)]
+pub struct State {
+    dir: PathBuf,
+    db: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+impl State {
+    /// `$TOLLGATE_STATE`, else `$XDG_STATE_HOME/tollgate`, else `~/.local/state/tollgate`.
+    pub fn default_dir() -> PathBuf {
+        if let Some(dir) = std::env::var_os("TOLLGATE_STATE").filter(|d| !d.is_empty()) {
+            return PathBuf::from(dir);
+        }
+        if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+            return PathBuf::from(dir).join("tollgate");
+        }
+        match std::env::var_os("HOME") {
+            Some(home) => PathBuf::from(home).join(".local/state/tollgate"),
+            None => PathBuf::from(".tollgate-state"),
+        }
+    }
+
+    /// Opens (creating if needed) the state directory and its database.
+    pub fn open(dir: &Path) -> Result<Self, StateError> {
+        let dir_err = |e: std::io::Error| StateError::Dir {
+            path: dir.to_path_buf(),
+            message: e.to_string(),
+        };
+        std::fs::create_dir_all(dir).map_err(dir_err)?;
+        let db = dir.join(DB_FILE);
+        // Probe writability with a clear error before SQLite gives a vague one.
+        let probe = dir.join(".write-probe");
+        std::fs::write(&probe, b"").map_err(dir_err)?;
+        let _ = std::fs::remove_file(&probe);
+        let conn = connect(&db).map_err(|e| db_error(&db, e))?;
+        let found: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(|e| db_error(&db, e))?;
+        if found > SCHEMA_VERSION {
+            return Err(StateError::NewerSchema { path: db, found });
+        }
+        conn.execute_batch(SCHEMA).map_err(|e| db_error(&db, e))?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(|e| db_error(&db, e))?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            db,
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The database file.
+    pub fn db_path(&self) -> &Path {
+        &self.db
+    }
+
+    pub(crate) fn conn(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn err(&self, e: rusqlite::Error) -> StateError {
+        db_error(&self.db, e)
+    }
+
+    /// Runs `sql` and maps every row with `row`.
+    pub(crate) fn query<T, P: rusqlite::Params>(
+        &self,
+        sql: &str,
+        params: P,
+        row: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, StateError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(sql).map_err(|e| self.err(e))?;
+        stmt.query_map(params, row)
+            .and_then(Iterator::collect)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Takes the host lock, or says another host runs here.
+    pub fn lock_host(&self) -> Result<HostLock, StateError> {
+        let path = self.dir.join(LOCK_FILE);
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| StateError::Dir {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+        match file.try_lock() {
+            Ok(()) => Ok(HostLock { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                Err(StateError::HostRunning(self.dir.clone()))
+            }
+            Err(std::fs::TryLockError::Error(e)) => Err(StateError::Dir {
+                path,
+                message: e.to_string(),
+            }),
+        }
+    }
+
+    /// Trusts an issuer key; false if it was trusted already.
+    pub fn trust(
+        &self,
+        key: &IssuerPublicKey,
+        name: Option<&str>,
+        now: u64,
+    ) -> Result<bool, StateError> {
+        let n = self
+            .conn()
+            .execute(
+                "INSERT OR IGNORE INTO trusted_issuers (key_id, public_key, name, added_at) VALUES (?1, ?2, ?3, ?4)",
+                params![key.key_id(), &key.to_bytes()[..], name, now],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(n == 1)
+    }
+
+    /// The trusted issuers.
+    pub fn trusted(&self) -> Result<Vec<TrustedIssuer>, StateError> {
+        self.query(
+            "SELECT key_id, name, added_at FROM trusted_issuers ORDER BY added_at, key_id",
+            [],
+            |r| {
+                Ok(TrustedIssuer {
+                    key_id: r.get(0)?,
+                    name: r.get(1)?,
+                    added_at: r.get(2)?,
+                })
+            },
+        )
+    }
+
+    fn trusted_keys(&self) -> Result<Vec<IssuerPublicKey>, StateError> {
+        let blobs: Vec<Vec<u8>> =
+            self.query("SELECT public_key FROM trusted_issuers", [], |r| r.get(0))?;
+        blobs
+            .iter()
+            .map(|b| IssuerPublicKey::from_bytes(b).map_err(StateError::from))
+            .collect()
+    }
+
+    /// Verifies a license file and records its grant.
+    pub fn install_file(&self, path: &Path, now: u64) -> Result<Installed, StateError> {
+        self.install_text(&read_small_text(path)?, now)
+    }
+
+    /// Verifies license text and records its grant. Installing the same grant
+    /// twice adds nothing; a new grant lifts a revocation of its id.
+    pub fn install_text(&self, text: &str, now: u64) -> Result<Installed, StateError> {
+        let license = SignedLicense::parse(text)?;
+        license.verify(&self.trusted_keys()?, now)?;
+        let t = &license.terms;
+        let grant = Grant {
+            grant_id: t.grant.clone(),
+            license_id: t.license_id.clone(),
+            issuer: t.issuer.clone(),
+            seats: t.seats.limit(),
+            not_before: t.not_before,
+            expires_at: t.expires_at,
+            plugins: t.plugins.clone(),
+            customer: t.customer.clone(),
+            installed_at: now,
+        };
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| db_error(&self.db, e))?;
+        let n = tx
+            .execute(
+                "INSERT OR IGNORE INTO grants (grant_id, license_id, issuer, seats, not_before, expires_at, plugins, customer, issued_at, installed_at, file)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                params![
+                    grant.grant_id, grant.license_id, grant.issuer, grant.seats, grant.not_before, grant.expires_at,
+                    grant.plugins.join("\n"), grant.customer, t.issued_at, now, text
+                ],
+            )
+            .map_err(|e| db_error(&self.db, e))?;
+        let unrevoked = n == 1
+            && tx
+                .execute(
+                    "DELETE FROM revocations WHERE license_id = ?1",
+                    params![grant.license_id],
+                )
+                .map_err(|e| db_error(&self.db, e))?
+                == 1;
+        tx.commit().map_err(|e| db_error(&self.db, e))?;
+        Ok(Installed {
+            grant,
+            new: n == 1,
+            unrevoked,
+        })
+    }
+
+    /// Every installed grant, by license id then install time.
+    pub fn grants(&self) -> Result<Vec<Grant>, StateError> {
+        self.query(
+            "SELECT grant_id, license_id, issuer, seats, not_before, expires_at, plugins, customer, installed_at
+             FROM grants ORDER BY license_id, installed_at, grant_id",
+            [],
+            |r| {
+                let plugins: String = r.get(6)?;
+                Ok(Grant {
+                    grant_id: r.get(0)?,
+                    license_id: r.get(1)?,
+                    issuer: r.get(2)?,
+                    seats: r.get(3)?,
+                    not_before: r.get(4)?,
+                    expires_at: r.get(5)?,
+                    plugins: plugins.lines().map(str::to_string).collect(),
+                    customer: r.get(7)?,
+                    installed_at: r.get(8)?,
+                })
+            },
+        )
+    }
+
+    /// Revokes a license id: hosts refuse new requests with `revoked`.
+    pub fn revoke(&self, license_id: &str, now: u64) -> Result<(), StateError> {
+        let conn = self.conn();
+        let known: Option<String> = conn
+            .query_row(
+                "SELECT license_id FROM grants WHERE license_id = ?1 LIMIT 1",
+                params![license_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        if known.is_none() {
+            return Err(StateError::UnknownLicense(license_id.to_string()));
+        }
+        conn.execute(
+            "INSERT OR IGNORE INTO revocations (license_id, revoked_at) VALUES (?1, ?2)",
+            params![license_id, now],
+        )
+        .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Revoked license ids with the time of revocation.
+    pub fn revocations(&self) -> Result<BTreeMap<String, u64>, StateError> {
+        let rows: Vec<(String, u64)> =
+            self.query("SELECT license_id, revoked_at FROM revocations", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+        Ok(rows.into_iter().collect())
+    }
+
+    /// The terms a host enforces per license id at `now`: the grants valid
+    /// now add their seats; with none valid, every grant's window, so requests
+    /// are refused as `expired`.
+    pub fn effective_terms(&self, now: u64) -> Result<BTreeMap<String, Terms>, StateError> {
+        let mut by_id: BTreeMap<String, Vec<Grant>> = BTreeMap::new();
+        for g in self.grants()? {
+            by_id.entry(g.license_id.clone()).or_default().push(g);
+        }
+        Ok(by_id
+            .into_iter()
+            .map(|(id, grants)| {
+                let active: Vec<&Grant> = grants.iter().filter(|g| g.valid_at(now)).collect();
+                let chosen: Vec<&Grant> = if active.is_empty() {
+                    grants.iter().collect()
+                } else {
+                    active
+                };
+                (id, combine(&chosen))
+            })
+            .collect())
+    }
+
+    /// Counters per license id (and per plugin) computed from the ledger.
+    pub fn ledger_counters(&self) -> Result<LedgerCounters, StateError> {
+        let mut out = LedgerCounters::new();
+        let rows: Vec<(String, String, String, Option<String>, u64)> = self.query(
+            "SELECT license_id, plugin, kind, reason, count(*) FROM ledger GROUP BY 1, 2, 3, 4",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )?;
+        for (license, plugin, kind, reason, n) in rows {
+            let Some(kind) = kind_from_names(&kind, reason.as_deref()) else {
+                continue;
+            };
+            let entry = out.entry(license).or_default();
+            add(&mut entry.0, kind, n);
+            add(entry.1.entry(plugin).or_default(), kind, n);
+        }
+        let running = "sum(CASE WHEN kind = 'checkout' THEN 1 WHEN kind IN ('release', 'reclaim') THEN -1 ELSE 0 END)";
+        let peaks = format!(
+            "SELECT license_id, plugin, max(run_l), max(run_p) FROM (
+               SELECT license_id, plugin,
+                 {running} OVER (PARTITION BY license_id ORDER BY seq ROWS UNBOUNDED PRECEDING) AS run_l,
+                 {running} OVER (PARTITION BY license_id, plugin ORDER BY seq ROWS UNBOUNDED PRECEDING) AS run_p
+               FROM ledger) GROUP BY license_id, plugin"
+        );
+        let rows: Vec<(String, String, i64, i64)> = self.query(&peaks, [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?;
+        for (license, plugin, peak_l, peak_p) in rows {
+            let entry = out.entry(license).or_default();
+            entry.0.peak = entry.0.peak.max(clamp(peak_l));
+            entry.1.entry(plugin).or_default().peak = clamp(peak_p);
+        }
+        Ok(out)
+    }
+
+    /// Leases checked out and never ended.
+    pub fn open_leases(&self) -> Result<Vec<OpenLease>, StateError> {
+        self.query(
+            "SELECT c.lease_id, c.license_id, c.plugin, c.digest, c.invocation_id FROM ledger c
+                 WHERE c.kind = 'checkout' AND NOT EXISTS (
+                   SELECT 1 FROM ledger e WHERE e.lease_id = c.lease_id AND e.kind IN ('release', 'reclaim'))
+                 ORDER BY c.seq",
+            [],
+            |r| {
+                Ok(OpenLease {
+                    lease_id: r.get(0)?,
+                    license_id: r.get(1)?,
+                    plugin: r.get(2)?,
+                    digest: r.get(3)?,
+                    invocation_id: r.get(4)?,
+                })
+            },
+        )
+    }
+
+    /// The largest lease id and invocation id in the ledger.
+    pub fn last_ids(&self) -> Result<(u64, u64), StateError> {
+        self.conn()
+            .query_row(
+                "SELECT coalesce(max(lease_id), 0), coalesce(max(invocation_id), 0) FROM ledger",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(|e| self.err(e))
+    }
+}
+
+fn clamp(n: i64) -> u32 {
+    u32::try_from(n.max(0)).unwrap_or(u32::MAX)
+}
+
+fn add(c: &mut Counters, kind: EventKind, n: u64) {
+    match kind {
+        EventKind::Checkout => c.checkouts += n,
+        EventKind::Release => c.releases += n,
+        EventKind::Reclaim(r) => c.reclaims.add(r, n),
+        EventKind::Denial(d) => c.denials.add(d, n),
+        EventKind::Withheld => c.withheld += n,
+    }
+    let ended = c.releases + c.reclaims.total();
+    c.in_use = clamp(i64::try_from(c.checkouts.saturating_sub(ended)).unwrap_or(i64::MAX));
+}
+
+/// One license's terms from several grants: seats add up, windows widen,
+/// plugin rules join (any unrestricted grant lifts the rule).
+fn combine(grants: &[&Grant]) -> Terms {
+    let seats = if grants.iter().any(|g| g.seats.is_none()) {
+        Seats::Unlimited
+    } else {
+        Seats::Counted(
+            grants
+                .iter()
+                .filter_map(|g| g.seats)
+                .fold(0u32, u32::saturating_add),
+        )
+    };
+    let not_before = if grants.iter().any(|g| g.not_before.is_none()) {
+        None
+    } else {
+        grants.iter().filter_map(|g| g.not_before).min()
+    };
+    let expires_at = if grants.iter().any(|g| g.expires_at.is_none()) {
+        None
+    } else {
+        grants.iter().filter_map(|g| g.expires_at).max()
+    };
+    let plugins = if grants.iter().any(|g| g.plugins.is_empty()) {
+        Vec::new()
+    } else {
+        let mut all: Vec<String> = grants
+            .iter()
+            .flat_map(|g| g.plugins.iter().cloned())
+            .collect();
+        all.sort();
+        all.dedup();
+        all
+    };
+    Terms {
+        seats,
+        not_before,
+        expires_at,
+        plugins,
+    }
+}
+
+fn db_error(path: &Path, e: rusqlite::Error) -> StateError {
+    let path = path.to_path_buf();
+    let message = e.to_string();
+    match e.sqlite_error_code() {
+        Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => {
+            StateError::Corrupt { path, message }
+        }
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
+            StateError::Locked { path, message }
+        }
+        Some(ErrorCode::PermissionDenied | ErrorCode::ReadOnly | ErrorCode::CannotOpen) => {
+            StateError::Dir { path, message }
+        }
+        _ => StateError::Database { path, message },
+    }
+}
+
+#[cfg(test)]
+mod tests;
