@@ -89,9 +89,8 @@ fn ids() {
         .license(
             "extra",
             Terms {
-                seats: Seats::Unlimited,
-                not_before: None,
                 expires_at: Some(4_000_000_000),
+                ..Terms::new(Seats::Unlimited)
             },
         )
         .license("not-mine", Terms::new(Seats::Counted(1)))
@@ -362,5 +361,37 @@ fn every_guest_has_a_test() {
         };
     }
     tollgate_tests::for_each_guest!(has_test);
-    assert_eq!(guests::GUESTS.len(), 11);
+    assert_eq!(guests::GUESTS.len(), 12);
+}
+
+#[test]
+fn slow() {
+    let host = host_with(Seats::Counted(1));
+    load(&host, "slow", guests::SLOW);
+    let out = host.invoke("slow", b"20").expect("licensed call succeeds");
+    assert_eq!(text(out), "held 20ms, valid=true");
+    assert_balanced(&host);
+}
+
+#[test]
+fn slow_revoked_mid_call_is_withheld() {
+    let host = host_with(Seats::Counted(2));
+    load(&host, "slow", guests::SLOW);
+    std::thread::scope(|s| {
+        let call = s.spawn(|| host.invoke("slow", b"2000"));
+        while seat(&host).counters.in_use == 0 {
+            std::thread::yield_now();
+        }
+        assert_eq!(host.revoke_license(SEAT).expect("revokes"), 1);
+        let err = call.join().expect("call thread").expect_err("withheld");
+        assert!(err.is_unlicensed(), "{err}");
+    });
+    let c = seat(&host).counters;
+    assert_eq!(c.reclaims.get(ReclaimReason::Revoked), 1);
+    assert_eq!((c.releases, c.withheld), (0, 1));
+    assert_eq!(
+        host.invoke("slow", b"1").expect_err("revoked").to_string(),
+        "result of plugin slow withheld as unlicensed: it did not hold seat (its request was refused: revoked)"
+    );
+    assert_balanced(&host);
 }
