@@ -3,7 +3,9 @@
 use crate::ReclaimReason;
 use crate::ledger::{EventKind, Ledger, LedgerError, MemoryLedger, SqliteLedger, UsageEvent};
 use crate::license::{Clock, LicenseError, LicenseManager, ManagerStatus, SystemClock, Terms};
-use crate::runtime::{InvokeError, LoadError, Plugin, PluginSpec, Runtime, RuntimeError};
+use crate::runtime::{
+    Allocator, InvokeError, LoadError, Plugin, PluginSpec, Runtime, RuntimeError,
+};
 use crate::state::{HostLock, State, StateError};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -18,6 +20,7 @@ pub struct HostBuilder {
     ledger: Option<Arc<dyn Ledger>>,
     state: Option<PathBuf>,
     clock: Arc<dyn Clock>,
+    allocator: Allocator,
 }
 
 impl Default for HostBuilder {
@@ -28,6 +31,7 @@ impl Default for HostBuilder {
             ledger: None,
             state: None,
             clock: Arc::new(SystemClock),
+            allocator: Allocator::default(),
         }
     }
 }
@@ -60,6 +64,12 @@ impl HostBuilder {
         self
     }
 
+    /// Chooses how instances get memory (default: on demand).
+    pub fn allocator(mut self, allocator: Allocator) -> Self {
+        self.allocator = allocator;
+        self
+    }
+
     /// Reads time from `clock` (default: the system clock).
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
@@ -68,7 +78,7 @@ impl HostBuilder {
 
     /// Starts the runtime and installs the licenses.
     pub fn build(self) -> Result<Host, HostError> {
-        let runtime = Runtime::new()?;
+        let runtime = Runtime::new(self.allocator)?;
         let mut durable = None;
         let (licenses, state, lock, first_invocation) = match &self.state {
             None => {

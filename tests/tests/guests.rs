@@ -361,7 +361,7 @@ fn every_guest_has_a_test() {
         };
     }
     tollgate_tests::for_each_guest!(has_test);
-    assert_eq!(guests::GUESTS.len(), 12);
+    assert_eq!(guests::GUESTS.len(), 14);
 }
 
 #[test]
@@ -393,5 +393,50 @@ fn slow_revoked_mid_call_is_withheld() {
         host.invoke("slow", b"1").expect_err("revoked").to_string(),
         "result of plugin slow withheld as unlicensed: it did not hold seat (its request was refused: revoked)"
     );
+    assert_balanced(&host);
+}
+
+#[test]
+fn bench_licensed() {
+    let host = host_with(Seats::Counted(1));
+    load(&host, "bench", guests::BENCH_LICENSED);
+    host.load_plugin(PluginSpec::file("bare", guests::BENCH_BARE))
+        .expect("loads");
+    let licensed = host.invoke("bench", b"work:3 abc").expect("licensed");
+    assert_eq!(
+        licensed,
+        host.invoke("bare", b"work:3 abc").expect("bare"),
+        "same work"
+    );
+    assert_eq!(
+        text(host.invoke("bench", b"pairs:100").expect("pairs")),
+        "100 pairs"
+    );
+    assert_eq!(
+        text(host.invoke("bench", b"empty:100").expect("empty")),
+        "100 calls"
+    );
+    let c = seat(&host).counters;
+    assert_eq!((c.checkouts, c.releases), (1 + 101 + 1, 103));
+    assert_balanced(&host);
+}
+
+#[test]
+fn bench_bare() {
+    let host = host_with(Seats::Counted(1));
+    host.load_plugin(PluginSpec::file("bare", guests::BENCH_BARE))
+        .expect("loads without the licensing import");
+    assert_eq!(
+        text(host.invoke("bare", b"").expect("no requirement, delivered")),
+        "cbf29ce484222325"
+    );
+    // Required to hold a license it cannot even ask for: always withheld.
+    load(&host, "bare-required", guests::BENCH_BARE);
+    assert!(
+        host.invoke("bare-required", b"x")
+            .expect_err("withheld")
+            .is_unlicensed()
+    );
+    assert_eq!(seat(&host).counters.withheld, 1);
     assert_balanced(&host);
 }

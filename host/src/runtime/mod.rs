@@ -46,13 +46,43 @@ impl std::fmt::Debug for Runtime {
     }
 }
 
+/// How instances get their memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Allocator {
+    /// Memory is mapped for each instance when it starts (the default).
+    #[default]
+    OnDemand,
+    /// Slots are reserved up front for this many instances at once, each
+    /// with at most `max_memory_bytes` of linear memory; starting an
+    /// instance reuses a slot.
+    Pooling {
+        /// Most instances alive at once.
+        instances: u32,
+        /// Largest linear memory of one instance.
+        max_memory_bytes: usize,
+    },
+}
+
 impl Runtime {
     /// A runtime with epoch interruption and the service-offer linker.
-    pub fn new() -> Result<Self, RuntimeError> {
+    pub fn new(allocator: Allocator) -> Result<Self, RuntimeError> {
         let setup = |e: wasmtime::Error| RuntimeError::Setup(format!("{e:#}"));
         let mut config = Config::new();
         config.epoch_interruption(true);
         config.wasm_component_model(true);
+        if let Allocator::Pooling {
+            instances,
+            max_memory_bytes,
+        } = allocator
+        {
+            let mut pool = wasmtime::PoolingAllocationConfig::default();
+            pool.total_component_instances(instances)
+                .total_core_instances(instances.saturating_mul(4))
+                .total_memories(instances.saturating_mul(2))
+                .total_tables(instances.saturating_mul(4))
+                .max_memory_size(max_memory_bytes);
+            config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+        }
         let engine = Engine::new(&config).map_err(setup)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(setup)?;
