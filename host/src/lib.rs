@@ -6,6 +6,7 @@
 //! without the licenses its plugin requires. Start with [`Host`].
 #![deny(missing_docs)]
 
+pub mod config;
 mod host;
 pub mod issuer;
 pub mod ledger;

@@ -7,7 +7,7 @@ mod reason;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use pool::{
-    Counters, Holder, Lease, LeaseEnd, LeaseEnding, LicenseStatus, SeatPool, Seats, Terms,
+    Counters, Holder, Lease, LeaseEnd, LeaseEnding, LicenseStatus, Rules, SeatPool, Seats, Terms,
 };
 pub use reason::{Denial, ReasonCounts, ReclaimReason};
 
@@ -231,6 +231,15 @@ impl LicenseManager {
             return Err(Denial::NotEntitled);
         }
         pool.acquire(holder, wait)
+    }
+
+    /// Sets the operator's rules for `id` (see [`Rules`] for the order of checks).
+    pub fn set_rules(&self, id: &str, rules: Rules) -> Result<(), LicenseError> {
+        let pool = self
+            .pool(id)
+            .ok_or_else(|| LicenseError::Unknown(id.to_string()))?;
+        pool.set_rules(rules);
+        Ok(())
     }
 
     /// Revokes `id`: returns how many held leases were reclaimed.

@@ -153,22 +153,80 @@ pub struct LeaseEnd {
     pub valid: bool,
 }
 
+/// An operator's rules for one license, applied after the issuer's terms.
+///
+/// Order of checks on every request: revoked; the issuer's plugin list;
+/// `include` / `exclude`; the validity window; then `max_per_plugin` and
+/// seats, where seats `reserve`d for other plugins (and not yet used by
+/// them) count as taken.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Rules {
+    /// Only these plugins may use the license (empty: every plugin).
+    pub include: Vec<String>,
+    /// These plugins may not.
+    pub exclude: Vec<String>,
+    /// Seats held back for a plugin: others may not take them.
+    pub reserve: BTreeMap<String, u32>,
+    /// Most seats one plugin may hold at once.
+    pub max_per_plugin: Option<u32>,
+}
+
+impl Rules {
+    /// Whether include/exclude let `plugin` use the license.
+    pub fn admits(&self, plugin: &str) -> bool {
+        (self.include.is_empty() || self.include.iter().any(|p| p == plugin))
+            && !self.exclude.iter().any(|p| p == plugin)
+    }
+}
+
 struct PoolState {
     terms: Terms,
+    rules: Rules,
     revoked: bool,
     outstanding: HashMap<u64, Holder>,
     totals: Counters,
     per_plugin: HashMap<Arc<str>, Counters>,
-    queue: VecDeque<u64>,
+    /// Waiters in arrival order: ticket and plugin.
+    queue: VecDeque<(u64, Arc<str>)>,
     next_ticket: u64,
 }
 
 impl PoolState {
-    fn has_free_seat(&self) -> bool {
-        match self.terms.seats {
-            Seats::Counted(n) => (self.outstanding.len() as u64) < u64::from(n),
-            Seats::Unlimited => true,
+    fn held_by(&self, plugin: &str) -> u32 {
+        self.per_plugin.get(plugin).map_or(0, |c| c.in_use)
+    }
+
+    /// Whether `plugin` may take a seat now under the seat count, its
+    /// per-plugin maximum and the other plugins' reservations.
+    fn can_take(&self, plugin: &str) -> bool {
+        if self
+            .rules
+            .max_per_plugin
+            .is_some_and(|max| self.held_by(plugin) >= max)
+        {
+            return false;
         }
+        match self.terms.seats {
+            Seats::Unlimited => true,
+            Seats::Counted(n) => {
+                let held_back: u64 = self
+                    .rules
+                    .reserve
+                    .iter()
+                    .filter(|(p, _)| p.as_str() != plugin)
+                    .map(|(p, r)| u64::from(r.saturating_sub(self.held_by(p))))
+                    .sum();
+                self.outstanding.len() as u64 + held_back < u64::from(n)
+            }
+        }
+    }
+
+    /// The first waiter (in arrival order) that could take a seat now.
+    fn next_served(&self) -> Option<u64> {
+        self.queue
+            .iter()
+            .find(|(_, p)| self.can_take(p))
+            .map(|(t, _)| *t)
     }
 
     fn plugin(&mut self, plugin: &Arc<str>) -> &mut Counters {
@@ -181,7 +239,7 @@ impl PoolState {
     }
 
     fn leave_queue(&mut self, ticket: u64) {
-        self.queue.retain(|t| *t != ticket);
+        self.queue.retain(|(t, _)| *t != ticket);
     }
 }
 
@@ -215,6 +273,7 @@ impl SeatPool {
             id,
             state: Mutex::new(PoolState {
                 terms,
+                rules: Rules::default(),
                 revoked: false,
                 outstanding: HashMap::new(),
                 totals: Counters::default(),
@@ -276,6 +335,12 @@ impl SeatPool {
             .collect();
     }
 
+    /// Replaces the operator's rules.
+    pub(super) fn set_rules(&self, rules: Rules) {
+        self.lock().rules = rules;
+        self.seat_freed.notify_all();
+    }
+
     /// Records a refusal decided outside the pool (e.g. entitlement).
     pub(super) fn refuse(&self, holder: &Holder, denial: Denial) {
         self.lock().deny(holder, denial);
@@ -319,13 +384,13 @@ impl SeatPool {
         if st.revoked {
             return refused(&mut st, Denial::Revoked);
         }
-        if !st.terms.entitles(holder) {
+        if !st.terms.entitles(holder) || !st.rules.admits(&holder.plugin) {
             return refused(&mut st, Denial::NotEntitled);
         }
         if !st.terms.valid_at(self.clock.now_secs()) {
             return refused(&mut st, Denial::Expired);
         }
-        if st.queue.is_empty() && st.has_free_seat() {
+        if st.can_take(&holder.plugin) && st.next_served().is_none() {
             return Ok(self.grant(&mut st, holder));
         }
         let Some(wait) = wait.filter(|w| !w.is_zero()) else {
@@ -333,7 +398,7 @@ impl SeatPool {
         };
         let ticket = st.next_ticket;
         st.next_ticket += 1;
-        st.queue.push_back(ticket);
+        st.queue.push_back((ticket, holder.plugin.clone()));
         let deadline = Instant::now() + wait;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -347,10 +412,10 @@ impl SeatPool {
                 self.seat_freed.notify_all();
                 return refused(&mut st, Denial::Revoked);
             }
-            if st.queue.front() == Some(&ticket) && st.has_free_seat() {
-                st.queue.pop_front();
+            if st.next_served() == Some(ticket) {
+                st.leave_queue(ticket);
                 let lease_id = self.grant(&mut st, holder);
-                if !st.queue.is_empty() && st.has_free_seat() {
+                if st.next_served().is_some() {
                     self.seat_freed.notify_all();
                 }
                 return Ok(lease_id);

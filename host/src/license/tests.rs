@@ -208,6 +208,111 @@ fn plugin_rules_refuse_other_plugins() {
 }
 
 #[test]
+fn operator_rules_include_exclude_reserve_and_cap() {
+    let m = LicenseManager::default();
+    counted(&m, "a", 4);
+    let rules = Rules {
+        include: vec!["vip".into(), "std".into(), "rogue".into()],
+        exclude: vec!["rogue".into()],
+        reserve: [("vip".to_string(), 2)].into_iter().collect(),
+        max_per_plugin: Some(3),
+    };
+    m.set_rules("a", rules).expect("installed");
+    let (vip, std_, rogue, other) = (
+        holder("vip", 1),
+        holder("std", 2),
+        holder("rogue", 3),
+        holder("other", 4),
+    );
+    assert_eq!(
+        m.acquire(&rogue, &all(), "a", None).err(),
+        Some(Denial::NotEntitled),
+        "excluded"
+    );
+    assert_eq!(
+        m.acquire(&other, &all(), "a", None).err(),
+        Some(Denial::NotEntitled),
+        "not included"
+    );
+    // Two of four seats are held back for vip: std gets two, then none.
+    let s1 = m.acquire(&std_, &all(), "a", None).expect("std 1");
+    let s2 = m.acquire(&std_, &all(), "a", None).expect("std 2");
+    assert_eq!(
+        m.acquire(&std_, &all(), "a", None).err(),
+        Some(Denial::Exhausted),
+        "reserved for vip"
+    );
+    let v1 = m.acquire(&vip, &all(), "a", None).expect("vip 1");
+    let v2 = m.acquire(&vip, &all(), "a", None).expect("vip 2");
+    assert_eq!(
+        m.acquire(&vip, &all(), "a", None).err(),
+        Some(Denial::Exhausted),
+        "all four in use"
+    );
+    drop((s1, s2));
+    let v3 = m.acquire(&vip, &all(), "a", None).expect("vip 3");
+    assert_eq!(
+        m.acquire(&vip, &all(), "a", None).err(),
+        Some(Denial::Exhausted),
+        "max 3 per plugin"
+    );
+    let s3 = m
+        .acquire(&std_, &all(), "a", None)
+        .expect("the last free seat");
+    drop((v1, v2, v3, s3));
+    assert!(m.describe("a").expect("installed").counters.balanced());
+}
+
+#[test]
+fn a_waiter_that_cannot_be_served_does_not_block_one_that_can() {
+    let m = Arc::new(LicenseManager::default());
+    counted(&m, "a", 2);
+    m.set_rules(
+        "a",
+        Rules {
+            max_per_plugin: Some(1),
+            ..Rules::default()
+        },
+    )
+    .expect("installed");
+    let held_by_p = m
+        .acquire(&holder("p", 1), &all(), "a", None)
+        .expect("p holds its one");
+    let held_by_q = m
+        .acquire(&holder("q", 2), &all(), "a", None)
+        .expect("q holds the other");
+    // p waits first but may hold only one; q's waiter is served when q's seat frees.
+    let (mp, mq) = (m.clone(), m.clone());
+    let p_waiter = thread::spawn(move || {
+        mp.acquire(
+            &holder("p", 3),
+            &all(),
+            "a",
+            Some(Duration::from_millis(300)),
+        )
+        .err()
+    });
+    while m.describe("a").expect("installed").waiting < 1 {
+        thread::yield_now();
+    }
+    let q_waiter = thread::spawn(move || {
+        mq.acquire(&holder("q", 4), &all(), "a", Some(Duration::from_secs(30)))
+            .map(|l| l.release())
+    });
+    while m.describe("a").expect("installed").waiting < 2 {
+        thread::yield_now();
+    }
+    held_by_q.release();
+    assert!(
+        q_waiter.join().expect("q").is_ok(),
+        "q served although p waited first"
+    );
+    assert_eq!(p_waiter.join().expect("p"), Some(Denial::TimedOut));
+    held_by_p.release();
+    assert!(m.describe("a").expect("installed").counters.balanced());
+}
+
+#[test]
 fn ids_are_validated() {
     let m = LicenseManager::default();
     assert!(m.install("", Terms::new(Seats::Unlimited)).is_err());
