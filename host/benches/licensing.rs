@@ -1,0 +1,438 @@
+//! Side-by-side benchmarks of what licensing costs: every figure is a
+//! licensed case next to its bare baseline (or in-memory next to durable),
+//! measured in the same run with the rounds interleaved.
+//!
+//! Run: `cargo bench -p tollgate --bench licensing` (add `-- --quick` for a
+//! short smoke run). Prints a Markdown table.
+
+use std::path::PathBuf;
+use std::sync::Barrier;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tollgate::issuer::{IssuerKey, LicenseTerms};
+use tollgate::license::{Clock, SystemClock};
+use tollgate::runtime::Allocator;
+use tollgate::state::State;
+use tollgate::{Host, Limits, PluginSpec, Seats, Terms};
+
+const LICENSE: &str = "bench";
+
+fn guest(name: &str) -> PathBuf {
+    PathBuf::from(env!("TOLLGATE_GUEST_DIR")).join(format!("{}.wasm", name.replace('-', "_")))
+}
+
+/// Knobs that `--quick` shrinks.
+struct Plan {
+    rounds: usize,
+    calls: u32,
+    window: Duration,
+    pairs: u32,
+}
+
+fn host(allocator: Allocator) -> Host {
+    let host = Host::builder()
+        .license(LICENSE, Terms::new(Seats::Unlimited))
+        .allocator(allocator)
+        .build()
+        .expect("host");
+    load_pair(&host);
+    host
+}
+
+fn load_pair(host: &Host) {
+    host.load_plugin(PluginSpec::file("licensed", guest("bench-licensed")).requires(LICENSE))
+        .expect("licensed guest");
+    host.load_plugin(PluginSpec::file("bare", guest("bench-bare")))
+        .expect("bare guest");
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i.min(v.len() - 1)]
+}
+
+/// Mean microseconds per call over `n` sequential calls.
+fn per_call(host: &Host, plugin: &str, input: &[u8], n: u32) -> f64 {
+    let start = Instant::now();
+    for _ in 0..n {
+        host.invoke(plugin, input).expect("bench call succeeds");
+    }
+    start.elapsed().as_secs_f64() * 1e6 / f64::from(n)
+}
+
+/// Calls per second with `threads` callers for `window`.
+fn throughput(host: &Host, plugin: &str, input: &[u8], threads: usize, window: Duration) -> f64 {
+    let done = AtomicU64::new(0);
+    let stop = AtomicBool::new(false);
+    let barrier = Barrier::new(threads + 1);
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                barrier.wait();
+                while !stop.load(Ordering::Relaxed) {
+                    host.invoke(plugin, input).expect("bench call succeeds");
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+        barrier.wait();
+        std::thread::sleep(window);
+        stop.store(true, Ordering::Relaxed);
+    });
+    done.load(Ordering::Relaxed) as f64 / window.as_secs_f64()
+}
+
+/// Runs `a` and `b` alternately `rounds` times; returns their medians.
+fn side_by_side(
+    rounds: usize,
+    mut a: impl FnMut() -> f64,
+    mut b: impl FnMut() -> f64,
+) -> (f64, f64) {
+    let (mut xs, mut ys) = (Vec::new(), Vec::new());
+    for r in 0..rounds {
+        if r % 2 == 0 {
+            xs.push(a());
+            ys.push(b());
+        } else {
+            ys.push(b());
+            xs.push(a());
+        }
+    }
+    (median(xs), median(ys))
+}
+
+fn row(case: &str, what: &str, licensed: String, baseline: String, ratio: String, target: &str) {
+    println!("| {case} | {what} | {licensed} | {baseline} | {ratio} | {target} |");
+}
+
+fn case_b(plan: &Plan) {
+    let input = b"work:16 the quick brown fox jumps over the lazy dog";
+    for (label, allocator) in [
+        ("on-demand", Allocator::OnDemand),
+        (
+            "pooling",
+            Allocator::Pooling {
+                instances: 64,
+                max_memory_bytes: 64 << 20,
+            },
+        ),
+    ] {
+        let host = host(allocator);
+        per_call(&host, "licensed", input, 50);
+        per_call(&host, "bare", input, 50);
+        let (l, b) = side_by_side(
+            plan.rounds,
+            || per_call(&host, "licensed", input, plan.calls),
+            || per_call(&host, "bare", input, plan.calls),
+        );
+        row(
+            "B",
+            &format!("per call, fresh instance, {label} (µs/call)"),
+            format!("{l:.1}"),
+            format!("{b:.1}"),
+            format!("{:.3}", l / b),
+            "≤ 1.05",
+        );
+    }
+}
+
+fn case_c(plan: &Plan) {
+    let host = host(Allocator::OnDemand);
+    let pairs = format!("pairs:{}", plan.pairs).into_bytes();
+    let empty = format!("empty:{}", plan.pairs).into_bytes();
+    host.invoke("licensed", &pairs).expect("warm");
+    let (p, e) = side_by_side(
+        plan.rounds,
+        || per_call(&host, "licensed", &pairs, 1),
+        || per_call(&host, "licensed", &empty, 1),
+    );
+    let n = f64::from(plan.pairs);
+    let (pair_ns, empty_ns) = (p * 1e3 / n, e * 1e3 / n);
+    row(
+        "C",
+        "acquire+release pair vs one empty host call, same instance (ns)",
+        format!("{pair_ns:.0}"),
+        format!("{empty_ns:.0}"),
+        format!("+{:.0} ns/pair", pair_ns - empty_ns),
+        "≤ 1 µs added",
+    );
+}
+
+fn case_d(plan: &Plan) {
+    let host = host(Allocator::OnDemand);
+    let input = b"work:16 the quick brown fox jumps over the lazy dog";
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mut threads = vec![1, 2];
+    if cores > 2 {
+        threads.push(cores);
+    }
+    for t in threads {
+        let (l, b) = side_by_side(
+            plan.rounds,
+            || throughput(&host, "licensed", input, t, plan.window),
+            || throughput(&host, "bare", input, t, plan.window),
+        );
+        row(
+            "D",
+            &format!("throughput, {t} thread(s) (calls/s)"),
+            format!("{l:.0}"),
+            format!("{b:.0}"),
+            format!("{:.3}", l / b),
+            "≥ 0.90",
+        );
+    }
+}
+
+fn case_e(plan: &Plan) {
+    const CALLERS: usize = 64;
+    const SEATS: u32 = 4;
+    let hold_ms: u64 = 20;
+    let host = Host::builder()
+        .license(LICENSE, Terms::new(Seats::Counted(SEATS)))
+        .build()
+        .expect("host");
+    let limits = Limits {
+        wait_for_seat: Some(Duration::from_secs(60)),
+        ..Limits::default()
+    };
+    host.load_plugin(
+        PluginSpec::file("slow", guest("slow"))
+            .requires(LICENSE)
+            .limits(limits),
+    )
+    .expect("slow guest");
+    let input = hold_ms.to_string().into_bytes();
+    let window = plan.window * 2;
+    let stop = AtomicBool::new(false);
+    let max_seen = AtomicU64::new(0);
+    let barrier = Barrier::new(CALLERS + 2);
+    let latencies = std::sync::Mutex::new(Vec::new());
+    let started = Instant::now();
+    let completed = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        // A watcher samples seats in use while the callers run.
+        s.spawn(|| {
+            barrier.wait();
+            while !stop.load(Ordering::Relaxed) {
+                let in_use = host
+                    .licenses()
+                    .describe(LICENSE)
+                    .map_or(0, |d| d.counters.in_use);
+                max_seen.fetch_max(u64::from(in_use), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        });
+        for _ in 0..CALLERS {
+            s.spawn(|| {
+                barrier.wait();
+                let mut mine = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    host.invoke("slow", &input)
+                        .expect("served before the wait ends");
+                    if started.elapsed() < window {
+                        completed.fetch_add(1, Ordering::Relaxed);
+                        mine.push(t.elapsed().as_secs_f64() * 1e3 - hold_ms as f64);
+                    }
+                }
+                latencies.lock().expect("lock").extend(mine);
+            });
+        }
+        barrier.wait();
+        std::thread::sleep(window);
+        stop.store(true, Ordering::Relaxed);
+    });
+    let rate = completed.load(Ordering::Relaxed) as f64 / window.as_secs_f64();
+    let ideal = f64::from(SEATS) * 1000.0 / hold_ms as f64;
+    let mut waits = latencies.into_inner().expect("lock");
+    let (p50, p99) = (percentile(&mut waits, 0.50), percentile(&mut waits, 0.99));
+    let status = host.licenses().describe(LICENSE).expect("installed");
+    assert!(
+        status.counters.peak <= SEATS && max_seen.load(Ordering::Relaxed) <= u64::from(SEATS),
+        "oversold"
+    );
+    row(
+        "E",
+        &format!("{CALLERS} callers, {SEATS} seats, {hold_ms} ms hold, FIFO wait (calls/s)"),
+        format!("{rate:.1}"),
+        format!("{ideal:.1} ideal"),
+        format!("{:.3}", rate / ideal),
+        "≥ 0.9",
+    );
+    row(
+        "E",
+        "wait for a seat p50 / p99 (ms); peak in use (counter / sampled)",
+        format!("{p50:.1} / {p99:.1}"),
+        "-".into(),
+        format!(
+            "peak {} / {}",
+            status.counters.peak,
+            max_seen.load(Ordering::Relaxed)
+        ),
+        "never > 4",
+    );
+}
+
+fn durable_host(dir: &std::path::Path) -> Host {
+    let _ = std::fs::remove_dir_all(dir);
+    let state = State::open(dir).expect("state");
+    let key = IssuerKey::generate().expect("key");
+    let now = SystemClock.now_secs();
+    state.trust(&key.public(), None, now).expect("trust");
+    let license = key
+        .sign(LicenseTerms::new(LICENSE, Seats::Unlimited), now)
+        .expect("sign");
+    state
+        .install_text(&license.to_file_text(), now)
+        .expect("install");
+    drop(state);
+    let host = Host::builder().state(dir).build().expect("durable host");
+    load_pair(&host);
+    host
+}
+
+fn case_f(plan: &Plan) {
+    let dir = std::env::temp_dir().join(format!("tollgate-bench-{}", std::process::id()));
+    let durable = durable_host(&dir);
+    let memory = host(Allocator::OnDemand);
+    let input = b"work:16 the quick brown fox jumps over the lazy dog";
+    for t in [1, 2] {
+        let before = durable.ledger_stats().expect("durable ledger");
+        let calls_before = durable
+            .status()
+            .plugins
+            .iter()
+            .map(|p| p.invocations)
+            .sum::<u64>();
+        let (d, m) = side_by_side(
+            plan.rounds,
+            || throughput(&durable, "licensed", input, t, plan.window),
+            || throughput(&memory, "licensed", input, t, plan.window),
+        );
+        let after = durable.ledger_stats().expect("durable ledger");
+        let calls = durable
+            .status()
+            .plugins
+            .iter()
+            .map(|p| p.invocations)
+            .sum::<u64>()
+            - calls_before;
+        let commits_per_call = (after.commits - before.commits) as f64 / calls as f64;
+        row(
+            "F",
+            &format!("durable SQLite ledger vs in-memory, {t} thread(s) (calls/s)"),
+            format!("{d:.0}"),
+            format!("{m:.0}"),
+            format!("{:.3}; {commits_per_call:.2} commits (fsyncs)/call", d / m),
+            "< 1 fsync/call",
+        );
+    }
+    drop(durable);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<u64>().ok())
+        })
+        .map_or(0, |pages| pages * 4096)
+}
+
+fn case_h() {
+    let host = Host::builder()
+        .license(LICENSE, Terms::new(Seats::Unlimited))
+        .build()
+        .expect("host");
+    const PLUGINS: u32 = 20;
+    let before = rss_bytes();
+    for i in 0..PLUGINS {
+        host.load_plugin(
+            PluginSpec::file(format!("hello-{i}"), guest("hello-licensed")).requires(LICENSE),
+        )
+        .expect("load");
+    }
+    let per_plugin = (rss_bytes().saturating_sub(before)) as f64 / f64::from(PLUGINS);
+    host.load_plugin(PluginSpec::file("slow", guest("slow")).requires(LICENSE))
+        .expect("slow");
+    host.invoke("slow", b"1").expect("warm");
+    const IN_FLIGHT: usize = 32;
+    let idle = rss_bytes();
+    let barrier = Barrier::new(IN_FLIGHT + 1);
+    let mut busy = 0;
+    std::thread::scope(|s| {
+        for _ in 0..IN_FLIGHT {
+            s.spawn(|| {
+                barrier.wait();
+                host.invoke("slow", b"600").expect("slow call");
+            });
+        }
+        barrier.wait();
+        std::thread::sleep(Duration::from_millis(300));
+        busy = rss_bytes();
+    });
+    let per_call = busy.saturating_sub(idle) as f64 / IN_FLIGHT as f64;
+    row(
+        "H",
+        &format!(
+            "resident memory per loaded plugin ({PLUGINS} loaded) / per call in flight ({IN_FLIGHT} at once)"
+        ),
+        format!(
+            "{:.0} KiB / {:.0} KiB",
+            per_plugin / 1024.0,
+            per_call / 1024.0
+        ),
+        "-".into(),
+        "-".into(),
+        "report",
+    );
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let plan = if quick {
+        Plan {
+            rounds: 3,
+            calls: 200,
+            window: Duration::from_millis(300),
+            pairs: 20_000,
+        }
+    } else {
+        Plan {
+            rounds: 9,
+            calls: 2_000,
+            window: Duration::from_millis(1_500),
+            pairs: 200_000,
+        }
+    };
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    println!(
+        "machine: {} cores, {cpu}; rounds {} (medians of interleaved rounds)\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        plan.rounds
+    );
+    println!("| case | what | licensed | baseline | ratio | target |");
+    println!("|---|---|---|---|---|---|");
+    case_b(&plan);
+    case_c(&plan);
+    case_d(&plan);
+    case_e(&plan);
+    case_f(&plan);
+    case_h();
+}
