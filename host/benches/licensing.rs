@@ -133,13 +133,54 @@ fn case_b(plan: &Plan) {
         );
         row(
             "B",
-            &format!("per call, fresh instance, {label} (µs/call)"),
+            &format!(
+                "per call, fresh instance, {label}, license-ids + acquire + release (µs/call)"
+            ),
+            format!("{l:.1}"),
+            format!("{b:.1}"),
+            format!("{:.3}", l / b),
+            "≤ 1.05",
+        );
+        let known = [&b"id:bench "[..], &input[..]].concat();
+        let (l, b) = side_by_side(
+            plan.rounds,
+            || per_call(&host, "licensed", &known, plan.calls),
+            || per_call(&host, "bare", input, plan.calls),
+        );
+        row(
+            "B",
+            &format!(
+                "per call, fresh instance, {label}, acquire + release of a known id (µs/call)"
+            ),
             format!("{l:.1}"),
             format!("{b:.1}"),
             format!("{:.3}", l / b),
             "≤ 1.05",
         );
     }
+}
+
+/// Where B's difference comes from: the licensed component doing the same
+/// work without calling the host, against the bare component.
+fn case_b0(plan: &Plan) {
+    let host = host(Allocator::OnDemand);
+    host.load_plugin(PluginSpec::file("licensed-idle", guest("bench-licensed")))
+        .expect("licensed guest");
+    let input = b"work:16 the quick brown fox jumps over the lazy dog";
+    let idle_input = [&b"unlicensed "[..], &input[..]].concat();
+    let (l, b) = side_by_side(
+        plan.rounds,
+        || per_call(&host, "licensed-idle", &idle_input, plan.calls),
+        || per_call(&host, "bare", input, plan.calls),
+    );
+    row(
+        "B0",
+        "licensed component, no host call, vs bare (µs/call)",
+        format!("{l:.1}"),
+        format!("{b:.1}"),
+        format!("{:.3}", l / b),
+        "explains B",
+    );
 }
 
 fn case_c(plan: &Plan) {
@@ -399,6 +440,7 @@ fn case_h() {
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
+    // `cargo bench` passes `--bench`; ignore it and other flags below.
     let plan = if quick {
         Plan {
             rounds: 3,
@@ -429,10 +471,24 @@ fn main() {
     );
     println!("| case | what | licensed | baseline | ratio | target |");
     println!("|---|---|---|---|---|---|");
-    case_b(&plan);
-    case_c(&plan);
-    case_d(&plan);
-    case_e(&plan);
-    case_f(&plan);
-    case_h();
+    // Case letters on the command line (e.g. `-- B C`) pick cases; default all.
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let wanted = |case: &str| only.is_empty() || only.iter().any(|o| o.eq_ignore_ascii_case(case));
+    let cases: [(&str, &dyn Fn(&Plan)); 7] = [
+        ("B", &case_b),
+        ("B0", &case_b0),
+        ("C", &case_c),
+        ("D", &case_d),
+        ("E", &case_e),
+        ("F", &case_f),
+        ("H", &|_: &Plan| case_h()),
+    ];
+    for (name, case) in cases {
+        if wanted(name) {
+            case(&plan);
+        }
+    }
 }

@@ -9,8 +9,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 
+/// Most events in one transaction before the writer commits unasked.
+const MAX_BATCH: usize = 4096;
+/// Events nobody waits for are committed at least this often.
+const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
+
 struct Pending {
     queue: Vec<UsageEvent>,
+    /// The highest sequence number some caller waits to see committed.
+    wanted: u64,
     next_seq: u64,
     committed_seq: u64,
     failed: Option<String>,
@@ -83,6 +90,7 @@ impl SqliteLedger {
         let shared = Arc::new(Shared {
             pending: Mutex::new(Pending {
                 queue: Vec::new(),
+                wanted: seq,
                 next_seq: seq + 1,
                 committed_seq: seq,
                 failed: None,
@@ -117,11 +125,27 @@ fn write_loop(mut conn: Connection, mut head: [u8; 32], shared: &Shared) {
     loop {
         let batch = {
             let mut p = shared.lock();
-            while p.queue.is_empty() && !p.shutdown {
-                p = shared.work.wait(p).unwrap_or_else(PoisonError::into_inner);
+            // Commit when a caller waits for durability (sync), on shutdown,
+            // when the queue is large, or after FLUSH_EVERY: events recorded
+            // in the meantime ride along in the same transaction.
+            loop {
+                if p.shutdown || p.wanted > p.committed_seq || p.queue.len() >= MAX_BATCH {
+                    break;
+                }
+                let (next, timeout) = shared
+                    .work
+                    .wait_timeout(p, FLUSH_EVERY)
+                    .unwrap_or_else(PoisonError::into_inner);
+                p = next;
+                if timeout.timed_out() && !p.queue.is_empty() {
+                    break;
+                }
             }
             if p.queue.is_empty() {
-                return;
+                if p.shutdown {
+                    return;
+                }
+                continue;
             }
             std::mem::take(&mut p.queue)
         };
@@ -193,13 +217,20 @@ impl Ledger for SqliteLedger {
         event.seq = p.next_seq;
         p.next_seq += 1;
         p.queue.push(event);
+        let full = p.queue.len() >= MAX_BATCH;
         drop(p);
-        self.shared.work.notify_one();
+        if full {
+            self.shared.work.notify_one();
+        }
     }
 
     fn sync(&self) -> Result<(), LedgerError> {
         let mut p = self.shared.lock();
         let target = p.next_seq - 1;
+        if target > p.wanted {
+            p.wanted = target;
+            self.shared.work.notify_one();
+        }
         while p.committed_seq < target {
             if let Some(e) = &p.failed {
                 return Err(LedgerError(e.clone()));
