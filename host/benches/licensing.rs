@@ -438,6 +438,9 @@ fn case_h() {
     );
 }
 
+/// One benchmark case.
+type Case = dyn Fn(&Plan);
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     // `cargo bench` passes `--bench`; ignore it and other flags below.
@@ -477,7 +480,7 @@ fn main() {
         .filter(|a| !a.starts_with('-'))
         .collect();
     let wanted = |case: &str| only.is_empty() || only.iter().any(|o| o.eq_ignore_ascii_case(case));
-    let cases: [(&str, &dyn Fn(&Plan)); 7] = [
+    let cases: [(&str, &Case); 7] = [
         ("B", &case_b),
         ("B0", &case_b0),
         ("C", &case_c),

@@ -21,6 +21,7 @@ pub struct HostBuilder {
     state: Option<PathBuf>,
     clock: Arc<dyn Clock>,
     allocator: Allocator,
+    compile_cache: Option<PathBuf>,
 }
 
 impl Default for HostBuilder {
@@ -32,6 +33,7 @@ impl Default for HostBuilder {
             state: None,
             clock: Arc::new(SystemClock),
             allocator: Allocator::default(),
+            compile_cache: None,
         }
     }
 }
@@ -64,6 +66,13 @@ impl HostBuilder {
         self
     }
 
+    /// Keeps compiled components in `dir`, keyed by the engine's compatibility
+    /// hash and the component's sha256, so a restart does not recompile.
+    pub fn compile_cache(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.compile_cache = Some(dir.into());
+        self
+    }
+
     /// Chooses how instances get memory (default: on demand).
     pub fn allocator(mut self, allocator: Allocator) -> Self {
         self.allocator = allocator;
@@ -78,7 +87,7 @@ impl HostBuilder {
 
     /// Starts the runtime and installs the licenses.
     pub fn build(self) -> Result<Host, HostError> {
-        let runtime = Runtime::new(self.allocator)?;
+        let runtime = Runtime::new(self.allocator, self.compile_cache.clone())?;
         let mut durable = None;
         let (licenses, state, lock, first_invocation) = match &self.state {
             None => {
@@ -188,6 +197,9 @@ pub enum HostError {
     /// The durable ledger failed.
     #[error(transparent)]
     Ledger(#[from] LedgerError),
+    /// The operation needs a state directory and the host has none.
+    #[error("this host has no state directory; start it with one to install licenses")]
+    NoState,
     /// A trial license has the id of an installed one.
     #[error("trial license {0:?} has the same id as an installed license; pick another id")]
     TrialShadows(String),
@@ -202,6 +214,8 @@ pub struct PluginStatus {
     pub digest: String,
     /// License ids it requires.
     pub requires: Vec<String>,
+    /// Whether its compiled form came from the compile cache.
+    pub from_cache: bool,
     /// Calls started.
     pub invocations: u64,
     /// Calls whose result reached the caller.
@@ -257,6 +271,15 @@ impl Host {
         self.licenses.install(id, terms)
     }
 
+    /// Loads a plugin under a name already in use, swapping it in once it
+    /// is compiled; calls in flight finish on the old one.
+    pub fn reload_plugin(&self, spec: PluginSpec) -> Result<Arc<Plugin>, LoadError> {
+        let plugin = Arc::new(self.runtime.load(spec)?);
+        let mut plugins = self.plugins.write().unwrap_or_else(PoisonError::into_inner);
+        plugins.insert(plugin.name().to_string(), plugin.clone());
+        Ok(plugin)
+    }
+
     /// Loads a plugin; its name must be new on this host.
     pub fn load_plugin(&self, spec: PluginSpec) -> Result<Arc<Plugin>, LoadError> {
         if self.plugin(&spec.name).is_some() {
@@ -298,6 +321,17 @@ impl Host {
 
     /// Like [`Host::invoke`], also returning the invocation id the ledger uses.
     pub fn invoke_call(&self, name: &str, input: &[u8]) -> (u64, Result<Vec<u8>, InvokeError>) {
+        self.invoke_cancellable(name, input, None)
+    }
+
+    /// Like [`Host::invoke_call`]; setting `cancel` stops the call within one
+    /// epoch tick, and its seats come back as `store-dropped`.
+    pub fn invoke_cancellable(
+        &self,
+        name: &str,
+        input: &[u8],
+        cancel: Option<&Arc<std::sync::atomic::AtomicBool>>,
+    ) -> (u64, Result<Vec<u8>, InvokeError>) {
         let invocation = self.invocations.fetch_add(1, Ordering::Relaxed);
         let Some(plugin) = self.plugin(name) else {
             return (
@@ -307,7 +341,7 @@ impl Host {
         };
         let outcome = self
             .runtime
-            .invoke(&plugin, &self.licenses, invocation, input);
+            .invoke(&plugin, &self.licenses, invocation, input, cancel);
         if let Err(e) = self.licenses.ledger().sync() {
             let e = InvokeError::NotRecorded {
                 plugin: name.to_string(),
@@ -328,6 +362,21 @@ impl Host {
         let reclaimed = self.licenses.revoke(id)?;
         self.licenses.ledger().sync()?;
         Ok(reclaimed)
+    }
+
+    /// Verifies and installs license text into the state directory, and puts
+    /// its terms in force at once. Needs a state directory.
+    pub fn install_license_text(&self, text: &str) -> Result<crate::state::Installed, HostError> {
+        let state = self.state.as_ref().ok_or(HostError::NoState)?;
+        let now = SystemClock.now_secs();
+        let installed = state.install_text(text, now)?;
+        if installed.new {
+            let id = &installed.grant.license_id;
+            if let Some(terms) = state.effective_terms(now)?.remove(id) {
+                self.licenses.install(id, terms)?;
+            }
+        }
+        Ok(installed)
     }
 
     /// The state directory, if the host has one.
@@ -365,6 +414,7 @@ impl Host {
                         name: p.name().to_string(),
                         digest: p.digest().to_string(),
                         requires: p.requires().to_vec(),
+                        from_cache: p.from_cache(),
                         invocations: s.invocations.load(Ordering::Relaxed),
                         ok: s.ok.load(Ordering::Relaxed),
                         unlicensed: s.unlicensed.load(Ordering::Relaxed),

@@ -12,6 +12,7 @@ pub mod issuer;
 pub mod ledger;
 pub mod license;
 pub mod runtime;
+pub mod server;
 pub mod state;
 
 pub use host::{Host, HostBuilder, HostError, HostStatus, PluginStatus};

@@ -4,6 +4,7 @@ mod admin;
 mod demo;
 mod issuer;
 mod run;
+mod serve;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -81,24 +82,43 @@ enum Command {
     Status(admin::StatusArgs),
     /// Usage from the ledger, per license, plugin and day.
     Usage(admin::UsageArgs),
+    /// Run the plugin host as an HTTP service (see `tollgate.toml`).
+    Serve(serve::ServeArgs),
+    /// Check a config file and explain every problem in it, with its line.
+    CheckConfig(serve::CheckArgs),
     /// Check the usage ledger's hash chain.
     #[command(subcommand)]
     Audit(admin::AuditCommand),
 }
 
-fn init_logging() {
+/// Logs to stderr, filtered by `TOLLGATE_LOG`; a server logs every call by default.
+pub(crate) fn init_logging(server: bool, json: bool) {
+    let default = if server {
+        "info"
+    } else {
+        "warn,tollgate::plugin=info"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,tollgate::plugin=info"));
-    let _ = tracing_subscriber::fmt()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init()
+    };
 }
 
 /// Parses arguments, runs the command, prints any error and maps it to an exit code.
 pub(crate) fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    match &cli.command {
+        Command::Serve(_) => {} // logs once its config says how
+        _ => init_logging(false, false),
+    }
     let result = match cli.command {
         Command::Run(args) => run::run(*args),
         Command::Demo(args) => demo::run(args),
@@ -108,6 +128,8 @@ pub(crate) fn main() -> ExitCode {
         Command::Status(args) => admin::status(args),
         Command::Usage(args) => admin::usage(args),
         Command::Audit(cmd) => admin::audit(cmd),
+        Command::Serve(args) => serve::serve(args),
+        Command::CheckConfig(args) => serve::check(args),
     };
     match result {
         Ok(exit) => exit.into(),

@@ -44,7 +44,6 @@ const DIR_KEYS: &[&str] = &["host", "guest", "mode"];
 
 const LICENSE_KEYS: &[&str] = &["include", "exclude", "reserve", "max_per_plugin"];
 
-const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
 /// Smallest `memory`: one WebAssembly page.
 const MIN_MEMORY: u64 = 64 * 1024;
@@ -554,17 +553,8 @@ impl<'t> Checker<'t> {
         };
 
         let mut plugin = PluginConfig {
-            name: name.as_ref().map(|(n, _)| n.clone()).unwrap_or_default(),
             component: component.unwrap_or_default(),
-            requires: Vec::new(),
-            may_use: Vec::new(),
-            memory_bytes: (64 * MIB) as usize,
-            time_limit: Duration::from_secs(5),
-            wait_for_seat: None,
-            dirs: Vec::new(),
-            env: Vec::new(),
-            max_request_bytes: MIB as usize,
-            max_response_bytes: (16 * MIB) as usize,
+            ..PluginConfig::defaults(&name.as_ref().map(|(n, _)| n.clone()).unwrap_or_default())
         };
 
         for (key, target) in [

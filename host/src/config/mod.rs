@@ -112,6 +112,25 @@ pub struct PluginConfig {
     pub max_response_bytes: usize,
 }
 
+impl PluginConfig {
+    /// A plugin named `name` with every default (and no component yet).
+    pub fn defaults(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            component: PathBuf::new(),
+            requires: Vec::new(),
+            may_use: Vec::new(),
+            memory_bytes: 64 << 20,
+            time_limit: Duration::from_secs(5),
+            wait_for_seat: None,
+            dirs: Vec::new(),
+            env: Vec::new(),
+            max_request_bytes: 1 << 20,
+            max_response_bytes: 16 << 20,
+        }
+    }
+}
+
 /// A host directory preopened for a plugin.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DirConfig {

@@ -1,16 +1,16 @@
 //! One call of a plugin: a fresh store, the call under limits, then every
 //! lease ended with its reason and the result released only if licensed.
 
+use super::Runtime;
 use super::licensing::LicensingState;
 use super::plugin::Plugin;
 use super::sandbox::InvocationState;
-use super::{EPOCH_TICK, Runtime};
 use crate::license::{Denial, Holder, LicenseManager, ReclaimReason};
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::Duration;
-use wasmtime::{Store, Trap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use wasmtime::{Store, Trap, UpdateDeadline};
 
 /// A required license a call did not hold, and why, if it asked.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -96,6 +96,13 @@ pub enum InvokeError {
         /// What the ledger reported.
         reason: String,
     },
+    /// The caller cancelled the call (e.g. an HTTP client disconnected); its
+    /// seats came back as `store-dropped`.
+    #[error("the call of plugin {plugin} was cancelled by its caller")]
+    Cancelled {
+        /// The plugin.
+        plugin: String,
+    },
     /// The output was larger than the plugin's output limit.
     #[error("plugin {plugin} returned {size} bytes, over its output limit of {limit}")]
     OutputTooLarge {
@@ -109,6 +116,30 @@ pub enum InvokeError {
 }
 
 impl InvokeError {
+    /// A short stable code for the outcome, used in logs and HTTP errors.
+    pub fn code(&self) -> &'static str {
+        match self {
+            InvokeError::UnknownPlugin(_) => "unknown-plugin",
+            InvokeError::Unlicensed { missing, .. } => {
+                match missing.iter().find_map(|m| m.denial) {
+                    Some(Denial::NotEntitled) => "not-entitled",
+                    Some(Denial::Exhausted) => "exhausted",
+                    Some(Denial::TimedOut) => "seat-wait-timed-out",
+                    Some(Denial::Revoked) => "revoked",
+                    Some(Denial::Expired) => "expired",
+                    _ => "unlicensed",
+                }
+            }
+            InvokeError::Trapped { .. } => "plugin-trap",
+            InvokeError::MemoryLimit { .. } => "memory-limit",
+            InvokeError::TimedOut { .. } => "time-limit",
+            InvokeError::Failed { .. } => "plugin-error",
+            InvokeError::NotRecorded { .. } => "ledger-unavailable",
+            InvokeError::Cancelled { .. } => "cancelled",
+            InvokeError::OutputTooLarge { .. } => "response-too-large",
+        }
+    }
+
     /// The plugin concerned, if any.
     pub fn plugin(&self) -> Option<&str> {
         match self {
@@ -119,7 +150,8 @@ impl InvokeError {
             | InvokeError::MemoryLimit { plugin, .. }
             | InvokeError::Failed { plugin, .. }
             | InvokeError::OutputTooLarge { plugin, .. }
-            | InvokeError::NotRecorded { plugin, .. } => Some(plugin),
+            | InvokeError::NotRecorded { plugin, .. }
+            | InvokeError::Cancelled { plugin } => Some(plugin),
         }
     }
 
@@ -128,6 +160,18 @@ impl InvokeError {
         matches!(self, InvokeError::Unlicensed { .. })
     }
 }
+
+/// The caller went away; the call is stopped at the next epoch tick.
+#[derive(Debug)]
+struct CallerGone;
+
+impl fmt::Display for CallerGone {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the caller cancelled the call")
+    }
+}
+
+impl std::error::Error for CallerGone {}
 
 /// How the guest call itself ended, before the licensing check.
 enum CallEnd {
@@ -143,7 +187,9 @@ impl Runtime {
         licenses: &Arc<LicenseManager>,
         invocation: u64,
         input: &[u8],
+        cancel: Option<&Arc<AtomicBool>>,
     ) -> Result<Vec<u8>, InvokeError> {
+        let started = Instant::now();
         plugin.stats.invocations.fetch_add(1, Ordering::Relaxed);
         let holder = Holder {
             plugin: plugin.name.clone(),
@@ -157,17 +203,23 @@ impl Runtime {
             plugin.limits.wait_for_seat,
             plugin.limits.max_leases,
         );
-        let state = InvocationState::new(&plugin.name, plugin.limits.memory_bytes, licensing);
+        let state = InvocationState::new(plugin, licensing);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
-        let ticks = plugin
-            .limits
-            .time
-            .as_nanos()
-            .div_ceil(EPOCH_TICK.as_nanos())
-            + 1;
-        store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
-        store.epoch_deadline_trap();
+        // Every epoch tick the callback checks the call's wall-time limit and
+        // whether its caller went away.
+        let deadline = Instant::now() + plugin.limits.time;
+        let cancel = cancel.cloned();
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
+                return Err(wasmtime::Error::new(CallerGone));
+            }
+            if Instant::now() >= deadline {
+                return Ok(UpdateDeadline::Interrupt);
+            }
+            Ok(UpdateDeadline::Continue(1))
+        });
 
         let end = match plugin.pre.instantiate(&mut store).and_then(|inst| {
             inst.tollgate_plugin_service()
@@ -176,7 +228,12 @@ impl Runtime {
             Ok(returned) => CallEnd::Returned(returned),
             Err(err) => {
                 let name = plugin.name.to_string();
-                if matches!(err.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
+                if err.downcast_ref::<CallerGone>().is_some() {
+                    CallEnd::Stopped(
+                        InvokeError::Cancelled { plugin: name },
+                        ReclaimReason::StoreDropped,
+                    )
+                } else if matches!(err.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
                     let e = InvokeError::TimedOut {
                         plugin: name,
                         limit: plugin.limits.time,
@@ -213,6 +270,7 @@ impl Runtime {
                 denial: state.licensing.denial(id),
             })
             .collect();
+        let lease_ids = std::mem::take(&mut state.licensing.lease_ids);
         drop(store);
 
         let outcome = match end {
@@ -245,6 +303,16 @@ impl Runtime {
             Err(_) => &plugin.stats.failed,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            target: "tollgate::call",
+            plugin = %plugin.name,
+            invocation,
+            licenses = ?plugin.requires,
+            leases = ?lease_ids,
+            outcome = outcome.as_ref().map_or_else(InvokeError::code, |_| "ok"),
+            duration_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            "call"
+        );
         outcome
     }
 }

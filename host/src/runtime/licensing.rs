@@ -25,6 +25,8 @@ pub(crate) struct LicensingState {
     held: HashMap<u64, Lease>,
     /// License ids held validly at some point of this invocation.
     satisfied: BTreeSet<String>,
+    /// Every lease handed out during this invocation.
+    pub(crate) lease_ids: Vec<u64>,
     /// Why the last request for an entitled id was refused.
     denied: BTreeMap<String, Denial>,
 }
@@ -45,6 +47,7 @@ impl LicensingState {
             max_leases,
             held: HashMap::new(),
             satisfied: BTreeSet::new(),
+            lease_ids: Vec::new(),
             denied: BTreeMap::new(),
         }
     }
@@ -153,6 +156,7 @@ impl licensing::Host for LicensingView<'_> {
             Ok(lease) => {
                 let lease_id = lease.id();
                 state.held.insert(lease_id, lease);
+                state.lease_ids.push(lease_id);
                 let handle = self.table.push(LeaseRef {
                     lease_id,
                     license_id,

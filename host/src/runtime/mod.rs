@@ -11,7 +11,8 @@ mod stdio;
 
 pub use invocation::{InvokeError, MissingLicense};
 pub use plugin::{
-    ComponentSource, Limits, LoadError, Plugin, PluginSpec, PluginStats, WIT_PACKAGE,
+    ComponentSource, Limits, LoadError, Plugin, PluginSpec, PluginStats, Preopen, Sandbox,
+    WIT_PACKAGE,
 };
 
 use sandbox::InvocationState;
@@ -36,6 +37,8 @@ pub enum RuntimeError {
 /// The engine, the linker shared by every plugin, and the epoch ticker.
 pub struct Runtime {
     engine: Engine,
+    cache: Option<std::path::PathBuf>,
+    engine_key: String,
     linker: Linker<InvocationState>,
     ticker: Option<EpochTicker>,
 }
@@ -65,7 +68,10 @@ pub enum Allocator {
 
 impl Runtime {
     /// A runtime with epoch interruption and the service-offer linker.
-    pub fn new(allocator: Allocator) -> Result<Self, RuntimeError> {
+    pub fn new(
+        allocator: Allocator,
+        cache: Option<std::path::PathBuf>,
+    ) -> Result<Self, RuntimeError> {
         let setup = |e: wasmtime::Error| RuntimeError::Setup(format!("{e:#}"));
         let mut config = Config::new();
         config.epoch_interruption(true);
@@ -92,8 +98,16 @@ impl Runtime {
         )
         .map_err(setup)?;
         let ticker = Some(EpochTicker::start(engine.clone()));
+        let engine_key = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            engine.precompile_compatibility_hash().hash(&mut h);
+            format!("engine-{:016x}", h.finish())
+        };
         Ok(Self {
             engine,
+            cache,
+            engine_key,
             linker,
             ticker,
         })

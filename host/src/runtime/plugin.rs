@@ -67,6 +67,28 @@ pub struct PluginSpec {
     pub may_use: Vec<String>,
     /// Per-invocation limits.
     pub limits: Limits,
+    /// What the sandbox lets the plugin see (nothing by default).
+    pub sandbox: Sandbox,
+}
+
+/// A host directory the plugin sees inside its sandbox.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Preopen {
+    /// The directory on the host.
+    pub host: PathBuf,
+    /// Its absolute path inside the sandbox.
+    pub guest: String,
+    /// Whether the plugin may change it.
+    pub writable: bool,
+}
+
+/// What a plugin's WASI sandbox exposes beyond the deny-all default.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Sandbox {
+    /// Preopened directories.
+    pub dirs: Vec<Preopen>,
+    /// Environment variables, name and value.
+    pub env: Vec<(String, String)>,
 }
 
 impl PluginSpec {
@@ -87,6 +109,7 @@ impl PluginSpec {
             requires: Vec::new(),
             may_use: Vec::new(),
             limits: Limits::default(),
+            sandbox: Sandbox::default(),
         }
     }
 
@@ -99,6 +122,12 @@ impl PluginSpec {
     /// Adds a license id the plugin may use without requiring it.
     pub fn may_use(mut self, id: impl Into<String>) -> Self {
         self.may_use.push(id.into());
+        self
+    }
+
+    /// Sets what the sandbox exposes.
+    pub fn sandbox(mut self, sandbox: Sandbox) -> Self {
+        self.sandbox = sandbox;
         self
     }
 
@@ -176,6 +205,14 @@ pub enum LoadError {
         /// What wasmtime reported.
         reason: String,
     },
+    /// A sandbox directory is unusable.
+    #[error("plugin {plugin}: sandbox: {reason}")]
+    Sandbox {
+        /// The plugin.
+        plugin: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// The component does not export the service interface.
     #[error(
         "plugin {plugin}: it does not export {WIT_PACKAGE}/service with `invoke` ({reason}); build it for world service-offer"
@@ -210,6 +247,8 @@ pub struct Plugin {
     pub(crate) limits: Limits,
     pub(crate) pre: ServiceOfferPre<InvocationState>,
     pub(crate) stats: PluginStats,
+    pub(crate) sandbox: Sandbox,
+    pub(crate) from_cache: bool,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -244,6 +283,11 @@ impl Plugin {
     /// Its limits.
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// Whether its compiled form came from the compile cache.
+    pub fn from_cache(&self) -> bool {
+        self.from_cache
     }
 
     /// Its invocation counts.
@@ -291,6 +335,7 @@ impl Runtime {
             requires,
             may_use,
             limits,
+            sandbox,
         } = spec;
         if !validate_name(&name) {
             return Err(LoadError::InvalidName(name));
@@ -315,12 +360,22 @@ impl Runtime {
                 reason: reason.to_string(),
             });
         }
+        for dir in &sandbox.dirs {
+            if !dir.host.is_dir() {
+                return Err(LoadError::Sandbox {
+                    plugin: name,
+                    reason: format!("{} is not a directory on this host", dir.host.display()),
+                });
+            }
+            if !dir.guest.starts_with('/') {
+                return Err(LoadError::Sandbox {
+                    plugin: name,
+                    reason: format!("guest path {:?} must be absolute", dir.guest),
+                });
+            }
+        }
         let digest = hex(&Sha256::digest(&bytes));
-        let component =
-            Component::from_binary(&self.engine, &bytes).map_err(|e| LoadError::Malformed {
-                plugin: name.clone(),
-                reason: format!("{e:#}"),
-            })?;
+        let (component, from_cache) = self.compile(&name, &digest, &bytes)?;
         let instance_pre =
             self.linker
                 .instantiate_pre(&component)
@@ -339,10 +394,77 @@ impl Runtime {
             requires,
             entitlement: Arc::new(entitlement),
             limits,
+            sandbox,
             pre,
             stats: PluginStats::default(),
+            from_cache,
         })
     }
+
+    /// Compiles `bytes`, or loads the compiled form from the cache directory
+    /// when one is set and holds an entry for this engine and digest.
+    fn compile(
+        &self,
+        name: &str,
+        digest: &str,
+        bytes: &[u8],
+    ) -> Result<(Component, bool), LoadError> {
+        let cached = self
+            .cache
+            .as_ref()
+            .map(|dir| dir.join(&self.engine_key).join(format!("{digest}.cwasm")));
+        if let Some(path) = &cached
+            && path.is_file()
+        {
+            match load_precompiled(&self.engine, path) {
+                Ok(component) => return Ok((component, true)),
+                Err(e) => tracing::warn!(
+                    plugin = name,
+                    "ignoring compile cache entry {}: {e:#}",
+                    path.display()
+                ),
+            }
+        }
+        let component =
+            Component::from_binary(&self.engine, bytes).map_err(|e| LoadError::Malformed {
+                plugin: name.to_string(),
+                reason: format!("{e:#}"),
+            })?;
+        if let Some(path) = &cached
+            && let Err(e) = store_precompiled(&component, path)
+        {
+            tracing::warn!(
+                plugin = name,
+                "cannot write compile cache entry {}: {e}",
+                path.display()
+            );
+        }
+        Ok((component, false))
+    }
+}
+
+/// Loads a component compiled earlier by this engine configuration.
+#[allow(unsafe_code)]
+fn load_precompiled(engine: &wasmtime::Engine, path: &Path) -> wasmtime::Result<Component> {
+    // SAFETY: the file lies in the host's own compile cache, under a directory
+    // named for this engine's compatibility hash, and was written by
+    // `store_precompiled` from `Component::serialize` (atomically, via rename).
+    // wasmtime still checks the header and refuses an incompatible or
+    // truncated artifact; the cache directory must be writable only by the
+    // operator, like the binary itself. The bytes are read into memory rather
+    // than mapped, so a later change to the file cannot touch a running host.
+    let bytes = std::fs::read(path)?;
+    unsafe { Component::deserialize(engine, bytes) }
+}
+
+fn store_precompiled(component: &Component, path: &Path) -> std::io::Result<()> {
+    let bytes = component.serialize().map_err(std::io::Error::other)?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
 }
 
 fn hex(bytes: &[u8]) -> String {

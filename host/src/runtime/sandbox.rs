@@ -2,11 +2,11 @@
 //! and the memory limiter.
 
 use super::licensing::{LicensingState, LicensingView};
+use super::plugin::Plugin;
 use super::stdio::PluginLog;
-use std::sync::Arc;
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
 /// Caps linear memory and tables, and remembers whether the cap was hit.
 pub(crate) struct Limiter {
@@ -50,16 +50,33 @@ pub(crate) struct InvocationState {
 }
 
 impl InvocationState {
-    /// A sandbox with no preopens, no env, no network, no stdin, and stdout
-    /// and stderr logged under `plugin`'s name.
-    pub(crate) fn new(plugin: &Arc<str>, memory_bytes: usize, licensing: LicensingState) -> Self {
-        let wasi = WasiCtx::builder()
-            .stdout(PluginLog::new(plugin.clone(), "stdout"))
-            .stderr(PluginLog::new(plugin.clone(), "stderr"))
+    /// A sandbox with only the plugin's configured directories and env
+    /// vars (none by default), no network, no stdin, and stdout and stderr
+    /// logged under the plugin's name.
+    pub(crate) fn new(plugin: &Plugin, licensing: LicensingState) -> Self {
+        let mut wasi = WasiCtx::builder();
+        wasi.stdout(PluginLog::new(plugin.name.clone(), "stdout"))
+            .stderr(PluginLog::new(plugin.name.clone(), "stderr"))
             .allow_tcp(false)
             .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
+            .allow_ip_name_lookup(false);
+        for (key, value) in &plugin.sandbox.env {
+            wasi.env(key, value);
+        }
+        for dir in &plugin.sandbox.dirs {
+            let perms = if dir.writable {
+                FsPerms::ReadWrite
+            } else {
+                FsPerms::ReadOnly
+            };
+            // Checked when the plugin was loaded; a directory removed since
+            // then is left out and logged rather than failing the call.
+            if let Err(e) = wasi.preopened_dir(&dir.host, &dir.guest, perms) {
+                tracing::warn!(plugin = %plugin.name, "cannot open {} for the sandbox: {e}", dir.host.display());
+            }
+        }
+        let memory_bytes = plugin.limits.memory_bytes;
+        let wasi = wasi.build();
         Self {
             wasi,
             table: ResourceTable::new(),

@@ -1,0 +1,415 @@
+//! `tollgate serve`: the plugin host as an HTTP service.
+//!
+//! Service users call `POST /v1/plugins/{name}/invoke`; operators use the
+//! admin API under `/v1/admin/` and `GET /metrics` with a bearer token;
+//! `GET /healthz` and `GET /readyz` are open. Plugin calls run on tokio's
+//! blocking pool, one store each; a caller that disconnects cancels its call
+//! within one epoch tick and its seats come back.
+
+mod admin;
+mod metrics;
+
+use crate::config::{Config, PluginConfig};
+use crate::host::{Host, HostError};
+use crate::license::Rules;
+use crate::runtime::{Allocator, InvokeError, Limits, PluginSpec, Preopen, Sandbox};
+use crate::state::State;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, State as Extract};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use metrics::Metrics;
+use serde_json::json;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Instant;
+use tokio::sync::Semaphore;
+
+/// Errors starting the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The host could not start.
+    #[error(transparent)]
+    Host(#[from] HostError),
+    /// A configured plugin could not be loaded.
+    #[error("plugin {plugin} from the config: {source}")]
+    Plugin {
+        /// The plugin.
+        plugin: String,
+        /// Why.
+        source: crate::runtime::LoadError,
+    },
+    /// The listen address could not be bound.
+    #[error(
+        "cannot listen on {addr}: {source}; pick another `listen` address or stop what uses it"
+    )]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The server failed while running.
+    #[error("the server failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Shared state of the running server.
+pub(crate) struct Server {
+    pub(crate) host: Arc<Host>,
+    pub(crate) plugins: RwLock<HashMap<String, PluginConfig>>,
+    pub(crate) admin_token: Option<String>,
+    pub(crate) metrics: Metrics,
+    calls: Semaphore,
+    pub(crate) draining: AtomicBool,
+    in_flight: Mutex<HashMap<u64, Arc<AtomicBool>>>,
+    next_call: AtomicU64,
+}
+
+/// The `Limits` and `Sandbox` a plugin's config asks for.
+pub(crate) fn spec_for(p: &PluginConfig) -> PluginSpec {
+    let mut spec = PluginSpec::file(p.name.clone(), &p.component).limits(Limits {
+        memory_bytes: p.memory_bytes,
+        time: p.time_limit,
+        wait_for_seat: p.wait_for_seat,
+        max_output_bytes: p.max_response_bytes,
+        ..Limits::default()
+    });
+    spec.requires = p.requires.clone();
+    spec.may_use = p.may_use.clone();
+    spec.sandbox = Sandbox {
+        dirs: p
+            .dirs
+            .iter()
+            .map(|d| Preopen {
+                host: d.host.clone(),
+                guest: d.guest.clone(),
+                writable: d.writable,
+            })
+            .collect(),
+        env: p
+            .env
+            .iter()
+            .filter_map(|k| std::env::var(k).ok().map(|v| (k.clone(), v)))
+            .collect(),
+    };
+    spec
+}
+
+/// Builds the host a config describes: state, compile cache, pooling
+/// allocator sized from the config, license rules, and every plugin.
+pub fn build_host(config: &Config) -> Result<Host, ServeError> {
+    let state_dir = config.state.clone().unwrap_or_else(State::default_dir);
+    let cache = config
+        .compile_cache
+        .clone()
+        .unwrap_or_else(|| state_dir.join("compile-cache"));
+    let max_memory = config
+        .plugins
+        .iter()
+        .map(|p| p.memory_bytes)
+        .max()
+        .unwrap_or(64 << 20);
+    let host = Host::builder()
+        .state(state_dir)
+        .compile_cache(cache)
+        .allocator(Allocator::Pooling {
+            instances: config.max_concurrent_calls,
+            max_memory_bytes: max_memory,
+        })
+        .build()?;
+    for (id, r) in &config.licenses {
+        let rules = Rules {
+            include: r.include.clone(),
+            exclude: r.exclude.clone(),
+            reserve: r.reserve.clone(),
+            max_per_plugin: r.max_per_plugin,
+        };
+        if host.licenses().set_rules(id, rules).is_err() {
+            tracing::warn!("rules for license {id} wait: no license {id} is installed yet");
+        }
+    }
+    for p in &config.plugins {
+        let plugin = host
+            .load_plugin(spec_for(p))
+            .map_err(|source| ServeError::Plugin {
+                plugin: p.name.clone(),
+                source,
+            })?;
+        tracing::info!(plugin = %p.name, digest = plugin.digest(), from_cache = plugin.from_cache(), "plugin loaded");
+    }
+    Ok(host)
+}
+
+/// Runs the server until SIGTERM or SIGINT, then drains: stops accepting,
+/// lets calls in flight finish within the grace period, cancels the rest,
+/// flushes the ledger. `ready` gets the bound address.
+pub async fn serve(config: Config, ready: impl FnOnce(SocketAddr)) -> Result<(), ServeError> {
+    let host = Arc::new(tokio::task::block_in_place(|| build_host(&config))?);
+    let server = Arc::new(Server {
+        host: host.clone(),
+        plugins: RwLock::new(
+            config
+                .plugins
+                .iter()
+                .map(|p| (p.name.clone(), p.clone()))
+                .collect(),
+        ),
+        admin_token: config.admin_token.clone(),
+        metrics: Metrics::default(),
+        calls: Semaphore::new(config.max_concurrent_calls as usize),
+        draining: AtomicBool::new(false),
+        in_flight: Mutex::new(HashMap::new()),
+        next_call: AtomicU64::new(0),
+    });
+    let app = router(server.clone());
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "listening");
+    ready(addr);
+    let grace = config.grace_period;
+    let draining = server.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down: no new connections; calls in flight have {grace:?}");
+            draining.draining.store(true, Ordering::SeqCst);
+            let late = Arc::downgrade(&draining);
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                if let Some(server) = late.upgrade() {
+                    let n = server.cancel_all();
+                    if n > 0 {
+                        tracing::warn!(
+                            "grace period over: cancelled {n} call(s); their seats come back"
+                        );
+                    }
+                }
+            });
+        })
+        .await?;
+    drop(server);
+    // Cancelled calls may still be unwinding on the blocking pool; once the
+    // last one lets go, dropping the host commits what the ledger holds.
+    let mut host = host;
+    let deadline = tokio::time::Instant::now() + grace + std::time::Duration::from_secs(5);
+    loop {
+        match Arc::try_unwrap(host) {
+            Ok(h) => {
+                tokio::task::block_in_place(|| drop(h));
+                break;
+            }
+            Err(still) if tokio::time::Instant::now() < deadline => {
+                host = still;
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            Err(still) => {
+                // Calls still running past the deadline: commit what is
+                // recorded; their leases end with the process.
+                if let Err(e) = still.licenses().ledger().sync() {
+                    tracing::error!("final ledger commit failed: {e}");
+                }
+                tracing::warn!("calls still running at exit");
+                break;
+            }
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn router(server: Arc<Server>) -> Router {
+    Router::new()
+        .route("/v1/plugins/{name}/invoke", post(invoke))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .merge(admin::routes(server.clone()))
+        // Bodies are limited per plugin in `invoke`; this is the outer bound.
+        .layer(DefaultBodyLimit::disable())
+        .with_state(server)
+}
+
+async fn readyz(Extract(server): Extract<Arc<Server>>) -> Response {
+    if server.draining.load(Ordering::SeqCst) {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "the server is shutting down",
+        )
+    } else {
+        (StatusCode::OK, "ready\n").into_response()
+    }
+}
+
+/// A JSON error body: `{"error": CODE, "message": ...}`.
+pub(crate) fn error(status: StatusCode, code: &str, message: impl std::fmt::Display) -> Response {
+    (
+        status,
+        axum::Json(json!({ "error": code, "message": message.to_string() })),
+    )
+        .into_response()
+}
+
+/// Sets the call's cancel flag if the handler is dropped before the call ends
+/// (the client went away).
+struct CancelOnDrop {
+    server: Arc<Server>,
+    id: u64,
+    flag: Arc<AtomicBool>,
+    done: bool,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if !self.done {
+            self.flag.store(true, Ordering::SeqCst);
+        }
+        self.server
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.id);
+    }
+}
+
+impl Server {
+    fn cancel_all(&self) -> usize {
+        let calls = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for flag in calls.values() {
+            flag.store(true, Ordering::SeqCst);
+        }
+        calls.len()
+    }
+}
+
+async fn invoke(
+    Extract(server): Extract<Arc<Server>>,
+    Path(name): Path<String>,
+    body: Body,
+) -> Response {
+    let Some(limits) = server
+        .plugins
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(&name)
+        .map(|p| p.max_request_bytes)
+    else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "unknown-plugin",
+            format!("no plugin named {name:?} is loaded"),
+        );
+    };
+    let input = match axum::body::to_bytes(body, limits).await {
+        Ok(bytes) => bytes,
+        Err(_) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request-too-large",
+                format!("the request body is over plugin {name}'s limit of {limits} bytes"),
+            );
+        }
+    };
+    let Ok(_permit) = server.calls.acquire().await else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "the server is shutting down",
+        );
+    };
+    let id = server.next_call.fetch_add(1, Ordering::Relaxed);
+    let flag = Arc::new(AtomicBool::new(false));
+    server
+        .in_flight
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(id, flag.clone());
+    let mut guard = CancelOnDrop {
+        server: server.clone(),
+        id,
+        flag: flag.clone(),
+        done: false,
+    };
+    let started = Instant::now();
+    let host = server.host.clone();
+    let plugin = name.clone();
+    let joined = tokio::task::spawn_blocking(move || {
+        host.invoke_cancellable(&plugin, &input, Some(&flag)).1
+    })
+    .await;
+    guard.done = true;
+    let result = match joined {
+        Ok(result) => result,
+        Err(e) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("the call failed to run: {e}"),
+            );
+        }
+    };
+    let outcome = result.as_ref().map_or_else(InvokeError::code, |_| "ok");
+    server.metrics.observe(&name, outcome, started.elapsed());
+    match result {
+        Ok(output) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/octet-stream")],
+            output,
+        )
+            .into_response(),
+        Err(e) => invoke_error(&e),
+    }
+}
+
+/// The HTTP status for each way a call can fail.
+fn invoke_error(e: &InvokeError) -> Response {
+    let status = match e.code() {
+        "unknown-plugin" => StatusCode::NOT_FOUND,
+        "exhausted" | "seat-wait-timed-out" | "ledger-unavailable" => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        "plugin-error" => StatusCode::UNPROCESSABLE_ENTITY,
+        "time-limit" => StatusCode::GATEWAY_TIMEOUT,
+        "plugin-trap" | "memory-limit" | "response-too-large" | "cancelled" => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+        _ => StatusCode::FORBIDDEN,
+    };
+    let mut response = error(status, e.code(), e);
+    if e.code() == "exhausted" {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
+}

@@ -1,0 +1,557 @@
+//! `tollgate serve` end to end on a loopback port, driven by a real HTTP
+//! client: every status, admin auth, install/revoke, reload under load,
+//! client disconnects, warm compile cache and graceful shutdown.
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
+const TOKEN: &str = "test-admin-token-0123456789";
+
+fn guest(name: &str) -> PathBuf {
+    PathBuf::from(env!("TOLLGATE_GUEST_DIR")).join(format!("{}.wasm", name.replace('-', "_")))
+}
+
+struct Server {
+    child: Child,
+    base: String,
+    agent: ureq::Agent,
+}
+
+fn tg(root: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(args)
+        .env("TOLLGATE_STATE", root.join("state"))
+        .output()
+        .expect("tollgate runs")
+}
+
+/// A scratch dir with a trusted issuer and license `demo` with `seats` seats.
+fn prepare(tag: &str, seats: &str) -> PathBuf {
+    let root = std::env::temp_dir().join(format!("tollgate-serve-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).expect("scratch");
+    let p = |n: &str| root.join(n).to_string_lossy().into_owned();
+    assert!(
+        tg(&root, &["issuer", "keygen", "--out", &p("keys")])
+            .status
+            .success()
+    );
+    assert!(
+        tg(&root, &["trust", "add", &p("keys/issuer.pub")])
+            .status
+            .success()
+    );
+    let sign = tg(
+        &root,
+        &[
+            "issuer",
+            "sign",
+            "--key",
+            &p("keys/issuer.key"),
+            "--license-id",
+            "demo",
+            "--seats",
+            seats,
+            "--out",
+            &p("demo.license"),
+        ],
+    );
+    assert!(sign.status.success());
+    assert!(
+        tg(&root, &["license", "install", &p("demo.license")])
+            .status
+            .success()
+    );
+    std::fs::write(root.join("admin.token"), TOKEN).expect("token");
+    root
+}
+
+const PLUGINS: &str = r#"
+[[plugin]]
+name = "hello"
+component = "HELLO"
+requires = ["demo"]
+max_request_bytes = "64B"
+
+[[plugin]]
+name = "slow"
+component = "SLOW"
+requires = ["demo"]
+may_use = ["zero"]
+
+[[plugin]]
+name = "waiter"
+component = "HELLO"
+requires = ["demo"]
+wait_for_seat = "300ms"
+
+[[plugin]]
+name = "freeloader"
+component = "NONE"
+requires = ["demo"]
+
+[[plugin]]
+name = "excluded"
+component = "HELLO"
+requires = ["other"]
+may_use = ["demo"]
+
+[[plugin]]
+name = "trapper"
+component = "TRAPPER"
+requires = ["demo"]
+
+[[plugin]]
+name = "spinner"
+component = "SPINNER"
+requires = ["demo"]
+time_limit = "200ms"
+
+[license.demo]
+exclude = ["excluded"]
+"#;
+
+impl Server {
+    fn start(root: &std::path::Path, grace: &str) -> Server {
+        let config = format!(
+            "listen = \"127.0.0.1:0\"\nstate = \"state\"\nadmin_token_file = \"admin.token\"\ngrace_period = \"{grace}\"\n{}",
+            PLUGINS
+                .replace("HELLO", &guest("hello-licensed").to_string_lossy())
+                .replace("SLOW", &guest("slow").to_string_lossy())
+                .replace("NONE", &guest("no-license").to_string_lossy())
+                .replace("TRAPPER", &guest("trapper").to_string_lossy())
+                .replace("SPINNER", &guest("spinner").to_string_lossy())
+        );
+        std::fs::write(root.join("tollgate.toml"), config).expect("config");
+        let check = Command::new(BIN)
+            .args([
+                "check-config",
+                &root.join("tollgate.toml").to_string_lossy(),
+            ])
+            .output()
+            .expect("check");
+        assert!(
+            check.status.success(),
+            "{}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+        let mut child = Command::new(BIN)
+            .args([
+                "serve",
+                "--config",
+                &root.join("tollgate.toml").to_string_lossy(),
+                "--log-format",
+                "json",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(
+                std::fs::File::create(root.join("serve.log")).expect("log"),
+            ))
+            .spawn()
+            .expect("serve starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("first line");
+        let base = line
+            .trim()
+            .strip_prefix("tollgate serve: listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        Server { child, base, agent }
+    }
+
+    fn invoke(&self, plugin: &str, body: &[u8]) -> (u16, String, Option<String>) {
+        let mut r = self
+            .agent
+            .post(format!("{}/v1/plugins/{plugin}/invoke", self.base))
+            .send(body)
+            .expect("request");
+        let retry = r
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        (
+            r.status().as_u16(),
+            r.body_mut().read_to_string().expect("body"),
+            retry,
+        )
+    }
+
+    fn admin(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        token: Option<&str>,
+    ) -> (u16, String) {
+        let url = format!("{}{path}", self.base);
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let mut r = match (method, body) {
+            ("GET", _) => {
+                let mut req = self.agent.get(&url);
+                if let Some(a) = &auth {
+                    req = req.header("Authorization", a);
+                }
+                req.call()
+            }
+            ("DELETE", _) => {
+                let mut req = self.agent.delete(&url);
+                if let Some(a) = &auth {
+                    req = req.header("Authorization", a);
+                }
+                req.call()
+            }
+            (_, b) => {
+                let mut req = self.agent.post(&url);
+                if let Some(a) = &auth {
+                    req = req.header("Authorization", a);
+                }
+                req.send(b.unwrap_or(""))
+            }
+        }
+        .expect("admin request");
+        (
+            r.status().as_u16(),
+            r.body_mut().read_to_string().expect("body"),
+        )
+    }
+
+    fn json(&self, path: &str) -> Value {
+        let (status, body) = self.admin("GET", path, None, Some(TOKEN));
+        assert_eq!(status, 200, "{path}: {body}");
+        serde_json::from_str(&body).expect("JSON")
+    }
+
+    fn demo(&self) -> Value {
+        self.json("/v1/admin/licenses/demo")
+    }
+
+    fn wait_in_use(&self, want: u64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.demo()["counters"]["in_use"].as_u64() != Some(want) {
+            assert!(
+                Instant::now() < deadline,
+                "in_use never became {want}: {}",
+                self.demo()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .expect("kill")
+                .success()
+        );
+        self.child.wait().expect("exits")
+    }
+}
+
+fn code(body: &str) -> String {
+    serde_json::from_str::<Value>(body)
+        .map(|v| v["error"].as_str().unwrap_or("").to_string())
+        .unwrap_or_default()
+}
+
+#[test]
+fn every_status_admin_auth_and_live_license_changes() {
+    let root = prepare("status", "1");
+    let s = Server::start(&root, "5s");
+    assert_eq!(
+        s.invoke("hello", b"world"),
+        (200, "hello, world! (licensed by demo)".into(), None)
+    );
+    let (st, body, _) = s.invoke("nope", b"");
+    assert_eq!((st, code(&body).as_str()), (404, "unknown-plugin"));
+    let (st, body, _) = s.invoke("hello", &[b'x'; 65]);
+    assert_eq!(
+        (st, code(&body).as_str()),
+        (413, "request-too-large"),
+        "{body}"
+    );
+    let (st, body, _) = s.invoke("freeloader", b"x");
+    assert_eq!((st, code(&body).as_str()), (403, "unlicensed"), "{body}");
+    let (st, body, _) = s.invoke("excluded", b"x");
+    assert_eq!(st, 403, "{body}");
+    let (st, body, _) = s.invoke("trapper", b"");
+    assert_eq!((st, code(&body).as_str()), (500, "plugin-trap"), "{body}");
+    let (st, body, _) = s.invoke("spinner", b"");
+    assert_eq!((st, code(&body).as_str()), (504, "time-limit"), "{body}");
+
+    // A slow call holds the only seat: the next is refused (503 + Retry-After),
+    // a waiting one times out (503).
+    std::thread::scope(|scope| {
+        let holder = scope.spawn(|| s.invoke("slow", b"1500"));
+        s.wait_in_use(1);
+        let (st, body, retry) = s.invoke("hello", b"x");
+        assert_eq!(
+            (st, code(&body).as_str(), retry.as_deref()),
+            (503, "exhausted", Some("1")),
+            "{body}"
+        );
+        let (st, body, _) = s.invoke("waiter", b"x");
+        assert_eq!(
+            (st, code(&body).as_str()),
+            (503, "seat-wait-timed-out"),
+            "{body}"
+        );
+        assert_eq!(holder.join().expect("holder").0, 200);
+    });
+
+    // Admin: nothing without the right token.
+    for token in [None, Some("wrong-token-wrong-token"), Some("")] {
+        for path in ["/v1/admin/status", "/metrics", "/v1/admin/licenses"] {
+            let (st, body) = s.admin("GET", path, None, token);
+            assert_eq!(st, 401, "{path} {token:?}: {body}");
+            assert!(!body.contains("demo"), "nothing leaks: {body}");
+        }
+    }
+    assert_eq!(s.admin("GET", "/healthz", None, None).0, 200);
+    assert_eq!(s.admin("GET", "/readyz", None, None).0, 200);
+    let status = s.json("/v1/admin/status");
+    assert!(
+        status["host"]["plugins"]
+            .as_array()
+            .is_some_and(|p| p.len() == 7),
+        "{status}"
+    );
+    let metrics = s.admin("GET", "/metrics", None, Some(TOKEN)).1;
+    for needle in [
+        "tollgate_invocations_total{plugin=\"hello\",outcome=\"ok\"} 1",
+        "tollgate_seats_in_use{license=\"demo\"} 0",
+        "tollgate_denials_total{license=\"demo\",reason=\"exhausted\"}",
+        "tollgate_reclaims_total{license=\"demo\",reason=\"timed-out\"} 1",
+        "tollgate_invoke_duration_seconds_count{plugin=\"hello\"}",
+    ] {
+        assert!(metrics.contains(needle), "{needle} missing in\n{metrics}");
+    }
+    let usage: Value = serde_json::from_str(
+        &s.admin("GET", "/v1/admin/usage?plugin=hello", None, Some(TOKEN))
+            .1,
+    )
+    .expect("usage");
+    assert_eq!(usage[0]["checkouts"], 1, "{usage}");
+
+    // Install a second grant over the API while calls run: seats add up at once.
+    let p = |n: &str| root.join(n).to_string_lossy().into_owned();
+    assert!(
+        tg(
+            &root,
+            &[
+                "issuer",
+                "sign",
+                "--key",
+                &p("keys/issuer.key"),
+                "--license-id",
+                "demo",
+                "--seats",
+                "2",
+                "--out",
+                &p("more.license")
+            ]
+        )
+        .status
+        .success()
+    );
+    let text = std::fs::read_to_string(root.join("more.license")).expect("license");
+    let (st, body) = s.admin("POST", "/v1/admin/licenses", Some(&text), Some(TOKEN));
+    assert_eq!(st, 201, "{body}");
+    assert_eq!(s.demo()["terms"]["seats"]["counted"], 3, "{}", s.demo());
+    let (st, body) = s.admin(
+        "POST",
+        "/v1/admin/licenses",
+        Some(&text.replace("seats: 2", "seats: 20")),
+        Some(TOKEN),
+    );
+    assert_eq!((st, code(&body).as_str()), (400, "bad-request"), "{body}");
+    assert!(body.contains("signature does not match"), "{body}");
+
+    // Revoke while a call holds a seat: that call is withheld, later ones refused.
+    std::thread::scope(|scope| {
+        let in_flight = scope.spawn(|| s.invoke("slow", b"1000"));
+        s.wait_in_use(1);
+        let (st, body) = s.admin("POST", "/v1/admin/licenses/demo/revoke", None, Some(TOKEN));
+        assert_eq!(st, 200, "{body}");
+        let (st, body, _) = in_flight.join().expect("in flight");
+        assert_eq!((st, code(&body).as_str()), (403, "unlicensed"), "{body}");
+    });
+    let (st, body, _) = s.invoke("hello", b"x");
+    assert_eq!((st, code(&body).as_str()), (403, "revoked"), "{body}");
+    assert_eq!(s.demo()["counters"]["in_use"], 0);
+    assert!(s.terminate().success());
+}
+
+#[test]
+fn disconnect_cancels_reload_keeps_serving_shutdown_drains() {
+    let root = prepare("lifecycle", "4");
+    let s = Server::start(&root, "10s");
+
+    // A client that hangs up mid-call cancels it; its seat comes back. (A
+    // plugin blocked in a host call, here a 2 s sleep, is stopped as soon as
+    // it runs Wasm again.)
+    let addr = s.base.trim_start_matches("http://").to_string();
+    let mut stream = TcpStream::connect(&addr).expect("connect");
+    write!(
+        stream,
+        "POST /v1/plugins/slow/invoke HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\n2000"
+    )
+    .expect("send");
+    s.wait_in_use(1);
+    drop(stream);
+    s.wait_in_use(0);
+    assert_eq!(
+        s.demo()["counters"]["reclaims"]["store-dropped"],
+        1,
+        "{}",
+        s.demo()
+    );
+
+    // Reload while calls run: none fails.
+    std::thread::scope(|scope| {
+        let load = scope.spawn(|| {
+            (0..60)
+                .map(|_| s.invoke("hello", b"load").0)
+                .filter(|st| *st != 200)
+                .count()
+        });
+        for _ in 0..3 {
+            let (st, body) = s.admin("POST", "/v1/admin/plugins/hello/reload", None, Some(TOKEN));
+            assert_eq!(st, 200, "{body}");
+        }
+        assert_eq!(load.join().expect("load"), 0, "calls failed during reload");
+    });
+    let (st, _) = s.admin("DELETE", "/v1/admin/plugins/trapper", None, Some(TOKEN));
+    assert_eq!(st, 204);
+    assert_eq!(s.invoke("trapper", b"").0, 404);
+
+    // SIGTERM with a call in flight: it finishes, the server exits 0.
+    let base = s.base.clone();
+    let agent = s.agent.clone();
+    let in_flight = std::thread::spawn(move || {
+        let mut r = agent
+            .post(format!("{base}/v1/plugins/slow/invoke"))
+            .send(&b"800"[..])
+            .expect("request");
+        (
+            r.status().as_u16(),
+            r.body_mut().read_to_string().expect("body"),
+        )
+    });
+    s.wait_in_use(1);
+    let started = Instant::now();
+    let status = s.terminate();
+    assert!(status.success(), "exit {status:?}");
+    let (st, body) = in_flight.join().expect("in flight");
+    assert_eq!((st, body.as_str()), (200, "held 800ms, valid=true"));
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    // Nothing lost: every seat is free and the acknowledged call is in the ledger.
+    let status: Value =
+        serde_json::from_slice(&tg(&root, &["status", "--json"]).stdout).expect("status");
+    let c = &status[0]["counters"];
+    let reclaims: u64 = c["reclaims"]
+        .as_object()
+        .expect("reclaims")
+        .values()
+        .filter_map(Value::as_u64)
+        .sum();
+    assert_eq!(c["in_use"], 0, "{c}");
+    assert_eq!(
+        c["checkouts"].as_u64(),
+        Some(c["releases"].as_u64().unwrap_or(0) + reclaims),
+        "{c}"
+    );
+    assert!(tg(&root, &["audit", "verify"]).status.success());
+    let usage: Value = serde_json::from_slice(
+        &tg(&root, &["usage", "--format", "json", "--plugin", "slow"]).stdout,
+    )
+    .expect("usage");
+    assert_eq!(
+        usage[0]["releases"], 1,
+        "the drained call's release was committed: {usage}"
+    );
+}
+
+#[test]
+fn warm_compile_cache_serves_without_compiling() {
+    let root = prepare("cache", "2");
+    let cold = Server::start(&root, "1s");
+    let plugins = cold.json("/v1/admin/plugins");
+    let hello = plugins
+        .as_array()
+        .expect("plugins")
+        .iter()
+        .find(|p| p["name"] == "hello")
+        .cloned()
+        .expect("hello");
+    assert_eq!(
+        hello["from_cache"], false,
+        "the first start compiles: {plugins}"
+    );
+    assert!(cold.terminate().success());
+    let warm = Server::start(&root, "1s");
+    let plugins = warm.json("/v1/admin/plugins");
+    assert!(
+        plugins
+            .as_array()
+            .expect("plugins")
+            .iter()
+            .all(|p| p["from_cache"] == true),
+        "{plugins}"
+    );
+    assert_eq!(warm.invoke("hello", b"again").0, 200);
+    // A damaged cache entry is ignored safely: recompiled, and still served.
+    for entry in walk(&root.join("state/compile-cache")) {
+        std::fs::write(&entry, b"not a compiled component").expect("damage");
+    }
+    assert!(warm.terminate().success());
+    let again = Server::start(&root, "1s");
+    let plugins = again.json("/v1/admin/plugins");
+    let hello = plugins
+        .as_array()
+        .expect("plugins")
+        .iter()
+        .find(|p| p["name"] == "hello")
+        .cloned()
+        .expect("hello");
+    assert_eq!(
+        hello["from_cache"], false,
+        "a damaged entry is recompiled: {plugins}"
+    );
+    assert_eq!(again.invoke("hello", b"again").0, 200);
+    let mut log = String::new();
+    std::fs::File::open(root.join("serve.log"))
+        .and_then(|mut f| f.read_to_string(&mut log))
+        .expect("log");
+    assert!(log.contains("ignoring compile cache entry"), "{log}");
+    assert!(again.terminate().success());
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
