@@ -160,6 +160,69 @@ fn case_b(plan: &Plan) {
     }
 }
 
+/// Cold start: load + first call compiling from `.wasm`, against load +
+/// first call from the precompiled compile cache.
+fn case_a(plan: &Plan) {
+    let dir = std::env::temp_dir().join(format!("tollgate-bench-cache-{}", std::process::id()));
+    let mut guests = vec!["hello-licensed"];
+    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/other-languages/hello_python.wasm");
+    let first_call = |cache: &std::path::Path, path: &std::path::Path| {
+        let host = Host::builder()
+            .license(LICENSE, Terms::new(Seats::Unlimited))
+            .compile_cache(cache)
+            .build()
+            .expect("host");
+        let start = Instant::now();
+        let plugin = host
+            .load_plugin(PluginSpec::file("p", path).requires(LICENSE))
+            .expect("load");
+        host.invoke("p", b"x").expect("first call");
+        (start.elapsed().as_secs_f64() * 1e3, plugin.from_cache())
+    };
+    if python.exists() {
+        guests.push("python");
+    }
+    for g in guests {
+        let path = if g == "python" {
+            python.clone()
+        } else {
+            guest(g)
+        };
+        let rounds = if g == "python" {
+            plan.rounds.min(3)
+        } else {
+            plan.rounds
+        };
+        let (cold, warm) = side_by_side(
+            rounds,
+            || {
+                let _ = std::fs::remove_dir_all(&dir);
+                let (ms, cached) = first_call(&dir, &path);
+                assert!(!cached, "cold start compiled");
+                ms
+            },
+            || {
+                if !dir.exists() {
+                    first_call(&dir, &path);
+                }
+                let (ms, cached) = first_call(&dir, &path);
+                assert!(cached, "warm start loaded the cache");
+                ms
+            },
+        );
+        row(
+            "A",
+            &format!("load + first call of {g}: compile vs compile cache (ms)"),
+            format!("{cold:.1}"),
+            format!("{warm:.2}"),
+            format!("{:.1}× faster", cold / warm),
+            "cached ≥ 10× faster",
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Where B's difference comes from: the licensed component doing the same
 /// work without calling the host, against the bare component.
 fn case_b0(plan: &Plan) {
@@ -480,7 +543,8 @@ fn main() {
         .filter(|a| !a.starts_with('-'))
         .collect();
     let wanted = |case: &str| only.is_empty() || only.iter().any(|o| o.eq_ignore_ascii_case(case));
-    let cases: [(&str, &Case); 7] = [
+    let cases: [(&str, &Case); 8] = [
+        ("A", &case_a),
         ("B", &case_b),
         ("B0", &case_b0),
         ("C", &case_c),

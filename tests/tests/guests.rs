@@ -351,6 +351,74 @@ fn prober() {
     assert_balanced(&host);
 }
 
+#[test]
+fn prober_sees_only_what_it_is_given() {
+    use tollgate::runtime::{Preopen, Sandbox};
+    let dir = std::env::temp_dir().join(format!("tollgate-preopen-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(dir.join("hello.txt"), "from the host").expect("write");
+    let host = host_with(Seats::Counted(1));
+    let sandbox = |writable| Sandbox {
+        dirs: vec![Preopen {
+            host: dir.clone(),
+            guest: "/data".into(),
+            writable,
+        }],
+        env: vec![("GREETING".into(), "hi".into())],
+    };
+    host.load_plugin(
+        PluginSpec::file("ro", guests::PROBER)
+            .requires(SEAT)
+            .sandbox(sandbox(false)),
+    )
+    .expect("loads");
+    host.load_plugin(
+        PluginSpec::file("rw", guests::PROBER)
+            .requires(SEAT)
+            .sandbox(sandbox(true)),
+    )
+    .expect("loads");
+    let out = text(host.invoke("ro", b"/data/hello.txt").expect("ok"));
+    assert!(out.contains("/data/hello.txt: from the host"), "{out}");
+    assert!(
+        out.contains("write: denied (PermissionDenied)"),
+        "read-only preopen: {out}"
+    );
+    assert!(out.contains("vars: GREETING=hi"), "{out}");
+    assert!(
+        out.contains("file: denied (NotFound)"),
+        "/etc/passwd still out of reach: {out}"
+    );
+    assert!(!dir.join("hello.txt.copy").exists());
+    let out = text(host.invoke("rw", b"/data/hello.txt").expect("ok"));
+    assert!(out.contains("write: OPEN"), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("hello.txt.copy")).expect("written"),
+        "from the host"
+    );
+    let escape = text(host.invoke("ro", b"/data/../../etc/passwd").expect("ok"));
+    assert!(
+        escape.contains("/data/../../etc/passwd: denied"),
+        "{escape}"
+    );
+    let missing = host.load_plugin(PluginSpec::file("gone", guests::PROBER).sandbox(Sandbox {
+        dirs: vec![Preopen {
+            host: dir.join("nope"),
+            guest: "/x".into(),
+            writable: false,
+        }],
+        env: vec![],
+    }));
+    assert!(
+        missing
+            .expect_err("refused")
+            .to_string()
+            .contains("is not a directory")
+    );
+    assert_balanced(&host);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Fails to compile — and so fails — when a guest in guest-examples has no
 /// test of the same name in this file.
 #[test]

@@ -1,5 +1,6 @@
 //! Rogue plugin: holds a license legitimately, then probes the sandbox — a
 //! host file, the host's environment, a socket — and reports what it got.
+//! Given a path as input it also reads that file and tries to write beside it.
 
 wit_bindgen::generate!({ path: "../../wit", world: "service-offer" });
 
@@ -16,7 +17,7 @@ fn outcome<T>(r: std::io::Result<T>) -> String {
 }
 
 impl Guest for Prober {
-    fn invoke(_input: Vec<u8>) -> Result<Vec<u8>, String> {
+    fn invoke(input: Vec<u8>) -> Result<Vec<u8>, String> {
         let ids = licensing::license_ids();
         let id = ids.first().ok_or("this host grants me no license id")?;
         let lease = licensing::acquire(id).map_err(|e| format!("acquire {id}: {e:?}"))?;
@@ -29,8 +30,17 @@ impl Guest for Prober {
             n => format!("OPEN ({n} vars)"),
         };
         let socket = outcome(std::net::TcpStream::connect("127.0.0.1:9"));
+        let mut report = format!("file: {file}\ndir: {dir}\nenv: {env}\nsocket: {socket}");
+        // With input PATH: read it (a preopened file) and show the env.
+        let path = String::from_utf8_lossy(&input).trim().to_string();
+        if !path.is_empty() {
+            let got = std::fs::read_to_string(&path).unwrap_or_else(|e| format!("denied ({:?})", e.kind()));
+            let vars: Vec<String> = std::env::vars().map(|(k, v)| format!("{k}={v}")).collect();
+            let written = outcome(std::fs::write(format!("{path}.copy"), got.as_bytes()));
+            report.push_str(&format!("\n{path}: {got}\nwrite: {written}\nvars: {}", vars.join(",")));
+        }
         drop(lease);
-        Ok(format!("file: {file}\ndir: {dir}\nenv: {env}\nsocket: {socket}").into_bytes())
+        Ok(report.into_bytes())
     }
 }
 
