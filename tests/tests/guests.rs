@@ -429,7 +429,7 @@ fn every_guest_has_a_test() {
         };
     }
     tollgate_tests::for_each_guest!(has_test);
-    assert_eq!(guests::GUESTS.len(), 14);
+    assert_eq!(guests::GUESTS.len(), 18);
 }
 
 #[test]
@@ -506,5 +506,93 @@ fn bench_bare() {
             .is_unlicensed()
     );
     assert_eq!(seat(&host).counters.withheld, 1);
+    assert_balanced(&host);
+}
+
+#[test]
+fn recurser() {
+    let host = host_with(Seats::Counted(1));
+    load(&host, "recurser", guests::RECURSER);
+    match host.invoke("recurser", b"").expect_err("stack overflow") {
+        InvokeError::Trapped { plugin, reason } => {
+            assert_eq!(plugin, "recurser");
+            // Rust keeps its frames on a shadow stack in linear memory, which
+            // runs out first; wasm's own call stack would trap the same way.
+            assert!(
+                reason.contains("out of bounds memory access")
+                    || reason.contains("call stack exhausted"),
+                "{reason}"
+            );
+        }
+        other => panic!("expected a trap, got {other:?}"),
+    }
+    assert_eq!(seat(&host).counters.reclaims.get(ReclaimReason::Trapped), 1);
+    load(&host, "hello", guests::HELLO_LICENSED);
+    assert!(
+        host.invoke("hello", b"next").is_ok(),
+        "the host serves the next call"
+    );
+    assert_balanced(&host);
+}
+
+#[test]
+fn flooder() {
+    let host = host_with(Seats::Counted(1));
+    let limits = Limits {
+        max_output_bytes: 1 << 20,
+        ..Limits::default()
+    };
+    load_with(&host, "flooder", guests::FLOODER, limits);
+    assert_eq!(
+        host.invoke("flooder", b"2").expect_err("too large"),
+        InvokeError::OutputTooLarge {
+            plugin: "flooder".into(),
+            size: 2 << 20,
+            limit: 1 << 20
+        }
+    );
+    assert_eq!(
+        host.invoke("flooder", b"0").expect("empty output is fine"),
+        Vec::<u8>::new()
+    );
+    // Past its memory limit it cannot even build the output.
+    let err = host.invoke("flooder", b"100").expect_err("memory");
+    assert!(matches!(err, InvokeError::MemoryLimit { .. }), "{err}");
+    assert_balanced(&host);
+}
+
+#[test]
+fn churner() {
+    let host = host_with(Seats::Counted(1));
+    let limits = Limits {
+        time: Duration::from_millis(200),
+        ..Limits::default()
+    };
+    load_with(&host, "churner", guests::CHURNER, limits);
+    let err = host.invoke("churner", b"").expect_err("stopped");
+    assert!(matches!(err, InvokeError::TimedOut { .. }), "{err}");
+    let c = seat(&host).counters;
+    assert!(c.checkouts > 100, "it churned: {c:?}");
+    assert!(c.reclaims.get(ReclaimReason::TimedOut) <= 1);
+    assert_eq!(c.peak, 1);
+    assert_balanced(&host);
+}
+
+#[test]
+fn double_release() {
+    let host = host_with(Seats::Counted(1));
+    load(&host, "double", guests::DOUBLE_RELEASE);
+    let err = host
+        .invoke("double", b"")
+        .expect_err("the stale handle traps");
+    assert!(matches!(err, InvokeError::Trapped { .. }), "{err}");
+    let c = seat(&host).counters;
+    assert_eq!(
+        (c.checkouts, c.releases, c.reclaims.total()),
+        (1, 1, 0),
+        "released once, nothing else"
+    );
+    load(&host, "hello", guests::HELLO_LICENSED);
+    assert!(host.invoke("hello", b"next").is_ok());
     assert_balanced(&host);
 }
