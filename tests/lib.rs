@@ -1,3 +1,31 @@
-//! Paths of the example and rogue guests, built by this crate's build script.
+//! Paths of the example and rogue guests, built by this crate's build script,
+//! and the checks every guest test ends with.
 
 include!(concat!(env!("OUT_DIR"), "/guests.rs"));
+
+use tollgate::Host;
+
+/// Every seat is back and every checkout was ended exactly once, for every
+/// license on `host`; the peak never passed the seats issued.
+pub fn assert_balanced(host: &Host) {
+    for l in host.licenses().status().licenses {
+        let c = &l.counters;
+        assert_eq!(c.in_use, 0, "{}: seats still in use: {c:?}", l.id);
+        assert_eq!(
+            c.checkouts,
+            c.releases + c.reclaims.total(),
+            "{}: unbalanced {c:?}",
+            l.id
+        );
+        assert!(
+            c.peak <= l.terms.seats.limit().unwrap_or(u32::MAX),
+            "{}: oversold {c:?}",
+            l.id
+        );
+    }
+}
+
+/// A plugin's output as UTF-8 text.
+pub fn text(out: Vec<u8>) -> String {
+    String::from_utf8(out).expect("utf-8 output")
+}

@@ -2,10 +2,11 @@
 //! outcome, then that every seat came back.
 
 use std::time::{Duration, Instant};
-use tollgate::license::{Counters, LicenseStatus};
+use tollgate::license::LicenseStatus;
 use tollgate::runtime::MissingLicense;
 use tollgate::{Denial, Host, InvokeError, Limits, PluginSpec, ReclaimReason, Seats, Terms};
 use tollgate_tests as guests;
+use tollgate_tests::{assert_balanced, text};
 
 const SEAT: &str = "seat";
 
@@ -29,24 +30,6 @@ fn seat(host: &Host) -> LicenseStatus {
     host.licenses()
         .describe(SEAT)
         .expect("seat license installed")
-}
-
-/// Every seat is back and every checkout was ended exactly once.
-fn assert_balanced(host: &Host) {
-    for l in host.licenses().status().licenses {
-        let c: &Counters = &l.counters;
-        assert_eq!(c.in_use, 0, "{}: seats still in use: {c:?}", l.id);
-        assert_eq!(
-            c.checkouts,
-            c.releases + c.reclaims.total(),
-            "{}: unbalanced {c:?}",
-            l.id
-        );
-    }
-}
-
-fn text(out: Vec<u8>) -> String {
-    String::from_utf8(out).expect("utf-8 output")
 }
 
 #[test]

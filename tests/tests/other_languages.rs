@@ -14,6 +14,7 @@ use std::process::Command;
 use std::time::Instant;
 use tollgate::license::Counters;
 use tollgate::{Denial, Host, InvokeError, PluginSpec, Seats, Terms};
+use tollgate_tests::{assert_balanced, text};
 
 const SEAT: &str = "seat";
 /// Sorts after `seat`, so the plugin holds a seat when this one is refused.
@@ -73,24 +74,6 @@ fn counters(host: &Host, id: &str) -> Counters {
         .describe(id)
         .expect("license installed")
         .counters
-}
-
-/// Every seat is back and every checkout was ended exactly once.
-fn assert_balanced(host: &Host) {
-    for l in host.licenses().status().licenses {
-        let c = &l.counters;
-        assert_eq!(c.in_use, 0, "{}: seats still in use: {c:?}", l.id);
-        assert_eq!(
-            c.checkouts,
-            c.releases + c.reclaims.total(),
-            "{}: unbalanced {c:?}",
-            l.id
-        );
-    }
-}
-
-fn text(out: Vec<u8>) -> String {
-    String::from_utf8(out).expect("utf-8 output")
 }
 
 /// The Rust `hello-licensed` contract, with `greeting` naming the language.
