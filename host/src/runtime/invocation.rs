@@ -200,8 +200,7 @@ impl Runtime {
             licenses.clone(),
             holder.clone(),
             plugin.entitlement.clone(),
-            plugin.limits.wait_for_seat,
-            plugin.limits.max_leases,
+            &plugin.limits,
         );
         let state = InvocationState::new(plugin, licensing);
         let mut store = Store::new(&self.engine, state);

@@ -2,6 +2,7 @@
 //! store's `ResourceTable`; every seat goes through the [`LicenseManager`].
 
 use super::bindings::licensing::{self, LicenseInfo};
+use super::plugin::Limits;
 use crate::license::{Denial, Entitlement, Holder, Lease, LicenseManager, ReclaimReason};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -22,6 +23,7 @@ pub(crate) struct LicensingState {
     entitlement: Arc<Entitlement>,
     wait: Option<Duration>,
     max_leases: usize,
+    max_acquires: usize,
     held: HashMap<u64, Lease>,
     /// License ids held validly at some point of this invocation.
     satisfied: BTreeSet<String>,
@@ -36,15 +38,15 @@ impl LicensingState {
         manager: Arc<LicenseManager>,
         holder: Holder,
         entitlement: Arc<Entitlement>,
-        wait: Option<Duration>,
-        max_leases: usize,
+        limits: &Limits,
     ) -> Self {
         Self {
             manager,
             holder,
             entitlement,
-            wait,
-            max_leases,
+            wait: limits.wait_for_seat,
+            max_leases: limits.max_leases,
+            max_acquires: limits.max_acquires,
             held: HashMap::new(),
             satisfied: BTreeSet::new(),
             lease_ids: Vec::new(),
@@ -146,7 +148,9 @@ impl licensing::Host for LicensingView<'_> {
         license_id: String,
     ) -> wasmtime::Result<Result<Resource<LeaseRef>, licensing::LicenseError>> {
         let state = &mut *self.state;
-        if state.held.len() >= state.max_leases {
+        // Caps on what one call may hold and ask for, so a plugin looping on
+        // acquire can neither exhaust host memory nor flood the ledger.
+        if state.held.len() >= state.max_leases || state.lease_ids.len() >= state.max_acquires {
             return Ok(Err(to_wit(Denial::Exhausted)));
         }
         match state

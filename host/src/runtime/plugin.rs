@@ -31,6 +31,8 @@ pub struct Limits {
     pub max_output_bytes: usize,
     /// Most leases one invocation may hold at once.
     pub max_leases: usize,
+    /// Most seats one invocation may acquire in all (each is a ledger row).
+    pub max_acquires: usize,
 }
 
 impl Default for Limits {
@@ -41,6 +43,7 @@ impl Default for Limits {
             wait_for_seat: None,
             max_output_bytes: 16 * 1024 * 1024,
             max_leases: 1024,
+            max_acquires: 10_000,
         }
     }
 }
