@@ -352,6 +352,12 @@ impl Host {
         (invocation, outcome)
     }
 
+    /// Compiles component `bytes` and reports its interface and whether this
+    /// host can run it, without loading it.
+    pub fn inspect(&self, bytes: &[u8]) -> Result<crate::runtime::Inspection, LoadError> {
+        self.runtime.inspect(bytes)
+    }
+
     /// Revokes a license: held leases are reclaimed now (their calls are
     /// withheld) and new requests get `revoked`; recorded in the state
     /// directory when there is one.

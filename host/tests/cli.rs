@@ -288,6 +288,32 @@ fn bad_input_exits_two_with_a_clear_error() {
 }
 
 #[test]
+fn inspect_shows_the_contract_and_refuses_other_versions() {
+    let o = tollgate(&["inspect", guest("hello-licensed").to_str().expect("utf-8")]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    for needle in [
+        "sha256:",
+        "built for: tollgate:plugin@0.1.0",
+        "tollgate:plugin/licensing@0.1.0",
+        "tollgate:plugin/service@0.1.0",
+        "runs on this host: yes",
+    ] {
+        assert!(out.contains(needle), "{needle} in {out}");
+    }
+    let o = tollgate(&["inspect", guest("future-wit").to_str().expect("utf-8")]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stdout(&o).contains("runs on this host: no: plugin inspected: built for tollgate:plugin@0.2.0, but this host provides tollgate:plugin@0.1.0"), "{}", stdout(&o));
+    let o = run_guest("future-wit", &[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("built for tollgate:plugin@0.2.0"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
 fn help_explains_exit_codes() {
     let o = tollgate(&["run", "--help"]);
     assert_eq!(o.status.code(), Some(0));

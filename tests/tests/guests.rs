@@ -402,6 +402,49 @@ fn prober_sees_only_what_it_is_given() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[test]
+fn future_wit() {
+    let host = host_with(Seats::Counted(1));
+    let err = host
+        .load_plugin(PluginSpec::file("future", guests::FUTURE_WIT))
+        .expect_err("refused");
+    let message = err.to_string();
+    assert!(
+        message.contains("built for tollgate:plugin@0.2.0")
+            && message.contains("this host provides tollgate:plugin@0.1.0"),
+        "{message}"
+    );
+    let report = host
+        .inspect(&std::fs::read(guests::FUTURE_WIT).expect("guest"))
+        .expect("inspects");
+    assert_eq!(
+        report.wit_packages,
+        vec!["tollgate:plugin@0.2.0".to_string()]
+    );
+    assert!(
+        report
+            .exports
+            .iter()
+            .any(|e| e == "tollgate:plugin/service@0.2.0"),
+        "{report:?}"
+    );
+    assert!(report.refused.is_some());
+    let ok = host
+        .inspect(&std::fs::read(guests::HELLO_LICENSED).expect("guest"))
+        .expect("inspects");
+    assert_eq!(
+        (ok.wit_packages, ok.refused),
+        (vec!["tollgate:plugin@0.1.0".to_string()], None)
+    );
+    assert!(
+        ok.imports
+            .iter()
+            .any(|i| i == "tollgate:plugin/licensing@0.1.0"),
+        "{:?}",
+        ok.imports
+    );
+}
+
 /// Fails to compile — and so fails — when a guest in guest-examples has no
 /// test of the same name in this file.
 #[test]
@@ -412,7 +455,7 @@ fn every_guest_has_a_test() {
         };
     }
     tollgate_tests::for_each_guest!(has_test);
-    assert_eq!(guests::GUESTS.len(), 18);
+    assert_eq!(guests::GUESTS.len(), 19);
 }
 
 #[test]

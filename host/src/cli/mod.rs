@@ -2,6 +2,7 @@
 
 mod admin;
 mod demo;
+mod inspect;
 mod issuer;
 mod run;
 mod serve;
@@ -86,6 +87,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Check a config file and explain every problem in it, with its line.
     CheckConfig(serve::CheckArgs),
+    /// Show a plugin's world, imports, exports, sha256 and WIT version, and whether this host runs it.
+    Inspect(inspect::InspectArgs),
     /// Check the usage ledger's hash chain.
     #[command(subcommand)]
     Audit(admin::AuditCommand),
@@ -129,6 +132,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Usage(args) => admin::usage(args),
         Command::Audit(cmd) => admin::audit(cmd),
         Command::Serve(args) => serve::serve(args),
+        Command::Inspect(args) => inspect::run(args),
         Command::CheckConfig(args) => serve::check(args),
     };
     match result {

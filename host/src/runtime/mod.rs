@@ -11,8 +11,8 @@ mod stdio;
 
 pub use invocation::{InvokeError, MissingLicense};
 pub use plugin::{
-    ComponentSource, Limits, LoadError, Plugin, PluginSpec, PluginStats, Preopen, Sandbox,
-    WIT_PACKAGE,
+    ComponentSource, Inspection, Limits, LoadError, Plugin, PluginSpec, PluginStats, Preopen,
+    Sandbox, WIT_PACKAGE,
 };
 
 use sandbox::InvocationState;

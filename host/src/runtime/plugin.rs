@@ -208,6 +208,16 @@ pub enum LoadError {
         /// What wasmtime reported.
         reason: String,
     },
+    /// Built against another version of the WIT package.
+    #[error(
+        "plugin {plugin}: built for {found}, but this host provides {WIT_PACKAGE}; rebuild it against this host's wit/ (or run it on a host that provides {found})"
+    )]
+    WitVersion {
+        /// The plugin.
+        plugin: String,
+        /// The package version the plugin was built for.
+        found: String,
+    },
     /// A sandbox directory is unusable.
     #[error("plugin {plugin}: sandbox: {reason}")]
     Sandbox {
@@ -379,6 +389,7 @@ impl Runtime {
         }
         let digest = hex(&Sha256::digest(&bytes));
         let (component, from_cache) = self.compile(&name, &digest, &bytes)?;
+        check_wit_version(&name, &self.engine, &component)?;
         let instance_pre =
             self.linker
                 .instantiate_pre(&component)
@@ -443,6 +454,93 @@ impl Runtime {
             );
         }
         Ok((component, false))
+    }
+}
+
+/// The `tollgate:plugin@VERSION` names a component's imports and exports use.
+fn wit_packages(engine: &wasmtime::Engine, component: &Component) -> Vec<String> {
+    let ty = component.component_type();
+    let names = ty
+        .imports(engine)
+        .map(|(n, _)| n.to_string())
+        .chain(ty.exports(engine).map(|(n, _)| n.to_string()));
+    let mut found: Vec<String> = names
+        .filter_map(|n| {
+            let rest = n.strip_prefix("tollgate:plugin/")?;
+            let version = rest.split_once('@').map_or("", |(_, v)| v);
+            Some(format!("tollgate:plugin@{version}"))
+        })
+        .collect();
+    found.sort();
+    found.dedup();
+    found
+}
+
+fn check_wit_version(
+    name: &str,
+    engine: &wasmtime::Engine,
+    component: &Component,
+) -> Result<(), LoadError> {
+    match wit_packages(engine, component)
+        .into_iter()
+        .find(|p| p != WIT_PACKAGE)
+    {
+        Some(found) => Err(LoadError::WitVersion {
+            plugin: name.to_string(),
+            found,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// What `tollgate inspect` shows about a component.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Inspection {
+    /// sha256 of the bytes, hex.
+    pub sha256: String,
+    /// Size in bytes.
+    pub size: usize,
+    /// Names of its imports.
+    pub imports: Vec<String>,
+    /// Names of its exports.
+    pub exports: Vec<String>,
+    /// The `tollgate:plugin` package versions it uses.
+    pub wit_packages: Vec<String>,
+    /// `None` if this host can run it, else why not.
+    pub refused: Option<String>,
+}
+
+impl Runtime {
+    /// Compiles `bytes` and reports the component's interface and whether
+    /// this host can run it (nothing is loaded).
+    pub fn inspect(&self, bytes: &[u8]) -> Result<Inspection, LoadError> {
+        let sha256 = hex(&Sha256::digest(bytes));
+        let component =
+            Component::from_binary(&self.engine, bytes).map_err(|e| LoadError::Malformed {
+                plugin: "inspected".into(),
+                reason: format!("{e:#}"),
+            })?;
+        let ty = component.component_type();
+        let imports = ty
+            .imports(&self.engine)
+            .map(|(n, _)| n.to_string())
+            .collect();
+        let exports = ty
+            .exports(&self.engine)
+            .map(|(n, _)| n.to_string())
+            .collect();
+        let refused = self
+            .load(PluginSpec::bytes("inspected", bytes.to_vec()))
+            .err()
+            .map(|e| e.to_string());
+        Ok(Inspection {
+            sha256,
+            size: bytes.len(),
+            imports,
+            exports,
+            wit_packages: wit_packages(&self.engine, &component),
+            refused,
+        })
     }
 }
 
