@@ -29,3 +29,15 @@ pub fn assert_balanced(host: &Host) {
 pub fn text(out: Vec<u8>) -> String {
     String::from_utf8(out).expect("utf-8 output")
 }
+
+/// Loads each `(name, path)` guest requiring license `seat`, allowed `open`,
+/// under `limits`: the setup of the mixed and soak runs.
+pub fn load_mix(host: &Host, plugins: &[(&str, &str)], limits: &tollgate::Limits) {
+    for (name, path) in plugins {
+        let spec = tollgate::PluginSpec::file(*name, *path)
+            .requires("seat")
+            .may_use("open")
+            .limits(limits.clone());
+        host.load_plugin(spec).expect("guest loads");
+    }
+}

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tollgate::{Host, InvokeError, Limits, PluginSpec, Seats, Terms};
+use tollgate::{Host, InvokeError, Limits, Seats, Terms};
 use tollgate_tests as guests;
 
 #[test]
@@ -30,13 +30,7 @@ fn ten_thousand_mixed_calls_at_concurrency_two() {
         ("hog", guests::HOG),
         ("spinner", guests::SPINNER),
     ];
-    for (name, path) in plugins {
-        let spec = PluginSpec::file(name, path)
-            .requires("seat")
-            .may_use("open")
-            .limits(limits.clone());
-        host.load_plugin(spec).expect("loads");
-    }
+    tollgate_tests::load_mix(&host, &plugins, &limits);
     // Cheap guests often, slow ones (hog, spinner) rarely.
     let schedule = |i: u64| match i % 100 {
         0 => "spinner",

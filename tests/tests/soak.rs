@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tollgate::issuer::{IssuerKey, LicenseTerms};
 use tollgate::license::{Clock, SystemClock};
 use tollgate::state::State;
-use tollgate::{Host, InvokeError, Limits, PluginSpec, Seats};
+use tollgate::{Host, InvokeError, Limits, Seats};
 use tollgate_tests as guests;
 
 fn env_u64(name: &str, default: u64) -> u64 {
@@ -76,13 +76,7 @@ fn soak_mixed_guests_with_a_durable_ledger() {
         ("spinner", guests::SPINNER),
         ("churner", guests::CHURNER),
     ];
-    for (name, path) in plugins {
-        let spec = PluginSpec::file(name, path)
-            .requires("seat")
-            .may_use("open")
-            .limits(limits.clone());
-        host.load_plugin(spec).expect("loads");
-    }
+    tollgate_tests::load_mix(&host, &plugins, &limits);
     // Cheap guests often; the ones that run into a limit (time, memory) rarely.
     let schedule = |i: u64| match i % 200 {
         0 => "spinner",
