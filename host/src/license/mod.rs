@@ -8,6 +8,7 @@ mod reason;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use pool::{
     Counters, Holder, Lease, LeaseEnd, LeaseEnding, LicenseStatus, Rules, SeatPool, Seats, Terms,
+    within_window,
 };
 pub use reason::{Denial, ReasonCounts, ReclaimReason};
 

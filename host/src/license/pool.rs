@@ -65,8 +65,14 @@ impl Terms {
 
     /// Whether the license is valid at unix second `now`.
     pub fn valid_at(&self, now: u64) -> bool {
-        self.not_before.is_none_or(|t| now >= t) && self.expires_at.is_none_or(|t| now <= t)
+        within_window(self.not_before, self.expires_at, now)
     }
+}
+
+/// Whether unix second `now` lies in `[not_before, expires_at]` (open ends
+/// when unset).
+pub fn within_window(not_before: Option<u64>, expires_at: Option<u64>, now: u64) -> bool {
+    not_before.is_none_or(|t| now >= t) && expires_at.is_none_or(|t| now <= t)
 }
 
 /// Who holds or asks for a seat: the plugin, its component and the call.
@@ -192,6 +198,11 @@ struct PoolState {
 }
 
 impl PoolState {
+    /// Not revoked and inside the validity window at `now`.
+    fn in_force(&self, now: u64) -> bool {
+        !self.revoked && self.terms.valid_at(now)
+    }
+
     fn held_by(&self, plugin: &str) -> u32 {
         self.per_plugin.get(plugin).map_or(0, |c| c.in_use)
     }
@@ -442,7 +453,7 @@ impl SeatPool {
             // Already taken back (revoked): nothing to count twice.
             return LeaseEnd { valid: false };
         }
-        let valid = !st.revoked && st.terms.valid_at(self.clock.now_secs());
+        let valid = st.in_force(self.clock.now_secs());
         st.totals.end(ending);
         st.plugin(&holder.plugin).end(ending);
         let wake = !st.queue.is_empty();
@@ -460,9 +471,7 @@ impl SeatPool {
 
     fn is_outstanding_and_valid(&self, lease_id: u64) -> bool {
         let st = self.lock();
-        st.outstanding.contains_key(&lease_id)
-            && !st.revoked
-            && st.terms.valid_at(self.clock.now_secs())
+        st.outstanding.contains_key(&lease_id) && st.in_force(self.clock.now_secs())
     }
 
     /// Withdraws the license: new requests get `revoked`, every held lease is

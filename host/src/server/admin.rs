@@ -79,6 +79,18 @@ fn state_error(e: impl std::fmt::Display) -> Response {
     error(StatusCode::BAD_REQUEST, "bad-request", e)
 }
 
+/// Runs blocking host work (compiling, SQLite) off the async workers; its
+/// error becomes a 400 naming the problem.
+async fn blocking<T: Send + 'static, E: std::fmt::Display + Send + 'static>(
+    work: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, Response> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(state_error(e)),
+        Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e)),
+    }
+}
+
 async fn status(Extract(server): Extract<Arc<Server>>) -> Response {
     let host = server.host.status();
     let issued = match server.host.state() {
@@ -124,8 +136,8 @@ async fn install(Extract(server): Extract<Arc<Server>>, body: axum::body::Bytes)
     };
     let host = server.host.clone();
     let text = text.to_string();
-    match tokio::task::spawn_blocking(move || host.install_license_text(&text)).await {
-        Ok(Ok(installed)) => {
+    match blocking(move || host.install_license_text(&text)).await {
+        Ok(installed) => {
             let status = if installed.new {
                 StatusCode::CREATED
             } else {
@@ -134,8 +146,7 @@ async fn install(Extract(server): Extract<Arc<Server>>, body: axum::body::Bytes)
             (status, Json(json!({ "grant": installed.grant, "new": installed.new, "unrevoked": installed.unrevoked })))
                 .into_response()
         }
-        Ok(Err(e)) => state_error(e),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e),
+        Err(response) => response,
     }
 }
 
@@ -148,10 +159,9 @@ async fn revoke(Extract(server): Extract<Arc<Server>>, Path(id): Path<String>) -
         );
     }
     let host = server.host.clone();
-    match tokio::task::spawn_blocking(move || host.revoke_license(&id)).await {
-        Ok(Ok(n)) => Json(json!({ "revoked": true, "leases_reclaimed": n })).into_response(),
-        Ok(Err(e)) => state_error(e),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e),
+    match blocking(move || host.revoke_license(&id)).await {
+        Ok(n) => Json(json!({ "revoked": true, "leases_reclaimed": n })).into_response(),
+        Err(response) => response,
     }
 }
 
@@ -208,8 +218,8 @@ async fn load(Extract(server): Extract<Arc<Server>>, body: axum::body::Bytes) ->
     };
     let host = server.host.clone();
     let spec = spec_for(&config);
-    match tokio::task::spawn_blocking(move || host.load_plugin(spec)).await {
-        Ok(Ok(p)) => {
+    match blocking(move || host.load_plugin(spec)).await {
+        Ok(p) => {
             server
                 .plugins
                 .write()
@@ -223,8 +233,7 @@ async fn load(Extract(server): Extract<Arc<Server>>, body: axum::body::Bytes) ->
             )
                 .into_response()
         }
-        Ok(Err(e)) => state_error(e),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e),
+        Err(response) => response,
     }
 }
 
@@ -244,13 +253,12 @@ async fn reload(Extract(server): Extract<Arc<Server>>, Path(name): Path<String>)
     };
     let host = server.host.clone();
     let spec = spec_for(&config);
-    match tokio::task::spawn_blocking(move || host.reload_plugin(spec)).await {
-        Ok(Ok(p)) => {
+    match blocking(move || host.reload_plugin(spec)).await {
+        Ok(p) => {
             Json(json!({ "name": p.name(), "digest": p.digest(), "from_cache": p.from_cache() }))
                 .into_response()
         }
-        Ok(Err(e)) => state_error(e),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e),
+        Err(response) => response,
     }
 }
 

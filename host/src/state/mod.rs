@@ -142,7 +142,7 @@ pub struct Grant {
 
 impl Grant {
     fn valid_at(&self, now: u64) -> bool {
-        self.not_before.is_none_or(|t| now >= t) && self.expires_at.is_none_or(|t| now <= t)
+        crate::license::within_window(self.not_before, self.expires_at, now)
     }
 }
 
