@@ -314,23 +314,29 @@ impl Host {
 
     /// Calls plugin `name` with `input`. The output is returned only if the
     /// call held every license its plugin requires, and only once the call's
-    /// usage events are durable.
+    /// usage events are durable. Blocks the thread; from async code use
+    /// [`Host::invoke_async`].
     pub fn invoke(&self, name: &str, input: &[u8]) -> Result<Vec<u8>, InvokeError> {
         self.invoke_call(name, input).1
     }
 
     /// Like [`Host::invoke`], also returning the invocation id the ledger uses.
     pub fn invoke_call(&self, name: &str, input: &[u8]) -> (u64, Result<Vec<u8>, InvokeError>) {
-        self.invoke_cancellable(name, input, None)
+        self.runtime.block_on(self.invoke_call_async(name, input))
     }
 
-    /// Like [`Host::invoke_call`]; setting `cancel` stops the call within one
-    /// epoch tick, and its seats come back as `store-dropped`.
-    pub fn invoke_cancellable(
+    /// [`Host::invoke`] for async callers (on a tokio runtime). Dropping the
+    /// future stops the call, even inside a host call such as a wait for a
+    /// seat, and its seats come back as `store-dropped`.
+    pub async fn invoke_async(&self, name: &str, input: &[u8]) -> Result<Vec<u8>, InvokeError> {
+        self.invoke_call_async(name, input).await.1
+    }
+
+    /// Like [`Host::invoke_async`], also returning the invocation id.
+    pub async fn invoke_call_async(
         &self,
         name: &str,
         input: &[u8],
-        cancel: Option<&Arc<std::sync::atomic::AtomicBool>>,
     ) -> (u64, Result<Vec<u8>, InvokeError>) {
         let invocation = self.invocations.fetch_add(1, Ordering::Relaxed);
         let Some(plugin) = self.plugin(name) else {
@@ -341,8 +347,9 @@ impl Host {
         };
         let outcome = self
             .runtime
-            .invoke(&plugin, &self.licenses, invocation, input, cancel);
-        if let Err(e) = self.licenses.ledger().sync() {
+            .invoke(&plugin, &self.licenses, invocation, input)
+            .await;
+        if let Err(e) = self.sync_ledger() {
             let e = InvokeError::NotRecorded {
                 plugin: name.to_string(),
                 reason: e.0,
@@ -350,6 +357,20 @@ impl Host {
             return (invocation, Err(e));
         }
         (invocation, outcome)
+    }
+
+    /// Waits until every recorded event is durable. A durable ledger may
+    /// wait for a disk flush, so on a multi-threaded runtime the worker
+    /// hands its other tasks on while it waits.
+    fn sync_ledger(&self) -> Result<(), crate::ledger::LedgerError> {
+        let ledger = self.licenses.ledger();
+        let multi_threaded = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if self.durable.is_some() && multi_threaded {
+            tokio::task::block_in_place(|| ledger.sync())
+        } else {
+            ledger.sync()
+        }
     }
 
     /// Compiles component `bytes` and reports its interface and whether this

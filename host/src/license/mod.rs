@@ -215,7 +215,7 @@ impl LicenseManager {
     }
 
     /// A seat of `id` for `holder`, or why not. Entitlement is checked first,
-    /// then the pool decides in one atomic step (waiting up to `wait`).
+    /// then the pool decides in one atomic step (blocking up to `wait`).
     pub fn acquire(
         &self,
         holder: &Holder,
@@ -223,6 +223,32 @@ impl LicenseManager {
         id: &str,
         wait: Option<Duration>,
     ) -> Result<Lease, Denial> {
+        self.entitled_pool(holder, entitlement, id)?
+            .acquire(holder, wait)
+    }
+
+    /// Like [`LicenseManager::acquire`], awaiting a seat up to `wait`
+    /// instead of blocking; dropping the future gives up the place in line.
+    pub async fn acquire_async(
+        &self,
+        holder: &Holder,
+        entitlement: &Entitlement,
+        id: &str,
+        wait: Option<Duration>,
+    ) -> Result<Lease, Denial> {
+        self.entitled_pool(holder, entitlement, id)?
+            .acquire_async(holder, wait)
+            .await
+    }
+
+    /// The pool of `id` if it exists and `entitlement` allows it; a refusal
+    /// is counted.
+    fn entitled_pool(
+        &self,
+        holder: &Holder,
+        entitlement: &Entitlement,
+        id: &str,
+    ) -> Result<Arc<SeatPool>, Denial> {
         let Some(pool) = self.pool(id) else {
             self.unknown_denials.fetch_add(1, Ordering::Relaxed);
             return Err(Denial::UnknownLicense);
@@ -231,7 +257,7 @@ impl LicenseManager {
             pool.refuse(holder, Denial::NotEntitled);
             return Err(Denial::NotEntitled);
         }
-        pool.acquire(holder, wait)
+        Ok(pool)
     }
 
     /// Sets the operator's rules for `id` (see [`Rules`] for the order of checks).

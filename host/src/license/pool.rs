@@ -254,11 +254,37 @@ impl PoolState {
     }
 }
 
+/// The first decision on a request for a seat.
+enum Admission {
+    /// A seat now: its lease id.
+    Granted(u64),
+    /// Every seat is taken: a place in the queue and how long to wait.
+    Queued(u64, Duration),
+}
+
+/// An async waiter's place in the queue; leaving it (the future dropped
+/// because the call was cancelled or timed out) lets the next waiter look.
+struct QueuePlace<'a> {
+    pool: &'a SeatPool,
+    ticket: u64,
+    left: bool,
+}
+
+impl Drop for QueuePlace<'_> {
+    fn drop(&mut self) {
+        if !self.left {
+            self.pool.lock().leave_queue(self.ticket);
+            self.pool.wake_waiters();
+        }
+    }
+}
+
 /// The seats of one license id.
 pub struct SeatPool {
     id: Arc<str>,
     state: Mutex<PoolState>,
     seat_freed: Condvar,
+    seat_freed_async: tokio::sync::Notify,
     ledger: Arc<dyn Ledger>,
     clock: Arc<dyn Clock>,
     lease_ids: Arc<AtomicU64>,
@@ -293,6 +319,7 @@ impl SeatPool {
                 next_ticket: 0,
             }),
             seat_freed: Condvar::new(),
+            seat_freed_async: tokio::sync::Notify::new(),
             ledger,
             clock,
             lease_ids,
@@ -359,13 +386,80 @@ impl SeatPool {
     }
 
     /// Takes a seat in one atomic step, or says why not. With `wait`, queues
-    /// in FIFO order for at most that long when every seat is taken.
+    /// in FIFO order for at most that long when every seat is taken,
+    /// blocking the thread.
     pub fn acquire(
         self: &Arc<Self>,
         holder: &Holder,
         wait: Option<Duration>,
     ) -> Result<Lease, Denial> {
-        match self.try_take(self.lock(), holder, wait) {
+        let mut st = self.lock();
+        let taken = match self.admit(&mut st, holder, wait) {
+            Ok(Admission::Queued(ticket, wait)) => {
+                let deadline = Instant::now() + wait;
+                loop {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    st = self
+                        .seat_freed
+                        .wait_timeout(st, left)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0;
+                    let expired = Instant::now() >= deadline;
+                    if let Some(taken) = self.turn(&mut st, holder, ticket, expired) {
+                        break taken;
+                    }
+                }
+            }
+            Ok(Admission::Granted(lease_id)) => Ok(lease_id),
+            Err(denial) => Err(denial),
+        };
+        drop(st);
+        self.handed_out(holder, taken)
+    }
+
+    /// Like [`SeatPool::acquire`], but a waiter awaits its turn instead of
+    /// blocking the thread; dropping the future leaves the queue.
+    pub async fn acquire_async(
+        self: &Arc<Self>,
+        holder: &Holder,
+        wait: Option<Duration>,
+    ) -> Result<Lease, Denial> {
+        let admitted = self.admit(&mut self.lock(), holder, wait);
+        let taken = match admitted {
+            Ok(Admission::Queued(ticket, wait)) => {
+                let mut place = QueuePlace {
+                    pool: self,
+                    ticket,
+                    left: false,
+                };
+                let deadline = tokio::time::Instant::now() + wait;
+                let taken = loop {
+                    let freed = self.seat_freed_async.notified();
+                    tokio::pin!(freed);
+                    // Registered before looking, so no wake-up is missed.
+                    freed.as_mut().enable();
+                    let expired = tokio::time::Instant::now() >= deadline;
+                    if let Some(taken) = self.turn(&mut self.lock(), holder, ticket, expired) {
+                        break taken;
+                    }
+                    let _ = tokio::time::timeout_at(deadline, freed).await;
+                };
+                place.left = true;
+                taken
+            }
+            Ok(Admission::Granted(lease_id)) => Ok(lease_id),
+            Err(denial) => Err(denial),
+        };
+        self.handed_out(holder, taken)
+    }
+
+    /// Records the outcome of a request and wraps a granted seat in a lease.
+    fn handed_out(
+        self: &Arc<Self>,
+        holder: &Holder,
+        taken: Result<u64, Denial>,
+    ) -> Result<Lease, Denial> {
+        match taken {
             Ok(lease_id) => {
                 self.event(EventKind::Checkout, holder, Some(lease_id));
                 Ok(Lease {
@@ -382,61 +476,69 @@ impl SeatPool {
         }
     }
 
-    fn try_take<'a>(
-        &'a self,
-        mut st: MutexGuard<'a, PoolState>,
+    /// The first, atomic decision on a request: a seat now, a refusal, or a
+    /// place in the queue when the caller is willing to wait.
+    fn admit(
+        &self,
+        st: &mut PoolState,
         holder: &Holder,
         wait: Option<Duration>,
-    ) -> Result<u64, Denial> {
-        let refused = |st: &mut PoolState, d: Denial| {
-            st.deny(holder, d);
-            Err(d)
+    ) -> Result<Admission, Denial> {
+        let denial = if st.revoked {
+            Denial::Revoked
+        } else if !st.terms.entitles(holder) || !st.rules.admits(&holder.plugin) {
+            Denial::NotEntitled
+        } else if !st.terms.valid_at(self.clock.now_secs()) {
+            Denial::Expired
+        } else if st.can_take(&holder.plugin) && st.next_served().is_none() {
+            return Ok(Admission::Granted(self.grant(st, holder)));
+        } else if let Some(wait) = wait.filter(|w| !w.is_zero()) {
+            let ticket = st.next_ticket;
+            st.next_ticket += 1;
+            st.queue.push_back((ticket, holder.plugin.clone()));
+            return Ok(Admission::Queued(ticket, wait));
+        } else {
+            Denial::Exhausted
         };
-        if st.revoked {
-            return refused(&mut st, Denial::Revoked);
-        }
-        if !st.terms.entitles(holder) || !st.rules.admits(&holder.plugin) {
-            return refused(&mut st, Denial::NotEntitled);
-        }
-        if !st.terms.valid_at(self.clock.now_secs()) {
-            return refused(&mut st, Denial::Expired);
-        }
-        if st.can_take(&holder.plugin) && st.next_served().is_none() {
-            return Ok(self.grant(&mut st, holder));
-        }
-        let Some(wait) = wait.filter(|w| !w.is_zero()) else {
-            return refused(&mut st, Denial::Exhausted);
+        st.deny(holder, denial);
+        Err(denial)
+    }
+
+    /// A queued waiter looks again after a wake-up: its seat, a refusal, or
+    /// `None` to keep waiting.
+    fn turn(
+        &self,
+        st: &mut PoolState,
+        holder: &Holder,
+        ticket: u64,
+        expired: bool,
+    ) -> Option<Result<u64, Denial>> {
+        let outcome = if st.revoked {
+            Err(Denial::Revoked)
+        } else if st.next_served() == Some(ticket) {
+            st.leave_queue(ticket);
+            let lease_id = self.grant(st, holder);
+            if st.next_served().is_some() {
+                self.wake_waiters();
+            }
+            return Some(Ok(lease_id));
+        } else if expired {
+            Err(Denial::TimedOut)
+        } else {
+            return None;
         };
-        let ticket = st.next_ticket;
-        st.next_ticket += 1;
-        st.queue.push_back((ticket, holder.plugin.clone()));
-        let deadline = Instant::now() + wait;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            st = self
-                .seat_freed
-                .wait_timeout(st, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-            if st.revoked {
-                st.leave_queue(ticket);
-                self.seat_freed.notify_all();
-                return refused(&mut st, Denial::Revoked);
-            }
-            if st.next_served() == Some(ticket) {
-                st.leave_queue(ticket);
-                let lease_id = self.grant(&mut st, holder);
-                if st.next_served().is_some() {
-                    self.seat_freed.notify_all();
-                }
-                return Ok(lease_id);
-            }
-            if Instant::now() >= deadline {
-                st.leave_queue(ticket);
-                self.seat_freed.notify_all();
-                return refused(&mut st, Denial::TimedOut);
-            }
+        st.leave_queue(ticket);
+        self.wake_waiters();
+        if let Err(denial) = outcome {
+            st.deny(holder, denial);
         }
+        Some(outcome)
+    }
+
+    /// Wakes every waiter, blocked or awaiting, to look at the queue again.
+    fn wake_waiters(&self) {
+        self.seat_freed.notify_all();
+        self.seat_freed_async.notify_waiters();
     }
 
     fn grant(&self, st: &mut PoolState, holder: &Holder) -> u64 {
@@ -459,7 +561,7 @@ impl SeatPool {
         let wake = !st.queue.is_empty();
         drop(st);
         if wake {
-            self.seat_freed.notify_all();
+            self.wake_waiters();
         }
         let kind = match ending {
             LeaseEnding::Released => EventKind::Release,
@@ -486,7 +588,7 @@ impl SeatPool {
             st.plugin(&holder.plugin).end(ending);
         }
         drop(st);
-        self.seat_freed.notify_all();
+        self.wake_waiters();
         for (lease_id, holder) in &taken {
             self.event(
                 EventKind::Reclaim(ReclaimReason::Revoked),

@@ -3,7 +3,13 @@
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "service-offer",
-    imports: { default: trappable },
+    // Only `acquire` may wait (for a seat); every other host call returns
+    // at once and stays a plain call.
+    imports: {
+        "tollgate:plugin/licensing.acquire": async | trappable,
+        default: trappable,
+    },
+    exports: { default: async },
     with: {
         "tollgate:plugin/licensing.lease": super::licensing::LeaseRef,
     },

@@ -8,9 +8,9 @@ use super::sandbox::InvocationState;
 use crate::license::{Denial, Holder, LicenseManager, ReclaimReason};
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-use wasmtime::{Store, Trap, UpdateDeadline};
+use wasmtime::{Store, Trap};
 
 /// A required license a call did not hold, and why, if it asked.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -161,18 +161,6 @@ impl InvokeError {
     }
 }
 
-/// The caller went away; the call is stopped at the next epoch tick.
-#[derive(Debug)]
-struct CallerGone;
-
-impl fmt::Display for CallerGone {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("the caller cancelled the call")
-    }
-}
-
-impl std::error::Error for CallerGone {}
-
 /// How the guest call itself ended, before the licensing check.
 enum CallEnd {
     Returned(Result<Vec<u8>, String>),
@@ -180,14 +168,16 @@ enum CallEnd {
 }
 
 impl Runtime {
-    /// Runs one call of `plugin` in a fresh store.
-    pub(crate) fn invoke(
+    /// Runs one call of `plugin` in a fresh store. The call yields to the
+    /// executor at every epoch tick and while it waits in a host call, so
+    /// its time limit holds there too; dropping the future stops the call
+    /// and its seats come back as `store-dropped`.
+    pub(crate) async fn invoke(
         &self,
         plugin: &Plugin,
         licenses: &Arc<LicenseManager>,
         invocation: u64,
         input: &[u8],
-        cancel: Option<&Arc<AtomicBool>>,
     ) -> Result<Vec<u8>, InvokeError> {
         let started = Instant::now();
         plugin.stats.invocations.fetch_add(1, Ordering::Relaxed);
@@ -205,40 +195,28 @@ impl Runtime {
         let state = InvocationState::new(plugin, licensing);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
-        // Every epoch tick the callback checks the call's wall-time limit and
-        // whether its caller went away.
-        let deadline = Instant::now() + plugin.limits.time;
-        let cancel = cancel.cloned();
         store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |_| {
-            if cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
-                return Err(wasmtime::Error::new(CallerGone));
-            }
-            if Instant::now() >= deadline {
-                return Ok(UpdateDeadline::Interrupt);
-            }
-            Ok(UpdateDeadline::Continue(1))
-        });
+        store.epoch_deadline_async_yield_and_update(1);
 
-        let end = match plugin.pre.instantiate(&mut store).and_then(|inst| {
-            inst.tollgate_plugin_service()
+        let call = async {
+            let instance = plugin.pre.instantiate_async(&mut store).await?;
+            instance
+                .tollgate_plugin_service()
                 .call_invoke(&mut store, input)
-        }) {
-            Ok(returned) => CallEnd::Returned(returned),
-            Err(err) => {
+                .await
+        };
+        let end = match tokio::time::timeout(plugin.limits.time, call).await {
+            Ok(Ok(returned)) => CallEnd::Returned(returned),
+            Err(_) => {
+                let e = InvokeError::TimedOut {
+                    plugin: plugin.name.to_string(),
+                    limit: plugin.limits.time,
+                };
+                CallEnd::Stopped(e, ReclaimReason::TimedOut)
+            }
+            Ok(Err(err)) => {
                 let name = plugin.name.to_string();
-                if err.downcast_ref::<CallerGone>().is_some() {
-                    CallEnd::Stopped(
-                        InvokeError::Cancelled { plugin: name },
-                        ReclaimReason::StoreDropped,
-                    )
-                } else if matches!(err.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
-                    let e = InvokeError::TimedOut {
-                        plugin: name,
-                        limit: plugin.limits.time,
-                    };
-                    CallEnd::Stopped(e, ReclaimReason::TimedOut)
-                } else if store.data().limiter.memory_hit {
+                if store.data().limiter.memory_hit {
                     let e = InvokeError::MemoryLimit {
                         plugin: name,
                         limit: plugin.limits.memory_bytes,

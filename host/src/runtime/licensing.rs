@@ -143,7 +143,7 @@ impl licensing::Host for LicensingView<'_> {
         }))
     }
 
-    fn acquire(
+    async fn acquire(
         &mut self,
         license_id: String,
     ) -> wasmtime::Result<Result<Resource<LeaseRef>, licensing::LicenseError>> {
@@ -153,9 +153,12 @@ impl licensing::Host for LicensingView<'_> {
         if state.held.len() >= state.max_leases || state.lease_ids.len() >= state.max_acquires {
             return Ok(Err(to_wit(Denial::Exhausted)));
         }
+        // Waiting for a seat suspends only this call; a time limit or a
+        // cancelled caller drops the wait and leaves the queue.
         match state
             .manager
-            .acquire(&state.holder, &state.entitlement, &license_id, state.wait)
+            .acquire_async(&state.holder, &state.entitlement, &license_id, state.wait)
+            .await
         {
             Ok(lease) => {
                 let lease_id = lease.id();

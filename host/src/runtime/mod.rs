@@ -41,6 +41,9 @@ pub struct Runtime {
     engine_key: String,
     linker: Linker<InvocationState>,
     ticker: Option<EpochTicker>,
+    /// Drives calls made through the blocking API; async callers bring
+    /// their own tokio runtime.
+    blocking: Option<tokio::runtime::Runtime>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -91,13 +94,19 @@ impl Runtime {
         }
         let engine = Engine::new(&config).map_err(setup)?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(setup)?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(setup)?;
         bindings::ServiceOffer::add_to_linker::<_, licensing::LicensingCtx>(
             &mut linker,
             InvocationState::licensing_view,
         )
         .map_err(setup)?;
         let ticker = Some(EpochTicker::start(engine.clone()));
+        let blocking = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("tollgate-io")
+            .enable_all()
+            .build()
+            .map_err(|e| RuntimeError::Setup(format!("cannot start the async runtime: {e}")))?;
         let engine_key = {
             use std::hash::{Hash, Hasher};
             let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -110,6 +119,7 @@ impl Runtime {
             engine_key,
             linker,
             ticker,
+            blocking: Some(blocking),
         })
     }
 
@@ -117,12 +127,25 @@ impl Runtime {
     pub fn engine(&self) -> &Engine {
         &self.engine
     }
+
+    /// Runs `call` to completion on this thread, for the blocking API.
+    /// Must not be called from inside an async runtime.
+    pub(crate) fn block_on<F: std::future::Future>(&self, call: F) -> F::Output {
+        match &self.blocking {
+            Some(rt) => rt.block_on(call),
+            None => unreachable!("the runtime is only taken when dropped"),
+        }
+    }
 }
 
 impl Drop for Runtime {
     fn drop(&mut self) {
         if let Some(t) = self.ticker.take() {
             t.stop();
+        }
+        // Never blocks, so a host may be dropped anywhere, async code included.
+        if let Some(rt) = self.blocking.take() {
+            rt.shutdown_background();
         }
     }
 }

@@ -2,9 +2,10 @@
 //!
 //! Service users call `POST /v1/plugins/{name}/invoke`; operators use the
 //! admin API under `/v1/admin/` and `GET /metrics` with a bearer token;
-//! `GET /healthz` and `GET /readyz` are open. Plugin calls run on tokio's
-//! blocking pool, one store each; a caller that disconnects cancels its call
-//! within one epoch tick and its seats come back.
+//! `GET /healthz` and `GET /readyz` are open. Each plugin call runs as an
+//! async wasmtime call inside its request handler, in a store of its own; a
+//! caller that disconnects drops the handler and with it the call, even one
+//! blocked in a host call, and its seats come back.
 
 mod admin;
 mod metrics;
@@ -27,7 +28,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Instant;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 
 /// Errors starting the server.
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +67,7 @@ pub(crate) struct Server {
     pub(crate) metrics: Metrics,
     calls: Semaphore,
     pub(crate) draining: AtomicBool,
-    in_flight: Mutex<HashMap<u64, Arc<AtomicBool>>>,
+    in_flight: Mutex<HashMap<u64, Arc<Notify>>>,
     next_call: AtomicU64,
 }
 
@@ -198,8 +199,9 @@ pub async fn serve(config: Config, ready: impl FnOnce(SocketAddr)) -> Result<(),
         })
         .await?;
     drop(server);
-    // Cancelled calls may still be unwinding on the blocking pool; once the
-    // last one lets go, dropping the host commits what the ledger holds.
+    // Connections cancelled at the end of the grace period may still be
+    // unwinding; once the last one lets go, dropping the host commits what
+    // the ledger holds.
     let mut host = host;
     let deadline = tokio::time::Instant::now() + grace + std::time::Duration::from_secs(5);
     loop {
@@ -277,20 +279,15 @@ pub(crate) fn error(status: StatusCode, code: &str, message: impl std::fmt::Disp
         .into_response()
 }
 
-/// Sets the call's cancel flag if the handler is dropped before the call ends
-/// (the client went away).
-struct CancelOnDrop {
+/// Keeps a call listed as in flight (so the end of the grace period can
+/// cancel it) until its handler finishes or is dropped.
+struct InFlight {
     server: Arc<Server>,
     id: u64,
-    flag: Arc<AtomicBool>,
-    done: bool,
 }
 
-impl Drop for CancelOnDrop {
+impl Drop for InFlight {
     fn drop(&mut self) {
-        if !self.done {
-            self.flag.store(true, Ordering::SeqCst);
-        }
         self.server
             .in_flight
             .lock()
@@ -305,8 +302,9 @@ impl Server {
             .in_flight
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        for flag in calls.values() {
-            flag.store(true, Ordering::SeqCst);
+        for cancel in calls.values() {
+            // A stored permit, so a call about to start is cancelled too.
+            cancel.notify_one();
         }
         calls.len()
     }
@@ -348,35 +346,23 @@ async fn invoke(
         );
     };
     let id = server.next_call.fetch_add(1, Ordering::Relaxed);
-    let flag = Arc::new(AtomicBool::new(false));
+    let cancel = Arc::new(Notify::new());
     server
         .in_flight
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
-        .insert(id, flag.clone());
-    let mut guard = CancelOnDrop {
+        .insert(id, cancel.clone());
+    let _listed = InFlight {
         server: server.clone(),
         id,
-        flag: flag.clone(),
-        done: false,
     };
     let started = Instant::now();
-    let host = server.host.clone();
-    let plugin = name.clone();
-    let joined = tokio::task::spawn_blocking(move || {
-        host.invoke_cancellable(&plugin, &input, Some(&flag)).1
-    })
-    .await;
-    guard.done = true;
-    let result = match joined {
-        Ok(result) => result,
-        Err(e) => {
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                format!("the call failed to run: {e}"),
-            );
-        }
+    // The call runs in this handler: if the client goes away the handler is
+    // dropped, and with it the call and its store, which gives the seats
+    // back as `store-dropped`.
+    let result = tokio::select! {
+        result = server.host.invoke_async(&name, &input) => result,
+        () = cancel.notified() => Err(InvokeError::Cancelled { plugin: name.clone() }),
     };
     let outcome = result.as_ref().map_or_else(InvokeError::code, |_| "ok");
     server.metrics.observe(&name, outcome, started.elapsed());
