@@ -349,7 +349,7 @@ impl Host {
             .runtime
             .invoke(&plugin, &self.licenses, invocation, input)
             .await;
-        if let Err(e) = self.sync_ledger() {
+        if let Err(e) = self.licenses.ledger().sync_async().await {
             let e = InvokeError::NotRecorded {
                 plugin: name.to_string(),
                 reason: e.0,
@@ -357,20 +357,6 @@ impl Host {
             return (invocation, Err(e));
         }
         (invocation, outcome)
-    }
-
-    /// Waits until every recorded event is durable. A durable ledger may
-    /// wait for a disk flush, so on a multi-threaded runtime the worker
-    /// hands its other tasks on while it waits.
-    fn sync_ledger(&self) -> Result<(), crate::ledger::LedgerError> {
-        let ledger = self.licenses.ledger();
-        let multi_threaded = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        if self.durable.is_some() && multi_threaded {
-            tokio::task::block_in_place(|| ledger.sync())
-        } else {
-            ledger.sync()
-        }
     }
 
     /// Compiles component `bytes` and reports its interface and whether this

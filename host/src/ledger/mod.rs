@@ -66,7 +66,18 @@ pub trait Ledger: Send + Sync {
     fn sync(&self) -> Result<(), LedgerError> {
         Ok(())
     }
+
+    /// Like [`Ledger::sync`], awaiting durability instead of blocking the
+    /// thread. The default blocks, which suits ledgers that never wait.
+    fn sync_async(&self) -> SyncFuture<'_> {
+        let synced = self.sync();
+        Box::pin(std::future::ready(synced))
+    }
 }
+
+/// What [`Ledger::sync_async`] returns.
+pub type SyncFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), LedgerError>> + Send + 'a>>;
 
 /// A bounded in-memory ledger: keeps the newest `capacity` events and counts
 /// the ones it let go.

@@ -2,7 +2,7 @@
 //! calls' events per transaction (group commit), each row hash-chained.
 
 use super::chain::{GENESIS, kind_names, row_hash};
-use super::{Ledger, LedgerError, UsageEvent};
+use super::{Ledger, LedgerError, SyncFuture, UsageEvent};
 use rusqlite::{Connection, params};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +28,8 @@ struct Shared {
     pending: Mutex<Pending>,
     work: Condvar,
     committed: Condvar,
+    /// Wakes async callers of `sync_async` after each commit.
+    committed_async: tokio::sync::Notify,
     commits: AtomicU64,
     rows: AtomicU64,
 }
@@ -98,6 +100,7 @@ impl SqliteLedger {
             }),
             work: Condvar::new(),
             committed: Condvar::new(),
+            committed_async: tokio::sync::Notify::new(),
             commits: AtomicU64::new(0),
             rows: AtomicU64::new(0),
         });
@@ -158,6 +161,7 @@ fn write_loop(mut conn: Connection, mut head: [u8; 32], shared: &Shared) {
                 p.committed_seq = last;
                 drop(p);
                 shared.committed.notify_all();
+                shared.committed_async.notify_waiters();
             }
             Err(e) => {
                 tracing::error!("usage ledger commit failed: {e}");
@@ -165,6 +169,7 @@ fn write_loop(mut conn: Connection, mut head: [u8; 32], shared: &Shared) {
                 p.failed = Some(e.to_string());
                 drop(p);
                 shared.committed.notify_all();
+                shared.committed_async.notify_waiters();
                 return;
             }
         }
@@ -226,14 +231,10 @@ impl Ledger for SqliteLedger {
 
     fn sync(&self) -> Result<(), LedgerError> {
         let mut p = self.shared.lock();
-        let target = p.next_seq - 1;
-        if target > p.wanted {
-            p.wanted = target;
-            self.shared.work.notify_one();
-        }
-        while p.committed_seq < target {
-            if let Some(e) = &p.failed {
-                return Err(LedgerError(e.clone()));
+        let target = self.ask_for_commit(&mut p);
+        loop {
+            if let Some(done) = committed(&p, target) {
+                return done;
             }
             p = self
                 .shared
@@ -241,7 +242,44 @@ impl Ledger for SqliteLedger {
                 .wait(p)
                 .unwrap_or_else(PoisonError::into_inner);
         }
-        Ok(())
+    }
+
+    fn sync_async(&self) -> SyncFuture<'_> {
+        Box::pin(async move {
+            let target = self.ask_for_commit(&mut self.shared.lock());
+            loop {
+                let next_commit = self.shared.committed_async.notified();
+                tokio::pin!(next_commit);
+                // Registered before looking, so no commit is missed.
+                next_commit.as_mut().enable();
+                if let Some(done) = committed(&self.shared.lock(), target) {
+                    return done;
+                }
+                next_commit.await;
+            }
+        })
+    }
+}
+
+impl SqliteLedger {
+    /// Asks the writer to commit everything recorded so far; returns the
+    /// sequence number to wait for.
+    fn ask_for_commit(&self, p: &mut Pending) -> u64 {
+        let target = p.next_seq - 1;
+        if target > p.wanted {
+            p.wanted = target;
+            self.shared.work.notify_one();
+        }
+        target
+    }
+}
+
+/// `Some` once rows up to `target` are committed, or the writer failed.
+fn committed(p: &Pending, target: u64) -> Option<Result<(), LedgerError>> {
+    if p.committed_seq >= target {
+        Some(Ok(()))
+    } else {
+        p.failed.as_ref().map(|e| Err(LedgerError(e.clone())))
     }
 }
 
