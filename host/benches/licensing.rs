@@ -501,6 +501,132 @@ fn case_h() {
     );
 }
 
+/// Starts `tollgate serve` in this process on a loopback port, with the
+/// licensed and bare bench plugins and a signed license in a fresh state
+/// directory; returns the base URL. The server runs until the process exits.
+fn start_server(dir: &std::path::Path) -> String {
+    drop(durable_host(&dir.join("state")));
+    let config = format!(
+        "listen = \"127.0.0.1:0\"\nstate = \"state\"\ncompile_cache = \"cache\"\n\
+         max_concurrent_calls = 256\n\
+         [[plugin]]\nname = \"licensed\"\ncomponent = {:?}\nrequires = [\"{LICENSE}\"]\n\
+         [[plugin]]\nname = \"bare\"\ncomponent = {:?}\n",
+        guest("bench-licensed").display().to_string(),
+        guest("bench-bare").display().to_string(),
+    );
+    let path = dir.join("tollgate.toml");
+    std::fs::write(&path, config).expect("write config");
+    let config = tollgate::config::Config::load(&path).expect("bench config");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("server runtime");
+        rt.block_on(tollgate::server::serve(config, move |addr| {
+            let _ = tx.send(addr);
+        }))
+        .expect("server runs");
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("server is listening");
+    format!("http://{addr}")
+}
+
+/// Requests per second and every latency (µs) from `clients` keep-alive
+/// HTTP clients calling `plugin` for `window`.
+fn http_load(base: &str, plugin: &str, clients: usize, window: Duration) -> (f64, Vec<f64>) {
+    let url = format!("{base}/v1/plugins/{plugin}/invoke");
+    let input = b"work:16 the quick brown fox jumps over the lazy dog";
+    let stop = AtomicBool::new(false);
+    let barrier = Barrier::new(clients + 1);
+    let latencies = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..clients {
+            s.spawn(|| {
+                let agent: ureq::Agent = ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .build()
+                    .into();
+                let mut mine = Vec::new();
+                barrier.wait();
+                while !stop.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    let mut r = agent.post(&url).send(&input[..]).expect("request");
+                    let body = r.body_mut().read_to_vec().expect("body");
+                    assert_eq!(
+                        r.status().as_u16(),
+                        200,
+                        "{}",
+                        String::from_utf8_lossy(&body)
+                    );
+                    mine.push(t.elapsed().as_secs_f64() * 1e6);
+                }
+                latencies.lock().expect("latencies").extend(mine);
+            });
+        }
+        barrier.wait();
+        std::thread::sleep(window);
+        stop.store(true, Ordering::Relaxed);
+    });
+    let all = latencies.into_inner().expect("latencies");
+    (all.len() as f64 / window.as_secs_f64(), all)
+}
+
+fn case_g(plan: &Plan) {
+    // The state directory on the temp dir's disk (each acknowledged call
+    // waits for an fsync it shares with concurrent calls) and, where there
+    // is one, on tmpfs (the same work without the disk's flush latency).
+    let mut places = vec![("disk", std::env::temp_dir())];
+    if std::path::Path::new("/dev/shm").is_dir() {
+        places.push(("tmpfs", PathBuf::from("/dev/shm")));
+    }
+    for (label, place) in places {
+        http_case(plan, label, &place);
+    }
+}
+
+fn http_case(plan: &Plan, label: &str, place: &std::path::Path) {
+    const CLIENTS: usize = 8;
+    let dir = place.join(format!("tollgate-bench-g-{label}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("bench dir");
+    let base = start_server(&dir);
+    // Warm both plugins and the connections' first-call paths.
+    http_load(&base, "licensed", CLIENTS, Duration::from_millis(200));
+    http_load(&base, "bare", CLIENTS, Duration::from_millis(200));
+    let (mut rates, mut p99s) = ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()]);
+    for r in 0..plan.rounds {
+        let order = if r % 2 == 0 { [0, 1] } else { [1, 0] };
+        for i in order {
+            let plugin = ["licensed", "bare"][i];
+            let (rate, mut lat) = http_load(&base, plugin, CLIENTS, plan.window);
+            rates[i].push(rate);
+            p99s[i].push(percentile(&mut lat, 0.99));
+        }
+    }
+    let [l, b] = rates.map(median);
+    let [lp, bp] = p99s.map(median);
+    row(
+        "G",
+        &format!("HTTP requests/s, {CLIENTS} keep-alive clients, durable ledger on {label}"),
+        format!("{l:.0}"),
+        format!("{b:.0}"),
+        format!("{:.3}", l / b),
+        "≥ 0.90",
+    );
+    row(
+        "G",
+        &format!("HTTP p99 latency, {CLIENTS} clients, ledger on {label} (µs)"),
+        format!("{lp:.0}"),
+        format!("{bp:.0}"),
+        format!("{:.3}", lp / bp),
+        "report",
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// One benchmark case.
 type Case = dyn Fn(&Plan);
 
@@ -543,7 +669,7 @@ fn main() {
         .filter(|a| !a.starts_with('-'))
         .collect();
     let wanted = |case: &str| only.is_empty() || only.iter().any(|o| o.eq_ignore_ascii_case(case));
-    let cases: [(&str, &Case); 8] = [
+    let cases: [(&str, &Case); 9] = [
         ("A", &case_a),
         ("B", &case_b),
         ("B0", &case_b0),
@@ -551,6 +677,7 @@ fn main() {
         ("D", &case_d),
         ("E", &case_e),
         ("F", &case_f),
+        ("G", &case_g),
         ("H", &|_: &Plan| case_h()),
     ];
     for (name, case) in cases {
