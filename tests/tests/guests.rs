@@ -445,6 +445,37 @@ fn future_wit() {
     );
 }
 
+#[test]
+fn sdk_mismatch() {
+    // Its imports match this host; only the version its SDK recorded differs.
+    let host = host_with(Seats::Counted(1));
+    let err = host
+        .load_plugin(PluginSpec::file("mismatch", guests::SDK_MISMATCH).requires(SEAT))
+        .expect_err("refused");
+    let message = err.to_string();
+    assert!(
+        message.contains("built for tollgate:plugin@0.2.0")
+            && message.contains("this host provides tollgate:plugin@0.1.0"),
+        "{message}"
+    );
+    let report = host
+        .inspect(&std::fs::read(guests::SDK_MISMATCH).expect("guest"))
+        .expect("inspects");
+    assert_eq!(report.recorded_wit_version.as_deref(), Some("0.2.0"));
+    assert_eq!(
+        report.wit_packages,
+        vec!["tollgate:plugin@0.1.0".to_string()]
+    );
+    assert!(report.refused.is_some());
+    // A plugin built on the SDK records this host's version and loads.
+    let sdk = host
+        .inspect(&std::fs::read(guests::HELLO_LICENSED).expect("guest"))
+        .expect("inspects");
+    assert_eq!(sdk.recorded_wit_version.as_deref(), Some("0.1.0"));
+    assert_eq!(sdk.refused, None);
+    assert!(seat(&host).counters.checkouts == 0);
+}
+
 /// Fails to compile — and so fails — when a guest in guest-examples has no
 /// test of the same name in this file.
 #[test]
@@ -455,7 +486,7 @@ fn every_guest_has_a_test() {
         };
     }
     tollgate_tests::for_each_guest!(has_test);
-    assert_eq!(guests::GUESTS.len(), 19);
+    assert_eq!(guests::GUESTS.len(), 20);
 }
 
 #[test]

@@ -38,6 +38,10 @@ pub(crate) fn run(args: InspectArgs) -> Result<Exit, Failure> {
             report.wit_packages.join(", ")
         };
         println!("  built for: {built} (this host provides {WIT_PACKAGE})");
+        match &report.recorded_wit_version {
+            Some(v) => println!("  SDK-recorded WIT version: {v}"),
+            None => println!("  SDK-recorded WIT version: none (not built with tollgate-guest)"),
+        }
         println!("  imports:");
         for i in &report.imports {
             println!("    {i}");

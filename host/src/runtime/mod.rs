@@ -8,6 +8,9 @@ mod licensing;
 mod plugin;
 mod sandbox;
 mod stdio;
+mod witsection;
+
+pub use witsection::SECTION as WIT_VERSION_SECTION;
 
 pub use invocation::{InvokeError, MissingLicense};
 pub use plugin::{

@@ -388,6 +388,7 @@ impl Runtime {
             }
         }
         let digest = hex(&Sha256::digest(&bytes));
+        check_recorded_version(&name, &bytes)?;
         let (component, from_cache) = self.compile(&name, &digest, &bytes)?;
         check_wit_version(&name, &self.engine, &component)?;
         let instance_pre =
@@ -493,6 +494,18 @@ fn check_wit_version(
     }
 }
 
+/// Refuses a plugin whose SDK recorded another WIT version, before linking
+/// can fail with a less helpful message.
+fn check_recorded_version(name: &str, bytes: &[u8]) -> Result<(), LoadError> {
+    match super::witsection::recorded_version(bytes) {
+        Some(v) if format!("tollgate:plugin@{v}") != WIT_PACKAGE => Err(LoadError::WitVersion {
+            plugin: name.to_string(),
+            found: format!("tollgate:plugin@{v}"),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// What `tollgate inspect` shows about a component.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Inspection {
@@ -506,6 +519,8 @@ pub struct Inspection {
     pub exports: Vec<String>,
     /// The `tollgate:plugin` package versions it uses.
     pub wit_packages: Vec<String>,
+    /// The WIT version its SDK recorded in a custom section, if any.
+    pub recorded_wit_version: Option<String>,
     /// `None` if this host can run it, else why not.
     pub refused: Option<String>,
 }
@@ -539,6 +554,7 @@ impl Runtime {
             imports,
             exports,
             wit_packages: wit_packages(&self.engine, &component),
+            recorded_wit_version: super::witsection::recorded_version(bytes),
             refused,
         })
     }
