@@ -14,6 +14,7 @@ pub mod license;
 pub mod runtime;
 pub mod server;
 pub mod state;
+pub mod testing;
 
 pub use host::{Host, HostBuilder, HostError, HostStatus, PluginStatus};
 pub use license::{Denial, ReclaimReason, Seats, Terms};
