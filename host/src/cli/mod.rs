@@ -4,6 +4,7 @@ mod admin;
 mod demo;
 mod inspect;
 mod issuer;
+mod new;
 mod run;
 mod serve;
 
@@ -87,6 +88,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Check a config file and explain every problem in it, with its line.
     CheckConfig(serve::CheckArgs),
+    /// Scaffold a plugin project (Rust, Python or JavaScript) that builds and runs licensed.
+    New(new::NewArgs),
     /// Show a plugin's world, imports, exports, sha256 and WIT version, and whether this host runs it.
     Inspect(inspect::InspectArgs),
     /// Check the usage ledger's hash chain.
@@ -133,6 +136,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Audit(cmd) => admin::audit(cmd),
         Command::Serve(args) => serve::serve(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::New(args) => new::run(args),
         Command::CheckConfig(args) => serve::check(args),
     };
     match result {

@@ -1,0 +1,218 @@
+//! `tollgate new` → build → `tollgate run`, for each language, following the
+//! generated README's commands. Rust always runs; Python and JavaScript run
+//! when their toolchains (from `guest-examples/install-other-languages.sh`)
+//! are present, and must run when `TOLLGATE_REQUIRE_OTHER_LANGUAGES=1`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
+const REQUIRE: &str = "TOLLGATE_REQUIRE_OTHER_LANGUAGES";
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("new-{name}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn tollgate(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().expect("run tollgate")
+}
+
+fn out(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// `echo world | tollgate run FILE --license demo=1 --input -`, as the README says.
+fn run_licensed(wasm: &Path) -> Output {
+    let mut child = Command::new(BIN)
+        .arg("run")
+        .arg(wasm)
+        .args(["--license", "demo=1", "--input", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start tollgate run");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"world\n")
+        .expect("write input");
+    child.wait_with_output().expect("tollgate run")
+}
+
+fn new_project(name: &str, lang: &str) -> PathBuf {
+    let dir = scratch(name);
+    let o = tollgate(&[
+        "new",
+        name,
+        "--lang",
+        lang,
+        "--dir",
+        dir.to_str().expect("utf-8 path"),
+    ]);
+    assert!(o.status.success(), "{}", out(&o));
+    assert!(dir.join("README.md").is_file());
+    dir
+}
+
+/// Whether a toolchain is missing; panics when it is required.
+fn skip(language: &str, why: &str) -> bool {
+    assert!(
+        std::env::var(REQUIRE).as_deref() != Ok("1"),
+        "{REQUIRE}=1 requires the {language} toolchain: {why}"
+    );
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED new::{language}: {why} (run guest-examples/install-other-languages.sh)"
+    );
+    true
+}
+
+#[test]
+fn rust_project_builds_and_runs_licensed() {
+    let dir = new_project("hello-new-rust", "rust");
+    let readme = std::fs::read_to_string(dir.join("README.md")).expect("readme");
+    assert!(
+        readme.contains("cargo build --release --target wasm32-wasip2"),
+        "{readme}"
+    );
+    // Share the guest build's target dir so the SDK's dependencies are built once.
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("../guests");
+    let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    build
+        .current_dir(&dir)
+        .args(["build", "--release", "--target", "wasm32-wasip2"])
+        .env("CARGO_TARGET_DIR", &target);
+    for var in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_BUILD_TARGET"] {
+        build.env_remove(var);
+    }
+    let built = build.output().expect("cargo build");
+    assert!(built.status.success(), "{}", out(&built));
+    let wasm = target.join("wasm32-wasip2/release/hello_new_rust.wasm");
+
+    let o = run_licensed(&wasm);
+    assert!(o.status.success(), "{}", out(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "hello, world! (from hello-new-rust, licensed by demo)"
+    );
+    // Without the license the seat is refused and no result comes back.
+    let o = tollgate(&["run", wasm.to_str().expect("utf-8")]);
+    assert_eq!(o.status.code(), Some(4), "{}", out(&o));
+    assert!(
+        out(&o).contains("license demo was refused: no such license is installed"),
+        "{}",
+        out(&o)
+    );
+    // The SDK recorded this host's WIT version in the component.
+    let o = tollgate(&["inspect", wasm.to_str().expect("utf-8")]);
+    assert!(
+        out(&o).contains("SDK-recorded WIT version: 0.1.0"),
+        "{}",
+        out(&o)
+    );
+}
+
+#[test]
+fn new_refuses_bad_names_and_non_empty_dirs() {
+    for bad in ["../escape", "Hello", "a/b", ""] {
+        let o = tollgate(&["new", bad, "--dir", "/nonexistent/never"]);
+        assert_eq!(o.status.code(), Some(2), "{bad}: {}", out(&o));
+        assert!(out(&o).contains("not a valid plugin name"), "{}", out(&o));
+    }
+    let dir = scratch("taken");
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(dir.join("keep.txt"), "mine").expect("file");
+    let o = tollgate(&["new", "taken", "--dir", dir.to_str().expect("utf-8")]);
+    assert_eq!(o.status.code(), Some(2), "{}", out(&o));
+    assert!(
+        out(&o).contains("already exists and is not empty"),
+        "{}",
+        out(&o)
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("keep.txt")).expect("kept"),
+        "mine"
+    );
+    let o = tollgate(&[
+        "new",
+        "nosdk",
+        "--dir",
+        scratch("nosdk").to_str().expect("utf-8"),
+        "--sdk",
+        "/nonexistent/sdk",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", out(&o));
+    assert!(out(&o).contains("pass --sdk PATH"), "{}", out(&o));
+}
+
+#[test]
+fn python_project_builds_and_runs_licensed() {
+    let examples =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-examples/python/hello-python");
+    let venv_bin = examples.join(".venv/bin");
+    if !venv_bin.join("componentize-py").exists()
+        && skip(
+            "python",
+            "componentize-py is not installed in guest-examples/python/hello-python/.venv",
+        )
+    {
+        return;
+    }
+    let dir = new_project("hello-new-python", "python");
+    // The README's command; the installed componentize-py is found on PATH.
+    let path = format!(
+        "{}:{}",
+        venv_bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let built = Command::new("bash")
+        .arg(dir.join("build.sh"))
+        .env("PATH", path)
+        .output()
+        .expect("build.sh");
+    assert!(built.status.success(), "{}", out(&built));
+    let o = run_licensed(&dir.join("hello_new_python.wasm"));
+    assert!(o.status.success(), "{}", out(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "hello, world! (from hello-new-python, licensed by demo)"
+    );
+}
+
+#[test]
+fn js_project_builds_and_runs_licensed() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-examples/js/hello-js");
+    let modules = examples.join("node_modules");
+    if !modules.join(".bin/componentize-js").exists()
+        && skip(
+            "js",
+            "componentize-js is not installed in guest-examples/js/hello-js/node_modules",
+        )
+    {
+        return;
+    }
+    let dir = new_project("hello-new-js", "js");
+    // `npm install` would fetch the same pinned componentize-js; reuse it.
+    std::os::unix::fs::symlink(&modules, dir.join("node_modules")).expect("link node_modules");
+    let built = Command::new("npm")
+        .args(["run", "build"])
+        .current_dir(&dir)
+        .output()
+        .expect("npm run build");
+    assert!(built.status.success(), "{}", out(&built));
+    let o = run_licensed(&dir.join("hello_new_js.wasm"));
+    assert!(o.status.success(), "{}", out(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "hello, world! (from hello-new-js, licensed by demo)"
+    );
+}
