@@ -198,16 +198,43 @@ struct LoadRequest {
     may_use: Vec<String>,
 }
 
+fn parse_load_request(body: &[u8]) -> Result<LoadRequest, String> {
+    serde_json::from_slice(body).map_err(|e| {
+        format!("expected {{\"name\", \"component\", \"requires\", \"may_use\"}}: {e}")
+    })
+}
+
+/// An admin request body, as its route reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdminBody {
+    /// `POST /v1/admin/licenses`: a `tollgate-license v1` file.
+    License,
+    /// `POST /v1/admin/plugins`: `{"name", "component", "requires", "may_use"}`.
+    LoadPlugin,
+    /// `since`/`until` of `GET /v1/admin/usage`: a time.
+    UsageTime,
+}
+
+/// Parses `body` exactly as the admin route `kind` does before acting on
+/// it, and says what is wrong with it; for fuzzing and bad-input tests.
+pub fn parse_admin_body(kind: AdminBody, body: &[u8]) -> Result<(), String> {
+    if kind == AdminBody::License && body.len() > MAX_LICENSE_BODY {
+        return Err("a license file is at most 64 KiB".into());
+    }
+    let text = || std::str::from_utf8(body).map_err(|_| "the body is not UTF-8 text".to_string());
+    match kind {
+        AdminBody::License => crate::issuer::SignedLicense::parse(text()?)
+            .map(drop)
+            .map_err(|e| e.to_string()),
+        AdminBody::LoadPlugin => parse_load_request(body).map(drop),
+        AdminBody::UsageTime => crate::issuer::parse_time(text()?).map(drop),
+    }
+}
+
 async fn load(Extract(server): Extract<Arc<Server>>, body: axum::body::Bytes) -> Response {
-    let req: LoadRequest = match serde_json::from_slice(&body) {
+    let req = match parse_load_request(&body) {
         Ok(r) => r,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "bad-request",
-                format!("expected {{\"name\", \"component\", \"requires\", \"may_use\"}}: {e}"),
-            );
-        }
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad-request", e),
     };
     let config = PluginConfig {
         name: req.name.clone(),

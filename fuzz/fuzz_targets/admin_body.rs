@@ -1,0 +1,20 @@
+//! Admin API request bodies: the first byte picks the route, the rest is
+//! the body. Every body is accepted or refused with a message.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use tollgate::server::{AdminBody, parse_admin_body};
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&route, body)) = data.split_first() else {
+        return;
+    };
+    let kind = match route % 3 {
+        0 => AdminBody::License,
+        1 => AdminBody::LoadPlugin,
+        _ => AdminBody::UsageTime,
+    };
+    if let Err(e) = parse_admin_body(kind, body) {
+        assert!(!e.is_empty());
+    }
+});
