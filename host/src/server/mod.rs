@@ -10,6 +10,8 @@
 mod admin;
 mod metrics;
 
+pub use admin::{AdminBody, parse_admin_body};
+
 use crate::config::{Config, PluginConfig};
 use crate::host::{Host, HostError};
 use crate::license::Rules;
@@ -360,13 +362,13 @@ async fn invoke(
     // The call runs in this handler: if the client goes away the handler is
     // dropped, and with it the call and its store, which gives the seats
     // back as `store-dropped`.
-    let result = tokio::select! {
-        result = server.host.invoke_async(&name, &input) => result,
-        () = cancel.notified() => Err(InvokeError::Cancelled { plugin: name.clone() }),
+    let (invocation, result) = tokio::select! {
+        call = server.host.invoke_call_async(&name, &input) => (Some(call.0), call.1),
+        () = cancel.notified() => (None, Err(InvokeError::Cancelled { plugin: name.clone() })),
     };
     let outcome = result.as_ref().map_or_else(InvokeError::code, |_| "ok");
     server.metrics.observe(&name, outcome, started.elapsed());
-    match result {
+    let mut response = match result {
         Ok(output) => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "application/octet-stream")],
@@ -374,8 +376,19 @@ async fn invoke(
         )
             .into_response(),
         Err(e) => invoke_error(&e),
+    };
+    // The ledger's invocation id, so a caller can match a response to its
+    // usage rows.
+    if let Some(id) = invocation {
+        response
+            .headers_mut()
+            .insert(INVOCATION_HEADER, HeaderValue::from(id));
     }
+    response
 }
+
+/// Response header carrying the call's invocation id in the usage ledger.
+pub const INVOCATION_HEADER: &str = "x-tollgate-invocation";
 
 /// The HTTP status for each way a call can fail.
 fn invoke_error(e: &InvokeError) -> Response {
