@@ -34,6 +34,12 @@ fn build_guests() -> Vec<(String, std::path::PathBuf)> {
         "MFLAGS",
         "CARGO_PRIMARY_PACKAGE",
         "RUSTC_WORKSPACE_WRAPPER",
+        // A host built with another toolchain (e.g. `cargo +nightly fuzz`)
+        // still builds its guests with the one pinned in rust-toolchain.toml,
+        // which has the wasm32-wasip2 target.
+        "RUSTUP_TOOLCHAIN",
+        "RUSTC",
+        "RUSTC_WRAPPER",
     ] {
         cmd.env_remove(var);
     }
