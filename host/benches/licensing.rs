@@ -247,7 +247,22 @@ fn case_b0(plan: &Plan) {
 }
 
 fn case_c(plan: &Plan) {
-    let host = host(Allocator::OnDemand);
+    // One call makes every pair, so lift the per-call acquire cap that
+    // protects the ledger from a looping plugin.
+    let host = Host::builder()
+        .license(LICENSE, Terms::new(Seats::Unlimited))
+        .build()
+        .expect("host");
+    let limits = Limits {
+        max_acquires: plan.pairs as usize + 1,
+        ..Limits::default()
+    };
+    host.load_plugin(
+        PluginSpec::file("licensed", guest("bench-licensed"))
+            .requires(LICENSE)
+            .limits(limits),
+    )
+    .expect("licensed guest");
     let pairs = format!("pairs:{}", plan.pairs).into_bytes();
     let empty = format!("empty:{}", plan.pairs).into_bytes();
     host.invoke("licensed", &pairs).expect("warm");

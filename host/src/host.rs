@@ -249,6 +249,22 @@ pub struct Host {
     _lock: Option<HostLock>,
 }
 
+/// A call's outcome once its usage is durable; if the ledger could not
+/// commit, the result is withheld.
+fn acknowledged(
+    name: &str,
+    outcome: Result<Vec<u8>, InvokeError>,
+    synced: Result<(), crate::ledger::LedgerError>,
+) -> Result<Vec<u8>, InvokeError> {
+    match synced {
+        Ok(()) => outcome,
+        Err(e) => Err(InvokeError::NotRecorded {
+            plugin: name.to_string(),
+            reason: e.0,
+        }),
+    }
+}
+
 impl std::fmt::Debug for Host {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Host").finish_non_exhaustive()
@@ -322,7 +338,11 @@ impl Host {
 
     /// Like [`Host::invoke`], also returning the invocation id the ledger uses.
     pub fn invoke_call(&self, name: &str, input: &[u8]) -> (u64, Result<Vec<u8>, InvokeError>) {
-        self.runtime.block_on(self.invoke_call_async(name, input))
+        let (invocation, outcome) = self.runtime.block_on(self.run_call(name, input));
+        // Waiting for the commit on this thread is much quicker than being
+        // woken through the blocking runtime (BENCHMARKS.md, case F).
+        let synced = self.licenses.ledger().sync();
+        (invocation, acknowledged(name, outcome, synced))
     }
 
     /// [`Host::invoke`] for async callers (on a tokio runtime). Dropping the
@@ -338,6 +358,13 @@ impl Host {
         name: &str,
         input: &[u8],
     ) -> (u64, Result<Vec<u8>, InvokeError>) {
+        let (invocation, outcome) = self.run_call(name, input).await;
+        let synced = self.licenses.ledger().sync_async().await;
+        (invocation, acknowledged(name, outcome, synced))
+    }
+
+    /// Runs one call; its usage is recorded but not yet known to be durable.
+    async fn run_call(&self, name: &str, input: &[u8]) -> (u64, Result<Vec<u8>, InvokeError>) {
         let invocation = self.invocations.fetch_add(1, Ordering::Relaxed);
         let Some(plugin) = self.plugin(name) else {
             return (
@@ -349,13 +376,6 @@ impl Host {
             .runtime
             .invoke(&plugin, &self.licenses, invocation, input)
             .await;
-        if let Err(e) = self.licenses.ledger().sync_async().await {
-            let e = InvokeError::NotRecorded {
-                plugin: name.to_string(),
-                reason: e.0,
-            };
-            return (invocation, Err(e));
-        }
         (invocation, outcome)
     }
 
