@@ -48,6 +48,17 @@ fn run_licensed(wasm: &Path) -> Output {
     child.wait_with_output().expect("tollgate run")
 }
 
+/// The build succeeded and the project's component, run licensed, greets.
+fn assert_greets(built: &Output, dir: &Path, name: &str) {
+    assert!(built.status.success(), "{}", out(built));
+    let o = run_licensed(&dir.join(format!("{}.wasm", name.replace('-', "_"))));
+    assert!(o.status.success(), "{}", out(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        format!("hello, world! (from {name}, licensed by demo)")
+    );
+}
+
 fn new_project(name: &str, lang: &str) -> PathBuf {
     let dir = scratch(name);
     let o = tollgate(&[
@@ -179,13 +190,7 @@ fn python_project_builds_and_runs_licensed() {
         .env("PATH", path)
         .output()
         .expect("build.sh");
-    assert!(built.status.success(), "{}", out(&built));
-    let o = run_licensed(&dir.join("hello_new_python.wasm"));
-    assert!(o.status.success(), "{}", out(&o));
-    assert_eq!(
-        String::from_utf8_lossy(&o.stdout),
-        "hello, world! (from hello-new-python, licensed by demo)"
-    );
+    assert_greets(&built, &dir, "hello-new-python");
 }
 
 #[test]
@@ -208,11 +213,5 @@ fn js_project_builds_and_runs_licensed() {
         .current_dir(&dir)
         .output()
         .expect("npm run build");
-    assert!(built.status.success(), "{}", out(&built));
-    let o = run_licensed(&dir.join("hello_new_js.wasm"));
-    assert!(o.status.success(), "{}", out(&o));
-    assert_eq!(
-        String::from_utf8_lossy(&o.stdout),
-        "hello, world! (from hello-new-js, licensed by demo)"
-    );
+    assert_greets(&built, &dir, "hello-new-js");
 }

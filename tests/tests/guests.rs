@@ -402,11 +402,11 @@ fn prober_sees_only_what_it_is_given() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[test]
-fn future_wit() {
-    let host = host_with(Seats::Counted(1));
+/// Loading the guest at `path` fails with a message naming the plugin's WIT
+/// version (0.2.0) and this host's (0.1.0).
+fn assert_refused_as_0_2_0(host: &Host, path: &str) {
     let err = host
-        .load_plugin(PluginSpec::file("future", guests::FUTURE_WIT))
+        .load_plugin(PluginSpec::file("other-version", path).requires(SEAT))
         .expect_err("refused");
     let message = err.to_string();
     assert!(
@@ -414,6 +414,12 @@ fn future_wit() {
             && message.contains("this host provides tollgate:plugin@0.1.0"),
         "{message}"
     );
+}
+
+#[test]
+fn future_wit() {
+    let host = host_with(Seats::Counted(1));
+    assert_refused_as_0_2_0(&host, guests::FUTURE_WIT);
     let report = host
         .inspect(&std::fs::read(guests::FUTURE_WIT).expect("guest"))
         .expect("inspects");
@@ -449,15 +455,7 @@ fn future_wit() {
 fn sdk_mismatch() {
     // Its imports match this host; only the version its SDK recorded differs.
     let host = host_with(Seats::Counted(1));
-    let err = host
-        .load_plugin(PluginSpec::file("mismatch", guests::SDK_MISMATCH).requires(SEAT))
-        .expect_err("refused");
-    let message = err.to_string();
-    assert!(
-        message.contains("built for tollgate:plugin@0.2.0")
-            && message.contains("this host provides tollgate:plugin@0.1.0"),
-        "{message}"
-    );
+    assert_refused_as_0_2_0(&host, guests::SDK_MISMATCH);
     let report = host
         .inspect(&std::fs::read(guests::SDK_MISMATCH).expect("guest"))
         .expect("inspects");
