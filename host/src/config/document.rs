@@ -3,7 +3,7 @@
 
 use super::units::{self, did_you_mean};
 use super::{Config, DEFAULT_LISTEN, DirConfig, LicenseRules, LogFormat, PluginConfig, Problem};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -51,27 +51,96 @@ const MAX_MEMORY: u64 = 4 * GIB;
 const MAX_TIME_LIMIT: Duration = Duration::from_secs(3600);
 const MAX_CONCURRENT_CALLS: i64 = 10_000;
 
+/// Most plugin names compared, over the whole file, in did-you-mean
+/// searches for unknown plugin names; once spent, unknown names are reported
+/// without a suggestion, so a file full of them is checked in linear time.
+const PLUGIN_HINT_BUDGET: usize = 100_000;
+/// Most plugin names listed in one message.
+const MAX_LISTED_PLUGINS: usize = 10;
+/// Longest name or id quoted in the place part of each message about its
+/// table; longer ones are cut, so messages stay short however long a bad
+/// name is.
+const MAX_QUOTED: usize = 64;
+
 /// The 1-based line and column (in characters) of byte `offset` in `text`.
 pub(super) fn line_column(text: &str, offset: usize) -> (usize, usize) {
-    let mut offset = offset.min(text.len());
-    while !text.is_char_boundary(offset) {
-        offset -= 1;
+    Positions::new(text).at(offset)
+}
+
+/// Lines and columns of byte offsets in one text, each found without
+/// rescanning the text, so thousands of problems in a large file cost no
+/// more than reading it once.
+struct Positions<'t> {
+    text: &'t str,
+    /// Byte offset where each line starts.
+    line_starts: Vec<usize>,
+    /// `(byte offset, characters before it)` at every [`Self::STRIDE`]
+    /// bytes (moved back to a character boundary).
+    marks: Vec<(usize, usize)>,
+}
+
+impl<'t> Positions<'t> {
+    const STRIDE: usize = 256;
+
+    fn new(text: &'t str) -> Self {
+        let line_starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        let mut marks = Vec::with_capacity(text.len() / Self::STRIDE + 1);
+        let (mut at, mut chars) = (0, 0);
+        for stride in 0..=text.len() / Self::STRIDE {
+            let mut next = stride * Self::STRIDE;
+            while !text.is_char_boundary(next) {
+                next -= 1;
+            }
+            chars += text[at..next].chars().count();
+            at = next;
+            marks.push((at, chars));
+        }
+        Self {
+            text,
+            line_starts,
+            marks,
+        }
     }
-    let before = &text[..offset];
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let line = before.matches('\n').count() + 1;
-    let column = before[line_start..].chars().count() + 1;
-    (line, column)
+
+    /// Characters in `text[..offset]`; `offset` is a character boundary.
+    fn chars_before(&self, offset: usize) -> usize {
+        let (at, chars) = self.marks[offset / Self::STRIDE];
+        chars + self.text[at..offset].chars().count()
+    }
+
+    /// The 1-based line and column (in characters) of byte `offset`.
+    fn at(&self, offset: usize) -> (usize, usize) {
+        let mut offset = offset.min(self.text.len());
+        while !self.text.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        // Lines starting at or before `offset`; the first starts at 0.
+        let line = self.line_starts.partition_point(|&start| start <= offset);
+        let start = self.line_starts[line - 1];
+        let column = self.chars_before(offset) - self.chars_before(start) + 1;
+        (line, column)
+    }
+}
+
+/// `text` quoted, cut to [`MAX_QUOTED`] characters.
+fn quoted(text: &str) -> String {
+    match text.char_indices().nth(MAX_QUOTED) {
+        Some((cut, _)) => format!("{:?}…", &text[..cut]),
+        None => format!("{text:?}"),
+    }
 }
 
 /// Parses and validates `text`; the config is `None` only when the TOML
 /// structure itself could not be recovered.
 pub(super) fn check(text: &str, path: &Path) -> (Option<Config>, Vec<Problem>) {
     let mut checker = Checker {
-        text,
+        positions: Positions::new(text),
         dir: config_dir(path),
         problems: Vec::new(),
         recovered: false,
+        plugin_hint_budget: PLUGIN_HINT_BUDGET,
     };
     let (root, syntax_errors) = DeTable::parse_recoverable(text);
     let mut syntax_lines = BTreeSet::new();
@@ -81,7 +150,7 @@ pub(super) fn check(text: &str, path: &Path) -> (Option<Config>, Vec<Problem>) {
         .any(|e| e.message().starts_with("unclosed"));
     for error in &syntax_errors {
         let span = error.span().unwrap_or(0..0);
-        let (line, _) = line_column(text, span.start);
+        let (line, _) = checker.positions.at(span.start);
         // The parser often reports several errors for one mistake; one per line is enough.
         if !syntax_lines.insert(line) {
             continue;
@@ -144,18 +213,33 @@ fn type_name(value: &DeValue<'_>) -> &'static str {
 /// Messages name a key and its place: `place` is `""` at the top level, else
 /// text such as ` in [[plugin]] "hello"` that follows the key's name.
 struct Checker<'t> {
-    text: &'t str,
+    positions: Positions<'t>,
     dir: PathBuf,
     problems: Vec<Problem>,
     /// Set when the parser recovered from syntax errors: values with an empty
     /// span were made up by the parser and are not checked.
     recovered: bool,
+    /// Plugin names that did-you-mean searches may still compare.
+    plugin_hint_budget: usize,
+}
+
+/// The configured plugin names: in file order for messages, and as a set.
+struct Names<'p> {
+    list: Vec<&'p str>,
+    set: HashSet<&'p str>,
+}
+
+impl<'p> Names<'p> {
+    fn new(plugins: &'p [PluginRefs]) -> Self {
+        let list: Vec<&str> = plugins.iter().map(|p| p.name.as_str()).collect();
+        let set = list.iter().copied().collect();
+        Self { list, set }
+    }
 }
 
 /// What the license rules need to know about one plugin.
 struct PluginRefs {
     name: String,
-    name_span: Range<usize>,
     requires: Vec<String>,
     may_use: Vec<String>,
 }
@@ -165,7 +249,7 @@ impl<'t> Checker<'t> {
         if self.recovered && span.is_empty() {
             return;
         }
-        let (line, column) = line_column(self.text, span.start);
+        let (line, column) = self.positions.at(span.start);
         self.problems.push(Problem {
             line,
             column,
@@ -174,7 +258,7 @@ impl<'t> Checker<'t> {
     }
 
     fn line_of(&self, span: &Range<usize>) -> usize {
-        line_column(self.text, span.start).0
+        self.positions.at(span.start).0
     }
 
     /// Reports every key of `table` that is not in `known`.
@@ -475,6 +559,8 @@ impl<'t> Checker<'t> {
             return Vec::new();
         };
         let mut refs: Vec<PluginRefs> = Vec::new();
+        // Where each name was first used.
+        let mut first_use: HashMap<String, Range<usize>> = HashMap::new();
         for (index, item) in items.iter().enumerate() {
             let DeValue::Table(table) = item.get_ref() else {
                 self.problem(
@@ -489,18 +575,20 @@ impl<'t> Checker<'t> {
             };
             let (plugin, name) = self.plugin(item.span(), table, index);
             if let Some((name, name_span)) = name {
-                if let Some(first) = refs.iter().find(|r| r.name == name) {
-                    let first_line = self.line_of(&first.name_span);
+                if let Some(first) = first_use.get(&name) {
+                    let first_line = self.line_of(first);
                     self.problem(
-                        name_span.clone(),
+                        name_span,
                         format!(
-                            "plugin name {name:?} is already used by the [[plugin]] on line {first_line}; give each plugin its own name"
+                            "plugin name {} is already used by the [[plugin]] on line {first_line}; give each plugin its own name",
+                            quoted(&name)
                         ),
                     );
+                } else {
+                    first_use.insert(name.clone(), name_span);
                 }
                 refs.push(PluginRefs {
                     name,
-                    name_span,
                     requires: plugin.requires.clone(),
                     may_use: plugin.may_use.clone(),
                 });
@@ -518,18 +606,22 @@ impl<'t> Checker<'t> {
         index: usize,
     ) -> (PluginConfig, Option<(String, Range<usize>)>) {
         let mut name = None;
+        let mut valid_name = false;
         if let Some(value) = table.get("name") {
             let place = format!(" in [[plugin]] #{}", index + 1);
             if let Some(text) = self.string(value, "name", &place, "a string") {
-                if let Err(why) = units::plugin_name(text) {
-                    self.problem(value.span(), format!("`name`{place}: {why}"));
+                match units::plugin_name(text) {
+                    Ok(()) => valid_name = true,
+                    Err(why) => self.problem(value.span(), format!("`name`{place}: {why}")),
                 }
                 name = Some((text.to_string(), value.span()));
             }
         }
+        // A bad name was reported once above; the plugin's other problems
+        // name it by its number.
         let place = match &name {
-            Some((n, _)) => format!(" in [[plugin]] {n:?}"),
-            None => format!(" in [[plugin]] #{}", index + 1),
+            Some((n, _)) if valid_name => format!(" in [[plugin]] {n:?}"),
+            _ => format!(" in [[plugin]] #{}", index + 1),
         };
         self.unknown_keys(table, PLUGIN_KEYS, &place);
         if table.get("name").is_none() {
@@ -688,6 +780,7 @@ impl<'t> Checker<'t> {
             return Vec::new();
         };
         let mut dirs: Vec<DirConfig> = Vec::new();
+        let mut guests: HashSet<String> = HashSet::new();
         for (index, item) in items.iter().enumerate() {
             let DeValue::Table(table) = item.get_ref() else {
                 self.problem(
@@ -716,7 +809,7 @@ impl<'t> Checker<'t> {
                 }
             };
             let guest = match table.get("guest") {
-                Some(value) => self.guest_dir(value, &here, &dirs),
+                Some(value) => self.guest_dir(value, &here, &mut guests),
                 None => {
                     self.problem(
                         item.span(),
@@ -786,7 +879,7 @@ impl<'t> Checker<'t> {
         &mut self,
         value: &Value<'_>,
         place: &str,
-        earlier: &[DirConfig],
+        earlier: &mut HashSet<String>,
     ) -> Option<String> {
         let guest = self.string(
             value,
@@ -811,7 +904,7 @@ impl<'t> Checker<'t> {
             );
             return None;
         }
-        if earlier.iter().any(|d| d.guest == guest) {
+        if !earlier.insert(guest.to_string()) {
             self.problem(
                 value.span(),
                 format!("`guest`{place}: another entry of `dirs` already uses {guest:?}; give each directory its own guest path"),
@@ -833,7 +926,7 @@ impl<'t> Checker<'t> {
             );
             return;
         };
-        let names: Vec<&str> = plugins.iter().map(|p| p.name.as_str()).collect();
+        let names = Names::new(plugins);
         let used_ids: BTreeSet<&str> = plugins
             .iter()
             .flat_map(|p| p.requires.iter().chain(&p.may_use))
@@ -864,11 +957,11 @@ impl<'t> Checker<'t> {
         &mut self,
         key: &Key<'_>,
         value: &Value<'_>,
-        names: &[&str],
+        names: &Names<'_>,
         plugins: &[PluginRefs],
     ) -> Option<LicenseRules> {
         let id = key.get_ref().as_ref();
-        let place = format!(" in [license.{id:?}]");
+        let place = format!(" in [license.{}]", quoted(id));
         if let Err(why) = units::license_id(id) {
             self.problem(key.span(), format!("[license.{id:?}]: {why}"));
         }
@@ -892,8 +985,11 @@ impl<'t> Checker<'t> {
         if let Some(value) = table.get("exclude") {
             exclude = self.plugin_refs(value, "exclude", &place, names);
         }
+        let included: HashSet<&str> = include.iter().map(|(n, _)| n.as_str()).collect();
+        let excluded: HashMap<&str, &Range<usize>> =
+            exclude.iter().map(|(n, s)| (n.as_str(), s)).collect();
         for (name, span) in &exclude {
-            if include.iter().any(|(n, _)| n == name) {
+            if included.contains(name.as_str()) {
                 self.problem(
                     span.clone(),
                     format!("`exclude`{place} lists {name:?}, which `include` also lists; keep it in one of them"),
@@ -901,8 +997,7 @@ impl<'t> Checker<'t> {
             }
         }
         let allowed = |name: &str| {
-            (include.is_empty() || include.iter().any(|(n, _)| n == name))
-                && !exclude.iter().any(|(n, _)| n == name)
+            (included.is_empty() || included.contains(name)) && !excluded.contains_key(name)
         };
         // A plugin that requires the license but may not use it could never return a result.
         for plugin in plugins {
@@ -910,8 +1005,8 @@ impl<'t> Checker<'t> {
                 continue;
             }
             let name = &plugin.name;
-            let (span, todo) = match exclude.iter().find(|(n, _)| n == name) {
-                Some((_, span)) => (span.clone(), format!("remove {name:?} from `exclude`")),
+            let (span, todo) = match excluded.get(name.as_str()) {
+                Some(&span) => (span.clone(), format!("remove {name:?} from `exclude`")),
                 None => (
                     table.get("include").map_or(key.span(), |v| v.span()),
                     format!("add {name:?} to `include`"),
@@ -945,7 +1040,7 @@ impl<'t> Checker<'t> {
                 DeValue::Table(reserve) => {
                     for (name_key, seats) in reserve.iter() {
                         let name = name_key.get_ref().as_ref();
-                        if !names.contains(&name) {
+                        if !names.set.contains(name) {
                             self.unknown_plugin(name_key.span(), name, "reserve", &place, names);
                             continue;
                         }
@@ -1001,11 +1096,11 @@ impl<'t> Checker<'t> {
         value: &Value<'_>,
         key: &str,
         place: &str,
-        names: &[&str],
+        names: &Names<'_>,
     ) -> Vec<(String, Range<usize>)> {
         let mut out = Vec::new();
         for (name, span) in self.strings(value, key, place, "plugin name", |_| Ok(())) {
-            if names.contains(&name.as_str()) {
+            if names.set.contains(name.as_str()) {
                 out.push((name, span));
             } else {
                 self.unknown_plugin(span, &name, key, place, names);
@@ -1020,22 +1115,32 @@ impl<'t> Checker<'t> {
         name: &str,
         key: &str,
         place: &str,
-        names: &[&str],
+        names: &Names<'_>,
     ) {
-        let hint = did_you_mean(name, names.iter().copied());
-        let todo = if hint.is_empty() {
-            if names.is_empty() {
-                "; no plugins are configured: add a [[plugin]] or remove this name".to_string()
-            } else {
-                format!("; configured plugins: {}", names.join(", "))
-            }
+        let hint = if let Some(left) = self.plugin_hint_budget.checked_sub(names.list.len()) {
+            self.plugin_hint_budget = left;
+            did_you_mean(name, names.list.iter().copied())
         } else {
+            String::new()
+        };
+        let todo = if !hint.is_empty() {
             hint
+        } else if names.list.is_empty() {
+            "; no plugins are configured: add a [[plugin]] or remove this name".to_string()
+        } else if names.list.len() > MAX_LISTED_PLUGINS {
+            format!(
+                "; configured plugins: {}, and {} more",
+                names.list[..MAX_LISTED_PLUGINS].join(", "),
+                names.list.len() - MAX_LISTED_PLUGINS
+            )
+        } else {
+            format!("; configured plugins: {}", names.list.join(", "))
         };
         self.problem(
             span,
             format!(
-                "`{key}`{place} names plugin {name:?}, which is not a configured [[plugin]]{todo}"
+                "`{key}`{place} names plugin {}, which is not a configured [[plugin]]{todo}",
+                quoted(name)
             ),
         );
     }

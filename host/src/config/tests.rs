@@ -1195,3 +1195,119 @@ fn integers_may_use_any_toml_notation() {
     let found = problems(&dir, "max_concurrent_calls = 99999999999999999999\n");
     assert_eq!(found.len(), 1, "{found:#?}");
 }
+
+#[test]
+fn positions_agree_with_a_plain_scan_at_every_offset() {
+    // Multi-byte characters, empty lines and lines longer than the
+    // position index's stride.
+    let long = "ä".repeat(300) + &"x".repeat(300);
+    let text = format!("a = 1\n\n# ünï\n{long}\n\"ключ\" = 2\nend");
+    for offset in 0..=text.len() + 2 {
+        let mut at = offset.min(text.len());
+        while !text.is_char_boundary(at) {
+            at -= 1;
+        }
+        let before = &text[..at];
+        let line = before.matches('\n').count() + 1;
+        let column = before[before.rfind('\n').map_or(0, |i| i + 1)..]
+            .chars()
+            .count()
+            + 1;
+        assert_eq!(
+            document::line_column(&text, offset),
+            (line, column),
+            "offset {offset}"
+        );
+    }
+}
+
+#[test]
+fn a_large_file_full_of_problems_is_checked_in_linear_time() {
+    // 60,000 unknown keys (about 600 KB): each problem's line is found
+    // without rescanning the file (this took over a minute when it was).
+    let dir = TempDir::new();
+    let text: String = (0..60_000).map(|i| format!("k{i} = 1\n")).collect();
+    let started = std::time::Instant::now();
+    let err = parse_in(&dir, &text).expect_err("problems");
+    let elapsed = started.elapsed();
+    assert_eq!(err.problems.len(), 60_000);
+    assert_eq!(
+        (err.problems[59_999].line, err.problems[59_999].column),
+        (60_000, 1)
+    );
+    assert!(err.problems[59_999].message.contains("`k59999`"));
+    assert!(elapsed < Duration::from_secs(15), "took {elapsed:?}");
+
+    // Many problems on one long line with multi-byte text before them.
+    let pairs: Vec<String> = (0..20_000).map(|i| format!("k{i} = \"é\"")).collect();
+    let text = format!("{MINIMAL_PLUGIN}dirs = [{{ {} }}]\n", pairs.join(", "));
+    let dir = TempDir::with_component();
+    let started = std::time::Instant::now();
+    let err = parse_in(&dir, &text).expect_err("problems");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        started.elapsed()
+    );
+    let last = err
+        .problems
+        .iter()
+        .find(|p| p.message.contains("`k19999`"))
+        .expect("the last key");
+    let line = text.lines().nth(last.line - 1).expect("line");
+    let column = line[..line.find("k19999").expect("key")].chars().count() + 1;
+    assert_eq!(last.column, column);
+}
+
+#[test]
+fn long_bad_names_and_many_unknown_names_keep_messages_short() {
+    let dir = TempDir::with_component();
+    // A 100,000-character name is reported once, and the plugin's other
+    // problems name it by number.
+    let unknown: String = (0..200).map(|i| format!("u{i} = 1\n")).collect();
+    let text = format!(
+        "[[plugin]]\nname = \"{}\"\ncomponent = \"plugins/hello.wasm\"\n{unknown}",
+        "A".repeat(100_000)
+    );
+    let err = parse_in(&dir, &text).expect_err("problems");
+    assert_eq!(err.problems.len(), 201, "{err}");
+    assert!(
+        err.problems[1..]
+            .iter()
+            .all(|p| p.message.contains("[[plugin]] #1"))
+    );
+    assert!(
+        err.to_string().len() < 200_000,
+        "{} bytes",
+        err.to_string().len()
+    );
+
+    // An unknown name among many plugins lists ten of them, not all.
+    let plugins: String = (0..15)
+        .map(|i| {
+            format!("[[plugin]]\nname = \"plugin-{i}\"\ncomponent = \"plugins/hello.wasm\"\nmay_use = [\"demo\"]\n")
+        })
+        .collect();
+    let found = problems(
+        &dir,
+        &format!("{plugins}[license.demo]\ninclude = [\"zzzzzz-nothing\", \"plugin-1x\"]\n"),
+    );
+    let include_line = 15 * 4 + 2;
+    let messages: Vec<&String> = found
+        .iter()
+        .filter(|(l, _)| *l == include_line)
+        .map(|(_, m)| m)
+        .collect();
+    assert_eq!(messages.len(), 2, "{found:#?}");
+    assert!(
+        messages[0].contains("configured plugins: plugin-0, plugin-1,")
+            && messages[0].contains("plugin-9, and 5 more"),
+        "{}",
+        messages[0]
+    );
+    assert!(
+        messages[1].contains("did you mean `plugin-1`?"),
+        "{}",
+        messages[1]
+    );
+}

@@ -180,12 +180,15 @@ pub(super) fn closest<'a>(
     candidates: impl IntoIterator<Item = &'a str>,
 ) -> Option<&'a str> {
     let mut best: Option<(usize, &str)> = None;
+    let length = word.chars().count();
     for candidate in candidates {
+        // The distance is at least the difference in length: skip far ones
+        // without building a table as large as `word`.
+        if length.abs_diff(candidate.chars().count()) > 2 {
+            continue;
+        }
         let distance = edit_distance(word, candidate);
-        if distance <= 2
-            && distance < word.chars().count().max(1)
-            && best.is_none_or(|(d, _)| distance < d)
-        {
+        if distance <= 2 && distance < length.max(1) && best.is_none_or(|(d, _)| distance < d) {
             best = Some((distance, candidate));
         }
     }
