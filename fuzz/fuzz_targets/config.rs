@@ -10,6 +10,18 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     if let Err(e) = tollgate::config::Config::parse(text, Path::new("/fuzz/tollgate.toml")) {
-        assert!(!e.to_string().is_empty());
+        // Every refusal names at least one problem, each with a message and
+        // a place inside the file (line 0: not tied to a place), in order.
+        assert!(!e.problems.is_empty());
+        let lines = text.lines().count() + 1;
+        for p in &e.problems {
+            assert!(!p.message.is_empty());
+            assert!(p.line <= lines && (p.line == 0 || p.column >= 1), "{p:?}");
+        }
+        assert!(
+            e.problems
+                .windows(2)
+                .all(|w| (w[0].line, w[0].column) <= (w[1].line, w[1].column))
+        );
     }
 });

@@ -1,15 +1,22 @@
 //! License files come from issuers and operators: parsing any bytes must
 //! either fail with a message or give a license that round-trips and can
-//! be verified without panicking.
+//! be verified without panicking. Issuer key files (`tollgate trust add`)
+//! are read by the same rules.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tollgate::issuer::{IssuerKey, SignedLicense};
+use tollgate::issuer::{IssuerKey, IssuerPublicKey, SignedLicense};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
+    if let Err(e) = IssuerPublicKey::from_file_text(text) {
+        assert!(!e.to_string().is_empty());
+    }
+    if let Err(e) = IssuerKey::from_file_text(text) {
+        assert!(!e.to_string().is_empty());
+    }
     match SignedLicense::parse(text) {
         Err(e) => assert!(!e.to_string().is_empty()),
         Ok(license) => {

@@ -4,7 +4,7 @@
 //! says what was wrong, and every accepted license round-trips.
 
 use std::path::{Path, PathBuf};
-use tollgate::issuer::{IssuerKey, SignedLicense};
+use tollgate::issuer::{IssuerKey, IssuerPublicKey, SignedLicense};
 use tollgate::server::{AdminBody, parse_admin_body};
 
 fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
@@ -35,6 +35,15 @@ fn license_corpus() {
         let Ok(text) = std::str::from_utf8(&bytes) else {
             continue;
         };
+        for refusal in [
+            IssuerPublicKey::from_file_text(text).err(),
+            IssuerKey::from_file_text(text).err(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            assert!(!refusal.to_string().is_empty(), "{}", path.display());
+        }
         match SignedLicense::parse(text) {
             Ok(license) => {
                 accepted += 1;
@@ -68,7 +77,27 @@ fn config_corpus() {
         };
         if let Err(e) = tollgate::config::Config::parse(text, Path::new("/corpus/tollgate.toml")) {
             refused += 1;
-            assert!(!e.to_string().is_empty(), "{}", path.display());
+            assert!(
+                !e.problems.is_empty(),
+                "{}: no problem named",
+                path.display()
+            );
+            let lines = text.lines().count() + 1;
+            for p in &e.problems {
+                assert!(!p.message.is_empty(), "{}: {e}", path.display());
+                assert!(
+                    p.line <= lines && (p.line == 0 || p.column >= 1),
+                    "{}: problem placed outside the file: {p:?}",
+                    path.display()
+                );
+            }
+            assert!(
+                e.problems
+                    .windows(2)
+                    .all(|w| (w[0].line, w[0].column) <= (w[1].line, w[1].column)),
+                "{}: problems out of order: {e}",
+                path.display()
+            );
         }
     }
     assert!(refused >= 1);
