@@ -49,6 +49,54 @@ fn hello_licensed() {
 }
 
 #[test]
+fn hello_raw() {
+    // The raw wit-bindgen example behaves exactly like hello-licensed...
+    let host = Host::builder()
+        .license(SEAT, Terms::new(Seats::Counted(1)))
+        .license("spare", Terms::new(Seats::Counted(0)))
+        .build()
+        .expect("host starts");
+    load(&host, "raw", guests::HELLO_RAW);
+    let out = host
+        .invoke("raw", b"world")
+        .expect("licensed call succeeds");
+    assert_eq!(text(out), "hello, world! (licensed by seat)");
+    let c = seat(&host).counters;
+    assert_eq!((c.checkouts, c.releases, c.peak), (1, 1, 1));
+    // ...and a refusal sends back the seat it already took.
+    host.load_plugin(
+        PluginSpec::file("raw-both", guests::HELLO_RAW)
+            .requires(SEAT)
+            .may_use("spare"),
+    )
+    .expect("guest loads");
+    let err = host
+        .invoke("raw-both", b"world")
+        .expect_err("spare has no seat");
+    assert!(
+        err.to_string()
+            .contains("license spare was refused: every seat is taken"),
+        "{err}"
+    );
+    let c = seat(&host).counters;
+    assert_eq!(
+        (c.checkouts, c.releases, c.reclaims.total(), c.in_use),
+        (2, 2, 0, 0),
+        "the seat taken before the refusal went back as a release"
+    );
+    assert_balanced(&host);
+    // Without the SDK, no version is recorded; the import names still say 0.1.0.
+    let report = host
+        .inspect(&std::fs::read(guests::HELLO_RAW).expect("guest"))
+        .expect("inspects");
+    assert_eq!(report.recorded_wit_version, None);
+    assert_eq!(
+        (report.wit_packages, report.refused),
+        (vec!["tollgate:plugin@0.1.0".to_string()], None)
+    );
+}
+
+#[test]
 fn drop_licensed() {
     let host = host_with(Seats::Counted(1));
     load(&host, "dropper", guests::DROP_LICENSED);
@@ -484,7 +532,7 @@ fn every_guest_has_a_test() {
         };
     }
     tollgate_tests::for_each_guest!(has_test);
-    assert_eq!(guests::GUESTS.len(), 20);
+    assert_eq!(guests::GUESTS.len(), 21);
 }
 
 #[test]

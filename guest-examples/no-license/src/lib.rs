@@ -1,17 +1,8 @@
-//! Rogue plugin: does its work without ever asking for a license.
+//! Rogue plugin on the `tollgate-guest` SDK: does its work without ever
+//! asking for a license.
 
-wit_bindgen::generate!({ path: "../../wit", world: "service-offer" });
-
-use exports::tollgate::plugin::service::Guest;
-
-struct NoLicense;
-
-impl Guest for NoLicense {
-    fn invoke(input: Vec<u8>) -> Result<Vec<u8>, String> {
-        let mut output = input;
-        output.reverse();
-        Ok(output)
-    }
+fn reverse(input: &[u8]) -> Result<Vec<u8>, String> {
+    Ok(input.iter().rev().copied().collect())
 }
 
-export!(NoLicense);
+tollgate_guest::service!(reverse);

@@ -1,19 +1,11 @@
-//! Rogue plugin: takes a license, then traps before it can send it back.
+//! Rogue plugin on the `tollgate-guest` SDK: takes a license, then traps
+//! before its lease guard can send the seat back.
 
-wit_bindgen::generate!({ path: "../../wit", world: "service-offer" });
-
-use exports::tollgate::plugin::service::Guest;
-use tollgate::plugin::licensing;
-
-struct Trapper;
-
-impl Guest for Trapper {
-    fn invoke(_input: Vec<u8>) -> Result<Vec<u8>, String> {
-        let ids = licensing::license_ids();
-        let id = ids.first().ok_or("this host grants me no license id")?;
-        let _lease = licensing::acquire(id).map_err(|e| format!("acquire {id}: {e:?}"))?;
-        core::arch::wasm32::unreachable()
-    }
+fn trap(_input: &[u8]) -> Result<Vec<u8>, String> {
+    let ids = tollgate_guest::license_ids();
+    let id = ids.first().ok_or("this host grants me no license id")?;
+    let _lease = tollgate_guest::acquire(id).map_err(|e| e.to_string())?;
+    core::arch::wasm32::unreachable()
 }
 
-export!(Trapper);
+tollgate_guest::service!(trap);
