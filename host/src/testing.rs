@@ -2,17 +2,19 @@
 //! the licenses you choose, call it, and assert outcomes and seat counters
 //! in an ordinary `cargo test`.
 //!
-//! ```no_run
+//! ```
 //! use tollgate::testing::TestHost;
 //!
 //! # fn main() -> Result<(), tollgate::testing::TestError> {
+//! # let component = tollgate::examples::HELLO_LICENSED;
+//! // Your own plugin: .plugin("hello", "target/wasm32-wasip2/release/hello.wasm", &["demo"])
 //! let host = TestHost::builder()
 //!     .license("demo", 1)
-//!     .plugin("hello", "target/wasm32-wasip2/release/hello.wasm", &["demo"])
+//!     .plugin_bytes("hello", component, &["demo"])
 //!     .build()?;
-//! assert_eq!(host.call_text("hello", "world")?, "hello, world!");
+//! assert_eq!(host.call_text("hello", "world")?, "hello, world! (licensed by demo)");
 //! let seats = host.counters("demo");
-//! assert_eq!((seats.checkouts, seats.in_use), (1, 0));
+//! assert_eq!((seats.checkouts, seats.releases, seats.in_use), (1, 1, 0));
 //! host.assert_balanced(); // every seat handed out came back
 //! # Ok(())
 //! # }
@@ -59,6 +61,19 @@ impl TestHostBuilder {
     /// Installs license `id` with `seats` counted seats and no expiry.
     pub fn license(self, id: &str, seats: u32) -> Self {
         self.license_terms(id, Terms::new(Seats::Counted(seats)))
+    }
+
+    /// Installs license `id` with `seats` counted seats valid until
+    /// `expires_at` (seconds since the Unix epoch); a time in the past
+    /// installs an expired license.
+    pub fn license_until(self, id: &str, seats: u32, expires_at: u64) -> Self {
+        self.license_terms(
+            id,
+            Terms {
+                expires_at: Some(expires_at),
+                ..Terms::new(Seats::Counted(seats))
+            },
+        )
     }
 
     /// Installs license `id` with any terms (unlimited seats, a validity
@@ -204,6 +219,35 @@ mod tests {
         assert_eq!((c.checkouts, c.releases, c.in_use, c.peak), (1, 1, 0, 1));
         assert_eq!(host.plugin_counters("demo", "hello").checkouts, 1);
         assert_eq!(host.plugin_counters("demo", "nobody").checkouts, 0);
+        host.assert_balanced();
+    }
+
+    #[test]
+    fn expiry_is_seen_by_the_plugin_and_enforced() {
+        let host = TestHost::builder()
+            .license_until("demo", 2, 4_000_000_000)
+            .license_until("old", 1, 1)
+            .plugin_bytes("ids", crate::examples::IDS, &["demo"])
+            .plugin_bytes("hello", crate::examples::HELLO_LICENSED, &["old"])
+            .build()
+            .expect("test host");
+        assert_eq!(
+            host.call_text("ids", "").expect("licensed"),
+            "demo: seats=2 in-use=0->1 expires=4000000000\n"
+        );
+        match host.call("hello", b"world") {
+            Err(InvokeError::Unlicensed { missing, .. }) => assert_eq!(
+                missing,
+                vec![crate::runtime::MissingLicense {
+                    id: "old".into(),
+                    denial: Some(crate::Denial::Expired)
+                }]
+            ),
+            other => panic!("expected the result withheld, got {other:?}"),
+        }
+        let old = host.counters("old");
+        assert_eq!(old.denials.get(crate::Denial::Expired), 1);
+        assert_eq!((old.checkouts, old.withheld), (0, 1));
         host.assert_balanced();
     }
 
