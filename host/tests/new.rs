@@ -95,6 +95,24 @@ fn rust_project_builds_and_runs_licensed() {
         readme.contains("cargo build --release --target wasm32-wasip2"),
         "{readme}"
     );
+    // Its own `cargo test` (tests/plugin.rs) runs it under this host crate;
+    // the calls it makes are run below through greets_and_gives_its_seat_back.
+    let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).expect("manifest");
+    let host_crate = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .canonicalize()
+        .expect("host dir");
+    assert!(
+        manifest.contains(&format!(
+            "tollgate = {{ path = {:?} }}",
+            host_crate.display().to_string()
+        )),
+        "{manifest}"
+    );
+    let test = std::fs::read_to_string(dir.join("tests/plugin.rs")).expect("tests/plugin.rs");
+    assert!(
+        test.contains(".license(\"demo\", 1)") && test.contains("assert_balanced()"),
+        "{test}"
+    );
     // Share the guest build's target dir so the SDK's dependencies are built once.
     let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("../guests");
     let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
@@ -130,6 +148,37 @@ fn rust_project_builds_and_runs_licensed() {
         "{}",
         out(&o)
     );
+    // The plugin author's test from the README's "Test your plugin" section.
+    greets_and_gives_its_seat_back(&wasm).expect("the README's test passes");
+}
+
+/// The README's example test, run on the scaffolded plugin.
+fn greets_and_gives_its_seat_back(wasm: &Path) -> Result<(), tollgate::testing::TestError> {
+    use tollgate::testing::TestHost;
+    let host = TestHost::builder()
+        .license("demo", 1)
+        .plugin("hello", wasm, &["demo"])
+        .build()?;
+    assert_eq!(
+        host.call_text("hello", "world")?,
+        "hello, world! (from hello-new-rust, licensed by demo)"
+    );
+    let seats = host.counters("demo");
+    assert_eq!((seats.checkouts, seats.releases, seats.in_use), (1, 1, 0));
+    host.assert_balanced();
+    // No seat to be had: the seat is refused and the result withheld.
+    let busy = TestHost::builder()
+        .license("demo", 0)
+        .plugin("hello", wasm, &["demo"])
+        .build()?;
+    assert!(busy.call("hello", b"world").is_err());
+    let seats = busy.counters("demo");
+    assert_eq!(
+        (seats.checkouts, seats.withheld, seats.denials.total()),
+        (0, 1, 1)
+    );
+    busy.assert_balanced();
+    Ok(())
 }
 
 #[test]
@@ -163,6 +212,18 @@ fn new_refuses_bad_names_and_non_empty_dirs() {
     ]);
     assert_eq!(o.status.code(), Some(2), "{}", out(&o));
     assert!(out(&o).contains("pass --sdk PATH"), "{}", out(&o));
+    let nohost = scratch("nohost");
+    let o = tollgate(&[
+        "new",
+        "nohost",
+        "--dir",
+        nohost.to_str().expect("utf-8"),
+        "--host-crate",
+        "/nonexistent/host",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", out(&o));
+    assert!(out(&o).contains("pass --host-crate PATH"), "{}", out(&o));
+    assert!(!nohost.exists(), "nothing written on a refusal");
 }
 
 #[test]

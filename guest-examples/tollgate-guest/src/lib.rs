@@ -217,7 +217,9 @@ macro_rules! service {
 
         $crate::bindings::__export_service_offer!(__TollgateService with_types_in $crate::bindings);
 
+        // Only in the component: native builds (e.g. for `cargo test`) skip it.
         #[doc(hidden)]
+        #[cfg(target_family = "wasm")]
         #[used]
         #[unsafe(link_section = "tollgate:wit-version")]
         static __TOLLGATE_WIT_VERSION: [u8; $crate::WIT_VERSION_LEN] = $crate::WIT_VERSION_BYTES;

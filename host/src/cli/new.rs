@@ -13,6 +13,9 @@ const SDK_IN_TREE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../guest-examples/tollgate-guest"
 );
+/// The tollgate host crate this binary was built from, for the Rust
+/// project's `cargo test` (through `tollgate::testing`).
+const HOST_IN_TREE: &str = env!("CARGO_MANIFEST_DIR");
 /// The componentize-py release the Python template is tested with.
 const COMPONENTIZE_PY: &str = "0.25.1";
 /// The componentize-js release the JavaScript template is tested with.
@@ -52,6 +55,11 @@ pub(crate) struct NewArgs {
     /// in the source tree this tollgate was built from.
     #[arg(long)]
     sdk: Option<PathBuf>,
+    /// Path of the tollgate host crate that the Rust project's `cargo test`
+    /// runs the plugin under. Default: the one in the source tree this
+    /// tollgate was built from; if absent, the project gets no test.
+    #[arg(long)]
+    host_crate: Option<PathBuf>,
 }
 
 /// A valid plugin name also makes a valid crate, package and file name.
@@ -69,7 +77,7 @@ fn check_name(name: &str) -> Result<(), String> {
 }
 
 /// The files of a new project, as (relative path, contents).
-fn files(args: &NewArgs, sdk: Option<&Path>) -> Vec<(&'static str, String)> {
+fn files(args: &NewArgs, sdk: Option<&Path>, host: Option<&Path>) -> Vec<(&'static str, String)> {
     let name = &args.name;
     let license = &args.license;
     let file = name.replace('-', "_");
@@ -77,7 +85,24 @@ fn files(args: &NewArgs, sdk: Option<&Path>) -> Vec<(&'static str, String)> {
     match args.lang {
         Lang::Rust => {
             let sdk = sdk.map_or_else(String::new, |p| p.display().to_string());
-            vec![
+            let dev_dependency = host.map_or_else(String::new, |p| {
+                format!(
+                    "\n# `cargo test` runs tests/plugin.rs on this machine: it builds the plugin\n\
+                     # and calls it under the tollgate host with a license.\n\
+                     [target.'cfg(not(target_family = \"wasm\"))'.dev-dependencies]\n\
+                     tollgate = {{ path = {:?} }}\n",
+                    p.display().to_string()
+                )
+            });
+            let test_section = if host.is_some() {
+                "\n## Test it\n\n```sh\ncargo test\n```\n\n\
+                 `tests/plugin.rs` builds the plugin for wasm32-wasip2, loads it into a tollgate \
+                 host with one seat of the license (`tollgate::testing`), calls it and checks the \
+                 counters. The first run compiles the host (a few minutes).\n"
+            } else {
+                ""
+            };
+            let mut files = vec![
                 (
                     "Cargo.toml",
                     format!(
@@ -92,7 +117,7 @@ crate-type = ["cdylib"]
 
 [dependencies]
 tollgate-guest = {{ path = {sdk:?} }}
-
+{dev_dependency}
 [profile.release]
 opt-level = "s"
 lto = true
@@ -131,11 +156,16 @@ tollgate_guest::service!(serve);
                          cp target/wasm32-wasip2/release/{file}.wasm .\n\
                          echo world | {run}\n```\n\n\
                          It prints `hello, world! (from {name}, licensed by {license})`. Without \
-                         `--license {license}=1` the host refuses the seat and the call fails.\n"
+                         `--license {license}=1` the host refuses the seat and the call fails.\n\
+                         {test_section}"
                     ),
                 ),
                 (".gitignore", gitignore(Lang::Rust).to_string()),
-            ]
+            ];
+            if host.is_some() {
+                files.push(("tests/plugin.rs", rust_test(name, license)));
+            }
+            files
         }
         Lang::Python => vec![
             (
@@ -250,6 +280,67 @@ export const service = {{
     }
 }
 
+/// The Rust project's `cargo test`: builds the component, runs it licensed.
+fn rust_test(name: &str, license: &str) -> String {
+    let file = name.replace('-', "_");
+    format!(
+        r#"//! Runs {name} under a tollgate host with a license, as an operator would.
+#![cfg(not(target_family = "wasm"))]
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+use tollgate::testing::{{TestError, TestHost}};
+
+/// Builds the plugin for wasm32-wasip2 (once) and returns its component.
+fn component() -> &'static PathBuf {{
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {{
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let status = Command::new(env!("CARGO"))
+            .current_dir(&dir)
+            .args(["build", "--release", "--target", "wasm32-wasip2"])
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "cargo build --release --target wasm32-wasip2 failed");
+        let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| dir.join("target"), PathBuf::from);
+        target.join("wasm32-wasip2/release/{file}.wasm")
+    }})
+}}
+
+#[test]
+fn greets_and_gives_its_seat_back() -> Result<(), TestError> {{
+    let host = TestHost::builder()
+        .license("{license}", 1)
+        .plugin("{name}", component(), &["{license}"])
+        .build()?;
+    assert_eq!(
+        host.call_text("{name}", "world")?,
+        "hello, world! (from {name}, licensed by {license})"
+    );
+    let seats = host.counters("{license}");
+    assert_eq!((seats.checkouts, seats.releases, seats.in_use), (1, 1, 0));
+    host.assert_balanced(); // every seat came back, none oversold
+    Ok(())
+}}
+
+#[test]
+fn without_a_free_seat_the_result_is_withheld() -> Result<(), TestError> {{
+    let host = TestHost::builder()
+        .license("{license}", 0)
+        .plugin("{name}", component(), &["{license}"])
+        .build()?;
+    let err = host.call("{name}", b"world").expect_err("no seat, no result");
+    assert!(err.is_unlicensed(), "{{err}}");
+    let seats = host.counters("{license}");
+    assert_eq!((seats.checkouts, seats.withheld), (0, 1));
+    host.assert_balanced();
+    Ok(())
+}}
+"#
+    )
+}
+
 fn gitignore(lang: Lang) -> &'static str {
     match lang {
         Lang::Rust => "target/\n*.wasm\n",
@@ -293,7 +384,31 @@ pub(crate) fn run(args: NewArgs) -> Result<Exit, Failure> {
         }
         _ => None,
     };
-    for (rel, text) in files(&args, sdk.as_deref()) {
+    let host = match (args.lang, &args.host_crate) {
+        (Lang::Rust, Some(given)) => Some(
+            given
+                .canonicalize()
+                .ok()
+                .filter(|p| p.join("Cargo.toml").is_file())
+                .ok_or_else(|| {
+                    Failure::usage(anyhow::anyhow!(
+                        "the tollgate host crate is not at {}; pass --host-crate PATH to its directory (host/ in the tollgate sources)",
+                        given.display()
+                    ))
+                })?,
+        ),
+        (Lang::Rust, None) => Path::new(HOST_IN_TREE)
+            .canonicalize()
+            .ok()
+            .filter(|p| p.join("Cargo.toml").is_file()),
+        _ => None,
+    };
+    if args.lang == Lang::Rust && host.is_none() {
+        eprintln!(
+            "note: the tollgate sources are not at {HOST_IN_TREE}, so the project gets no `cargo test`; pass --host-crate PATH to add one"
+        );
+    }
+    for (rel, text) in files(&args, sdk.as_deref(), host.as_deref()) {
         let path = dir.join(rel);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)
