@@ -8,6 +8,7 @@
 mod common;
 
 use common::*;
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -42,14 +43,22 @@ fn client(base: &str, plugin: &str, input: &[u8], stop: &AtomicBool, acked: &Mut
     }
 }
 
-/// The ledger rows of one invocation, in order.
-fn rows_of(db: &rusqlite::Connection, invocation: u64) -> Vec<String> {
-    db.prepare("SELECT kind FROM ledger WHERE invocation_id = ?1 ORDER BY seq")
-        .and_then(|mut q| {
-            q.query_map([invocation], |r| r.get(0))
-                .and_then(Iterator::collect)
-        })
-        .expect("ledger query")
+/// The ledger rows of every invocation, in order, read in one pass.
+fn rows_by_invocation(db: &rusqlite::Connection) -> HashMap<u64, Vec<String>> {
+    let mut rows: HashMap<u64, Vec<String>> = HashMap::new();
+    let mut q = db
+        .prepare(
+            "SELECT invocation_id, kind FROM ledger WHERE invocation_id IS NOT NULL ORDER BY seq",
+        )
+        .expect("ledger query");
+    let all = q
+        .query_map([], |r| Ok((r.get::<_, u64>(0)?, r.get::<_, String>(1)?)))
+        .expect("ledger rows");
+    for row in all {
+        let (invocation, kind) = row.expect("ledger row");
+        rows.entry(invocation).or_default().push(kind);
+    }
+    rows
 }
 
 /// Checkouts in the ledger with neither a release nor a reclaim.
@@ -71,10 +80,11 @@ fn check_after_kill(root: &std::path::Path, acked: &[u64], round: u32) {
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
     )
     .expect("db");
-    for &invocation in acked {
+    let rows = rows_by_invocation(&db);
+    for invocation in acked {
         assert_eq!(
-            rows_of(&db, invocation),
-            ["checkout", "release"],
+            rows.get(invocation).map(Vec::as_slice),
+            Some(&["checkout".to_string(), "release".to_string()][..]),
             "after kill {round}: acknowledged call {invocation} is not in the ledger as it ran"
         );
     }
