@@ -11,6 +11,9 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, Instant};
 
+/// The server's `read_timeout` in these tests.
+const READ_TIMEOUT: &str = "read_timeout = \"2s\"";
+
 /// How a raw request ends on the client side.
 #[derive(Clone, Copy, PartialEq)]
 enum End {
@@ -129,7 +132,7 @@ fn garbage(seed: &mut u64, len: usize) -> Vec<u8> {
 #[test]
 fn malformed_and_oversized_requests_change_nothing() {
     let root = prepare("bad-http", "2");
-    let s = Server::start(&root, "2s");
+    let s = Server::start_with(&root, "2s", READ_TIMEOUT);
     still_serving(&s);
     let first = snapshot(&s);
     assert_eq!(
@@ -233,15 +236,15 @@ fn malformed_and_oversized_requests_change_nothing() {
             "{body}"
         );
     });
-    // 100 MB declared, 1 KiB sent: refused once the limit is passed, without
-    // waiting for the rest.
+    // 100 MB declared: refused from the header, before any of the body is
+    // sent, and the connection is not kept waiting for it.
     case(&s, "Content-Length 100 MB", || {
         let started = Instant::now();
-        let mut head =
-            b"POST /v1/plugins/hello/invoke HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n"
-                .to_vec();
-        head.extend_from_slice(&[b'x'; 1024]);
-        let reply = raw(&s, &head, End::Wait);
+        let reply = raw(
+            &s,
+            b"POST /v1/plugins/hello/invoke HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n",
+            End::Wait,
+        );
         assert_eq!(status_of(&reply), Some(413), "{reply}");
         assert_eq!(
             json_body(&reply).map(|b| b["error"].clone()),
@@ -267,23 +270,56 @@ fn malformed_and_oversized_requests_change_nothing() {
             "POST /v1/plugins/hello/invoke HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n{chunks}"
         )
     };
-    for (what, chunks, end) in [
-        (
-            "size overflows",
-            "ffffffffffffffffff\r\nab\r\n0\r\n\r\n",
-            End::Cut,
-        ),
-        ("size not hex", "zz\r\nab\r\n0\r\n\r\n", End::Cut),
+    // Malformed chunk framing: 400 naming the body as the problem, not 413.
+    for (what, chunks) in [
+        ("size overflows", "ffffffffffffffffff\r\nab\r\n0\r\n\r\n"),
+        ("size not hex", "zz\r\nab\r\n0\r\n\r\n"),
         (
             "size says 5, 20 bytes sent",
             "5\r\n01234567890123456789\r\n0\r\n\r\n",
-            End::Cut,
         ),
-        ("size says 100, 3 bytes sent", "64\r\nabc", End::Cut),
-        ("no last chunk", "3\r\nabc\r\n", End::Cut),
     ] {
         case(&s, what, || {
-            refused(&raw(&s, chunked(chunks).as_bytes(), end), &[400, 413], what);
+            let reply = raw(&s, chunked(chunks).as_bytes(), End::Wait);
+            assert_eq!(status_of(&reply), Some(400), "{what}: {reply}");
+            let body = json_body(&reply).expect("a JSON error");
+            assert_eq!(body["error"], "bad-request", "{what}: {body}");
+            assert!(
+                body["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("request body could not be read")),
+                "{what}: {body}"
+            );
+        });
+    }
+    // Bodies that stop short and stall: 408 once `read_timeout` passes.
+    for (what, chunks) in [
+        ("size says 100, 3 bytes sent", "64\r\nabc"),
+        ("no last chunk", "3\r\nabc\r\n"),
+    ] {
+        case(&s, what, || {
+            let started = Instant::now();
+            let reply = raw(&s, chunked(chunks).as_bytes(), End::Wait);
+            assert_eq!(status_of(&reply), Some(408), "{what}: {reply}");
+            assert_eq!(
+                json_body(&reply).map(|b| b["error"].clone()),
+                Some(json!("request-timeout")),
+                "{reply}"
+            );
+            assert!(
+                started.elapsed() >= Duration::from_millis(1900),
+                "{what}: answered before read_timeout"
+            );
+        });
+    }
+    // Cut off mid-body: the server drops the request (there is nobody to
+    // answer), the plugin never runs.
+    for (what, chunks) in [
+        ("size says 100, 3 bytes sent, then closed", "64\r\nabc"),
+        ("no last chunk, then closed", "3\r\nabc\r\n"),
+    ] {
+        case(&s, what, || {
+            refused(&raw(&s, chunked(chunks).as_bytes(), End::Cut), &[400], what);
         });
     }
     case(&s, "chunks adding up over the limit", || {
@@ -436,7 +472,7 @@ fn malformed_and_oversized_requests_change_nothing() {
     }
 
     // Bad admin bodies with the right token: 400 naming the problem.
-    let nested = "[".repeat(100_000);
+    let nested = "[".repeat(60_000);
     let binary = "\u{0}\u{1}binary";
     for (path, body, needle) in [
         ("/v1/admin/plugins", "{not json", "expected"),
@@ -471,15 +507,27 @@ fn malformed_and_oversized_requests_change_nothing() {
             },
         );
     }
-    case(&s, "license body over 64 KiB", || {
-        let big = format!("tollgate-license v1\n{}", "#".repeat(1 << 20));
-        let (st, reply) = s.admin("POST", "/v1/admin/licenses", Some(&big), Some(TOKEN));
-        assert_eq!(
-            (st, code(&reply).as_str()),
-            (413, "request-too-large"),
-            "{reply}"
-        );
-    });
+    // Oversized admin bodies are refused from their Content-Length, before
+    // the client sends them (a client still writing would see the
+    // connection close under it, so only the head is sent here).
+    for (path, declared) in [
+        ("/v1/admin/licenses", 1 << 20),
+        ("/v1/admin/plugins", 100_000),
+        ("/v1/admin/plugins", 65_537),
+    ] {
+        case(&s, &format!("{path} body of {declared} bytes"), || {
+            let head = format!(
+                "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{token}Content-Length: {declared}\r\n\r\n"
+            );
+            let reply = raw(&s, head.as_bytes(), End::Wait);
+            assert_eq!(status_of(&reply), Some(413), "{reply}");
+            assert_eq!(
+                json_body(&reply).map(|b| b["error"].clone()),
+                Some(json!("request-too-large")),
+                "{reply}"
+            );
+        });
+    }
     for query in [
         "since=yesterday-ish",
         "until=2027-13-45",
@@ -524,7 +572,79 @@ fn malformed_and_oversized_requests_change_nothing() {
             let _ = c.write_all(b"b");
         }
     }
-    stalled.clear();
+    // `read_timeout` ends both kinds: a half-sent head is closed without an
+    // answer, a body that never completes gets 408. No descriptor is held
+    // for long by a client that stalls.
+    let started = Instant::now();
+    for (i, mut c) in stalled.into_iter().enumerate() {
+        c.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut reply = Vec::new();
+        let _ = c.read_to_end(&mut reply);
+        let reply = String::from_utf8_lossy(&reply);
+        if i % 2 == 0 {
+            assert_eq!(reply, "", "half a head, stalled");
+        } else {
+            assert_eq!(status_of(&reply), Some(408), "slow body: {reply}");
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "stalled clients were held {:?}",
+        started.elapsed()
+    );
+    still_serving(&s);
+    assert!(s.terminate().success());
+}
+
+/// Past `max_connections`, further clients wait in the backlog and are
+/// served as soon as a connection closes; an idle connection closes after
+/// `read_timeout`.
+#[test]
+fn connections_over_the_limit_wait_for_a_free_one() {
+    let root = prepare("max-conns", "2");
+    let s = Server::start_with(&root, "2s", "read_timeout = \"2s\"\nmax_connections = 3");
+    let addr = s.base.trim_start_matches("http://").to_string();
+    // Three idle connections take every place (keep-alive after one call
+    // each, so they are accepted and served, then idle).
+    let mut idle: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let mut c = TcpStream::connect(&addr).expect("connect");
+            c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                .expect("request");
+            c.set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout");
+            let mut buf = [0u8; 256];
+            let n = c.read(&mut buf).expect("answer");
+            assert!(
+                String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"),
+                "{}",
+                String::from_utf8_lossy(&buf[..n])
+            );
+            c
+        })
+        .collect();
+    // A fourth client: connected by the kernel, answered only once an idle
+    // one is closed by `read_timeout` (2 s), not before.
+    let started = Instant::now();
+    let reply = raw(
+        &s,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        End::Wait,
+    );
+    let waited = started.elapsed();
+    // `raw` gives up after 3 s of silence; the idle ones close after 2 s.
+    assert_eq!(status_of(&reply), Some(200), "{reply}");
+    assert!(
+        waited >= Duration::from_millis(1000),
+        "served at once, past the limit: {waited:?}"
+    );
+    // The idle connections were closed by the server.
+    for c in &mut idle {
+        let mut buf = [0u8; 16];
+        assert_eq!(c.read(&mut buf).ok(), Some(0), "idle connection still open");
+    }
+    drop(idle);
     still_serving(&s);
     assert!(s.terminate().success());
 }

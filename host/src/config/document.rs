@@ -22,6 +22,8 @@ const TOP_KEYS: &[&str] = &[
     "grace_period",
     "compile_cache",
     "max_concurrent_calls",
+    "read_timeout",
+    "max_connections",
     "plugin",
     "license",
 ];
@@ -50,6 +52,8 @@ const MIN_MEMORY: u64 = 64 * 1024;
 const MAX_MEMORY: u64 = 4 * GIB;
 const MAX_TIME_LIMIT: Duration = Duration::from_secs(3600);
 const MAX_CONCURRENT_CALLS: i64 = 10_000;
+const MAX_CONNECTIONS: i64 = 100_000;
+const MAX_READ_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Most plugin names compared, over the whole file, in did-you-mean
 /// searches for unknown plugin names; once spent, unknown names are reported
@@ -452,6 +456,8 @@ impl<'t> Checker<'t> {
             grace_period: Duration::from_secs(10),
             compile_cache: None,
             max_concurrent_calls: 64,
+            read_timeout: Duration::from_secs(30),
+            max_connections: 1024,
             plugins: Vec::new(),
             licenses: BTreeMap::new(),
         };
@@ -499,6 +505,35 @@ impl<'t> Checker<'t> {
                     format!(
                         "`max_concurrent_calls` is {n}; use a number from 1 to {MAX_CONCURRENT_CALLS}"
                     ),
+                ),
+            }
+        }
+
+        if let Some(value) = root.get("read_timeout")
+            && let Some(d) = self.duration(value, "read_timeout", top)
+        {
+            if d.is_zero() || d > MAX_READ_TIMEOUT {
+                self.problem(
+                    value.span(),
+                    format!(
+                        "`read_timeout` is {}; use a duration above 0 and at most 1h",
+                        humantime::format_duration(d)
+                    ),
+                );
+            } else {
+                config.read_timeout = d;
+            }
+        }
+        if let Some(value) = root.get("max_connections")
+            && let Some(n) = self.integer(value, "max_connections", top)
+        {
+            match u32::try_from(n) {
+                Ok(n) if (1..=MAX_CONNECTIONS).contains(&i64::from(n)) => {
+                    config.max_connections = n
+                }
+                _ => self.problem(
+                    value.span(),
+                    format!("`max_connections` is {n}; use a number from 1 to {MAX_CONNECTIONS}"),
                 ),
             }
         }

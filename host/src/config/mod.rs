@@ -49,6 +49,12 @@ pub struct Config {
     pub compile_cache: Option<PathBuf>,
     /// Most plugin calls running at once (`max_concurrent_calls`).
     pub max_concurrent_calls: u32,
+    /// Longest a client may take to send a request's head, and again its
+    /// body (`read_timeout`); also how long an idle connection stays open.
+    pub read_timeout: Duration,
+    /// Most client connections open at once (`max_connections`); more wait
+    /// in the listen backlog.
+    pub max_connections: u32,
     /// The plugins to load, in file order (`[[plugin]]`).
     pub plugins: Vec<PluginConfig>,
     /// Rules per license id (`[license.<id>]`).
@@ -69,6 +75,8 @@ impl fmt::Debug for Config {
             .field("grace_period", &self.grace_period)
             .field("compile_cache", &self.compile_cache)
             .field("max_concurrent_calls", &self.max_concurrent_calls)
+            .field("read_timeout", &self.read_timeout)
+            .field("max_connections", &self.max_connections)
             .field("plugins", &self.plugins)
             .field("licenses", &self.licenses)
             .finish()

@@ -125,6 +125,8 @@ fn an_empty_file_gives_the_defaults() {
     assert_eq!(config.grace_period, Duration::from_secs(10));
     assert_eq!(config.compile_cache, None);
     assert_eq!(config.max_concurrent_calls, 64);
+    assert_eq!(config.read_timeout, Duration::from_secs(30));
+    assert_eq!(config.max_connections, 1024);
     assert!(config.plugins.is_empty());
     assert!(config.licenses.is_empty());
 }
@@ -164,6 +166,8 @@ log_format = "json"
 grace_period = "1m 30s"
 compile_cache = "/var/cache/tollgate"
 max_concurrent_calls = 10000
+read_timeout = "2s"
+max_connections = 50000
 
 [[plugin]]
 name = "hello"
@@ -207,6 +211,8 @@ exclude = ["other_2"]
         Some(PathBuf::from("/var/cache/tollgate"))
     );
     assert_eq!(config.max_concurrent_calls, 10000);
+    assert_eq!(config.read_timeout, Duration::from_secs(2));
+    assert_eq!(config.max_connections, 50000);
 
     let hello = &config.plugins[0];
     assert_eq!(hello.name, "hello");
@@ -526,6 +532,8 @@ log_format = "jsno"
 grace_period = "ten seconds"
 max_concurrent_calls = 0
 admin_token = "short"
+read_timeout = "0s"
+max_connections = 0
 "#;
     let found = problems(&dir, text);
     assert_problem(&found, 2, &["`listen`", "\"127.0.0.1:7878\""]);
@@ -549,7 +557,9 @@ admin_token = "short"
         !found.iter().any(|(_, m)| m.contains("\"short\"")),
         "the token must not be echoed: {found:#?}"
     );
-    assert_eq!(found.len(), 5, "{found:#?}");
+    assert_problem(&found, 7, &["`read_timeout` is 0s", "above 0"]);
+    assert_problem(&found, 8, &["`max_connections` is 0", "1 to 100000"]);
+    assert_eq!(found.len(), 7, "{found:#?}");
 
     let found = problems(&dir, "max_concurrent_calls = 10001\n");
     assert_problem(&found, 1, &["is 10001"]);

@@ -1,14 +1,15 @@
 //! The admin API: bearer token (compared in constant time), licenses,
 //! plugins, status, usage and metrics.
 
-use super::{Server, error, spec_for};
+use super::{Server, error, read_body, spec_for};
 use crate::config::PluginConfig;
 use crate::license::{Clock, SystemClock};
 use crate::state::UsageFilter;
 use axum::Json;
 use axum::Router;
+use axum::body::Body;
 use axum::extract::{Path, Query, Request, State as Extract};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -20,6 +21,8 @@ use subtle::ConstantTimeEq;
 
 /// Largest license file accepted over the API.
 const MAX_LICENSE_BODY: usize = 64 * 1024;
+/// Largest plugin load request (a small JSON object) accepted.
+const MAX_LOAD_BODY: usize = 64 * 1024;
 
 pub(super) fn routes(server: Arc<Server>) -> Router<Arc<Server>> {
     Router::new()
@@ -119,14 +122,23 @@ async fn license(Extract(server): Extract<Arc<Server>>, Path(id): Path<String>) 
     }
 }
 
-async fn install(Extract(server): Extract<Arc<Server>>, body: axum::body::Bytes) -> Response {
-    if body.len() > MAX_LICENSE_BODY {
-        return error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "request-too-large",
-            "a license file is at most 64 KiB",
-        );
-    }
+async fn install(
+    Extract(server): Extract<Arc<Server>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let body = match read_body(
+        &headers,
+        body,
+        MAX_LICENSE_BODY,
+        server.read_timeout,
+        || "the limit for a license file".into(),
+    )
+    .await
+    {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
     let Ok(text) = std::str::from_utf8(&body) else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -221,6 +233,9 @@ pub fn parse_admin_body(kind: AdminBody, body: &[u8]) -> Result<(), String> {
     if kind == AdminBody::License && body.len() > MAX_LICENSE_BODY {
         return Err("a license file is at most 64 KiB".into());
     }
+    if kind == AdminBody::LoadPlugin && body.len() > MAX_LOAD_BODY {
+        return Err("a plugin load request is at most 64 KiB".into());
+    }
     let text = || std::str::from_utf8(body).map_err(|_| "the body is not UTF-8 text".to_string());
     match kind {
         AdminBody::License => crate::issuer::SignedLicense::parse(text()?)
@@ -231,7 +246,15 @@ pub fn parse_admin_body(kind: AdminBody, body: &[u8]) -> Result<(), String> {
     }
 }
 
-async fn load(Extract(server): Extract<Arc<Server>>, body: axum::body::Bytes) -> Response {
+async fn load(Extract(server): Extract<Arc<Server>>, headers: HeaderMap, body: Body) -> Response {
+    let body = match read_body(&headers, body, MAX_LOAD_BODY, server.read_timeout, || {
+        "the limit for a plugin load request".into()
+    })
+    .await
+    {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
     let req = match parse_load_request(&body) {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, "bad-request", e),

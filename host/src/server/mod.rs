@@ -19,17 +19,20 @@ use crate::runtime::{Allocator, InvokeError, Limits, PluginSpec, Preopen, Sandbo
 use crate::state::State;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Path, State as Extract};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::extract::{Path, State as Extract};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use metrics::Metrics;
 use serde_json::json;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::{Notify, Semaphore};
 
 /// Errors starting the server.
@@ -71,6 +74,8 @@ pub(crate) struct Server {
     pub(crate) draining: AtomicBool,
     in_flight: Mutex<HashMap<u64, Arc<Notify>>>,
     next_call: AtomicU64,
+    /// How long a request body may take to arrive.
+    pub(crate) read_timeout: Duration,
 }
 
 /// The `Limits` and `Sandbox` a plugin's config asks for.
@@ -168,6 +173,7 @@ pub async fn serve(config: Config, ready: impl FnOnce(SocketAddr)) -> Result<(),
         draining: AtomicBool::new(false),
         in_flight: Mutex::new(HashMap::new()),
         next_call: AtomicU64::new(0),
+        read_timeout: config.read_timeout,
     });
     let app = router(server.clone());
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -179,27 +185,22 @@ pub async fn serve(config: Config, ready: impl FnOnce(SocketAddr)) -> Result<(),
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "listening");
     ready(addr);
+    let connections = accept_until_signal(listener, app, &config).await;
     let grace = config.grace_period;
-    let draining = server.clone();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            tracing::info!("shutting down: no new connections; calls in flight have {grace:?}");
-            draining.draining.store(true, Ordering::SeqCst);
-            let late = Arc::downgrade(&draining);
-            tokio::spawn(async move {
-                tokio::time::sleep(grace).await;
-                if let Some(server) = late.upgrade() {
-                    let n = server.cancel_all();
-                    if n > 0 {
-                        tracing::warn!(
-                            "grace period over: cancelled {n} call(s); their seats come back"
-                        );
-                    }
-                }
-            });
-        })
-        .await?;
+    tracing::info!("shutting down: no new connections; calls in flight have {grace:?}");
+    server.draining.store(true, Ordering::SeqCst);
+    let late = Arc::downgrade(&server);
+    tokio::spawn(async move {
+        tokio::time::sleep(grace).await;
+        if let Some(server) = late.upgrade() {
+            let n = server.cancel_all();
+            if n > 0 {
+                tracing::warn!("grace period over: cancelled {n} call(s); their seats come back");
+            }
+        }
+    });
+    // Idle connections close now; busy ones after their response.
+    connections.shutdown().await;
     drop(server);
     // Connections cancelled at the end of the grace period may still be
     // unwinding; once the last one lets go, dropping the host commits what
@@ -231,6 +232,57 @@ pub async fn serve(config: Config, ready: impl FnOnce(SocketAddr)) -> Result<(),
     Ok(())
 }
 
+/// Serves connections from `listener` until SIGTERM or SIGINT: at most
+/// `max_connections` at once, each given `read_timeout` to send a request
+/// head (and closed after as long idle). Returns the connections still open.
+async fn accept_until_signal(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    config: &Config,
+) -> GracefulShutdown {
+    let connections = GracefulShutdown::new();
+    let open = Arc::new(Semaphore::new(config.max_connections as usize));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(config.read_timeout);
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    loop {
+        // Past `max_connections`, stop accepting: new clients wait in the
+        // kernel's backlog instead of using up file descriptors.
+        let permit = tokio::select! {
+            () = &mut signal => break,
+            permit = open.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
+        let stream = tokio::select! {
+            () = &mut signal => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of descriptors or a connection reset before it was
+                    // accepted: keep serving the ones open.
+                    tracing::warn!("accepting a connection failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let conn =
+            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let conn = connections.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!("connection ended: {e}");
+            }
+            drop(permit);
+        });
+    }
+    connections
+}
+
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     match (
@@ -255,8 +307,6 @@ fn router(server: Arc<Server>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .merge(admin::routes(server.clone()))
-        // Bodies are limited per plugin in `invoke`; this is the outer bound.
-        .layer(DefaultBodyLimit::disable())
         .with_state(server)
 }
 
@@ -279,6 +329,53 @@ pub(crate) fn error(status: StatusCode, code: &str, message: impl std::fmt::Disp
         axum::Json(json!({ "error": code, "message": message.to_string() })),
     )
         .into_response()
+}
+
+/// Reads a request body of at most `limit` bytes within `timeout`. Refuses
+/// with 413 a body over the limit (at once when `Content-Length` says so),
+/// 400 one that is malformed or ends early, 408 one that is too slow.
+/// `whose` names the limit in the message.
+pub(crate) async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    timeout: Duration,
+    whose: impl FnOnce() -> String,
+) -> Result<bytes::Bytes, Response> {
+    let too_large = |whose: String| {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request-too-large",
+            format!("the request body is over {whose} of {limit} bytes; send less"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large(whose()));
+    }
+    let read = http_body_util::BodyExt::collect(http_body_util::Limited::new(body, limit));
+    match tokio::time::timeout(timeout, read).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large(whose())),
+        Ok(Err(e)) => Err(error(
+            StatusCode::BAD_REQUEST,
+            "bad-request",
+            format!(
+                "the request body could not be read: {e}; send a complete body that matches its Content-Length or chunk sizes"
+            ),
+        )),
+        Err(_) => Err(error(
+            StatusCode::REQUEST_TIMEOUT,
+            "request-timeout",
+            format!(
+                "the request body did not arrive within {}; send it faster or ask the operator to raise `read_timeout`",
+                humantime::format_duration(timeout)
+            ),
+        )),
+    }
 }
 
 /// Keeps a call listed as in flight (so the end of the grace period can
@@ -315,6 +412,7 @@ impl Server {
 async fn invoke(
     Extract(server): Extract<Arc<Server>>,
     Path(name): Path<String>,
+    headers: HeaderMap,
     body: Body,
 ) -> Response {
     let Some(limits) = server
@@ -330,15 +428,13 @@ async fn invoke(
             format!("no plugin named {name:?} is loaded"),
         );
     };
-    let input = match axum::body::to_bytes(body, limits).await {
+    let input = match read_body(&headers, body, limits, server.read_timeout, || {
+        format!("plugin {name}'s limit")
+    })
+    .await
+    {
         Ok(bytes) => bytes,
-        Err(_) => {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "request-too-large",
-                format!("the request body is over plugin {name}'s limit of {limits} bytes"),
-            );
-        }
+        Err(response) => return response,
     };
     let Ok(_permit) = server.calls.acquire().await else {
         return error(

@@ -117,8 +117,13 @@ exclude = ["excluded"]
 
 impl Server {
     pub fn start(root: &std::path::Path, grace: &str) -> Server {
+        Self::start_with(root, grace, "")
+    }
+
+    /// Starts with `settings` (top-level config lines) added.
+    pub fn start_with(root: &std::path::Path, grace: &str, settings: &str) -> Server {
         let config = format!(
-            "listen = \"127.0.0.1:0\"\nstate = \"state\"\nadmin_token_file = \"admin.token\"\ngrace_period = \"{grace}\"\n{}",
+            "listen = \"127.0.0.1:0\"\nstate = \"state\"\nadmin_token_file = \"admin.token\"\ngrace_period = \"{grace}\"\n{settings}\n{}",
             PLUGINS
                 .replace("HELLO", &guest("hello-licensed").to_string_lossy())
                 .replace("SLOW", &guest("slow").to_string_lossy())
