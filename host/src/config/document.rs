@@ -326,6 +326,22 @@ impl<'t> Checker<'t> {
         Some(self.dir.join(raw))
     }
 
+    /// A top-level whole number `key` from 1 to `max`, if set and valid.
+    fn count(&mut self, root: &DeTable<'_>, key: &str, max: i64) -> Option<u32> {
+        let value = root.get(key)?;
+        let n = self.integer(value, key, "")?;
+        match u32::try_from(n) {
+            Ok(n) if (1..=max).contains(&i64::from(n)) => Some(n),
+            _ => {
+                self.problem(
+                    value.span(),
+                    format!("`{key}` is {n}; use a number from 1 to {max}"),
+                );
+                None
+            }
+        }
+    }
+
     fn integer(&mut self, value: &Value<'_>, key: &str, place: &str) -> Option<i64> {
         match value.get_ref() {
             DeValue::Integer(i) => match i64::from_str_radix(i.as_str(), i.radix()) {
@@ -493,22 +509,9 @@ impl<'t> Checker<'t> {
         {
             config.grace_period = d;
         }
-        if let Some(value) = root.get("max_concurrent_calls")
-            && let Some(n) = self.integer(value, "max_concurrent_calls", top)
-        {
-            match u32::try_from(n) {
-                Ok(n) if (1..=MAX_CONCURRENT_CALLS).contains(&i64::from(n)) => {
-                    config.max_concurrent_calls = n
-                }
-                _ => self.problem(
-                    value.span(),
-                    format!(
-                        "`max_concurrent_calls` is {n}; use a number from 1 to {MAX_CONCURRENT_CALLS}"
-                    ),
-                ),
-            }
+        if let Some(n) = self.count(root, "max_concurrent_calls", MAX_CONCURRENT_CALLS) {
+            config.max_concurrent_calls = n;
         }
-
         if let Some(value) = root.get("read_timeout")
             && let Some(d) = self.duration(value, "read_timeout", top)
         {
@@ -524,18 +527,8 @@ impl<'t> Checker<'t> {
                 config.read_timeout = d;
             }
         }
-        if let Some(value) = root.get("max_connections")
-            && let Some(n) = self.integer(value, "max_connections", top)
-        {
-            match u32::try_from(n) {
-                Ok(n) if (1..=MAX_CONNECTIONS).contains(&i64::from(n)) => {
-                    config.max_connections = n
-                }
-                _ => self.problem(
-                    value.span(),
-                    format!("`max_connections` is {n}; use a number from 1 to {MAX_CONNECTIONS}"),
-                ),
-            }
+        if let Some(n) = self.count(root, "max_connections", MAX_CONNECTIONS) {
+            config.max_connections = n;
         }
 
         let refs = match root.get("plugin") {

@@ -181,39 +181,60 @@ fn append(
     head: &mut [u8; 32],
     batch: &[UsageEvent],
 ) -> rusqlite::Result<()> {
-    let tx = conn.transaction()?;
-    let mut hash = *head;
-    {
-        let mut insert = tx.prepare_cached(
-            "INSERT INTO ledger (seq, at_ms, kind, reason, license_id, plugin, digest, lease_id, invocation_id, hash)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        )?;
-        for e in batch {
-            hash = row_hash(&hash, e);
-            let (kind, reason) = kind_names(e.kind);
-            insert.execute(params![
-                e.seq,
-                e.at_ms,
-                kind,
-                reason,
-                &*e.license_id,
-                &*e.plugin,
-                &*e.component_digest,
-                e.lease_id,
-                e.invocation_id,
-                &hash[..]
-            ])?;
+    // Every statement of a commit is prepared once per connection: parsing
+    // them anew was a sixth of the writer's time under load.
+    conn.prepare_cached("BEGIN")?.execute([])?;
+    let committed = append_rows(conn, head, batch).and_then(|hash| {
+        conn.prepare_cached("COMMIT")?.execute([])?;
+        Ok(hash)
+    });
+    match committed {
+        Ok(hash) => {
+            *head = hash;
+            Ok(())
         }
-        let last = batch.last().map_or(0, |e| e.seq);
-        tx.execute(
-            "INSERT INTO chain_head (id, seq, hash) VALUES (1, ?1, ?2)
-             ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
-            params![last, &hash[..]],
-        )?;
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
     }
-    tx.commit()?;
-    *head = hash;
-    Ok(())
+}
+
+/// Inserts `batch` and moves the stored chain head, inside a transaction;
+/// returns the new head.
+fn append_rows(
+    conn: &Connection,
+    head: &[u8; 32],
+    batch: &[UsageEvent],
+) -> rusqlite::Result<[u8; 32]> {
+    let mut hash = *head;
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO ledger (seq, at_ms, kind, reason, license_id, plugin, digest, lease_id, invocation_id, hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?;
+    for e in batch {
+        hash = row_hash(&hash, e);
+        let (kind, reason) = kind_names(e.kind);
+        insert.execute(params![
+            e.seq,
+            e.at_ms,
+            kind,
+            reason,
+            &*e.license_id,
+            &*e.plugin,
+            &*e.component_digest,
+            e.lease_id,
+            e.invocation_id,
+            &hash[..]
+        ])?;
+    }
+    let last = batch.last().map_or(0, |e| e.seq);
+    conn.prepare_cached(
+        "INSERT INTO chain_head (id, seq, hash) VALUES (1, ?1, ?2)
+         ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+    )?
+    .execute(params![last, &hash[..]])?;
+    Ok(hash)
 }
 
 impl Ledger for SqliteLedger {
