@@ -597,26 +597,52 @@ fn case_g(plan: &Plan) {
     if std::path::Path::new("/dev/shm").is_dir() {
         places.push(("tmpfs", PathBuf::from("/dev/shm")));
     }
+    // Client counts: `TOLLGATE_BENCH_CLIENTS=8,32` (default 8).
+    let counts: Vec<usize> = std::env::var("TOLLGATE_BENCH_CLIENTS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .filter(|v: &Vec<usize>| !v.is_empty())
+        .unwrap_or_else(|| vec![8]);
+    // `TOLLGATE_BENCH_G_PLACE=tmpfs` (or `disk`) measures one place only.
+    let only_place = std::env::var("TOLLGATE_BENCH_G_PLACE").ok();
+    places.retain(|(label, _)| only_place.as_deref().is_none_or(|p| p == *label));
     for (label, place) in places {
-        http_case(plan, label, &place);
+        for &clients in &counts {
+            http_case(plan, label, &place, clients);
+        }
     }
 }
 
-fn http_case(plan: &Plan, label: &str, place: &std::path::Path) {
-    const CLIENTS: usize = 8;
-    let dir = place.join(format!("tollgate-bench-g-{label}-{}", std::process::id()));
+fn http_case(plan: &Plan, label: &str, place: &std::path::Path, clients: usize) {
+    let dir = place.join(format!(
+        "tollgate-bench-g-{label}-{clients}-{}",
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("bench dir");
     let base = start_server(&dir);
     // Warm both plugins and the connections' first-call paths.
-    http_load(&base, "licensed", CLIENTS, Duration::from_millis(200));
-    http_load(&base, "bare", CLIENTS, Duration::from_millis(200));
+    http_load(&base, "licensed", clients, Duration::from_millis(200));
+    http_load(&base, "bare", clients, Duration::from_millis(200));
+    // For profiling one side alone: `TOLLGATE_BENCH_G_ONLY=licensed` (or
+    // `bare`) runs only that plugin and prints its rate.
+    if let Ok(only) = std::env::var("TOLLGATE_BENCH_G_ONLY") {
+        let rates: Vec<f64> = (0..plan.rounds)
+            .map(|_| http_load(&base, &only, clients, plan.window).0)
+            .collect();
+        println!(
+            "G {only} alone, {clients} clients, {label}: {:.0} requests/s",
+            median(rates)
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    }
     let (mut rates, mut p99s) = ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()]);
     for r in 0..plan.rounds {
         let order = if r % 2 == 0 { [0, 1] } else { [1, 0] };
         for i in order {
             let plugin = ["licensed", "bare"][i];
-            let (rate, mut lat) = http_load(&base, plugin, CLIENTS, plan.window);
+            let (rate, mut lat) = http_load(&base, plugin, clients, plan.window);
             rates[i].push(rate);
             p99s[i].push(percentile(&mut lat, 0.99));
         }
@@ -625,7 +651,7 @@ fn http_case(plan: &Plan, label: &str, place: &std::path::Path) {
     let [lp, bp] = p99s.map(median);
     row(
         "G",
-        &format!("HTTP requests/s, {CLIENTS} keep-alive clients, durable ledger on {label}"),
+        &format!("HTTP requests/s, {clients} keep-alive clients, durable ledger on {label}"),
         format!("{l:.0}"),
         format!("{b:.0}"),
         format!("{:.3}", l / b),
@@ -633,7 +659,7 @@ fn http_case(plan: &Plan, label: &str, place: &std::path::Path) {
     );
     row(
         "G",
-        &format!("HTTP p99 latency, {CLIENTS} clients, ledger on {label} (µs)"),
+        &format!("HTTP p99 latency, {clients} clients, ledger on {label} (µs)"),
         format!("{lp:.0}"),
         format!("{bp:.0}"),
         format!("{:.3}", lp / bp),
