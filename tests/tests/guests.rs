@@ -194,6 +194,36 @@ fn leaker() {
     assert_balanced(&host);
 }
 
+/// The pooling allocator resets a reused slot's memory in place (only the
+/// pages a call touched) instead of unmapping it: with a single slot, every
+/// call reuses the last call's memory, and must still find its statics
+/// empty, whichever plugin ran there before.
+#[test]
+fn a_reused_pool_slot_starts_clean() {
+    let host = Host::builder()
+        .license(SEAT, Terms::new(Seats::Counted(4)))
+        .allocator(tollgate::runtime::Allocator::Pooling {
+            instances: 1,
+            max_memory_bytes: 64 << 20,
+        })
+        .build()
+        .expect("host starts");
+    load(&host, "leaker", guests::LEAKER);
+    load(&host, "hello", guests::HELLO_LICENSED);
+    for round in 0..4 {
+        let out = host.invoke("leaker", b"").expect("delivered");
+        assert_eq!(text(out), "kept 1 lease(s)", "round {round}");
+        let out = host.invoke("hello", b"pool").expect("delivered");
+        assert_eq!(
+            text(out),
+            "hello, pool! (licensed by seat)",
+            "round {round}"
+        );
+    }
+    assert_eq!(seat(&host).counters.in_use, 0);
+    assert_balanced(&host);
+}
+
 #[test]
 fn trapper() {
     let host = host_with(Seats::Counted(1));

@@ -271,3 +271,13 @@ pub fn code(body: &str) -> String {
         .map(|v| v["error"].as_str().unwrap_or("").to_string())
         .unwrap_or_default()
 }
+
+/// A test that fails before `terminate` still stops its server.
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
