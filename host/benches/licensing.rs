@@ -111,9 +111,9 @@ fn row(case: &str, what: &str, licensed: String, baseline: String, ratio: String
     println!("| {case} | {what} | {licensed} | {baseline} | {ratio} | {target} |");
 }
 
-fn case_b(plan: &Plan) {
-    let input = b"work:16 the quick brown fox jumps over the lazy dog";
-    for (label, allocator) in [
+/// Both instance allocators, each with its label.
+fn allocators() -> [(&'static str, Allocator); 2] {
+    [
         ("on-demand", Allocator::OnDemand),
         (
             "pooling",
@@ -122,7 +122,12 @@ fn case_b(plan: &Plan) {
                 max_memory_bytes: 64 << 20,
             },
         ),
-    ] {
+    ]
+}
+
+fn case_b(plan: &Plan) {
+    let input = b"work:16 the quick brown fox jumps over the lazy dog";
+    for (label, allocator) in allocators() {
         let host = host(allocator);
         per_call(&host, "licensed", input, 50);
         per_call(&host, "bare", input, 50);
@@ -290,16 +295,7 @@ fn case_d(plan: &Plan) {
     if cores > 2 {
         threads.push(cores);
     }
-    for (label, allocator) in [
-        ("on-demand", Allocator::OnDemand),
-        (
-            "pooling",
-            Allocator::Pooling {
-                instances: 64,
-                max_memory_bytes: 64 << 20,
-            },
-        ),
-    ] {
+    for (label, allocator) in allocators() {
         let host = host(allocator);
         for &t in &threads {
             let (l, b) = side_by_side(
