@@ -297,6 +297,19 @@ fn case_d(plan: &Plan) {
     }
     for (label, allocator) in allocators() {
         let host = host(allocator);
+        // For profiling one side alone: `TOLLGATE_BENCH_D_ONLY=licensed`
+        // (or `bare`) runs only that plugin and prints its rate.
+        if let Ok(only) = std::env::var("TOLLGATE_BENCH_D_ONLY") {
+            for &t in &threads {
+                let rate = median(
+                    (0..plan.rounds)
+                        .map(|_| throughput(&host, &only, input, t, plan.window))
+                        .collect(),
+                );
+                println!("D {only} alone, {label}, {t} thread(s): {rate:.0} calls/s");
+            }
+            continue;
+        }
         for &t in &threads {
             let (l, b) = side_by_side(
                 plan.rounds,
