@@ -111,9 +111,11 @@ fn row(case: &str, what: &str, licensed: String, baseline: String, ratio: String
     println!("| {case} | {what} | {licensed} | {baseline} | {ratio} | {target} |");
 }
 
-/// Both instance allocators, each with its label.
-fn allocators() -> [(&'static str, Allocator); 2] {
-    [
+/// Both instance allocators, each with its label, or the one named by
+/// `TOLLGATE_BENCH_ALLOCATOR` (`on-demand` or `pooling`).
+fn allocators() -> Vec<(&'static str, Allocator)> {
+    let only = std::env::var("TOLLGATE_BENCH_ALLOCATOR").ok();
+    let mut all = vec![
         ("on-demand", Allocator::OnDemand),
         (
             "pooling",
@@ -122,7 +124,9 @@ fn allocators() -> [(&'static str, Allocator); 2] {
                 max_memory_bytes: 64 << 20,
             },
         ),
-    ]
+    ];
+    all.retain(|(label, _)| only.as_deref().is_none_or(|o| o == *label));
+    all
 }
 
 fn case_b(plan: &Plan) {
