@@ -73,6 +73,21 @@ pub trait Ledger: Send + Sync {
         let synced = self.sync();
         Box::pin(std::future::ready(synced))
     }
+
+    /// Returns once every event recorded so far for `invocation` is
+    /// durable; at once when it has none waiting. The default waits for
+    /// everything, like [`Ledger::sync`].
+    fn sync_invocation(&self, invocation: u64) -> Result<(), LedgerError> {
+        let _ = invocation;
+        self.sync()
+    }
+
+    /// Like [`Ledger::sync_invocation`], awaiting durability instead of
+    /// blocking the thread.
+    fn sync_invocation_async(&self, invocation: u64) -> SyncFuture<'_> {
+        let _ = invocation;
+        self.sync_async()
+    }
 }
 
 /// What [`Ledger::sync_async`] returns.

@@ -4,6 +4,7 @@
 use super::chain::{GENESIS, kind_names, row_hash};
 use super::{Ledger, LedgerError, SyncFuture, UsageEvent};
 use rusqlite::{Connection, params};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -22,6 +23,9 @@ struct Pending {
     committed_seq: u64,
     failed: Option<String>,
     shutdown: bool,
+    /// The last sequence number recorded for each invocation whose rows
+    /// are not all committed yet.
+    uncommitted: HashMap<u64, u64>,
 }
 
 struct Shared {
@@ -97,6 +101,7 @@ impl SqliteLedger {
                 committed_seq: seq,
                 failed: None,
                 shutdown: false,
+                uncommitted: HashMap::new(),
             }),
             work: Condvar::new(),
             committed: Condvar::new(),
@@ -159,6 +164,7 @@ fn write_loop(mut conn: Connection, mut head: [u8; 32], shared: &Shared) {
                 shared.rows.fetch_add(batch.len() as u64, Ordering::Relaxed);
                 let mut p = shared.lock();
                 p.committed_seq = last;
+                p.uncommitted.retain(|_, seq| *seq > last);
                 drop(p);
                 shared.committed.notify_all();
                 shared.committed_async.notify_waiters();
@@ -242,6 +248,11 @@ impl Ledger for SqliteLedger {
         let mut p = self.shared.lock();
         event.seq = p.next_seq;
         p.next_seq += 1;
+        // After a failed commit nothing is committed again; the map is not
+        // needed then (see `ask_for_commit`) and must not grow.
+        if p.failed.is_none() {
+            p.uncommitted.insert(event.invocation_id, event.seq);
+        }
         p.queue.push(event);
         let full = p.queue.len() >= MAX_BATCH;
         drop(p);
@@ -251,8 +262,49 @@ impl Ledger for SqliteLedger {
     }
 
     fn sync(&self) -> Result<(), LedgerError> {
+        let target = self.ask_for_commit(&mut self.shared.lock(), None);
+        self.wait_for(target)
+    }
+
+    fn sync_async(&self) -> SyncFuture<'_> {
+        let target = self.ask_for_commit(&mut self.shared.lock(), None);
+        Box::pin(self.wait_for_async(target))
+    }
+
+    fn sync_invocation(&self, invocation: u64) -> Result<(), LedgerError> {
+        let target = self.ask_for_commit(&mut self.shared.lock(), Some(invocation));
+        self.wait_for(target)
+    }
+
+    fn sync_invocation_async(&self, invocation: u64) -> SyncFuture<'_> {
+        let target = self.ask_for_commit(&mut self.shared.lock(), Some(invocation));
+        Box::pin(self.wait_for_async(target))
+    }
+}
+
+impl SqliteLedger {
+    /// Asks the writer to commit the rows recorded so far (of `invocation`
+    /// only, when given); returns the sequence number to wait for.
+    fn ask_for_commit(&self, p: &mut Pending, invocation: Option<u64>) -> u64 {
+        let target = match invocation {
+            // Rows of an invocation not in the map are all committed.
+            Some(invocation) if p.failed.is_none() => p
+                .uncommitted
+                .get(&invocation)
+                .copied()
+                .unwrap_or(p.committed_seq),
+            _ => p.next_seq - 1,
+        };
+        if target > p.wanted {
+            p.wanted = target;
+            self.shared.work.notify_one();
+        }
+        target
+    }
+
+    /// Blocks until rows up to `target` are committed.
+    fn wait_for(&self, target: u64) -> Result<(), LedgerError> {
         let mut p = self.shared.lock();
-        let target = self.ask_for_commit(&mut p);
         loop {
             if let Some(done) = committed(&p, target) {
                 return done;
@@ -265,33 +317,19 @@ impl Ledger for SqliteLedger {
         }
     }
 
-    fn sync_async(&self) -> SyncFuture<'_> {
-        Box::pin(async move {
-            let target = self.ask_for_commit(&mut self.shared.lock());
-            loop {
-                let next_commit = self.shared.committed_async.notified();
-                tokio::pin!(next_commit);
-                // Registered before looking, so no commit is missed.
-                next_commit.as_mut().enable();
-                if let Some(done) = committed(&self.shared.lock(), target) {
-                    return done;
-                }
-                next_commit.await;
+    /// Waits, without blocking the thread, until rows up to `target` are
+    /// committed.
+    async fn wait_for_async(&self, target: u64) -> Result<(), LedgerError> {
+        loop {
+            let next_commit = self.shared.committed_async.notified();
+            tokio::pin!(next_commit);
+            // Registered before looking, so no commit is missed.
+            next_commit.as_mut().enable();
+            if let Some(done) = committed(&self.shared.lock(), target) {
+                return done;
             }
-        })
-    }
-}
-
-impl SqliteLedger {
-    /// Asks the writer to commit everything recorded so far; returns the
-    /// sequence number to wait for.
-    fn ask_for_commit(&self, p: &mut Pending) -> u64 {
-        let target = p.next_seq - 1;
-        if target > p.wanted {
-            p.wanted = target;
-            self.shared.work.notify_one();
+            next_commit.await;
         }
-        target
     }
 }
 

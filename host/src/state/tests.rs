@@ -191,6 +191,57 @@ fn ledger_commits_chain_and_counts() {
 }
 
 #[test]
+fn a_call_waits_only_for_its_own_rows() {
+    let dir = temp_dir("own-rows");
+    let state = State::open(&dir).expect("opens");
+    let ledger = Arc::new(SqliteLedger::open(state.db_path()).expect("ledger"));
+    // Another connection holds the write lock, so no commit can finish.
+    let blocker = rusqlite::Connection::open(state.db_path()).expect("opens");
+    blocker
+        .execute_batch("BEGIN IMMEDIATE")
+        .expect("write lock");
+    // Invocation 1 records a row and waits for it: it cannot be committed
+    // while the lock is held.
+    ledger.record(event(1, EventKind::Checkout, Some(1)));
+    let waiting = {
+        let ledger = ledger.clone();
+        std::thread::spawn(move || ledger.sync_invocation(1))
+    };
+    // Invocation 2 recorded nothing: it is acknowledged at once, while
+    // invocation 1 is still waiting.
+    ledger.sync_invocation(2).expect("nothing to wait for");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(ledger.sync_invocation_async(2))
+        .expect("nothing to wait for");
+    assert!(
+        !waiting.is_finished(),
+        "invocation 1 was acknowledged uncommitted"
+    );
+    assert_eq!(ledger.stats().rows, 0);
+    blocker.execute_batch("ROLLBACK").expect("unlock");
+    waiting
+        .join()
+        .expect("joins")
+        .expect("durable once the lock is gone");
+    assert_eq!(ledger.stats().rows, 1);
+    // Once committed, asking again does not commit again.
+    let commits = ledger.stats().commits;
+    ledger.sync_invocation(1).expect("durable");
+    assert_eq!(ledger.stats().commits, commits);
+    // The async form waits for its own rows.
+    ledger.record(event(3, EventKind::Checkout, Some(3)));
+    rt.block_on(ledger.sync_invocation_async(3))
+        .expect("durable");
+    assert_eq!(ledger.stats().rows, 2);
+    drop(ledger);
+    assert_eq!(state.audit().expect("audit").rows, 2);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
 fn open_leases_are_found() {
     let dir = temp_dir("open");
     let state = State::open(&dir).expect("opens");
