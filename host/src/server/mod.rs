@@ -265,7 +265,7 @@ async fn accept_until_signal(
                     // Out of descriptors or a connection reset before it was
                     // accepted: keep serving the ones open.
                     tracing::warn!("accepting a connection failed: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
