@@ -1,9 +1,10 @@
 //! Per-invocation store state: a deny-all WASI context, the licensing state,
 //! and the memory limiter.
 
-use super::licensing::{LicensingState, LicensingView};
+use super::licensing::LicensingView;
 use super::plugin::Plugin;
 use super::stdio::PluginLog;
+use crate::license::CallSeats;
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
@@ -46,14 +47,14 @@ pub(crate) struct InvocationState {
     wasi: WasiCtx,
     table: ResourceTable,
     pub(crate) limiter: Limiter,
-    pub(crate) licensing: LicensingState,
+    pub(crate) licensing: CallSeats,
 }
 
 impl InvocationState {
     /// A sandbox with only the plugin's configured directories and env
     /// vars (none by default), no network, no stdin, and stdout and stderr
     /// logged under the plugin's name.
-    pub(crate) fn new(plugin: &Plugin, licensing: LicensingState) -> Self {
+    pub(crate) fn new(plugin: &Plugin, licensing: CallSeats) -> Self {
         let mut wasi = WasiCtx::builder();
         wasi.stdout(PluginLog::new(plugin.name.clone(), "stdout"))
             .stderr(PluginLog::new(plugin.name.clone(), "stderr"))
@@ -90,7 +91,7 @@ impl InvocationState {
 
     pub(crate) fn licensing_view(&mut self) -> LicensingView<'_> {
         LicensingView {
-            state: &mut self.licensing,
+            seats: &mut self.licensing,
             table: &mut self.table,
         }
     }
