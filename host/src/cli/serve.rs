@@ -49,7 +49,7 @@ fn load(path: &std::path::Path) -> Result<Config, Failure> {
 pub(crate) fn check(args: CheckArgs) -> Result<Exit, Failure> {
     let config = load(&args.file)?;
     println!(
-        "{}: ok: listen {}, {} plugin(s), {} license rule set(s), admin API {}",
+        "{}: ok: listen {}, {} plugin(s), {} license rule set(s), admin API {}, trusted issuers {}",
         args.file.display(),
         config.listen,
         config.plugins.len(),
@@ -58,6 +58,10 @@ pub(crate) fn check(args: CheckArgs) -> Result<Exit, Failure> {
             "on"
         } else {
             "off (no admin token)"
+        },
+        match &config.trusted_issuers {
+            Some(pins) => format!("pinned ({})", pins.len()),
+            None => "not pinned".to_string(),
         }
     );
     Ok(Exit::Ok)
