@@ -73,6 +73,9 @@ impl HostBuilder {
 
     /// Keeps compiled components in `dir`, keyed by the engine's compatibility
     /// hash and the component's sha256, so a restart does not recompile.
+    /// Each entry is authenticated with a secret kept in the state directory
+    /// (`compile-cache.key`), or in `dir` (`cache.key`) for a host without
+    /// one; an entry that fails the check is compiled again, never loaded.
     pub fn compile_cache(mut self, dir: impl Into<PathBuf>) -> Self {
         self.compile_cache = Some(dir.into());
         self

@@ -21,7 +21,12 @@ pub(crate) enum LogFormatArg {
 Endpoints: POST /v1/plugins/{name}/invoke (service users); /v1/admin/... and
 GET /metrics (bearer admin token); GET /healthz, GET /readyz.
 SIGTERM or SIGINT drains: no new connections, calls in flight finish within
-grace_period, the rest are cancelled and their seats come back.")]
+grace_period, the rest are cancelled and their seats come back.
+With `trusted_issuers` in the config, serve refuses to start on a state
+database that trusts other issuer keys, naming each extra and missing key; it
+also refuses grants whose database columns disagree with their signed text,
+and plugin `dirs` that overlap the state directory, compile cache, admin
+token file or config file.")]
 pub(crate) struct ServeArgs {
     /// The config file (see `tollgate check-config`).
     #[arg(long, value_name = "FILE", default_value = "tollgate.toml")]

@@ -30,6 +30,8 @@ const ENTRY_MAGIC: &[u8] = b"tollgate-cwasm v1\n";
 const MAC_CONTEXT: &[u8] = b"tollgate compile cache entry v1\0";
 /// Length of an entry's MAC.
 const TAG_BYTES: usize = 32;
+/// Largest entry read; anything larger was not written by this host.
+const MAX_ENTRY_BYTES: u64 = 1 << 30;
 
 /// A compile cache directory and the secret that authenticates its entries.
 pub struct CompileCache {
@@ -115,6 +117,14 @@ impl CompileCache {
         digest: &str,
     ) -> Result<Option<Component>, String> {
         let path = self.entry_path(id, digest);
+        match std::fs::metadata(&path) {
+            Ok(m) if m.len() > MAX_ENTRY_BYTES => {
+                return Err(format!("it is {} bytes, larger than any entry", m.len()));
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("cannot read it: {e}")),
+        }
         let bytes = match std::fs::read(&path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
