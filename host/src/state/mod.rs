@@ -223,8 +223,11 @@ impl State {
         crate::private_fs::create_new(&probe).map_err(dir_err)?;
         let _ = std::fs::remove_file(&probe);
         // Created 0600 here, whatever the umask: SQLite gives its -wal and
-        // -shm files the database file's mode.
-        crate::private_fs::open_or_create(&db).map_err(dir_err)?;
+        // -shm files the database file's mode. An existing one is left as it is.
+        match crate::private_fs::create_new(&db) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(dir_err(e)),
+            _ => {}
+        }
         let conn = connect(&db).map_err(|e| db_error(&db, e))?;
         let found: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
