@@ -4,9 +4,10 @@ use crate::ReclaimReason;
 use crate::ledger::{EventKind, Ledger, LedgerError, MemoryLedger, SqliteLedger, UsageEvent};
 use crate::license::{Clock, LicenseError, LicenseManager, ManagerStatus, SystemClock, Terms};
 use crate::runtime::{
-    Allocator, InvokeError, LoadError, Plugin, PluginSpec, Runtime, RuntimeError,
+    Allocator, COMPILE_CACHE_KEY_FILE, CompileCache, InvokeError, KEY_FILE_IN_CACHE, LoadError,
+    Plugin, PluginSpec, Runtime, RuntimeError,
 };
-use crate::state::{HostLock, State, StateError};
+use crate::state::{HostLock, IssuerPin, State, StateError};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -22,6 +23,8 @@ pub struct HostBuilder {
     clock: Arc<dyn Clock>,
     allocator: Allocator,
     compile_cache: Option<PathBuf>,
+    protected: Vec<(PathBuf, String)>,
+    pinned_issuers: Option<Vec<IssuerPin>>,
 }
 
 impl Default for HostBuilder {
@@ -34,6 +37,8 @@ impl Default for HostBuilder {
             clock: Arc::new(SystemClock),
             allocator: Allocator::default(),
             compile_cache: None,
+            protected: Vec::new(),
+            pinned_issuers: None,
         }
     }
 }
@@ -68,8 +73,28 @@ impl HostBuilder {
 
     /// Keeps compiled components in `dir`, keyed by the engine's compatibility
     /// hash and the component's sha256, so a restart does not recompile.
+    /// Each entry is authenticated with a secret kept in the state directory
+    /// (`compile-cache.key`), or in `dir` (`cache.key`) for a host without
+    /// one; an entry that fails the check is compiled again, never loaded.
     pub fn compile_cache(mut self, dir: impl Into<PathBuf>) -> Self {
         self.compile_cache = Some(dir.into());
+        self
+    }
+
+    /// Keeps plugins' sandbox directories away from `path` (described as
+    /// `what` in errors): a plugin whose `dirs` contain it, or lie inside
+    /// it, is refused. The state directory and the compile cache are always
+    /// protected; a server adds its config file and admin token file.
+    pub fn protect(mut self, path: impl Into<PathBuf>, what: impl Into<String>) -> Self {
+        self.protected.push((path.into(), what.into()));
+        self
+    }
+
+    /// Pins the issuer keys the state directory must trust, exactly: the
+    /// host refuses to start on a database that trusts any other key or
+    /// lacks one of these.
+    pub fn pin_issuers(mut self, pins: Vec<IssuerPin>) -> Self {
+        self.pinned_issuers = Some(pins);
         self
     }
 
@@ -87,7 +112,32 @@ impl HostBuilder {
 
     /// Starts the runtime and installs the licenses.
     pub fn build(self) -> Result<Host, HostError> {
-        let runtime = Runtime::new(self.allocator, self.compile_cache.clone())?;
+        let mut protected = Vec::new();
+        if let Some(dir) = &self.state {
+            protected.push((dir.clone(), "the state directory".to_string()));
+        }
+        let cache = match &self.compile_cache {
+            None => None,
+            Some(dir) => {
+                // The key lives in the state directory, apart from the
+                // entries it authenticates; a host without one keeps it
+                // in the cache directory.
+                let key_file = match &self.state {
+                    Some(state) => {
+                        crate::private_fs::create_dir(state).map_err(|e| StateError::Dir {
+                            path: state.clone(),
+                            message: e.to_string(),
+                        })?;
+                        state.join(COMPILE_CACHE_KEY_FILE)
+                    }
+                    None => dir.join(KEY_FILE_IN_CACHE),
+                };
+                protected.push((dir.clone(), "the compile cache".into()));
+                Some(CompileCache::open(dir, &key_file).map_err(RuntimeError::CompileCache)?)
+            }
+        };
+        protected.extend(self.protected.iter().cloned());
+        let runtime = Runtime::new(self.allocator, cache)?;
         let mut durable = None;
         let (licenses, state, lock, first_invocation) = match &self.state {
             None => {
@@ -100,6 +150,9 @@ impl HostBuilder {
             }
             Some(dir) => {
                 let state = State::open(dir)?;
+                if let Some(pins) = &self.pinned_issuers {
+                    state.check_pinned_issuers(pins)?;
+                }
                 let lock = state.lock_host()?;
                 let sqlite = Arc::new(SqliteLedger::open(state.db_path())?);
                 durable = Some(sqlite.clone());
@@ -127,6 +180,8 @@ impl HostBuilder {
             invocations: AtomicU64::new(first_invocation),
             state,
             durable,
+            protected,
+            pinned_issuers: self.pinned_issuers,
             _lock: lock,
         })
     }
@@ -262,6 +317,9 @@ pub struct Host {
     invocations: AtomicU64,
     state: Option<Arc<State>>,
     durable: Option<Arc<SqliteLedger>>,
+    /// Host state no plugin directory may overlap, with what it is.
+    protected: Vec<(PathBuf, String)>,
+    pinned_issuers: Option<Vec<IssuerPin>>,
     _lock: Option<HostLock>,
 }
 
@@ -306,6 +364,7 @@ impl Host {
     /// Loads a plugin under a name already in use, swapping it in once it
     /// is compiled; calls in flight finish on the old one.
     pub fn reload_plugin(&self, spec: PluginSpec) -> Result<Arc<Plugin>, LoadError> {
+        self.check_dirs(&spec)?;
         let plugin = Arc::new(self.runtime.load(spec)?);
         let mut plugins = self.plugins.write().unwrap_or_else(PoisonError::into_inner);
         plugins.insert(plugin.name().to_string(), plugin.clone());
@@ -317,6 +376,7 @@ impl Host {
         if self.plugin(&spec.name).is_some() {
             return Err(LoadError::DuplicateName(spec.name));
         }
+        self.check_dirs(&spec)?;
         let plugin = Arc::new(self.runtime.load(spec)?);
         let mut plugins = self.plugins.write().unwrap_or_else(PoisonError::into_inner);
         if plugins.contains_key(plugin.name()) {
@@ -324,6 +384,25 @@ impl Host {
         }
         plugins.insert(plugin.name().to_string(), plugin.clone());
         Ok(plugin)
+    }
+
+    /// Refuses sandbox directories that contain host state or lie inside it.
+    fn check_dirs(&self, spec: &PluginSpec) -> Result<(), LoadError> {
+        for dir in &spec.sandbox.dirs {
+            for (path, what) in &self.protected {
+                if crate::private_fs::overlaps(&dir.host, path) {
+                    return Err(LoadError::Sandbox {
+                        plugin: spec.name.clone(),
+                        reason: format!(
+                            "directory {} overlaps {what} {} (one contains the other), which would let the plugin reach host state; give the plugin a directory outside it",
+                            dir.host.display(),
+                            path.display()
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Unloads a plugin; calls in flight finish. Returns whether it was loaded.
@@ -454,6 +533,9 @@ impl Host {
     /// its grant in force at once. Needs a state directory.
     pub fn install_license_text(&self, text: &str) -> Result<crate::state::Installed, HostError> {
         let state = self.state.as_ref().ok_or(HostError::NoState)?;
+        if let Some(pins) = &self.pinned_issuers {
+            state.check_pinned_issuers(pins)?;
+        }
         let installed = state.install_text(text, SystemClock.now_secs())?;
         if installed.new {
             self.reload_licenses()?;

@@ -11,6 +11,7 @@ mod host;
 pub mod issuer;
 pub mod ledger;
 pub mod license;
+mod private_fs;
 pub mod runtime;
 pub mod server;
 pub mod state;

@@ -132,7 +132,8 @@ fn every_status_admin_auth_and_live_license_changes() {
         let (st, body) = s.admin("POST", "/v1/admin/licenses/demo/revoke", None, Some(TOKEN));
         assert_eq!(st, 200, "{body}");
         let (st, body, _) = in_flight.join().expect("in flight");
-        assert_eq!((st, code(&body).as_str()), (403, "unlicensed"), "{body}");
+        // Withheld, with the reason its seat ended.
+        assert_eq!((st, code(&body).as_str()), (403, "revoked"), "{body}");
     });
     let (st, body, _) = s.invoke("hello", b"x");
     assert_eq!((st, code(&body).as_str()), (403, "revoked"), "{body}");

@@ -6,7 +6,9 @@ use clap::{Args, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use tollgate::issuer::{IssuerPublicKey, format_time, parse_time, read_small_text};
 use tollgate::license::{Clock, SystemClock};
-use tollgate::state::{State, UsageFilter};
+use tollgate::state::{
+    Checkpoint, CheckpointReport, IntegrityError, State, StateError, UsageFilter,
+};
 
 /// Where the host keeps its state.
 #[derive(Debug, Args)]
@@ -449,37 +451,139 @@ pub(crate) fn usage(args: UsageArgs) -> Result<Exit, Failure> {
 #[derive(Debug, Subcommand)]
 pub(crate) enum AuditCommand {
     /// Check the ledger's hash chain: every edited, inserted or deleted row is named.
+    ///
+    /// The chain alone cannot show a ledger whose tail was cut off (with the
+    /// chain head moved back) or whose chain was computed again from start:
+    /// pass --checkpoint with a checkpoint kept outside the state directory
+    /// to catch those. Exits 5 when anything does not verify.
     Verify {
+        /// Also check that the ledger still extends this checkpoint (written
+        /// by `tollgate audit checkpoint`) and that this host signed it.
+        #[arg(long, value_name = "FILE")]
+        checkpoint: Option<PathBuf>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
         state: StateArg,
     },
+    /// Verify the chain, then print a checkpoint of its last row (sequence
+    /// number, hash, time) signed with this host's key.
+    ///
+    /// Keep checkpoints outside the state directory (another machine, a
+    /// write-once store): they are what shows later that the ledger was not
+    /// cut short or rewritten. The host key is STATE/host.key (mode 0600),
+    /// made on first use; the signature says which host made a checkpoint.
+    /// Exits 5, printing nothing to stdout, when the chain does not verify.
+    Checkpoint {
+        /// Write the checkpoint to FILE (mode 0600) instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        state: StateArg,
+    },
 }
 
 pub(crate) fn audit(cmd: AuditCommand) -> Result<Exit, Failure> {
-    let AuditCommand::Verify {
-        json: as_json,
-        state,
-    } = cmd;
-    let report = state.open()?.audit().map_err(Failure::usage)?;
+    match cmd {
+        AuditCommand::Verify {
+            checkpoint,
+            json: as_json,
+            state,
+        } => verify(checkpoint, as_json, &state),
+        AuditCommand::Checkpoint { out, state } => checkpoint(out, &state),
+    }
+}
+
+fn verify(checkpoint: Option<PathBuf>, as_json: bool, state: &StateArg) -> Result<Exit, Failure> {
+    let checkpoint = checkpoint
+        .map(|path| Checkpoint::read(&path))
+        .transpose()
+        .map_err(Failure::usage)?;
+    let state = state.open()?;
+    let report = state.audit().map_err(Failure::usage)?;
+    let anchored = checkpoint
+        .map(|cp| state.verify_checkpoint(&cp))
+        .transpose()
+        .map_err(Failure::usage)?;
+    let ok = report.ok() && anchored.as_ref().is_none_or(CheckpointReport::ok);
     if as_json {
-        json(&report)?;
-    } else if report.ok() {
-        println!(
-            "ledger verified: {} rows, chain head at row {}",
-            report.rows, report.head_seq
-        );
+        let mut value = serde_json::to_value(&report).context("serializing")?;
+        value["checkpoint"] = serde_json::to_value(&anchored).context("serializing")?;
+        json(&value)?;
     } else {
-        println!("ledger FAILED verification ({} rows read):", report.rows);
-        for p in &report.problems {
-            println!("  - {p}");
+        if report.ok() {
+            println!(
+                "ledger verified: {} rows, chain head at row {}",
+                report.rows, report.head_seq
+            );
+        } else {
+            println!("ledger FAILED verification ({} rows read):", report.rows);
+            for p in &report.problems {
+                println!("  - {p}");
+            }
+        }
+        match &anchored {
+            None => {}
+            Some(c) if c.ok() => println!(
+                "checkpoint verified: the ledger extends row {} ({}) signed by this host (key {}) at {}",
+                c.seq, c.hash, c.host_key, c.time
+            ),
+            Some(c) => {
+                println!(
+                    "checkpoint FAILED: row {} at {}, signed by host key {}:",
+                    c.seq, c.time, c.host_key
+                );
+                for p in &c.problems {
+                    println!("  - {p}");
+                }
+            }
         }
     }
-    Ok(if report.ok() {
-        Exit::Ok
-    } else {
-        Exit::AuditFailed
-    })
+    Ok(if ok { Exit::Ok } else { Exit::AuditFailed })
+}
+
+fn checkpoint(out: Option<PathBuf>, state: &StateArg) -> Result<Exit, Failure> {
+    let state = state.open()?;
+    let checkpoint = match state.checkpoint(now()) {
+        Ok(cp) => cp,
+        Err(StateError::Integrity(e @ IntegrityError::ChainBroken(_))) => {
+            return Err(Failure {
+                exit: Exit::AuditFailed,
+                error: e.into(),
+            });
+        }
+        Err(e) => return Err(Failure::usage(e)),
+    };
+    let text = checkpoint.to_text();
+    match out {
+        None => print!("{text}"),
+        Some(path) => {
+            write_private(&path, &text)
+                .with_context(|| format!("cannot write the checkpoint to {}", path.display()))
+                .map_err(Failure::usage)?;
+            eprintln!(
+                "checkpoint of row {} written to {}; keep a copy outside {}",
+                checkpoint.seq,
+                path.display(),
+                state.dir().display()
+            );
+        }
+    }
+    Ok(Exit::Ok)
+}
+
+/// Writes `text` to `path`, replacing it, readable by this user only.
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()
 }

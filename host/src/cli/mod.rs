@@ -92,7 +92,7 @@ enum Command {
     New(new::NewArgs),
     /// Show a plugin's world, imports, exports, sha256 and WIT version, and whether this host runs it.
     Inspect(inspect::InspectArgs),
-    /// Check the usage ledger's hash chain.
+    /// Check the usage ledger's hash chain; make and check signed checkpoints of it.
     #[command(subcommand)]
     Audit(admin::AuditCommand),
 }

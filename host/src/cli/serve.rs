@@ -21,7 +21,12 @@ pub(crate) enum LogFormatArg {
 Endpoints: POST /v1/plugins/{name}/invoke (service users); /v1/admin/... and
 GET /metrics (bearer admin token); GET /healthz, GET /readyz.
 SIGTERM or SIGINT drains: no new connections, calls in flight finish within
-grace_period, the rest are cancelled and their seats come back.")]
+grace_period, the rest are cancelled and their seats come back.
+With `trusted_issuers` in the config, serve refuses to start on a state
+database that trusts other issuer keys, naming each extra and missing key; it
+also refuses grants whose database columns disagree with their signed text,
+and plugin `dirs` that overlap the state directory, compile cache, admin
+token file or config file.")]
 pub(crate) struct ServeArgs {
     /// The config file (see `tollgate check-config`).
     #[arg(long, value_name = "FILE", default_value = "tollgate.toml")]
@@ -49,7 +54,7 @@ fn load(path: &std::path::Path) -> Result<Config, Failure> {
 pub(crate) fn check(args: CheckArgs) -> Result<Exit, Failure> {
     let config = load(&args.file)?;
     println!(
-        "{}: ok: listen {}, {} plugin(s), {} license rule set(s), admin API {}",
+        "{}: ok: listen {}, {} plugin(s), {} license rule set(s), admin API {}, trusted issuers {}",
         args.file.display(),
         config.listen,
         config.plugins.len(),
@@ -58,6 +63,10 @@ pub(crate) fn check(args: CheckArgs) -> Result<Exit, Failure> {
             "on"
         } else {
             "off (no admin token)"
+        },
+        match &config.trusted_issuers {
+            Some(pins) => format!("pinned ({})", pins.len()),
+            None => "not pinned".to_string(),
         }
     );
     Ok(Exit::Ok)

@@ -18,6 +18,7 @@ const TOP_KEYS: &[&str] = &[
     "state",
     "admin_token",
     "admin_token_file",
+    "trusted_issuers",
     "log_format",
     "grace_period",
     "compile_cache",
@@ -145,6 +146,7 @@ pub(super) fn check(text: &str, path: &Path) -> (Option<Config>, Vec<Problem>) {
         problems: Vec::new(),
         recovered: false,
         plugin_hint_budget: PLUGIN_HINT_BUDGET,
+        protected: Vec::new(),
     };
     let (root, syntax_errors) = DeTable::parse_recoverable(text);
     let mut syntax_lines = BTreeSet::new();
@@ -225,6 +227,8 @@ struct Checker<'t> {
     recovered: bool,
     /// Plugin names that did-you-mean searches may still compare.
     plugin_hint_budget: usize,
+    /// Host state no plugin directory may overlap, with what it is.
+    protected: Vec<(PathBuf, &'static str)>,
 }
 
 /// The configured plugin names: in file order for messages, and as a set.
@@ -468,6 +472,8 @@ impl<'t> Checker<'t> {
             listen: DEFAULT_LISTEN,
             state: None,
             admin_token: None,
+            admin_token_file: None,
+            trusted_issuers: None,
             log_format: LogFormat::Human,
             grace_period: Duration::from_secs(10),
             compile_cache: None,
@@ -496,6 +502,25 @@ impl<'t> Checker<'t> {
             config.compile_cache = self.path(value, "compile_cache", top);
         }
         self.admin_token(root, &mut config);
+        if let Some(value) = root.get("trusted_issuers") {
+            config.trusted_issuers = Some(self.issuer_pins(value));
+        }
+        // Host state no plugin directory may overlap; a state directory
+        // taken from the environment is checked when the host starts.
+        self.protected.push((path.to_path_buf(), "the config file"));
+        if let Some(state) = &config.state {
+            self.protected.push((state.clone(), "the state directory"));
+        }
+        match (&config.compile_cache, &config.state) {
+            (Some(cache), _) => self.protected.push((cache.clone(), "the compile cache")),
+            (None, Some(state)) => self
+                .protected
+                .push((state.join("compile-cache"), "the compile cache")),
+            (None, None) => {}
+        }
+        if let Some(file) = &config.admin_token_file {
+            self.protected.push((file.clone(), "the admin token file"));
+        }
         if let Some(value) = root.get("log_format")
             && let Some(text) = self.string(value, "log_format", top, "\"human\" or \"json\"")
         {
@@ -568,10 +593,38 @@ impl<'t> Checker<'t> {
             && let Some(path) = self.path(value, "admin_token_file", "")
         {
             match super::read_token_file(&path) {
-                Ok(token) => config.admin_token = Some(token),
+                Ok(token) => {
+                    config.admin_token = Some(token);
+                    config.admin_token_file = Some(path);
+                }
                 Err(why) => self.problem(value.span(), format!("`admin_token_file`: {why}")),
             }
         }
+    }
+
+    /// Reads `trusted_issuers`: key ids or public keys, each once.
+    fn issuer_pins(&mut self, value: &Value<'_>) -> Vec<crate::state::IssuerPin> {
+        let entries = self.strings(value, "trusted_issuers", "", "issuer key", |s| {
+            crate::state::IssuerPin::parse(s).map(drop)
+        });
+        let mut pins: Vec<crate::state::IssuerPin> = Vec::new();
+        for (text, span) in entries {
+            let Ok(pin) = crate::state::IssuerPin::parse(&text) else {
+                continue;
+            };
+            if pins.iter().any(|p| p.key_id() == pin.key_id()) {
+                self.problem(
+                    span,
+                    format!(
+                        "`trusted_issuers` names issuer key {} twice; keep one entry",
+                        pin.key_id()
+                    ),
+                );
+                continue;
+            }
+            pins.push(pin);
+        }
+        pins
     }
 
     /// Reads every `[[plugin]]`; returns what the license rules refer to.
@@ -827,7 +880,9 @@ impl<'t> Checker<'t> {
             );
             self.unknown_keys(table, DIR_KEYS, &here);
             let host = match table.get("host") {
-                Some(value) => self.host_dir(value, &here),
+                Some(value) => self
+                    .host_dir(value, &here)
+                    .filter(|host| self.outside_host_state(host, value, &here)),
                 None => {
                     self.problem(
                         item.span(),
@@ -874,6 +929,27 @@ impl<'t> Checker<'t> {
             }
         }
         dirs
+    }
+
+    /// Whether `host` stays clear of host state; reports it if not.
+    fn outside_host_state(&mut self, host: &Path, value: &Value<'_>, place: &str) -> bool {
+        let Some((path, what)) = self
+            .protected
+            .iter()
+            .find(|(path, _)| crate::private_fs::overlaps(host, path))
+            .cloned()
+        else {
+            return true;
+        };
+        self.problem(
+            value.span(),
+            format!(
+                "`host`{place}: {} overlaps {what} {} (one contains the other), which would let the plugin reach host state; give the plugin a directory outside it",
+                host.display(),
+                path.display()
+            ),
+        );
+        false
     }
 
     fn host_dir(&mut self, value: &Value<'_>, place: &str) -> Option<PathBuf> {

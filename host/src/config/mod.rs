@@ -41,6 +41,12 @@ pub struct Config {
     pub state: Option<PathBuf>,
     /// Bearer token for the admin API (`admin_token` or `admin_token_file`).
     pub admin_token: Option<String>,
+    /// The file the admin token was read from (`admin_token_file`), which
+    /// no plugin directory may overlap.
+    pub admin_token_file: Option<PathBuf>,
+    /// The issuer keys the state database must trust, exactly
+    /// (`trusted_issuers`); `None`: not pinned.
+    pub trusted_issuers: Option<Vec<crate::state::IssuerPin>>,
     /// How log lines are written (`log_format`).
     pub log_format: LogFormat,
     /// How long shutdown waits for calls in flight (`grace_period`).
@@ -71,6 +77,8 @@ impl fmt::Debug for Config {
                 "admin_token",
                 &self.admin_token.as_ref().map(|_| "<redacted>"),
             )
+            .field("admin_token_file", &self.admin_token_file)
+            .field("trusted_issuers", &self.trusted_issuers)
             .field("log_format", &self.log_format)
             .field("grace_period", &self.grace_period)
             .field("compile_cache", &self.compile_cache)
@@ -277,13 +285,19 @@ impl Config {
                 "environment variables TOLLGATE_ADMIN_TOKEN and TOLLGATE_ADMIN_TOKEN_FILE are both set; unset one of them",
             )),
             (Some(token), None) => match check_token(&token) {
-                Ok(()) => next.admin_token = Some(token),
+                Ok(()) => {
+                    next.admin_token = Some(token);
+                    next.admin_token_file = None;
+                }
                 Err(why) => problems.push(Problem::outside(format!(
                     "environment variable TOLLGATE_ADMIN_TOKEN: {why}"
                 ))),
             },
             (None, Some(file)) => match read_token_file(Path::new(&file)) {
-                Ok(token) => next.admin_token = Some(token),
+                Ok(token) => {
+                    next.admin_token = Some(token);
+                    next.admin_token_file = Some(PathBuf::from(file));
+                }
                 Err(why) => problems.push(Problem::outside(format!(
                     "environment variable TOLLGATE_ADMIN_TOKEN_FILE: {why}"
                 ))),

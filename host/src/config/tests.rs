@@ -1321,3 +1321,86 @@ fn long_bad_names_and_many_unknown_names_keep_messages_short() {
         messages[1]
     );
 }
+
+#[test]
+fn plugin_dirs_that_overlap_host_state_are_problems() {
+    let dir = TempDir::with_component();
+    for d in ["state/sub", "cache", "secrets", "data"] {
+        dir.dir(d);
+    }
+    dir.file("secrets/admin.token", "test-admin-token-0123456789");
+    let text = r#"state = "state"
+compile_cache = "cache"
+admin_token_file = "secrets/admin.token"
+
+[[plugin]]
+name = "hello"
+component = "plugins/hello.wasm"
+dirs = [
+  { host = "state/sub", guest = "/a" },
+  { host = ".", guest = "/b" },
+  { host = "cache", guest = "/c" },
+  { host = "secrets", guest = "/d" },
+  { host = "data", guest = "/e" },
+]
+"#;
+    let found = problems(&dir, text);
+    let state = dir.path().join("state");
+    assert_problem(
+        &found,
+        9,
+        &["overlaps the state directory", &state.display().to_string()],
+    );
+    // "." holds the config file itself (and everything else).
+    assert_problem(&found, 10, &["overlaps the config file", "tollgate.toml"]);
+    assert_problem(&found, 11, &["overlaps the compile cache"]);
+    assert_problem(
+        &found,
+        12,
+        &["overlaps the admin token file", "admin.token"],
+    );
+    assert_eq!(found.len(), 4, "{found:#?}");
+    // Without compile_cache, the default cache inside the state directory counts.
+    let text = "state = \"st\"\n[[plugin]]\nname = \"hello\"\ncomponent = \"plugins/hello.wasm\"\ndirs = [{ host = \"st/compile-cache\", guest = \"/c\" }]\n";
+    dir.dir("st/compile-cache");
+    assert_problem(&problems(&dir, text), 5, &["overlaps the state directory"]);
+}
+
+#[test]
+fn trusted_issuers_take_key_ids_and_public_keys_once_each() {
+    let dir = TempDir::new();
+    let key = crate::issuer::IssuerKey::generate().expect("key").public();
+    let b64 = key
+        .to_file_text()
+        .lines()
+        .find_map(|l| l.strip_prefix("key: "))
+        .expect("key line")
+        .to_string();
+    let config = ok(&dir, &format!("trusted_issuers = [\"{}\"]\n", key.key_id()));
+    assert_eq!(
+        config.trusted_issuers,
+        Some(vec![crate::state::IssuerPin::KeyId(key.key_id())])
+    );
+    let config = ok(&dir, &format!("trusted_issuers = [\"{b64}\"]\n"));
+    assert_eq!(
+        config.trusted_issuers,
+        Some(vec![crate::state::IssuerPin::Key(key.clone())])
+    );
+    assert_eq!(ok(&dir, "").trusted_issuers, None);
+    assert_eq!(
+        ok(&dir, "trusted_issuers = []").trusted_issuers,
+        Some(vec![])
+    );
+    let found = problems(
+        &dir,
+        &format!(
+            "trusted_issuers = [\n  \"{}\",\n  \"{b64}\",\n  \"0123\",\n  7,\n]\n",
+            key.key_id()
+        ),
+    );
+    assert_problem(&found, 3, &["names issuer key", "twice"]);
+    assert_problem(&found, 4, &["\"0123\" is neither an issuer key id"]);
+    assert_problem(&found, 5, &["must hold issuer keys (strings)"]);
+    let found = problems(&dir, "trusted_issuers = \"abc\"\n");
+    assert_problem(&found, 1, &["`trusted_issuers` must be an array"]);
+}

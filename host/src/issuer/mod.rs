@@ -576,7 +576,8 @@ impl SignedLicense {
         Ok(())
     }
 
-    /// Checks that a trusted key made the signature over these terms.
+    /// Checks only the signature against the trusted keys, whatever the
+    /// time: how a grant installed earlier is checked again when loaded.
     pub fn verify_signature(&self, trusted: &[IssuerPublicKey]) -> Result<(), IssuerError> {
         let key = trusted
             .iter()

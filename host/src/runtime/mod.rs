@@ -3,6 +3,7 @@
 //! `Store` per invocation with memory and time limits.
 
 mod bindings;
+mod cache;
 mod invocation;
 mod licensing;
 mod plugin;
@@ -11,6 +12,8 @@ mod stdio;
 mod witsection;
 
 pub use witsection::SECTION as WIT_VERSION_SECTION;
+
+pub use cache::{CompileCache, KEY_FILE as COMPILE_CACHE_KEY_FILE, KEY_FILE_IN_CACHE};
 
 pub use invocation::{InvokeError, MissingLicense};
 pub use plugin::{
@@ -40,13 +43,16 @@ pub enum RuntimeError {
     /// wasmtime refused the engine configuration or the linker setup.
     #[error("could not set up the WebAssembly runtime: {0}")]
     Setup(String),
+    /// The compile cache or its key could not be used.
+    #[error("{0}")]
+    CompileCache(String),
 }
 
 /// The engine, the linker shared by every plugin, and the epoch ticker.
 pub struct Runtime {
     engine: Engine,
-    cache: Option<std::path::PathBuf>,
-    engine_key: String,
+    cache: Option<CompileCache>,
+    engine_id: cache::EngineId,
     linker: Linker<InvocationState>,
     ticker: Option<EpochTicker>,
     /// Drives calls made through the blocking API; async callers bring
@@ -78,11 +84,9 @@ pub enum Allocator {
 }
 
 impl Runtime {
-    /// A runtime with epoch interruption and the service-offer linker.
-    pub fn new(
-        allocator: Allocator,
-        cache: Option<std::path::PathBuf>,
-    ) -> Result<Self, RuntimeError> {
+    /// A runtime with epoch interruption and the service-offer linker;
+    /// compiled components are kept in `cache` when given.
+    pub fn new(allocator: Allocator, cache: Option<CompileCache>) -> Result<Self, RuntimeError> {
         let setup = |e: wasmtime::Error| RuntimeError::Setup(format!("{e:#}"));
         let mut config = Config::new();
         config.epoch_interruption(true);
@@ -118,16 +122,11 @@ impl Runtime {
             .enable_all()
             .build()
             .map_err(|e| RuntimeError::Setup(format!("cannot start the async runtime: {e}")))?;
-        let engine_key = {
-            use std::hash::{Hash, Hasher};
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            engine.precompile_compatibility_hash().hash(&mut h);
-            format!("engine-{:016x}", h.finish())
-        };
+        let engine_id = cache::EngineId::of(&engine);
         Ok(Self {
             engine,
             cache,
-            engine_key,
+            engine_id,
             linker,
             ticker,
             blocking: Some(blocking),
@@ -137,6 +136,11 @@ impl Runtime {
     /// The wasmtime engine.
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// The compile cache directory, if there is one.
+    pub fn compile_cache_dir(&self) -> Option<&std::path::Path> {
+        self.cache.as_ref().map(CompileCache::dir)
     }
 
     /// Runs `call` to completion on this thread, for the blocking API.

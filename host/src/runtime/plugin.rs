@@ -424,19 +424,14 @@ impl Runtime {
         digest: &str,
         bytes: &[u8],
     ) -> Result<(Component, bool), LoadError> {
-        let cached = self
-            .cache
-            .as_ref()
-            .map(|dir| dir.join(&self.engine_key).join(format!("{digest}.cwasm")));
-        if let Some(path) = &cached
-            && path.is_file()
-        {
-            match load_precompiled(&self.engine, path) {
-                Ok(component) => return Ok((component, true)),
-                Err(e) => tracing::warn!(
+        if let Some(cache) = &self.cache {
+            match cache.load(&self.engine, &self.engine_id, digest) {
+                Ok(Some(component)) => return Ok((component, true)),
+                Ok(None) => {}
+                Err(why) => tracing::warn!(
                     plugin = name,
-                    "ignoring compile cache entry {}: {e:#}",
-                    path.display()
+                    "ignoring compile cache entry {}: {why}; compiling the component again",
+                    cache.entry_path(&self.engine_id, digest).display()
                 ),
             }
         }
@@ -445,13 +440,13 @@ impl Runtime {
                 plugin: name.to_string(),
                 reason: format!("{e:#}"),
             })?;
-        if let Some(path) = &cached
-            && let Err(e) = store_precompiled(&component, path)
+        if let Some(cache) = &self.cache
+            && let Err(e) = cache.store(&component, &self.engine_id, digest)
         {
             tracing::warn!(
                 plugin = name,
                 "cannot write compile cache entry {}: {e}",
-                path.display()
+                cache.entry_path(&self.engine_id, digest).display()
             );
         }
         Ok((component, false))
@@ -558,30 +553,6 @@ impl Runtime {
             refused,
         })
     }
-}
-
-/// Loads a component compiled earlier by this engine configuration.
-#[allow(unsafe_code)]
-fn load_precompiled(engine: &wasmtime::Engine, path: &Path) -> wasmtime::Result<Component> {
-    // SAFETY: the file lies in the host's own compile cache, under a directory
-    // named for this engine's compatibility hash, and was written by
-    // `store_precompiled` from `Component::serialize` (atomically, via rename).
-    // wasmtime still checks the header and refuses an incompatible or
-    // truncated artifact; the cache directory must be writable only by the
-    // operator, like the binary itself. The bytes are read into memory rather
-    // than mapped, so a later change to the file cannot touch a running host.
-    let bytes = std::fs::read(path)?;
-    unsafe { Component::deserialize(engine, bytes) }
-}
-
-fn store_precompiled(component: &Component, path: &Path) -> std::io::Result<()> {
-    let bytes = component.serialize().map_err(std::io::Error::other)?;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -122,14 +122,21 @@ pub fn build_host(config: &Config) -> Result<Host, ServeError> {
         .map(|p| p.memory_bytes)
         .max()
         .unwrap_or(64 << 20);
-    let host = Host::builder()
+    let mut builder = Host::builder()
         .state(state_dir)
         .compile_cache(cache)
         .allocator(Allocator::Pooling {
             instances: config.max_concurrent_calls,
             max_memory_bytes: max_memory,
         })
-        .build()?;
+        .protect(&config.path, "the config file");
+    if let Some(file) = &config.admin_token_file {
+        builder = builder.protect(file, "the admin token file");
+    }
+    if let Some(pins) = &config.trusted_issuers {
+        builder = builder.pin_issuers(pins.clone());
+    }
+    let host = builder.build()?;
     for (id, r) in &config.licenses {
         let rules = Rules {
             include: r.include.clone(),

@@ -1,8 +1,13 @@
 //! The host's state directory: an SQLite database (WAL) holding trusted
 //! issuers, installed license grants, revocations and the usage ledger.
 
+mod anchor;
 mod reports;
 
+pub use anchor::{
+    CHECKPOINT_HEADER, Checkpoint, CheckpointReport, HOST_KEY_FILE, HostKey, IntegrityError,
+    IssuerPin,
+};
 pub use reports::{AuditReport, GrantReport, LicenseReport, UsageFilter, UsageRow};
 
 use crate::issuer::{IssuerError, IssuerPublicKey, SignedLicense, read_small_text};
@@ -109,6 +114,9 @@ pub enum StateError {
     /// No grant of this license is installed.
     #[error("no license {0:?} is installed; `tollgate license list` shows what is")]
     UnknownLicense(String),
+    /// The database does not match what anchors it (signed text, pins, checkpoints).
+    #[error(transparent)]
+    Integrity(#[from] IntegrityError),
 }
 
 /// Counters per license id, with per-plugin counters, read from the ledger.
@@ -231,12 +239,19 @@ impl State {
             path: dir.to_path_buf(),
             message: e.to_string(),
         };
-        std::fs::create_dir_all(dir).map_err(dir_err)?;
+        crate::private_fs::create_dir(dir).map_err(dir_err)?;
         let db = dir.join(DB_FILE);
         // Probe writability with a clear error before SQLite gives a vague one.
         let probe = dir.join(".write-probe");
-        std::fs::write(&probe, b"").map_err(dir_err)?;
         let _ = std::fs::remove_file(&probe);
+        crate::private_fs::create_new(&probe).map_err(dir_err)?;
+        let _ = std::fs::remove_file(&probe);
+        // Created 0600 here, whatever the umask: SQLite gives its -wal and
+        // -shm files the database file's mode. An existing one is left as it is.
+        match crate::private_fs::create_new(&db) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(dir_err(e)),
+            _ => {}
+        }
         let conn = connect(&db).map_err(|e| db_error(&db, e))?;
         let found: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
@@ -292,15 +307,10 @@ impl State {
     /// Takes the host lock, or says another host runs here.
     pub fn lock_host(&self) -> Result<HostLock, StateError> {
         let path = self.dir.join(LOCK_FILE);
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| StateError::Dir {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
+        let file = crate::private_fs::open_or_create(&path).map_err(|e| StateError::Dir {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
         match file.try_lock() {
             Ok(()) => Ok(HostLock { _file: file }),
             Err(std::fs::TryLockError::WouldBlock) => {
@@ -403,15 +413,17 @@ impl State {
         })
     }
 
-    /// Every installed grant, by license id then install time.
+    /// Every installed grant, by license id then install time. Each is
+    /// checked against its stored signed license text first: a grant whose
+    /// text does not verify, or whose columns disagree with it, is refused.
     pub fn grants(&self) -> Result<Vec<Grant>, StateError> {
-        self.query(
-            "SELECT grant_id, license_id, issuer, seats, not_before, expires_at, plugins, customer, installed_at
+        let rows: Vec<(Grant, u64, String)> = self.query(
+            "SELECT grant_id, license_id, issuer, seats, not_before, expires_at, plugins, customer, installed_at, issued_at, file
              FROM grants ORDER BY license_id, installed_at, grant_id",
             [],
             |r| {
                 let plugins: String = r.get(6)?;
-                Ok(Grant {
+                let grant = Grant {
                     grant_id: r.get(0)?,
                     license_id: r.get(1)?,
                     issuer: r.get(2)?,
@@ -421,9 +433,17 @@ impl State {
                     plugins: plugins.lines().map(str::to_string).collect(),
                     customer: r.get(7)?,
                     installed_at: r.get(8)?,
-                })
+                };
+                Ok((grant, r.get(9)?, r.get(10)?))
             },
-        )
+        )?;
+        let trusted = self.trusted_keys()?;
+        rows.into_iter()
+            .map(|(grant, issued_at, file)| {
+                anchor::check_stored_grant(&self.db, &grant, issued_at, &file, &trusted)?;
+                Ok(grant)
+            })
+            .collect()
     }
 
     /// Revokes a license id: every grant of it, including grants installed
