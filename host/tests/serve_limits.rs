@@ -1,11 +1,13 @@
-//! What one client may hold of `tollgate serve`: connections per client
-//! address (trusted proxies exempt), a write timeout for clients that do not
-//! read their response, the call's place taken before its body is read with
-//! a bound on buffered body bytes, and the `Host` check.
+//! What one client may hold of `tollgate serve`, and ids that never repeat:
+//! connections per client address (trusted proxies exempt), a write timeout
+//! for clients that do not read their response, the call's place taken
+//! before its body is read with a bound on buffered body bytes, the `Host`
+//! check, and invocation ids across restarts.
 
 mod common;
 
 use common::*;
+use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, Instant};
@@ -436,4 +438,58 @@ fn requests_must_name_an_allowed_host() {
     );
     assert_eq!(status(&answer), Some(200), "{answer:?}");
     assert!(s.terminate().success());
+}
+
+/// Invocation ids of calls that record nothing in the ledger (a plugin
+/// that needs no license) still never repeat after a restart, or after a
+/// kill -9.
+#[test]
+fn invocation_ids_never_repeat_across_restarts() {
+    let root = prepare("ids", "2");
+    let plugins = "[[plugin]]\nname = \"free\"\ncomponent = \"NONE\"\n";
+    let ids = |s: &Server| -> Vec<u64> {
+        (0..3)
+            .map(|_| {
+                let r = s
+                    .agent
+                    .post(format!("{}/v1/plugins/free/invoke", s.base))
+                    .send(&b"abc"[..])
+                    .expect("request");
+                assert_eq!(r.status().as_u16(), 200);
+                r.headers()
+                    .get("x-tollgate-invocation")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok())
+                    .expect("an invocation id")
+            })
+            .collect()
+    };
+    let s = Server::start_with_plugins(&root, "2s", "", plugins);
+    let first = ids(&s);
+    assert!(s.terminate().success());
+    let s = Server::start_with_plugins(&root, "2s", "", plugins);
+    let second = ids(&s);
+    let mut s = s;
+    s.child.kill().expect("kill -9");
+    s.child.wait().expect("dead");
+    let s = Server::start_with_plugins(&root, "2s", "", plugins);
+    let third = ids(&s);
+    assert!(s.terminate().success());
+    let all: BTreeSet<u64> = first.iter().chain(&second).chain(&third).copied().collect();
+    assert_eq!(
+        all.len(),
+        9,
+        "ids repeated: {first:?}, after a restart {second:?}, after kill -9 {third:?}"
+    );
+    // These calls wrote no ledger row, so the ledger cannot tell a
+    // restarted host which ids were used.
+    let db = rusqlite::Connection::open(root.join("state/tollgate.db")).expect("db");
+    let rows: i64 = db
+        .query_row(
+            "SELECT count(*) FROM ledger WHERE plugin = 'free'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("count");
+    assert_eq!(rows, 0);
 }

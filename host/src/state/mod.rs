@@ -1,6 +1,7 @@
 //! The host's state directory: an SQLite database (WAL) holding trusted
 //! issuers, installed license grants, revocations and the usage ledger.
 
+mod ids;
 mod reports;
 
 pub use reports::{AuditReport, LicenseReport, UsageFilter, UsageRow};
