@@ -21,7 +21,12 @@ pub(crate) enum LogFormatArg {
 Endpoints: POST /v1/plugins/{name}/invoke (service users); /v1/admin/... and
 GET /metrics (bearer admin token); GET /healthz, GET /readyz.
 SIGTERM or SIGINT drains: no new connections, calls in flight finish within
-grace_period, the rest are cancelled and their seats come back.")]
+grace_period, the rest are cancelled and their seats come back.
+On a loopback listen address only requests whose Host is localhost, 127.0.0.1
+or [::1] are served (others get 421); `allowed_hosts` names other hosts.
+Each client address may hold max_connections_per_client connections (not
+counted for trusted_proxies); a client that takes none of its response for
+write_timeout is disconnected.")]
 pub(crate) struct ServeArgs {
     /// The config file (see `tollgate check-config`).
     #[arg(long, value_name = "FILE", default_value = "tollgate.toml")]
