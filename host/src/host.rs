@@ -531,26 +531,27 @@ impl InvocationIds {
         if id.saturating_add(ID_BLOCK / 2) == below {
             // Half the block is used: reserve the next one now, so no call
             // waits at the block's end. A failure is retried there.
-            if let Err(e) = self.reserve(state, below.saturating_add(ID_BLOCK)) {
+            if let Err(e) = self.reserve(state, below, below.saturating_add(ID_BLOCK)) {
                 tracing::warn!("reserving invocation ids failed, will retry: {e}");
             }
         }
         if id >= self.reserved_below.load(Ordering::Acquire) {
-            self.reserve(state, id.saturating_add(ID_BLOCK))?;
+            self.reserve(state, id, id.saturating_add(ID_BLOCK))?;
         }
         Ok(id)
     }
 
-    /// Moves the stored mark to at least `below`.
-    fn reserve(&self, state: &State, below: u64) -> Result<(), StateError> {
+    /// Moves the stored mark to `to`, unless it is past `id` already (one
+    /// write serves every call that finds the mark too low at once).
+    fn reserve(&self, state: &State, id: u64, to: u64) -> Result<(), StateError> {
         let _one = self
             .reserving
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if self.reserved_below.load(Ordering::Acquire) >= below {
+        if self.reserved_below.load(Ordering::Acquire) > id {
             return Ok(());
         }
-        let stored = state.reserve_invocation_ids(below)?;
+        let stored = state.reserve_invocation_ids(to)?;
         self.reserved_below.fetch_max(stored, Ordering::AcqRel);
         Ok(())
     }
@@ -584,6 +585,38 @@ mod tests {
         let next = ids.next().expect("id");
         assert!(next > last, "{next} after {last}");
         assert!(next <= last + 2 * ID_BLOCK, "skipped {}", next - last);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn invocation_ids_from_many_threads_are_distinct() {
+        let dir = std::env::temp_dir().join(format!(
+            "tollgate-invocation-ids-threads-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let state = Arc::new(State::open(&dir).expect("state"));
+        let ids = InvocationIds::durable(state).expect("ids");
+        let per_thread = ID_BLOCK as usize;
+        let mut all: Vec<u64> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..4)
+                .map(|_| {
+                    scope.spawn(|| {
+                        (0..per_thread)
+                            .map(|_| ids.next().expect("id"))
+                            .collect::<Vec<u64>>()
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().expect("worker"))
+                .collect()
+        });
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), 4 * per_thread);
+        assert!(ids.reserved_below.load(Ordering::Relaxed) > all[all.len() - 1]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -10,8 +10,9 @@ const TABLE: &str = "CREATE TABLE IF NOT EXISTS invocation_ids (
     id INTEGER PRIMARY KEY CHECK (id = 1), reserved_below INTEGER NOT NULL)";
 
 impl State {
-    /// The first invocation id a starting host may use: past the largest in
-    /// the ledger and past every id reserved before.
+    /// The first invocation id a starting host may use: the stored mark,
+    /// or, in a state directory that has none yet (made by an earlier
+    /// version), past the largest id in the ledger.
     pub fn first_free_invocation_id(&self) -> Result<u64, StateError> {
         let conn = self.conn();
         conn.execute_batch(TABLE).map_err(|e| self.err(e))?;
@@ -23,6 +24,10 @@ impl State {
             )
             .optional()
             .map_err(|e| self.err(e))?;
+        if let Some(reserved) = reserved {
+            // Every id handed out was below the mark when it was.
+            return Ok(u64::try_from(reserved).unwrap_or(0).max(1));
+        }
         let in_ledger: i64 = conn
             .query_row(
                 "SELECT coalesce(max(invocation_id), 0) FROM ledger",
@@ -30,9 +35,7 @@ impl State {
                 |r| r.get(0),
             )
             .map_err(|e| self.err(e))?;
-        let reserved = u64::try_from(reserved.unwrap_or(0)).unwrap_or(0);
-        let in_ledger = u64::try_from(in_ledger).unwrap_or(0);
-        Ok(reserved.max(in_ledger + 1))
+        Ok(u64::try_from(in_ledger).unwrap_or(0) + 1)
     }
 
     /// Records durably that ids below `below` may be in use, and returns the
@@ -51,5 +54,33 @@ impl State {
             )
             .map_err(|e| self.err(e))?;
         Ok(u64::try_from(stored).unwrap_or(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_directory_without_a_mark_starts_past_its_ledger() {
+        let dir = std::env::temp_dir().join(format!("tollgate-ids-upgrade-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let state = State::open(&dir).expect("state");
+        assert_eq!(state.first_free_invocation_id().expect("empty"), 1);
+        // A ledger written before the mark existed: ids up to 41 were used.
+        state
+            .conn()
+            .execute(
+                "INSERT INTO ledger (seq, at_ms, kind, license_id, plugin, digest, invocation_id, hash)
+                 VALUES (1, 0, 'checkout', 'a', 'p', 'd', 41, x'00')",
+                [],
+            )
+            .expect("row");
+        assert_eq!(state.first_free_invocation_id().expect("upgrade"), 42);
+        // Once a mark is stored it decides, and it never moves down.
+        assert_eq!(state.reserve_invocation_ids(100).expect("mark"), 100);
+        assert_eq!(state.reserve_invocation_ids(50).expect("lower"), 100);
+        assert_eq!(state.first_free_invocation_id().expect("marked"), 100);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
