@@ -542,12 +542,14 @@ fn case_h() {
 
 /// Starts `tollgate serve` in this process on a loopback port, with the
 /// licensed and bare bench plugins and a signed license in a fresh state
-/// directory; returns the base URL. The server runs until the process exits.
+/// directory (every client comes from 127.0.0.1, so that address is not
+/// capped per client); returns the base URL. The server runs until the process exits.
 fn start_server(dir: &std::path::Path) -> String {
     drop(durable_host(&dir.join("state")));
     let config = format!(
         "listen = \"127.0.0.1:0\"\nstate = \"state\"\ncompile_cache = \"cache\"\n\
          max_concurrent_calls = 256\n\
+         trusted_proxies = [\"127.0.0.1\"]\n\
          [[plugin]]\nname = \"licensed\"\ncomponent = {:?}\nrequires = [\"{LICENSE}\"]\n\
          [[plugin]]\nname = \"bare\"\ncomponent = {:?}\n",
         guest("bench-licensed").display().to_string(),

@@ -12,7 +12,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 /// Builds a [`Host`].
 pub struct HostBuilder {
@@ -139,14 +139,14 @@ impl HostBuilder {
         protected.extend(self.protected.iter().cloned());
         let runtime = Runtime::new(self.allocator, cache)?;
         let mut durable = None;
-        let (licenses, state, lock, first_invocation) = match &self.state {
+        let (licenses, state, lock, invocations) = match &self.state {
             None => {
                 let ledger = self
                     .ledger
                     .clone()
                     .unwrap_or_else(|| Arc::new(MemoryLedger::default()));
                 let licenses = Arc::new(LicenseManager::new(ledger, self.clock.clone()));
-                (licenses, None, None, 1)
+                (licenses, None, None, InvocationIds::in_memory())
             }
             Some(dir) => {
                 let state = State::open(dir)?;
@@ -160,8 +160,10 @@ impl HostBuilder {
                     Some(l) => l.clone(),
                     None => sqlite,
                 };
-                let (licenses, next) = recover(&state, ledger, self.clock.clone())?;
-                (licenses, Some(Arc::new(state)), Some(lock), next)
+                let (licenses, _) = recover(&state, ledger, self.clock.clone())?;
+                let state = Arc::new(state);
+                let ids = InvocationIds::durable(state.clone())?;
+                (licenses, Some(state), Some(lock), ids)
             }
         };
         for (id, terms) in self.licenses {
@@ -177,7 +179,7 @@ impl HostBuilder {
             runtime,
             licenses,
             plugins: RwLock::new(BTreeMap::new()),
-            invocations: AtomicU64::new(first_invocation),
+            invocations,
             state,
             durable,
             protected,
@@ -314,7 +316,7 @@ pub struct Host {
     runtime: Runtime,
     licenses: Arc<LicenseManager>,
     plugins: RwLock<BTreeMap<String, Arc<Plugin>>>,
-    invocations: AtomicU64,
+    invocations: InvocationIds,
     state: Option<Arc<State>>,
     durable: Option<Arc<SqliteLedger>>,
     /// Host state no plugin directory may overlap, with what it is.
@@ -465,8 +467,20 @@ impl Host {
     }
 
     /// Runs one call; its usage is recorded but not yet known to be durable.
+    /// A call that could not get an invocation id does not run and has id 0.
     async fn run_call(&self, name: &str, input: &[u8]) -> (u64, Result<Vec<u8>, InvokeError>) {
-        let invocation = self.invocations.fetch_add(1, Ordering::Relaxed);
+        let invocation = match self.invocations.next() {
+            Ok(id) => id,
+            Err(e) => {
+                return (
+                    0,
+                    Err(InvokeError::NotRecorded {
+                        plugin: name.to_string(),
+                        reason: format!("no invocation id could be reserved: {e}"),
+                    }),
+                );
+            }
+        };
         let Some(plugin) = self.plugin(name) else {
             return (
                 invocation,
@@ -605,5 +619,147 @@ impl Host {
                 })
                 .collect(),
         }
+    }
+}
+
+/// Invocation ids reserved in the state database per block.
+const ID_BLOCK: u64 = 1 << 16;
+
+/// Hands out invocation ids that never repeat, also across restarts: from a
+/// counter, below a mark the state database holds (when there is one). The
+/// mark moves up a block at a time, half a block ahead of use, so a call
+/// writes nothing of its own; a restart starts past the mark, skipping the
+/// ids a block left unused.
+struct InvocationIds {
+    next: AtomicU64,
+    /// Ids below this are reserved; `u64::MAX` without a state directory.
+    reserved_below: AtomicU64,
+    state: Option<Arc<State>>,
+    /// Held while the mark is moved, so one write moves it per block.
+    reserving: Mutex<()>,
+}
+
+impl InvocationIds {
+    /// Ids from 1, for a host without a state directory.
+    fn in_memory() -> Self {
+        Self {
+            next: AtomicU64::new(1),
+            reserved_below: AtomicU64::new(u64::MAX),
+            state: None,
+            reserving: Mutex::new(()),
+        }
+    }
+
+    /// Ids past every id the state directory used or reserved before, with
+    /// a first block reserved.
+    fn durable(state: Arc<State>) -> Result<Self, StateError> {
+        let first = state.first_free_invocation_id()?;
+        let below = state.reserve_invocation_ids(first.saturating_add(ID_BLOCK))?;
+        Ok(Self {
+            next: AtomicU64::new(first),
+            reserved_below: AtomicU64::new(below),
+            state: Some(state),
+            reserving: Mutex::new(()),
+        })
+    }
+
+    /// The next id; fails only when the id is past the reserved mark and
+    /// the mark cannot be moved.
+    fn next(&self) -> Result<u64, StateError> {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let Some(state) = &self.state else {
+            return Ok(id);
+        };
+        let below = self.reserved_below.load(Ordering::Acquire);
+        if id.saturating_add(ID_BLOCK / 2) == below {
+            // Half the block is used: reserve the next one now, so no call
+            // waits at the block's end. A failure is retried there.
+            if let Err(e) = self.reserve(state, below, below.saturating_add(ID_BLOCK)) {
+                tracing::warn!("reserving invocation ids failed, will retry: {e}");
+            }
+        }
+        if id >= self.reserved_below.load(Ordering::Acquire) {
+            self.reserve(state, id, id.saturating_add(ID_BLOCK))?;
+        }
+        Ok(id)
+    }
+
+    /// Moves the stored mark to `to`, unless it is past `id` already (one
+    /// write serves every call that finds the mark too low at once).
+    fn reserve(&self, state: &State, id: u64, to: u64) -> Result<(), StateError> {
+        let _one = self
+            .reserving
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if self.reserved_below.load(Ordering::Acquire) > id {
+            return Ok(());
+        }
+        let stored = state.reserve_invocation_ids(to)?;
+        self.reserved_below.fetch_max(stored, Ordering::AcqRel);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invocation_ids_never_repeat_and_cost_a_write_per_block() {
+        let dir =
+            std::env::temp_dir().join(format!("tollgate-invocation-ids-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let state = Arc::new(State::open(&dir).expect("state"));
+        let ids = InvocationIds::durable(state.clone()).expect("ids");
+        let writes_before = state.conn().total_changes();
+        let mut last = 0;
+        let calls = 2 * ID_BLOCK + 10;
+        for _ in 0..calls {
+            let id = ids.next().expect("id");
+            assert!(id > last, "{id} after {last}");
+            last = id;
+        }
+        let writes = state.conn().total_changes() - writes_before;
+        assert!(writes <= 3, "{writes} database writes for {calls} ids");
+        drop(ids);
+        // Reopened (a restart, or a crash: the mark was written before any
+        // id below it was handed out), ids go on past the last one.
+        let ids = InvocationIds::durable(state).expect("ids again");
+        let next = ids.next().expect("id");
+        assert!(next > last, "{next} after {last}");
+        assert!(next <= last + 2 * ID_BLOCK, "skipped {}", next - last);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn invocation_ids_from_many_threads_are_distinct() {
+        let dir = std::env::temp_dir().join(format!(
+            "tollgate-invocation-ids-threads-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let state = Arc::new(State::open(&dir).expect("state"));
+        let ids = InvocationIds::durable(state).expect("ids");
+        let per_thread = ID_BLOCK as usize;
+        let mut all: Vec<u64> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..4)
+                .map(|_| {
+                    scope.spawn(|| {
+                        (0..per_thread)
+                            .map(|_| ids.next().expect("id"))
+                            .collect::<Vec<u64>>()
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().expect("worker"))
+                .collect()
+        });
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), 4 * per_thread);
+        assert!(ids.reserved_below.load(Ordering::Relaxed) > all[all.len() - 1]);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

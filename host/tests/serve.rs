@@ -152,7 +152,7 @@ fn disconnect_cancels_reload_keeps_serving_shutdown_drains() {
     let mut stream = TcpStream::connect(&addr).expect("connect");
     write!(
         stream,
-        "POST /v1/plugins/slow/invoke HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n60000"
+        "POST /v1/plugins/slow/invoke HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\r\n60000"
     )
     .expect("send");
     s.wait_in_use(1);

@@ -45,7 +45,7 @@ fn raw(s: &Server, bytes: &[u8], end: End) -> String {
 /// A complete request that asks the server to close after its answer.
 fn request(method: &str, path: &str, headers: &str, body: &[u8]) -> Vec<u8> {
     let mut r = format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{headers}Content-Length: {}\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{headers}Content-Length: {}\r\n\r\n",
         body.len()
     )
     .into_bytes();
@@ -164,11 +164,11 @@ fn malformed_and_oversized_requests_change_nothing() {
     // Cut-off and malformed request lines.
     for junk in [
         &b"POST /v1/plugins/hello/inv"[..],
-        b"POST /v1/plugins/hello/invoke HTTP/1.1\r\nHost: x\r\nContent-Le",
-        b"POST /v1/plugins/hello/invoke HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc",
+        b"POST /v1/plugins/hello/invoke HTTP/1.1\r\nHost: localhost\r\nContent-Le",
+        b"POST /v1/plugins/hello/invoke HTTP/1.1\r\nHost: localhost\r\nContent-Length: 10\r\n\r\nabc",
         b"GET /healthz HTTP/9.9\r\n\r\n",
-        b"GET /hea\0lthz HTTP/1.1\r\nHost: x\r\n\r\n",
-        b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Bad: a\0b\r\n\r\n",
+        b"GET /hea\0lthz HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Bad: a\0b\r\n\r\n",
         b"GET /healthz HTTP/1.1\r\nno colon here\r\n\r\n",
         b"GET\r\n\r\n",
     ] {
@@ -242,7 +242,7 @@ fn malformed_and_oversized_requests_change_nothing() {
         let started = Instant::now();
         let reply = raw(
             &s,
-            b"POST /v1/plugins/hello/invoke HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n",
+            b"POST /v1/plugins/hello/invoke HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000000\r\n\r\n",
             End::Wait,
         );
         assert_eq!(status_of(&reply), Some(413), "{reply}");
@@ -257,7 +257,7 @@ fn malformed_and_oversized_requests_change_nothing() {
         case(&s, &format!("Content-Length {length}"), || {
             let reply = raw(
                 &s,
-                format!("POST /v1/plugins/hello/invoke HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\nx").as_bytes(),
+                format!("POST /v1/plugins/hello/invoke HTTP/1.1\r\nHost: localhost\r\nContent-Length: {length}\r\n\r\nx").as_bytes(),
                 End::Cut,
             );
             refused(&reply, &[400, 413], length);
@@ -267,7 +267,7 @@ fn malformed_and_oversized_requests_change_nothing() {
     // Chunked bodies that lie about their size.
     let chunked = |chunks: &str| {
         format!(
-            "POST /v1/plugins/hello/invoke HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n{chunks}"
+            "POST /v1/plugins/hello/invoke HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n{chunks}"
         )
     };
     // Malformed chunk framing: 400 naming the body as the problem, not 413.
@@ -341,9 +341,10 @@ fn malformed_and_oversized_requests_change_nothing() {
             .unwrap_or(0)
     };
     let calls_before = hello_calls(&s);
-    let hidden = "POST /v1/plugins/hello/invoke HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nz";
+    let hidden =
+        "POST /v1/plugins/hello/invoke HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1\r\n\r\nz";
     let smuggle = format!(
-        "POST /v1/plugins/hello/invoke HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{hidden}"
+        "POST /v1/plugins/hello/invoke HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{hidden}"
     );
     let reply = raw(&s, smuggle.as_bytes(), End::Cut);
     assert!(
@@ -517,7 +518,7 @@ fn malformed_and_oversized_requests_change_nothing() {
     ] {
         case(&s, &format!("{path} body of {declared} bytes"), || {
             let head = format!(
-                "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{token}Content-Length: {declared}\r\n\r\n"
+                "POST {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{token}Content-Length: {declared}\r\n\r\n"
             );
             let reply = raw(&s, head.as_bytes(), End::Wait);
             assert_eq!(status_of(&reply), Some(413), "{reply}");
@@ -552,9 +553,9 @@ fn malformed_and_oversized_requests_change_nothing() {
         .map(|i| {
             let mut c = TcpStream::connect(&addr).expect("connect");
             let partial: &[u8] = if i % 2 == 0 {
-                b"POST /v1/plugins/hello/invoke HTTP/1.1\r\nHost: x\r\nContent-Le"
+                b"POST /v1/plugins/hello/invoke HTTP/1.1\r\nHost: localhost\r\nContent-Le"
             } else {
-                b"POST /v1/plugins/hello/invoke HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\na"
+                b"POST /v1/plugins/hello/invoke HTTP/1.1\r\nHost: localhost\r\nContent-Length: 10\r\n\r\na"
             };
             c.write_all(partial).expect("partial");
             c
@@ -610,7 +611,7 @@ fn connections_over_the_limit_wait_for_a_free_one() {
     let mut idle: Vec<TcpStream> = (0..3)
         .map(|_| {
             let mut c = TcpStream::connect(&addr).expect("connect");
-            c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            c.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
                 .expect("request");
             c.set_read_timeout(Some(Duration::from_secs(5)))
                 .expect("timeout");
@@ -629,7 +630,7 @@ fn connections_over_the_limit_wait_for_a_free_one() {
     let started = Instant::now();
     let reply = raw(
         &s,
-        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
         End::Wait,
     );
     let waited = started.elapsed();

@@ -26,7 +26,13 @@ With `trusted_issuers` in the config, serve refuses to start on a state
 database that trusts other issuer keys, naming each extra and missing key; it
 also refuses grants whose database columns disagree with their signed text,
 and plugin `dirs` that overlap the state directory, compile cache, admin
-token file or config file.")]
+token file or config file.
+
+On a loopback listen address only requests whose Host is localhost, 127.0.0.1
+or [::1] are served (others get 421); `allowed_hosts` names other hosts.
+Each client address may hold max_connections_per_client connections (not
+counted for trusted_proxies); a client that takes none of its response for
+write_timeout is disconnected.")]
 pub(crate) struct ServeArgs {
     /// The config file (see `tollgate check-config`).
     #[arg(long, value_name = "FILE", default_value = "tollgate.toml")]

@@ -2,7 +2,10 @@
 //! collecting every [`Problem`] with its position.
 
 use super::units::{self, did_you_mean};
-use super::{Config, DEFAULT_LISTEN, DirConfig, LicenseRules, LogFormat, PluginConfig, Problem};
+use super::{
+    AddressRange, AllowedHost, Config, DEFAULT_LISTEN, DirConfig, LicenseRules, LogFormat,
+    PluginConfig, Problem,
+};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -25,6 +28,11 @@ const TOP_KEYS: &[&str] = &[
     "max_concurrent_calls",
     "read_timeout",
     "max_connections",
+    "max_connections_per_client",
+    "trusted_proxies",
+    "write_timeout",
+    "max_buffered_request_bytes",
+    "allowed_hosts",
     "plugin",
     "license",
 ];
@@ -55,6 +63,8 @@ const MAX_TIME_LIMIT: Duration = Duration::from_secs(3600);
 const MAX_CONCURRENT_CALLS: i64 = 10_000;
 const MAX_CONNECTIONS: i64 = 100_000;
 const MAX_READ_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Smallest `max_buffered_request_bytes`.
+const MIN_BUFFERED: u64 = 1024;
 
 /// Most plugin names compared, over the whole file, in did-you-mean
 /// searches for unknown plugin names; once spent, unknown names are reported
@@ -480,6 +490,11 @@ impl<'t> Checker<'t> {
             max_concurrent_calls: 64,
             read_timeout: Duration::from_secs(30),
             max_connections: 1024,
+            max_connections_per_client: 128,
+            trusted_proxies: Vec::new(),
+            write_timeout: Duration::from_secs(30),
+            max_buffered_request_bytes: 64 << 20,
+            allowed_hosts: None,
             plugins: Vec::new(),
             licenses: BTreeMap::new(),
         };
@@ -555,15 +570,122 @@ impl<'t> Checker<'t> {
         if let Some(n) = self.count(root, "max_connections", MAX_CONNECTIONS) {
             config.max_connections = n;
         }
+        self.connection_limits(root, &mut config);
 
         let refs = match root.get("plugin") {
             Some(value) => self.plugins(value, &mut config),
             None => Vec::new(),
         };
+        self.buffered_bodies(root, &config);
         if let Some(value) = root.get("license") {
             self.licenses(value, &refs, &mut config);
         }
         config
+    }
+
+    /// Reads the keys that bound what clients may hold: connections per
+    /// client, trusted proxies, the write timeout, buffered request bytes,
+    /// and the host names requests may name.
+    fn connection_limits(&mut self, root: &DeTable<'_>, config: &mut Config) {
+        if let Some(n) = self.count(root, "max_connections_per_client", MAX_CONNECTIONS) {
+            config.max_connections_per_client = n;
+        }
+        if let Some(value) = root.get("trusted_proxies") {
+            config.trusted_proxies = self
+                .strings(value, "trusted_proxies", "", "IP range", |text| {
+                    AddressRange::parse(text).map(|_| ())
+                })
+                .into_iter()
+                .filter_map(|(text, _)| AddressRange::parse(&text).ok())
+                .collect();
+        }
+        if let Some(value) = root.get("write_timeout")
+            && let Some(d) = self.duration(value, "write_timeout", "")
+        {
+            if d.is_zero() || d > MAX_READ_TIMEOUT {
+                self.problem(
+                    value.span(),
+                    format!(
+                        "`write_timeout` is {}; use a duration above 0 and at most 1h",
+                        humantime::format_duration(d)
+                    ),
+                );
+            } else {
+                config.write_timeout = d;
+            }
+        }
+        if let Some(value) = root.get("max_buffered_request_bytes")
+            && let Some(bytes) = self.size(
+                value,
+                "max_buffered_request_bytes",
+                "",
+                MIN_BUFFERED,
+                16 * GIB,
+            )
+        {
+            config.max_buffered_request_bytes = bytes;
+        }
+        if let Some(value) = root.get("allowed_hosts") {
+            let hosts = self.strings(value, "allowed_hosts", "", "host name", |text| {
+                AllowedHost::parse(text).map(|_| ())
+            });
+            let parsed: Vec<AllowedHost> = hosts
+                .iter()
+                .filter_map(|(text, _)| AllowedHost::parse(text).ok())
+                .collect();
+            if matches!(value.get_ref(), DeValue::Array(items) if items.is_empty()) {
+                self.problem(
+                    value.span(),
+                    "`allowed_hosts` is empty, so every request would be refused; list the host names clients use, or write [\"*\"] to allow any",
+                );
+            } else if parsed.contains(&AllowedHost::Any) && parsed.len() > 1 {
+                let span = hosts
+                    .iter()
+                    .find(|(text, _)| text == "*")
+                    .map_or(value.span(), |(_, span)| span.clone());
+                self.problem(
+                    span,
+                    "`allowed_hosts` lists \"*\" (any host) beside other names; keep only \"*\" to turn the check off, or only the names",
+                );
+            }
+            if hosts.len() == parsed.len() {
+                config.allowed_hosts = Some(parsed);
+            }
+        }
+    }
+
+    /// A plugin whose `max_request_bytes` is over `max_buffered_request_bytes`
+    /// would have its largest bodies refused every time.
+    fn buffered_bodies(&mut self, root: &DeTable<'_>, config: &Config) {
+        let budget = config.max_buffered_request_bytes;
+        let Some(plugins) = root.get("plugin").map(|p| p.get_ref()) else {
+            return;
+        };
+        let DeValue::Array(items) = plugins else {
+            return;
+        };
+        // `config.plugins` holds one plugin per table in `items`.
+        let tables = items.iter().filter_map(|item| match item.get_ref() {
+            DeValue::Table(table) => Some((item, table)),
+            _ => None,
+        });
+        for (plugin, (item, table)) in config.plugins.iter().zip(tables) {
+            if plugin.max_request_bytes <= budget {
+                continue;
+            }
+            let span = table
+                .get("max_request_bytes")
+                .map_or(item.span(), |v| v.span());
+            self.problem(
+                span,
+                format!(
+                    "`max_request_bytes` in [[plugin]] {} is {}, over `max_buffered_request_bytes` ({}), so its largest requests would always be refused; lower it or raise `max_buffered_request_bytes`",
+                    quoted(&plugin.name),
+                    units::show_size(plugin.max_request_bytes as u64),
+                    units::show_size(budget as u64)
+                ),
+            );
+        }
     }
 
     fn admin_token(&mut self, root: &DeTable<'_>, config: &mut Config) {

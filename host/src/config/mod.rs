@@ -6,7 +6,11 @@
 //! `example.toml` in this directory is a complete, commented example.
 
 mod document;
+mod network;
 mod units;
+
+pub(crate) use network::split_host;
+pub use network::{AddressRange, AllowedHost};
 
 #[cfg(test)]
 mod tests;
@@ -61,6 +65,22 @@ pub struct Config {
     /// Most client connections open at once (`max_connections`); more wait
     /// in the listen backlog.
     pub max_connections: u32,
+    /// Most connections open at once from one client address (an IPv4
+    /// address, or an IPv6 /64) (`max_connections_per_client`); more are
+    /// answered 429 and closed.
+    pub max_connections_per_client: u32,
+    /// Addresses whose connections are not capped per client, such as a
+    /// load balancer's (`trusted_proxies`).
+    pub trusted_proxies: Vec<AddressRange>,
+    /// Longest the server waits for a client to take any more of its
+    /// response before it closes the connection (`write_timeout`).
+    pub write_timeout: Duration,
+    /// Most bytes of request bodies held at once over all requests
+    /// (`max_buffered_request_bytes`); past it, requests get 503.
+    pub max_buffered_request_bytes: usize,
+    /// Host names a request may name in `Host` (`allowed_hosts`); `None`:
+    /// the default for `listen` (see [`Config::allowed_hosts`]).
+    pub allowed_hosts: Option<Vec<AllowedHost>>,
     /// The plugins to load, in file order (`[[plugin]]`).
     pub plugins: Vec<PluginConfig>,
     /// Rules per license id (`[license.<id>]`).
@@ -85,6 +105,17 @@ impl fmt::Debug for Config {
             .field("max_concurrent_calls", &self.max_concurrent_calls)
             .field("read_timeout", &self.read_timeout)
             .field("max_connections", &self.max_connections)
+            .field(
+                "max_connections_per_client",
+                &self.max_connections_per_client,
+            )
+            .field("trusted_proxies", &self.trusted_proxies)
+            .field("write_timeout", &self.write_timeout)
+            .field(
+                "max_buffered_request_bytes",
+                &self.max_buffered_request_bytes,
+            )
+            .field("allowed_hosts", &self.allowed_hosts)
             .field("plugins", &self.plugins)
             .field("licenses", &self.licenses)
             .finish()
@@ -241,6 +272,22 @@ fn render(path: &Path, problems: &[Problem]) -> String {
 }
 
 impl Config {
+    /// The host names requests must name: `allowed_hosts` when set; else,
+    /// when `listen` is a loopback address, `localhost`, `127.0.0.1` and
+    /// `[::1]` on any port; else any (`None`: the check is off).
+    pub fn allowed_hosts(&self) -> Option<Vec<AllowedHost>> {
+        let hosts = match &self.allowed_hosts {
+            Some(hosts) => hosts.clone(),
+            None if self.listen.ip().is_loopback() => network::loopback_hosts(),
+            None => return None,
+        };
+        if hosts.contains(&AllowedHost::Any) {
+            None
+        } else {
+            Some(hosts)
+        }
+    }
+
     /// Reads, parses and validates the config file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = read_limited(path).map_err(|p| ConfigError::new(path, vec![p]))?;

@@ -1404,3 +1404,146 @@ fn trusted_issuers_take_key_ids_and_public_keys_once_each() {
     let found = problems(&dir, "trusted_issuers = \"abc\"\n");
     assert_problem(&found, 1, &["`trusted_issuers` must be an array"]);
 }
+
+#[test]
+fn connection_keys_have_defaults() {
+    let dir = TempDir::new();
+    let config = ok(&dir, "");
+    assert_eq!(config.max_connections_per_client, 128);
+    assert!(config.trusted_proxies.is_empty());
+    assert_eq!(config.write_timeout, Duration::from_secs(30));
+    assert_eq!(config.max_buffered_request_bytes, 64 << 20);
+    assert_eq!(config.allowed_hosts, None);
+    // On loopback the host check is on, for the loopback names.
+    let names = |hosts: Option<Vec<AllowedHost>>| {
+        hosts.map(|h| {
+            h.iter()
+                .map(|a| match a {
+                    AllowedHost::Name { host, port: None } => host.clone(),
+                    other => format!("{other:?}"),
+                })
+                .collect::<Vec<_>>()
+        })
+    };
+    assert_eq!(
+        names(config.allowed_hosts()),
+        Some(vec!["localhost".into(), "127.0.0.1".into(), "[::1]".into()])
+    );
+    let v6 = ok(&dir, "listen = \"[::1]:7878\"\n");
+    assert!(v6.allowed_hosts().is_some());
+    // Elsewhere it is off unless hosts are named.
+    let open = ok(&dir, "listen = \"0.0.0.0:7878\"\n");
+    assert_eq!(open.allowed_hosts(), None);
+    let named = ok(
+        &dir,
+        "listen = \"0.0.0.0:7878\"\nallowed_hosts = [\"api.example.com\"]\n",
+    );
+    assert_eq!(
+        names(named.allowed_hosts()),
+        Some(vec!["api.example.com".into()])
+    );
+    let any = ok(&dir, "allowed_hosts = [\"*\"]\n");
+    assert_eq!(any.allowed_hosts(), None);
+}
+
+#[test]
+fn connection_keys_are_read_and_checked() {
+    let dir = TempDir::with_component();
+    let config = ok(
+        &dir,
+        r#"
+max_connections_per_client = 8
+trusted_proxies = ["10.0.0.7", "fd00::/8"]
+write_timeout = "5s"
+max_buffered_request_bytes = "8MiB"
+allowed_hosts = ["API.example.com", "127.0.0.1:7878"]
+"#,
+    );
+    assert_eq!(config.max_connections_per_client, 8);
+    assert_eq!(
+        config.trusted_proxies,
+        [
+            AddressRange::parse("10.0.0.7").expect("ip"),
+            AddressRange::parse("fd00::/8").expect("range")
+        ]
+    );
+    assert_eq!(config.write_timeout, Duration::from_secs(5));
+    assert_eq!(config.max_buffered_request_bytes, 8 << 20);
+    assert_eq!(
+        config.allowed_hosts,
+        Some(vec![
+            AllowedHost::Name {
+                host: "api.example.com".into(),
+                port: None
+            },
+            AllowedHost::Name {
+                host: "127.0.0.1".into(),
+                port: Some(7878)
+            },
+        ])
+    );
+
+    let text = r#"
+max_connections_per_client = 0
+trusted_proxies = ["10.0.0.0/33", "proxy.example", 7]
+write_timeout = "0s"
+max_buffered_request_bytes = "10B"
+allowed_hosts = ["http://api.example.com/"]
+max_conections_per_client = 3
+
+[[plugin]]
+name = "hello"
+component = "plugins/hello.wasm"
+max_request_bytes = "2GiB"
+"#;
+    let found = problems(&dir, text);
+    assert_problem(
+        &found,
+        2,
+        &["`max_connections_per_client` is 0", "1 to 100000"],
+    );
+    let line3: Vec<&String> = found
+        .iter()
+        .filter(|(l, _)| *l == 3)
+        .map(|(_, m)| m)
+        .collect();
+    assert_eq!(line3.len(), 3, "{found:#?}");
+    assert!(
+        line3[0].contains("prefix must be a number from 0 to 32"),
+        "{line3:?}"
+    );
+    assert!(
+        line3[1].contains("\"proxy.example\" is not an IP address"),
+        "{line3:?}"
+    );
+    assert!(line3[2].contains("not an integer"), "{line3:?}");
+    assert_problem(&found, 4, &["`write_timeout` is 0s", "above 0"]);
+    assert_problem(&found, 5, &["`max_buffered_request_bytes`", "between 1KiB"]);
+    assert_problem(
+        &found,
+        6,
+        &["\"http://api.example.com/\"", "no scheme, no path"],
+    );
+    assert_problem(
+        &found,
+        7,
+        &[
+            "`max_conections_per_client`",
+            "did you mean `max_connections_per_client`?",
+        ],
+    );
+    assert_problem(
+        &found,
+        12,
+        &[
+            "`max_request_bytes` in [[plugin]] \"hello\" is 2GiB",
+            "over `max_buffered_request_bytes` (64MiB)",
+        ],
+    );
+    assert_eq!(found.len(), 9, "{found:#?}");
+
+    let found = problems(&dir, "allowed_hosts = []\n");
+    assert_problem(&found, 1, &["`allowed_hosts` is empty", "[\"*\"]"]);
+    let found = problems(&dir, "allowed_hosts = [\"localhost\", \"*\"]\n");
+    assert_problem(&found, 1, &["\"*\" (any host) beside other names"]);
+}

@@ -127,16 +127,17 @@ async fn install(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let body = match read_body(
+    let (body, _buffered) = match read_body(
         &headers,
         body,
         MAX_LICENSE_BODY,
         server.read_timeout,
+        &server.bodies,
         || "the limit for a license file".into(),
     )
     .await
     {
-        Ok(body) => body,
+        Ok(read) => read,
         Err(response) => return response,
     };
     let Ok(text) = std::str::from_utf8(&body) else {
@@ -247,12 +248,17 @@ pub fn parse_admin_body(kind: AdminBody, body: &[u8]) -> Result<(), String> {
 }
 
 async fn load(Extract(server): Extract<Arc<Server>>, headers: HeaderMap, body: Body) -> Response {
-    let body = match read_body(&headers, body, MAX_LOAD_BODY, server.read_timeout, || {
-        "the limit for a plugin load request".into()
-    })
+    let (body, _buffered) = match read_body(
+        &headers,
+        body,
+        MAX_LOAD_BODY,
+        server.read_timeout,
+        &server.bodies,
+        || "the limit for a plugin load request".into(),
+    )
     .await
     {
-        Ok(body) => body,
+        Ok(read) => read,
         Err(response) => return response,
     };
     let req = match parse_load_request(&body) {
@@ -364,6 +370,7 @@ async fn usage(Extract(server): Extract<Arc<Server>>, Query(q): Query<UsageQuery
 }
 
 async fn metrics(Extract(server): Extract<Arc<Server>>) -> Response {
-    let text = server.metrics.render(&server.host.status());
+    let mut text = server.metrics.render(&server.host.status());
+    server.render_limits(&mut text);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

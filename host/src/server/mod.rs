@@ -8,21 +8,24 @@
 //! blocked in a host call, and its seats come back.
 
 mod admin;
+mod conn;
 mod metrics;
 
 pub use admin::{AdminBody, parse_admin_body};
 
-use crate::config::{Config, PluginConfig};
+use crate::config::{AllowedHost, Config, PluginConfig};
 use crate::host::{Host, HostError};
 use crate::license::Rules;
 use crate::runtime::{Allocator, InvokeError, Limits, PluginSpec, Preopen, Sandbox};
 use crate::state::State;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, State as Extract};
+use axum::extract::{Path, Request, State as Extract};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use conn::{BodyBudget, ClientSlots, HostRefusal, Reservation, TimedWrites};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
@@ -76,6 +79,12 @@ pub(crate) struct Server {
     next_call: AtomicU64,
     /// How long a request body may take to arrive.
     pub(crate) read_timeout: Duration,
+    /// Bytes of request bodies held at once, over all requests.
+    pub(crate) bodies: BodyBudget,
+    /// Open connections per client address.
+    clients: Arc<ClientSlots>,
+    /// Host names requests must name; `None`: any.
+    allowed_hosts: Option<Vec<AllowedHost>>,
 }
 
 /// The `Limits` and `Sandbox` a plugin's config asks for.
@@ -181,6 +190,12 @@ pub async fn serve(config: Config, ready: impl FnOnce(SocketAddr)) -> Result<(),
         in_flight: Mutex::new(HashMap::new()),
         next_call: AtomicU64::new(0),
         read_timeout: config.read_timeout,
+        bodies: BodyBudget::new(config.max_buffered_request_bytes),
+        clients: Arc::new(ClientSlots::new(
+            config.max_connections_per_client,
+            config.trusted_proxies.clone(),
+        )),
+        allowed_hosts: config.allowed_hosts(),
     });
     let app = router(server.clone());
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -193,7 +208,7 @@ pub async fn serve(config: Config, ready: impl FnOnce(SocketAddr)) -> Result<(),
     tracing::info!(%addr, "listening");
     ready(addr);
     tokio::spawn(refresh_licenses(Arc::downgrade(&host)));
-    let connections = accept_until_signal(listener, app, &config).await;
+    let connections = accept_until_signal(listener, app, &server, &config).await;
     let grace = config.grace_period;
     tracing::info!("shutting down: no new connections; calls in flight have {grace:?}");
     server.draining.store(true, Ordering::SeqCst);
@@ -263,11 +278,15 @@ async fn refresh_licenses(host: std::sync::Weak<Host>) {
 }
 
 /// Serves connections from `listener` until SIGTERM or SIGINT: at most
-/// `max_connections` at once, each given `read_timeout` to send a request
-/// head (and closed after as long idle). Returns the connections still open.
+/// `max_connections` at once and `max_connections_per_client` from one
+/// client address (beyond it: 429 and closed), each given `read_timeout` to
+/// send a request head (and closed after as long idle), and closed when the
+/// client takes none of its response for `write_timeout`. Returns the
+/// connections still open.
 async fn accept_until_signal(
     listener: tokio::net::TcpListener,
     app: Router,
+    server: &Server,
     config: &Config,
 ) -> GracefulShutdown {
     let connections = GracefulShutdown::new();
@@ -287,10 +306,10 @@ async fn accept_until_signal(
                 Err(_) => break,
             },
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             () = &mut signal => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of descriptors or a connection reset before it was
                     // accepted: keep serving the ones open.
@@ -300,13 +319,26 @@ async fn accept_until_signal(
                 }
             },
         };
-        let conn =
-            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let Ok(slot) = server.clients.enter(peer.ip()) else {
+            // Over its client's limit: answered without reading the request
+            // (a full send buffer only loses the answer) and closed, which
+            // frees the place in `max_connections` at once.
+            tracing::debug!(%peer, "connection refused: too many from this client");
+            let _ = stream.try_write(&conn::too_many_connections(
+                config.max_connections_per_client,
+            ));
+            drop(stream);
+            drop(permit);
+            continue;
+        };
+        let io = TokioIo::new(TimedWrites::new(stream, config.write_timeout));
+        let conn = http.serve_connection(io, TowerToHyperService::new(app.clone()));
         let conn = connections.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
-                tracing::debug!("connection ended: {e}");
+                tracing::debug!(%peer, "connection ended: {e}");
             }
+            drop(slot);
             drop(permit);
         });
     }
@@ -337,7 +369,46 @@ fn router(server: Arc<Server>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .merge(admin::routes(server.clone()))
+        .fallback(|| async {
+            error(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                "no such route; plugins are called at POST /v1/plugins/{name}/invoke",
+            )
+        })
+        .layer(middleware::from_fn_with_state(server.clone(), allowed_host))
         .with_state(server)
+}
+
+/// Lets a request through only if it names a host in `allowed_hosts`
+/// (which guards a loopback server against DNS rebinding): 421 for another
+/// host, 400 for none.
+async fn allowed_host(
+    Extract(server): Extract<Arc<Server>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(allowed) = &server.allowed_hosts else {
+        return next.run(request).await;
+    };
+    let header = request
+        .headers()
+        .get(header::HOST)
+        .map(HeaderValue::as_bytes);
+    let authority = request.uri().authority().map(|a| a.as_str());
+    match conn::check_host(allowed, header, authority) {
+        Ok(()) => next.run(request).await,
+        Err(HostRefusal::Missing) => error(
+            StatusCode::BAD_REQUEST,
+            "host-missing",
+            "the request has no Host header; send one naming this server",
+        ),
+        Err(HostRefusal::NotAllowed) => error(
+            StatusCode::MISDIRECTED_REQUEST,
+            "host-not-allowed",
+            "this server does not answer to the host the request names; use a host name in its `allowed_hosts` (by default on a loopback address: localhost, 127.0.0.1 or [::1]), or ask the operator to add yours",
+        ),
+    }
 }
 
 async fn readyz(Extract(server): Extract<Arc<Server>>) -> Response {
@@ -363,36 +434,97 @@ pub(crate) fn error(status: StatusCode, code: &str, message: impl std::fmt::Disp
         .into_response()
 }
 
-/// Reads a request body of at most `limit` bytes within `timeout`. Refuses
-/// with 413 a body over the limit (at once when `Content-Length` says so),
-/// 400 one that is malformed or ends early, 408 one that is too slow.
-/// `whose` names the limit in the message.
-pub(crate) async fn read_body(
+/// The body length a request declares in `Content-Length`, if it does.
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
+/// The 413 answer for a body over `limit`; `whose` names the limit.
+fn too_large(whose: String, limit: usize) -> Response {
+    error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "request-too-large",
+        format!("the request body is over {whose} of {limit} bytes; send less"),
+    )
+}
+
+/// How reading a body went wrong.
+enum BodyError {
+    /// Over the request's own limit.
+    TooLarge,
+    /// Over what the server may buffer over all requests.
+    OverBudget,
+    /// Malformed or ended early.
+    Unreadable(axum::BoxError),
+}
+
+/// Reads a request body of at most `limit` bytes within `timeout`, taking
+/// its bytes from the server's `budget` for buffered bodies as they arrive
+/// (all at once when `Content-Length` says how many). Refuses with 413 a
+/// body over the limit (at once when `Content-Length` says so), 503
+/// `server-busy` one the budget cannot hold, 400 one that is malformed or
+/// ends early, 408 one that is too slow. `whose` names the limit in the
+/// message. The bytes stay counted until the reservation is dropped.
+pub(crate) async fn read_body<'a>(
     headers: &HeaderMap,
     body: Body,
     limit: usize,
     timeout: Duration,
+    budget: &'a BodyBudget,
     whose: impl FnOnce() -> String,
-) -> Result<bytes::Bytes, Response> {
-    let too_large = |whose: String| {
-        error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "request-too-large",
-            format!("the request body is over {whose} of {limit} bytes; send less"),
-        )
-    };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+) -> Result<(bytes::Bytes, Reservation<'a>), Response> {
+    let declared = declared_length(headers);
     if declared.is_some_and(|n| n > limit as u64) {
-        return Err(too_large(whose()));
+        return Err(too_large(whose(), limit));
     }
-    let read = http_body_util::BodyExt::collect(http_body_util::Limited::new(body, limit));
+    let mut reservation = budget.start();
+    let busy = |budget: &BodyBudget| {
+        let mut response = error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server-busy",
+            format!(
+                "the server is already holding as many request bodies as it may ({} bytes, its `max_buffered_request_bytes`); retry in a moment",
+                budget.limit()
+            ),
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        response
+    };
+    // `declared` is at most `limit`, a `usize`.
+    let expected = declared.map_or(0, |n| usize::try_from(n).unwrap_or(limit));
+    if !reservation.cover(expected) {
+        return Err(busy(budget));
+    }
+    let read = async {
+        let mut body = http_body_util::Limited::new(body, limit);
+        let mut buffer = bytes::BytesMut::with_capacity(expected);
+        while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+            let frame = frame.map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    BodyError::TooLarge
+                } else {
+                    BodyError::Unreadable(e)
+                }
+            })?;
+            if let Ok(data) = frame.into_data() {
+                if !reservation.cover(buffer.len() + data.len()) {
+                    return Err(BodyError::OverBudget);
+                }
+                buffer.extend_from_slice(&data);
+            }
+        }
+        Ok(buffer.freeze())
+    };
     match tokio::time::timeout(timeout, read).await {
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large(whose())),
-        Ok(Err(e)) => Err(error(
+        Ok(Ok(bytes)) => Ok((bytes, reservation)),
+        Ok(Err(BodyError::TooLarge)) => Err(too_large(whose(), limit)),
+        Ok(Err(BodyError::OverBudget)) => Err(busy(budget)),
+        Ok(Err(BodyError::Unreadable(e))) => Err(error(
             StatusCode::BAD_REQUEST,
             "bad-request",
             format!(
@@ -428,6 +560,34 @@ impl Drop for InFlight {
 }
 
 impl Server {
+    /// Appends the gauges and counters of what clients hold to a metrics
+    /// text: buffered body bytes (now, peak, budget) and refusals.
+    pub(crate) fn render_limits(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let b = &self.bodies;
+        let _ = write!(
+            out,
+            "# HELP tollgate_request_body_bytes_buffered Bytes of request bodies held right now.\n\
+             # TYPE tollgate_request_body_bytes_buffered gauge\n\
+             tollgate_request_body_bytes_buffered {}\n\
+             # HELP tollgate_request_body_bytes_buffered_peak The most bytes of request bodies held at once since start.\n\
+             # TYPE tollgate_request_body_bytes_buffered_peak gauge\n\
+             tollgate_request_body_bytes_buffered_peak {}\n\
+             # HELP tollgate_request_body_bytes_budget The most bytes of request bodies held at once (`max_buffered_request_bytes`).\n\
+             # TYPE tollgate_request_body_bytes_budget gauge\n\
+             tollgate_request_body_bytes_budget {}\n\
+             # HELP tollgate_requests_refused_total Requests and connections refused to bound what clients hold, by reason.\n\
+             # TYPE tollgate_requests_refused_total counter\n\
+             tollgate_requests_refused_total{{reason=\"body-budget\"}} {}\n\
+             tollgate_requests_refused_total{{reason=\"connections-per-client\"}} {}\n",
+            b.used(),
+            b.peak(),
+            b.limit(),
+            b.refused.load(Ordering::Relaxed),
+            self.clients.refused.load(Ordering::Relaxed),
+        );
+    }
+
     fn cancel_all(&self) -> usize {
         let calls = self
             .in_flight
@@ -447,7 +607,7 @@ async fn invoke(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let Some(limits) = server
+    let Some(limit) = server
         .plugins
         .read()
         .unwrap_or_else(PoisonError::into_inner)
@@ -460,20 +620,32 @@ async fn invoke(
             format!("no plugin named {name:?} is loaded"),
         );
     };
-    let input = match read_body(&headers, body, limits, server.read_timeout, || {
-        format!("plugin {name}'s limit")
-    })
-    .await
-    {
-        Ok(bytes) => bytes,
-        Err(response) => return response,
-    };
+    let whose = || format!("plugin {name}'s limit");
+    if declared_length(&headers).is_some_and(|n| n > limit as u64) {
+        return too_large(whose(), limit);
+    }
+    // The call's place comes first: a request waiting for one has none of
+    // its body read (nor a `100 Continue` sent), so waiting requests hold
+    // no buffered bytes.
     let Ok(_permit) = server.calls.acquire().await else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "draining",
             "the server is shutting down",
         );
+    };
+    let (input, _buffered) = match read_body(
+        &headers,
+        body,
+        limit,
+        server.read_timeout,
+        &server.bodies,
+        whose,
+    )
+    .await
+    {
+        Ok(read) => read,
+        Err(response) => return response,
     };
     let id = server.next_call.fetch_add(1, Ordering::Relaxed);
     let cancel = Arc::new(Notify::new());
@@ -507,7 +679,7 @@ async fn invoke(
     };
     // The ledger's invocation id, so a caller can match a response to its
     // usage rows.
-    if let Some(id) = invocation {
+    if let Some(id) = invocation.filter(|&id| id != 0) {
         response
             .headers_mut()
             .insert(INVOCATION_HEADER, HeaderValue::from(id));

@@ -2,6 +2,7 @@
 //! issuers, installed license grants, revocations and the usage ledger.
 
 mod anchor;
+mod ids;
 mod reports;
 
 pub use anchor::{

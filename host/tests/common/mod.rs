@@ -122,15 +122,27 @@ impl Server {
 
     /// Starts with `settings` (top-level config lines) added.
     pub fn start_with(root: &std::path::Path, grace: &str, settings: &str) -> Server {
+        Self::start_with_plugins(root, grace, settings, "")
+    }
+
+    /// Starts with `settings` (top-level config lines) and `plugins`
+    /// (further `[[plugin]]` tables, where HELLO, SLOW, NONE, TRAPPER,
+    /// SPINNER and FLOODER name those guests) added.
+    pub fn start_with_plugins(
+        root: &std::path::Path,
+        grace: &str,
+        settings: &str,
+        plugins: &str,
+    ) -> Server {
         let config = format!(
-            "listen = \"127.0.0.1:0\"\nstate = \"state\"\nadmin_token_file = \"admin.token\"\ngrace_period = \"{grace}\"\n{settings}\n{}",
-            PLUGINS
-                .replace("HELLO", &guest("hello-licensed").to_string_lossy())
-                .replace("SLOW", &guest("slow").to_string_lossy())
-                .replace("NONE", &guest("no-license").to_string_lossy())
-                .replace("TRAPPER", &guest("trapper").to_string_lossy())
-                .replace("SPINNER", &guest("spinner").to_string_lossy())
-        );
+            "listen = \"127.0.0.1:0\"\nstate = \"state\"\nadmin_token_file = \"admin.token\"\ngrace_period = \"{grace}\"\n{settings}\n{PLUGINS}\n{plugins}"
+        )
+        .replace("HELLO", &guest("hello-licensed").to_string_lossy())
+        .replace("SLOW", &guest("slow").to_string_lossy())
+        .replace("NONE", &guest("no-license").to_string_lossy())
+        .replace("TRAPPER", &guest("trapper").to_string_lossy())
+        .replace("SPINNER", &guest("spinner").to_string_lossy())
+        .replace("FLOODER", &guest("flooder").to_string_lossy());
         std::fs::write(root.join("tollgate.toml"), config).expect("config");
         let check = Command::new(BIN)
             .args([

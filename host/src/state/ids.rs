@@ -1,0 +1,86 @@
+//! Invocation ids that never repeat: the state database keeps the mark
+//! below which ids may have been handed out; a host reserves ids above it in
+//! blocks, so a restart (or a crash) starts past every id used before, and
+//! calls cost no database write of their own.
+
+use super::{State, StateError};
+use rusqlite::{OptionalExtension, params};
+
+const TABLE: &str = "CREATE TABLE IF NOT EXISTS invocation_ids (
+    id INTEGER PRIMARY KEY CHECK (id = 1), reserved_below INTEGER NOT NULL)";
+
+impl State {
+    /// The first invocation id a starting host may use: the stored mark,
+    /// or, in a state directory that has none yet (made by an earlier
+    /// version), past the largest id in the ledger.
+    pub fn first_free_invocation_id(&self) -> Result<u64, StateError> {
+        let conn = self.conn();
+        conn.execute_batch(TABLE).map_err(|e| self.err(e))?;
+        let reserved: Option<i64> = conn
+            .query_row(
+                "SELECT reserved_below FROM invocation_ids WHERE id = 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        if let Some(reserved) = reserved {
+            // Every id handed out was below the mark when it was.
+            return Ok(u64::try_from(reserved).unwrap_or(0).max(1));
+        }
+        let in_ledger: i64 = conn
+            .query_row(
+                "SELECT coalesce(max(invocation_id), 0) FROM ledger",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(u64::try_from(in_ledger).unwrap_or(0) + 1)
+    }
+
+    /// Records durably that ids below `below` may be in use, and returns the
+    /// mark now stored (never lowered).
+    pub fn reserve_invocation_ids(&self, below: u64) -> Result<u64, StateError> {
+        let below = i64::try_from(below).unwrap_or(i64::MAX);
+        let conn = self.conn();
+        conn.execute_batch(TABLE).map_err(|e| self.err(e))?;
+        let stored: i64 = conn
+            .query_row(
+                "INSERT INTO invocation_ids (id, reserved_below) VALUES (1, ?1)
+                 ON CONFLICT (id) DO UPDATE SET reserved_below = max(reserved_below, excluded.reserved_below)
+                 RETURNING reserved_below",
+                params![below],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(u64::try_from(stored).unwrap_or(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_directory_without_a_mark_starts_past_its_ledger() {
+        let dir = std::env::temp_dir().join(format!("tollgate-ids-upgrade-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let state = State::open(&dir).expect("state");
+        assert_eq!(state.first_free_invocation_id().expect("empty"), 1);
+        // A ledger written before the mark existed: ids up to 41 were used.
+        state
+            .conn()
+            .execute(
+                "INSERT INTO ledger (seq, at_ms, kind, license_id, plugin, digest, invocation_id, hash)
+                 VALUES (1, 0, 'checkout', 'a', 'p', 'd', 41, x'00')",
+                [],
+            )
+            .expect("row");
+        assert_eq!(state.first_free_invocation_id().expect("upgrade"), 42);
+        // Once a mark is stored it decides, and it never moves down.
+        assert_eq!(state.reserve_invocation_ids(100).expect("mark"), 100);
+        assert_eq!(state.reserve_invocation_ids(50).expect("lower"), 100);
+        assert_eq!(state.first_free_invocation_id().expect("marked"), 100);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
