@@ -202,10 +202,10 @@ fn leaker() {
 fn a_reused_pool_slot_starts_clean() {
     let host = Host::builder()
         .license(SEAT, Terms::new(Seats::Counted(4)))
-        .allocator(tollgate::runtime::Allocator::Pooling {
-            instances: 1,
-            max_memory_bytes: 64 << 20,
-        })
+        .allocator(tollgate::runtime::Allocator::pooling(
+            1,
+            [&Limits::default()],
+        ))
         .build()
         .expect("host starts");
     load(&host, "leaker", guests::LEAKER);
@@ -562,7 +562,7 @@ fn every_guest_has_a_test() {
         };
     }
     tollgate_tests::for_each_guest!(has_test);
-    assert_eq!(guests::GUESTS.len(), 21);
+    assert_eq!(guests::GUESTS.len(), 22);
 }
 
 #[test]
@@ -727,5 +727,69 @@ fn double_release() {
     );
     load(&host, "hello", guests::HELLO_LICENSED);
     assert!(host.invoke("hello", b"next").is_ok());
+    assert_balanced(&host);
+}
+
+/// A rogue guest that tries every way but a delivered result to get its
+/// bytes to the caller: none of its text reaches the caller of a withheld
+/// call, trap texts never carry its function names, and its error strings
+/// are bounded like its output.
+#[test]
+fn blabber() {
+    const SECRET: &str = "SECRET-7f3a9c";
+    const FUNCTION: &str = "secret_function_7f3a9c";
+    let host = host_with(Seats::Counted(1));
+    let limits = Limits {
+        max_output_bytes: 1024,
+        ..Limits::default()
+    };
+    load_with(&host, "blabber", guests::BLABBER, limits);
+    let shown = |e: &InvokeError| format!("{e} | {e:?} | {}", e.public_message());
+    // Withheld (no seat taken): whatever it returns or prints, the caller
+    // learns only that the call was unlicensed.
+    for action in ["print", "err:100", "err:5000"] {
+        let err = host
+            .invoke("blabber", action.as_bytes())
+            .expect_err("withheld");
+        assert!(err.is_unlicensed(), "{action}: {err}");
+        assert!(!shown(&err).contains(SECRET), "{action}: {}", shown(&err));
+    }
+    // Traps, withheld or licensed: the kind of trap, never where.
+    for action in ["trap", "licensed trap", "panic", "licensed panic"] {
+        let err = host
+            .invoke("blabber", action.as_bytes())
+            .expect_err("traps");
+        assert_eq!(err.code(), "plugin-trap", "{action}: {err}");
+        let text = shown(&err);
+        assert!(!text.contains(FUNCTION), "{action}: {text}");
+        assert!(!text.contains(SECRET), "{action}: {text}");
+        assert!(!text.contains("backtrace"), "{action}: {text}");
+    }
+    // Licensed: its error string is its answer, delivered within the
+    // output limit and refused over it, like output.
+    assert_eq!(
+        host.invoke("blabber", b"licensed err:20")
+            .expect_err("its own error"),
+        InvokeError::Failed {
+            plugin: "blabber".into(),
+            message: "SECRET-7f3a9c-blabbe".into()
+        }
+    );
+    assert_eq!(
+        host.invoke("blabber", b"licensed err:5000")
+            .expect_err("over the output limit"),
+        InvokeError::OutputTooLarge {
+            plugin: "blabber".into(),
+            size: 5000,
+            limit: 1024
+        }
+    );
+    assert_eq!(
+        text(
+            host.invoke("blabber", b"licensed print")
+                .expect("delivered")
+        ),
+        "SECRET-7f3a9c-blabber"
+    );
     assert_balanced(&host);
 }
