@@ -265,6 +265,22 @@ fn instances_memories_tables_elements_and_resources_are_capped_per_call() {
         );
         assert_seat_returned(&host);
     }
+    // The host's own resource table is capped too: with no room, even the
+    // lease the call acquires has nowhere to go, and its seat comes back.
+    let none = Limits {
+        max_resources: 0,
+        ..Limits::default()
+    };
+    load(&host, "no-room", Shape::default(), none);
+    let err = host
+        .invoke("no-room", &[0])
+        .expect_err("no room for a lease");
+    assert_eq!(err.code(), "resource-limit", "{err}");
+    assert!(
+        err.to_string().contains("its limit of 0 resources"),
+        "{err}"
+    );
+    assert_seat_returned(&host);
     // Just within each limit, the same shapes run.
     let within = [
         Shape {

@@ -386,16 +386,19 @@ fn prober() {
     let writer = logs.clone();
     let subscriber = tracing_subscriber::fmt()
         .with_writer(move || writer.clone())
+        .with_max_level(tracing::Level::DEBUG)
         .with_ansi(false)
         .finish();
-    let out = tracing::subscriber::with_default(subscriber, || host.invoke("prober", b""))
-        .expect("licensed call succeeds");
+    let (invocation, out) =
+        tracing::subscriber::with_default(subscriber, || host.invoke_call("prober", b""));
+    let out = out.expect("licensed call succeeds");
     // Deny-all sandbox: no host files, no environment, no sockets.
     assert_eq!(
         text(out),
         "file: denied (NotFound)\ndir: denied (NotFound)\nenv: empty\nsocket: denied (PermissionDenied)"
     );
-    // Its stdout and stderr went to the log, tagged with the plugin's name.
+    // Its stdout and stderr went to the debug log (never a default level),
+    // tagged with the plugin's name and the invocation id.
     let logs = String::from_utf8(logs.0.lock().expect("log lock").clone()).expect("utf-8 logs");
     let line = |needle: &str| {
         logs.lines()
@@ -403,12 +406,21 @@ fn prober() {
             .map(str::to_string)
     };
     let out_line = line("prober: probing the sandbox").expect("stdout logged");
+    let tag = format!("invocation={invocation}");
     assert!(
-        out_line.contains("plugin=prober") && out_line.contains("stream=\"stdout\""),
+        out_line.contains("DEBUG")
+            && out_line.contains("plugin=prober")
+            && out_line.contains(&tag)
+            && out_line.contains("stream=\"stdout\""),
         "{out_line}"
     );
     let err_line = line("this line goes to stderr").expect("stderr logged");
-    assert!(err_line.contains("stream=\"stderr\""), "{err_line}");
+    assert!(
+        err_line.contains("DEBUG")
+            && err_line.contains(&tag)
+            && err_line.contains("stream=\"stderr\""),
+        "{err_line}"
+    );
     assert_balanced(&host);
 }
 

@@ -59,11 +59,12 @@ impl Default for Limits {
             max_output_bytes: 16 * 1024 * 1024,
             max_leases: 1024,
             max_acquires: 10_000,
-            // A Rust, Python or JavaScript plugin built with today's tooling
-            // needs 4 to 20 core instances, 1 or 2 memories, 2 to 4 tables
-            // and a few thousand table elements (functions called through a
-            // pointer); the defaults leave room above that, and the pooling
-            // allocator reserves slots for every call at these counts.
+            // Every Rust guest in guest-examples (wasm32-wasip2) has 3 core
+            // instances, 1 memory, 2 tables and under 100 table elements;
+            // Python and JavaScript components bundle more modules (an
+            // interpreter, libc, adapters) in one memory. The defaults leave
+            // room for those, and the pooling allocator reserves slots for
+            // every call at these counts.
             max_instances: 32,
             max_memories: 4,
             max_tables: 8,
