@@ -365,5 +365,9 @@ fn one_pooled_call_cannot_take_every_memory_slot() {
             .requires(SEAT),
         )
         .expect_err("5 memories, over 4 per call");
+    assert!(
+        matches!(err, tollgate::LoadError::OverCallLimits { .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("5 Wasm linear memories"), "{err}");
 }

@@ -216,6 +216,18 @@ pub enum LoadError {
         /// The plugin.
         plugin: String,
     },
+    /// The component declares more than one call may have in the pooling
+    /// allocator (core instances, memories, tables, or a memory or table
+    /// larger than a slot).
+    #[error(
+        "plugin {plugin}: it declares more than one call may have on this host ({reason}); a call may have at most the plugin's limits of core instances, memories and tables, and `memory` per memory"
+    )]
+    OverCallLimits {
+        /// The plugin.
+        plugin: String,
+        /// What wasmtime reported.
+        reason: String,
+    },
     /// The bytes are not WebAssembly at all, or are malformed.
     #[error("plugin {plugin}: not a valid WebAssembly component: {reason}")]
     Malformed {
@@ -466,11 +478,22 @@ impl Runtime {
                 ),
             }
         }
-        let component =
-            Component::from_binary(&self.engine, bytes).map_err(|e| LoadError::Malformed {
-                plugin: name.to_string(),
-                reason: format!("{e:#}"),
-            })?;
+        let component = Component::from_binary(&self.engine, bytes).map_err(|e| {
+            let reason = format!("{e:#}");
+            // wasmtime checks a component against the pool's per-component
+            // counts and slot sizes when it compiles it.
+            if reason.contains("pooling allocator") {
+                LoadError::OverCallLimits {
+                    plugin: name.to_string(),
+                    reason,
+                }
+            } else {
+                LoadError::Malformed {
+                    plugin: name.to_string(),
+                    reason,
+                }
+            }
+        })?;
         if let Some(path) = &cached
             && let Err(e) = store_precompiled(&component, path)
         {
