@@ -394,4 +394,14 @@ fn run_leaks_nothing_of_a_withheld_call() {
             && l.contains("stdout says SECRET-7f3a9c")),
         "{log}"
     );
+    // Where a call trapped stays available to the operator, at debug level
+    // under the invocation id.
+    let o = blab("trap", Some("warn,tollgate::call=debug"));
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    let log = stderr(&o);
+    // (The message is the error with its backtrace, over several lines;
+    // the fields follow it.)
+    assert!(log.contains("DEBUG tollgate::call: stopped:"), "{log}");
+    assert!(log.contains("plugin=blabber invocation="), "{log}");
+    assert!(log.contains(FUNCTION), "{log}");
 }
