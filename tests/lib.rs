@@ -5,8 +5,10 @@ include!(concat!(env!("OUT_DIR"), "/guests.rs"));
 
 use tollgate::Host;
 
-/// Every seat is back and every checkout was ended exactly once, for every
-/// license on `host`; the peak never passed the seats issued.
+/// For every license on `host`: every seat is back; every lease handed out
+/// ended exactly once (`checkouts == releases + reclaims`); every seat taken
+/// went back exactly once (`checkouts - retakes == returns`); no grant's
+/// peak passed its seats.
 pub fn assert_balanced(host: &Host) {
     for l in host.licenses().status().licenses {
         let c = &l.counters;
@@ -14,14 +16,24 @@ pub fn assert_balanced(host: &Host) {
         assert_eq!(
             c.checkouts,
             c.releases + c.reclaims.total(),
-            "{}: unbalanced {c:?}",
+            "{}: a lease not ended once: {c:?}",
             l.id
         );
-        assert!(
-            c.peak <= l.terms.seats.limit().unwrap_or(u32::MAX),
-            "{}: oversold {c:?}",
+        assert_eq!(
+            c.checkouts - c.retakes,
+            c.returns.total(),
+            "{}: a seat not returned once: {c:?}",
             l.id
         );
+        for g in &l.grants {
+            assert!(
+                g.counters.peak <= g.terms.seats.limit().unwrap_or(u32::MAX),
+                "{} grant {}: oversold {:?}",
+                l.id,
+                g.id,
+                g.counters
+            );
+        }
     }
 }
 

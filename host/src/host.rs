@@ -132,51 +132,67 @@ impl HostBuilder {
     }
 }
 
-/// Opens the license manager of a state directory: reclaims leases a dead
-/// host left open, installs the enforced terms and revocations, and starts
-/// the counters (and lease ids) where the ledger left off.
+/// Opens the license manager of a state directory: returns the seats a dead
+/// host left taken, puts the grants and revocations in force, and starts the
+/// counters (and lease ids) where the ledger left off.
 fn recover(
     state: &State,
     ledger: Arc<dyn Ledger>,
     clock: Arc<dyn Clock>,
 ) -> Result<(Arc<LicenseManager>, u64), HostError> {
-    let open = state.open_leases()?;
-    for lease in &open {
-        ledger.record(UsageEvent {
-            seq: 0,
-            at_ms: clock.now_ms(),
-            kind: EventKind::Reclaim(ReclaimReason::HostRestart),
-            license_id: lease.license_id.as_str().into(),
-            plugin: lease.plugin.as_str().into(),
-            component_digest: lease.digest.as_str().into(),
-            lease_id: Some(lease.lease_id),
-            invocation_id: lease.invocation_id,
-        });
+    let open = state.open_seats()?;
+    let reason = ReclaimReason::HostRestart;
+    for seat in &open {
+        let row = |kind, lease_id| UsageEvent {
+            lease_id,
+            seat_id: Some(seat.seat_id),
+            grant_id: seat.grant_id.as_deref().map(Arc::from),
+            ..UsageEvent::new(
+                kind,
+                clock.now_ms(),
+                seat.license_id.as_str().into(),
+                seat.plugin.as_str().into(),
+                seat.digest.as_str().into(),
+                seat.invocation_id,
+            )
+        };
+        if let Some(lease) = seat.lease_id {
+            ledger.record(row(EventKind::Reclaim(reason), Some(lease)));
+        }
+        ledger.record(row(EventKind::Return(reason), None));
     }
     ledger.sync()?;
     if !open.is_empty() {
         tracing::warn!(
-            "reclaimed {} lease(s) left open by a host that stopped without ending them",
+            "returned {} seat(s) left taken by a host that stopped during their calls",
             open.len()
         );
     }
     let (last_lease, last_invocation) = state.last_ids()?;
-    let now = clock.now_secs();
     let licenses = Arc::new(LicenseManager::new(ledger, clock));
     licenses.resume_lease_ids_after(last_lease);
     let mut history = state.ledger_counters()?;
-    for (id, terms) in state.effective_terms(now)? {
-        licenses.install(&id, terms)?;
+    apply_state(state, &licenses)?;
+    for id in licenses.ids() {
         if let Some((totals, per_plugin)) = history.remove(&id) {
             licenses.seed(&id, totals, per_plugin)?;
         }
     }
-    for id in state.revocations()?.keys() {
-        if licenses.pool(id).is_some() {
-            licenses.revoke(id)?;
+    Ok((licenses, last_invocation + 1))
+}
+
+/// Puts the state directory's grants and revocations in force in `licenses`.
+fn apply_state(state: &State, licenses: &LicenseManager) -> Result<(), HostError> {
+    let revoked = state.revocations()?;
+    for (id, grants) in state.seat_grants()? {
+        licenses.set_grants(&id, grants)?;
+        if revoked.contains_key(&id) {
+            licenses.revoke(&id)?;
+        } else {
+            licenses.unrevoke(&id)?;
         }
     }
-    Ok((licenses, last_invocation + 1))
+    Ok(())
 }
 
 /// Errors from building or configuring a [`Host`].
@@ -378,6 +394,17 @@ impl Host {
                 Err(InvokeError::UnknownPlugin(name.to_string())),
             );
         };
+        // A call whose usage could not be recorded is refused before it
+        // takes a seat: it fails closed, and memory stays bounded.
+        if let Err(e) = self.licenses.ledger().ready() {
+            return (
+                invocation,
+                Err(InvokeError::NotRecorded {
+                    plugin: name.to_string(),
+                    reason: e.0,
+                }),
+            );
+        }
         let outcome = self
             .runtime
             .invoke(&plugin, &self.licenses, invocation, input)
@@ -391,31 +418,65 @@ impl Host {
         self.runtime.inspect(bytes)
     }
 
-    /// Revokes a license: held leases are reclaimed now (their calls are
-    /// withheld) and new requests get `revoked`; recorded in the state
-    /// directory when there is one.
+    /// Revokes a license, every grant of it present and future: held seats
+    /// end now (their calls are withheld) and new requests get `revoked`;
+    /// recorded in the state directory when there is one.
     pub fn revoke_license(&self, id: &str) -> Result<usize, HostError> {
         if let Some(state) = &self.state {
             state.revoke(id, SystemClock.now_secs())?;
         }
-        let reclaimed = self.licenses.revoke(id)?;
+        let ended = self.licenses.revoke(id)?;
         self.licenses.ledger().sync()?;
-        Ok(reclaimed)
+        Ok(ended)
+    }
+
+    /// Revokes one grant (by grant id) for good: its held seats end now.
+    /// Needs a state directory; returns the license id and the seats ended.
+    pub fn revoke_grant(&self, grant: &str) -> Result<(String, usize), HostError> {
+        let state = self.state.as_ref().ok_or(HostError::NoState)?;
+        let id = state.revoke_grant(grant, SystemClock.now_secs())?;
+        let ended = self.licenses.revoke_grant(&id, grant)?;
+        self.licenses.ledger().sync()?;
+        Ok((id, ended))
+    }
+
+    /// Lifts the revocation of license `id`; false if it was not revoked.
+    pub fn unrevoke_license(&self, id: &str) -> Result<bool, HostError> {
+        let lifted = match &self.state {
+            Some(state) => state.unrevoke(id)?,
+            None => self.licenses.describe(id).is_some_and(|s| s.revoked),
+        };
+        self.licenses.unrevoke(id)?;
+        Ok(lifted)
     }
 
     /// Verifies and installs license text into the state directory, and puts
-    /// its terms in force at once. Needs a state directory.
+    /// its grant in force at once. Needs a state directory.
     pub fn install_license_text(&self, text: &str) -> Result<crate::state::Installed, HostError> {
         let state = self.state.as_ref().ok_or(HostError::NoState)?;
-        let now = SystemClock.now_secs();
-        let installed = state.install_text(text, now)?;
+        let installed = state.install_text(text, SystemClock.now_secs())?;
         if installed.new {
-            let id = &installed.grant.license_id;
-            if let Some(terms) = state.effective_terms(now)?.remove(id) {
-                self.licenses.install(id, terms)?;
-            }
+            self.reload_licenses()?;
         }
         Ok(installed)
+    }
+
+    /// Reads the grants and revocations of the state directory again and puts
+    /// them in force (what `tollgate license …` changed while this host ran),
+    /// and ends the seats of grants that expired. Without a state directory
+    /// only the latter.
+    pub fn reload_licenses(&self) -> Result<(), HostError> {
+        if let Some(state) = &self.state {
+            apply_state(state, &self.licenses)?;
+        }
+        self.licenses.sweep();
+        Ok(())
+    }
+
+    /// Whether new calls can be recorded: an error naming why not (commits
+    /// fail, e.g. on a full disk, or too many rows wait for their commit).
+    pub fn ledger_ready(&self) -> Result<(), LedgerError> {
+        self.licenses.ledger().ready()
     }
 
     /// The state directory, if the host has one.

@@ -176,7 +176,8 @@ impl TestHost {
     }
 
     /// Asserts that no seat is held, every lease handed out came back
-    /// (`checkouts == releases + reclaims`), and no license was oversold.
+    /// (`checkouts == releases + reclaims`), every seat taken went back
+    /// (`checkouts - retakes == returns`), and no grant was oversold.
     ///
     /// # Panics
     /// When any of that does not hold, naming the license and its counters.
@@ -184,8 +185,16 @@ impl TestHost {
         for l in self.host.licenses().status().licenses {
             let c = &l.counters;
             assert!(c.balanced(), "license {}: seats not all back: {c:?}", l.id);
-            let limit = l.terms.seats.limit().unwrap_or(u32::MAX);
-            assert!(c.peak <= limit, "license {}: oversold: {c:?}", l.id);
+            for g in &l.grants {
+                let limit = g.terms.seats.limit().unwrap_or(u32::MAX);
+                let peak = g.counters.peak;
+                assert!(
+                    peak <= limit,
+                    "license {} grant {}: oversold: peak {peak} of {limit} seats",
+                    l.id,
+                    g.id
+                );
+            }
         }
     }
 }
@@ -281,18 +290,18 @@ mod tests {
             component_digest: "none".into(),
             invocation: 0,
         };
-        let lease = host
-            .host()
-            .licenses()
-            .acquire(
-                &holder,
-                &crate::license::Entitlement::to(["demo"]),
-                "demo",
-                None,
-            )
-            .expect("seat");
+        let mut call = host.host().licenses().call(
+            holder,
+            std::sync::Arc::new(crate::license::Entitlement::to(["demo"])),
+            crate::license::CallLimits {
+                wait: None,
+                max_leases: 1,
+                max_acquires: 1,
+            },
+        );
+        call.acquire("demo").expect("seat");
         host.assert_balanced();
-        lease.reclaim(ReclaimReason::StoreDropped);
+        call.end(ReclaimReason::StoreDropped);
     }
 
     #[test]

@@ -330,12 +330,14 @@ fn demo_shows_the_whole_story() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let out = stdout(&o);
     for needle in [
-        "host hands lease",
+        "host takes a seat of demo-seat and hands lease",
         "hello-licensed sends lease",
+        "(the seat stays with the call until it ends)",
+        "the call ends: its seat of demo-seat goes back to the pool (invocation-ended)",
         "result delivered: \"hello, operator! (licensed by demo-seat)\"",
-        "host refuses hello-licensed a seat of demo-seat (exhausted)",
+        "host refused hello-licensed a seat of demo-seat (exhausted, 1x in that call)",
         "withheld as unlicensed: it did not hold demo-seat (never acquired)",
-        "checkouts == releases + reclaims: true",
+        "checkouts == releases + reclaims: true; seats taken == seats returned: true",
         "in use 0",
     ] {
         assert!(out.contains(needle), "expected {needle:?} in:\n{out}");

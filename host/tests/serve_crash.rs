@@ -61,11 +61,11 @@ fn rows_by_invocation(db: &rusqlite::Connection) -> HashMap<u64, Vec<String>> {
     rows
 }
 
-/// Checkouts in the ledger with neither a release nor a reclaim.
-fn open_leases(db: &rusqlite::Connection) -> u64 {
+/// Seats taken in the ledger and never returned.
+fn open_seats(db: &rusqlite::Connection) -> u64 {
     db.query_row(
         "SELECT count(*) FROM ledger c WHERE kind = 'checkout' AND NOT EXISTS
-         (SELECT 1 FROM ledger e WHERE e.lease_id = c.lease_id AND e.kind IN ('release', 'reclaim'))",
+         (SELECT 1 FROM ledger e WHERE e.seat_id = c.seat_id AND e.kind = 'return')",
         [],
         |r| r.get(0),
     )
@@ -73,7 +73,7 @@ fn open_leases(db: &rusqlite::Connection) -> u64 {
 }
 
 /// What a dead server left on disk: every acknowledged call has exactly its
-/// checkout and release rows, and the hash chain verifies.
+/// checkout, release and return rows, and the hash chain verifies.
 fn check_after_kill(root: &std::path::Path, acked: &[u64], round: u32) {
     let db = rusqlite::Connection::open_with_flags(
         root.join("state/tollgate.db"),
@@ -84,7 +84,13 @@ fn check_after_kill(root: &std::path::Path, acked: &[u64], round: u32) {
     for invocation in acked {
         assert_eq!(
             rows.get(invocation).map(Vec::as_slice),
-            Some(&["checkout".to_string(), "release".to_string()][..]),
+            Some(
+                &[
+                    "checkout".to_string(),
+                    "release".to_string(),
+                    "return".to_string()
+                ][..]
+            ),
             "after kill {round}: acknowledged call {invocation} is not in the ledger as it ran"
         );
     }
@@ -110,7 +116,7 @@ fn check_after_restart(s: &Server, root: &std::path::Path, round: u32) {
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
     )
     .expect("db");
-    assert_eq!(open_leases(&db), 0, "restart {round}: leases left open");
+    assert_eq!(open_seats(&db), 0, "restart {round}: seats left taken");
 }
 
 #[test]

@@ -125,8 +125,11 @@ pub struct LicenseInfo {
     pub expires_at: Option<u64>,
 }
 
-/// A held seat. Dropping it sends the seat back; [`Lease::release`] does so
-/// explicitly. A lease still held when the call ends is reclaimed by the host.
+/// A held seat. Dropping it sends the license back; [`Lease::release`] does
+/// so explicitly. The seat itself stays with the call until the call ends
+/// (so sending it back early frees nothing for other calls, and asking for
+/// the same license again in this call gets that seat back). A lease still
+/// held when the call ends is reclaimed by the host.
 #[derive(Debug)]
 pub struct Lease {
     handle: Option<licensing::Lease>,
@@ -144,7 +147,8 @@ impl Lease {
         self.handle.as_ref().is_some_and(licensing::Lease::valid)
     }
 
-    /// Sends the seat back now.
+    /// Sends the license back now; the seat returns to the pool when the
+    /// call ends.
     pub fn release(mut self) {
         if let Some(handle) = self.handle.take() {
             licensing::release(handle);

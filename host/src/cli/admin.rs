@@ -67,8 +67,22 @@ pub(crate) enum LicenseCommand {
         #[command(flatten)]
         state: StateArg,
     },
-    /// Revoke a license id: hosts refuse new requests and withhold calls in flight.
+    /// Revoke a license id (every grant of it, including grants installed
+    /// later, until `license unrevoke`), or one grant with --grant. A running
+    /// host ends the seats within 2 seconds and withholds their calls.
     Revoke {
+        /// The license id.
+        #[arg(required_unless_present = "grant")]
+        id: Option<String>,
+        /// Revoke only this grant (its id is in `tollgate license list`), for good.
+        #[arg(long, value_name = "GRANT")]
+        grant: Option<String>,
+        #[command(flatten)]
+        state: StateArg,
+    },
+    /// Lift the revocation of a license id; its grants in force give seats
+    /// again (grants revoked one by one stay revoked).
+    Unrevoke {
         /// The license id.
         id: String,
         #[command(flatten)]
@@ -199,10 +213,16 @@ pub(crate) fn license(cmd: LicenseCommand) -> Result<Exit, Failure> {
                     g.grant_id, g.license_id
                 );
             }
-            if installed.unrevoked {
+            if g.not_before.is_some_and(|t| t > now()) {
                 println!(
-                    "license {} was revoked; this new grant reinstates it",
-                    g.license_id
+                    "it comes into force at {}; until then it gives no seat",
+                    when(g.not_before)
+                );
+            }
+            if installed.revoked {
+                println!(
+                    "license {} is revoked: this grant gives no seat until `tollgate license unrevoke {}`",
+                    g.license_id, g.license_id
                 );
             }
             Ok(Exit::Ok)
@@ -235,9 +255,50 @@ pub(crate) fn license(cmd: LicenseCommand) -> Result<Exit, Failure> {
             }
             Ok(Exit::Ok)
         }
-        LicenseCommand::Revoke { id, state } => {
+        LicenseCommand::Revoke {
+            id,
+            grant: Some(grant),
+            state,
+        } => {
+            let id_of = state
+                .open()?
+                .revoke_grant(&grant, now())
+                .map_err(Failure::usage)?;
+            if let Some(id) = id.filter(|id| *id != id_of) {
+                return Err(Failure::usage(anyhow::anyhow!(
+                    "grant {grant} is a grant of license {id_of}, not {id}; nothing was revoked"
+                )));
+            }
+            println!(
+                "grant {grant} of license {id_of} revoked for good: a running host ends its seats within 2 s"
+            );
+            Ok(Exit::Ok)
+        }
+        LicenseCommand::Revoke {
+            id: Some(id),
+            grant: None,
+            state,
+        } => {
             state.open()?.revoke(&id, now()).map_err(Failure::usage)?;
-            println!("license {id} revoked: hosts starting on this state refuse it with `revoked`");
+            println!(
+                "license {id} revoked, every grant of it including grants installed later: a running host ends its seats within 2 s; `tollgate license unrevoke {id}` lifts it"
+            );
+            Ok(Exit::Ok)
+        }
+        LicenseCommand::Revoke {
+            id: None,
+            grant: None,
+            ..
+        } => Err(Failure::usage(anyhow::anyhow!(
+            "name the license id to revoke, or --grant GRANT for one grant"
+        ))),
+        LicenseCommand::Unrevoke { id, state } => {
+            let lifted = state.open()?.unrevoke(&id).map_err(Failure::usage)?;
+            if lifted {
+                println!("license {id} is no longer revoked: its grants in force give seats again");
+            } else {
+                println!("license {id} was not revoked; nothing changed");
+            }
             Ok(Exit::Ok)
         }
     }
@@ -299,6 +360,31 @@ pub(crate) fn status(args: StatusArgs) -> Result<Exit, Failure> {
             c.withheld,
             when(r.expires_at)
         );
+        for g in &r.grants {
+            let state = if g.revoked {
+                "revoked"
+            } else if g.in_force {
+                "in force"
+            } else if g.not_before.is_some_and(|t| now() < t) {
+                "not yet"
+            } else {
+                "expired"
+            };
+            let plugins = if g.plugins.is_empty() {
+                "any plugin".to_string()
+            } else {
+                g.plugins.join(",")
+            };
+            println!(
+                "  grant {} ({}): {} seat(s), {} in use, {} .. {}, {plugins}, {state}",
+                g.grant_id,
+                g.issuer,
+                seats(g.seats),
+                g.in_use,
+                when(g.not_before),
+                when(g.expires_at),
+            );
+        }
     }
     Ok(Exit::Ok)
 }

@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Args;
 use std::sync::Arc;
 use tollgate::ledger::{EventKind, MemoryLedger, UsageEvent};
-use tollgate::license::{Entitlement, Holder};
+use tollgate::license::{CallLimits, Entitlement, Holder, ReclaimReason};
 use tollgate::{Host, PluginSpec, Seats, Terms, examples};
 
 /// Arguments of `tollgate demo`.
@@ -58,15 +58,30 @@ fn describe(e: &UsageEvent) -> String {
         .map(|l| format!(" lease {l}"))
         .unwrap_or_default();
     let what = match e.kind {
-        EventKind::Checkout => format!("host hands{lease} of {} to {}", e.license_id, e.plugin),
-        EventKind::Release => format!("{} sends{lease} of {} back", e.plugin, e.license_id),
+        EventKind::Checkout => format!(
+            "host takes a seat of {} and hands{lease} to {}",
+            e.license_id, e.plugin
+        ),
+        EventKind::Retake => format!(
+            "host hands{lease} of {} to {} again, on the seat its call still holds",
+            e.license_id, e.plugin
+        ),
+        EventKind::Release => format!(
+            "{} sends{lease} of {} back (the seat stays with the call until it ends)",
+            e.plugin, e.license_id
+        ),
+        EventKind::Return(r) => format!(
+            "the call ends: its seat of {} goes back to the pool ({r})",
+            e.license_id
+        ),
         EventKind::Reclaim(r) => format!(
             "host reclaims{lease} of {} from {} ({r})",
             e.license_id, e.plugin
         ),
-        EventKind::Denial(d) => {
-            format!("host refuses {} a seat of {} ({d})", e.plugin, e.license_id)
-        }
+        EventKind::Denial(d) => format!(
+            "host refused {} a seat of {} ({d}, {}x in that call)",
+            e.plugin, e.license_id, e.count
+        ),
         EventKind::Withheld => format!("host withholds {}'s result: no {}", e.plugin, e.license_id),
     };
     format!("{what}  [invocation {}]", e.invocation_id)
@@ -95,7 +110,8 @@ pub(crate) fn run(args: DemoArgs) -> Result<Exit, Failure> {
 
     println!("tollgate demo: one license, {LICENSE:?}, with 1 seat, held in memory.");
     println!("Each plugin below requires {LICENSE:?}; its result reaches you only if it");
-    println!("asked the host for a seat during the call and the seat stayed valid.\n");
+    println!("asked the host for a seat during the call and held it, valid, until the");
+    println!("call ended: a seat the plugin sends back stays with its call until then.\n");
 
     println!("1. A plugin asks for the license ids it may use, and describes them:");
     demo.call("ids", "");
@@ -110,18 +126,25 @@ pub(crate) fn run(args: DemoArgs) -> Result<Exit, Failure> {
         component_digest: "-".into(),
         invocation: 0,
     };
-    let held = demo
-        .host
-        .licenses()
-        .acquire(&tenant, &Entitlement::to([LICENSE]), LICENSE, None)
-        .map_err(|d| {
-            anyhow::anyhow!("the demo could not take the seat for the other tenant: {d}")
-        })?;
+    let mut held = demo.host.licenses().call(
+        tenant,
+        Arc::new(Entitlement::to([LICENSE])),
+        CallLimits {
+            wait: None,
+            max_leases: 1,
+            max_acquires: 1,
+        },
+    );
+    let lease = held.acquire(LICENSE).map_err(|d| {
+        anyhow::anyhow!("the demo could not take the seat for the other tenant: {d}")
+    })?;
+    held.release(lease);
     demo.show_events();
+    println!("   (the tenant sent its license back, but its call still runs and keeps the seat)");
     demo.call("hello-licensed", "second caller");
-    held.release();
+    held.end(ReclaimReason::InvocationEnded);
     demo.show_events();
-    println!("   ...the tenant sends the seat back, and the same call now succeeds:");
+    println!("   ...the tenant's call ends, its seat goes back, and the same call now succeeds:");
     demo.call("hello-licensed", "second caller");
 
     println!("5. A rogue plugin does its work without asking for a license:");
@@ -138,7 +161,6 @@ pub(crate) fn run(args: DemoArgs) -> Result<Exit, Failure> {
         for l in &status.licenses.licenses {
             let c = &l.counters;
             let seats = l
-                .terms
                 .seats
                 .limit()
                 .map_or("unlimited".to_string(), |n| n.to_string());
@@ -155,8 +177,9 @@ pub(crate) fn run(args: DemoArgs) -> Result<Exit, Failure> {
                 c.withheld
             );
             println!(
-                "    checkouts == releases + reclaims: {}",
-                c.checkouts == c.releases + c.reclaims.total()
+                "    checkouts == releases + reclaims: {}; seats taken == seats returned: {}",
+                c.checkouts == c.releases + c.reclaims.total(),
+                c.checkouts - c.retakes == c.returns.total()
             );
         }
         for p in &status.plugins {

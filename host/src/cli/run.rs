@@ -322,7 +322,7 @@ fn summary_json(host: &Host, invocations: u64, ok: u64, unlicensed: u64, failed:
         licenses.insert(
             l.id.clone(),
             json!({
-                "seats": l.terms.seats.limit(),
+                "seats": l.seats.limit(),
                 "in_use": c.in_use,
                 "peak": c.peak,
                 "checkouts": c.checkouts,

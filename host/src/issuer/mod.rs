@@ -546,6 +546,38 @@ impl SignedLicense {
 
     /// Checks the signature against the trusted keys and the validity window at `now`.
     pub fn verify(&self, trusted: &[IssuerPublicKey], now: u64) -> Result<(), IssuerError> {
+        self.verify_signature(trusted)?;
+        if let Some(t) = self.terms.not_before
+            && now < t
+        {
+            return Err(IssuerError::NotYetValid(format_time(t)));
+        }
+        self.verify_not_expired(now)
+    }
+
+    /// Checks the signature and that the window has not ended by `now`; a
+    /// window that starts later is accepted (a renewal installed ahead of
+    /// time is in force only inside its window).
+    pub fn verify_for_install(
+        &self,
+        trusted: &[IssuerPublicKey],
+        now: u64,
+    ) -> Result<(), IssuerError> {
+        self.verify_signature(trusted)?;
+        self.verify_not_expired(now)
+    }
+
+    fn verify_not_expired(&self, now: u64) -> Result<(), IssuerError> {
+        if let Some(t) = self.terms.expires_at
+            && now > t
+        {
+            return Err(IssuerError::Expired(format_time(t)));
+        }
+        Ok(())
+    }
+
+    /// Checks that a trusted key made the signature over these terms.
+    pub fn verify_signature(&self, trusted: &[IssuerPublicKey]) -> Result<(), IssuerError> {
         let key = trusted
             .iter()
             .find(|k| k.key_id() == self.terms.issuer)
@@ -555,18 +587,7 @@ impl SignedLicense {
                 &self.terms.canonical(),
                 &Signature::from_bytes(&self.signature),
             )
-            .map_err(|_| IssuerError::BadSignature)?;
-        if let Some(t) = self.terms.not_before
-            && now < t
-        {
-            return Err(IssuerError::NotYetValid(format_time(t)));
-        }
-        if let Some(t) = self.terms.expires_at
-            && now > t
-        {
-            return Err(IssuerError::Expired(format_time(t)));
-        }
-        Ok(())
+            .map_err(|_| IssuerError::BadSignature)
     }
 }
 

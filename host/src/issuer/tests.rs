@@ -244,3 +244,42 @@ fn bad_terms_are_not_signed() {
     t.expires_at = Some(5);
     assert!(key.sign(t, NOW).is_err());
 }
+
+/// A fixed issuer secret key (its seed is 32 bytes of 7), so the signed
+/// file below is reproducible: Ed25519 signatures are deterministic.
+const GOLDEN_KEY: &str =
+    "tollgate-issuer-secret-key v1\nsecret: BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=\n";
+
+/// Golden vector: a change to the signed license encoding (field order,
+/// spelling, canonical bytes, signing context) fails here, so license files
+/// issued before the change keep verifying only if this still passes.
+#[test]
+fn signed_license_encoding_matches_the_committed_vector() {
+    let key = IssuerKey::from_file_text(GOLDEN_KEY).expect("golden key parses");
+    let mut terms = LicenseTerms::new("acme-pro", Seats::Counted(5));
+    terms.grant = "0123456789abcdef0123456789abcdef".into();
+    terms.not_before = Some(NOW - 86_400);
+    terms.expires_at = Some(NOW + 86_400);
+    terms.plugins = vec!["hello".into(), format!("sha256:{}", "ab".repeat(32))];
+    terms.customer = Some("ACME Corp".into());
+    let text = key.sign(terms, NOW).expect("signs").to_file_text();
+    assert_eq!(text, GOLDEN_LICENSE, "the signed license encoding changed");
+    let parsed = SignedLicense::parse(GOLDEN_LICENSE).expect("golden file parses");
+    parsed
+        .verify(&[key.public()], NOW)
+        .expect("golden file verifies");
+}
+
+const GOLDEN_LICENSE: &str = "tollgate-license v1
+grant: 0123456789abcdef0123456789abcdef
+license-id: acme-pro
+seats: 5
+not-before: 2027-01-14T08:00:00Z
+expires: 2027-01-16T08:00:00Z
+plugin: hello
+plugin: sha256:abababababababababababababababababababababababababababababababab
+customer: ACME Corp
+issued-at: 2027-01-15T08:00:00Z
+issuer: fe812c12f3ab4ce6
+signature: oFi+GOQyFiBGY6bKAQf2T+Gm76B82rtPUF2vyfXTvqAga06tY5r0AD02cwsz07OHutHB2cI2BBuukHfjACrmCA==
+";

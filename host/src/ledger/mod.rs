@@ -1,5 +1,7 @@
-//! The usage ledger: every checkout, release, reclaim, denial and withheld
-//! call is one event, recorded in order.
+//! The usage ledger: every seat taken and returned, every lease handed out,
+//! sent back or reclaimed, every refusal (one row per call, license and
+//! reason, with a count) and every withheld call is one event, recorded in
+//! the order the seats moved.
 //!
 //! [`MemoryLedger`] is the in-memory ledger used by the embedded default;
 //! durable ledgers implement the same [`Ledger`] trait.
@@ -19,13 +21,18 @@ use std::sync::{Arc, Mutex, PoisonError};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case", tag = "kind", content = "reason")]
 pub enum EventKind {
-    /// A seat was handed to a plugin.
+    /// A seat was taken from a grant and a lease on it handed to a plugin.
     Checkout,
-    /// A plugin sent its seat back.
+    /// A lease handed to a plugin on a seat its call already held (the
+    /// plugin had sent the license back and asked again).
+    Retake,
+    /// A plugin sent its lease back; the seat stays with the call.
     Release,
-    /// The host took a seat back, with the reason.
+    /// The host ended a lease the plugin still held, with the reason.
     Reclaim(ReclaimReason),
-    /// A request for a seat was refused, with the reason.
+    /// A seat went back to its pool, with why the call's hold on it ended.
+    Return(ReclaimReason),
+    /// Requests for a seat were refused, with the reason (`count` of them).
     Denial(Denial),
     /// A call's result was withheld because it ran without this license.
     Withheld,
@@ -50,6 +57,39 @@ pub struct UsageEvent {
     pub lease_id: Option<u64>,
     /// The invocation during which it happened.
     pub invocation_id: u64,
+    /// The seat concerned: the id of the first lease on it.
+    pub seat_id: Option<u64>,
+    /// The grant the seat was taken from.
+    pub grant_id: Option<Arc<str>>,
+    /// How many events this row stands for (refusals are summed per call).
+    pub count: u64,
+}
+
+impl UsageEvent {
+    /// An event of `kind` for one license, plugin and call, standing for
+    /// one occurrence and naming no lease, seat or grant.
+    pub fn new(
+        kind: EventKind,
+        at_ms: u64,
+        license_id: Arc<str>,
+        plugin: Arc<str>,
+        component_digest: Arc<str>,
+        invocation_id: u64,
+    ) -> Self {
+        Self {
+            seq: 0,
+            at_ms,
+            kind,
+            license_id,
+            plugin,
+            component_digest,
+            lease_id: None,
+            invocation_id,
+            seat_id: None,
+            grant_id: None,
+            count: 1,
+        }
+    }
 }
 
 /// A ledger could not make events durable.
@@ -87,6 +127,13 @@ pub trait Ledger: Send + Sync {
     fn sync_invocation_async(&self, invocation: u64) -> SyncFuture<'_> {
         let _ = invocation;
         self.sync_async()
+    }
+
+    /// Whether a new call may start: an error when commits fail (a full
+    /// disk) or too many rows wait for their commit. Calls already running
+    /// still record; only new ones are refused.
+    fn ready(&self) -> Result<(), LedgerError> {
+        Ok(())
     }
 }
 
@@ -165,14 +212,8 @@ mod tests {
 
     fn event(kind: EventKind) -> UsageEvent {
         UsageEvent {
-            seq: 0,
-            at_ms: 1,
-            kind,
-            license_id: "a".into(),
-            plugin: "p".into(),
-            component_digest: "d".into(),
             lease_id: Some(1),
-            invocation_id: 1,
+            ..UsageEvent::new(kind, 1, "a".into(), "p".into(), "d".into(), 1)
         }
     }
 

@@ -1,7 +1,7 @@
 //! The durable ledger: events appended to SQLite by one writer thread, many
 //! calls' events per transaction (group commit), each row hash-chained.
 
-use super::chain::{GENESIS, kind_names, row_hash};
+use super::chain::{GENESIS, ROW_FORMAT, kind_names, row_hash};
 use super::{Ledger, LedgerError, SyncFuture, UsageEvent};
 use rusqlite::{Connection, params};
 use std::collections::HashMap;
@@ -14,6 +14,15 @@ use std::thread::JoinHandle;
 const MAX_BATCH: usize = 4096;
 /// Events nobody waits for are committed at least this often.
 const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
+/// Rows waiting for their commit past which new calls are refused (they
+/// fail closed with `ledger-unavailable`); rows of calls already running
+/// still go in, so a seat's return never waits for room.
+pub const MAX_QUEUED_ROWS: usize = 100_000;
+/// After a failed commit the writer tries again after this long, doubling
+/// up to [`RETRY_MAX`].
+const RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(100);
+/// The longest wait between two tries of a failing commit.
+const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(2);
 
 struct Pending {
     queue: Vec<UsageEvent>,
@@ -21,6 +30,8 @@ struct Pending {
     wanted: u64,
     next_seq: u64,
     committed_seq: u64,
+    /// Why the last commit failed, while commits fail; cleared by the next
+    /// commit that succeeds.
     failed: Option<String>,
     shutdown: bool,
     /// The last sequence number recorded for each invocation whose rows
@@ -36,6 +47,9 @@ struct Shared {
     committed_async: tokio::sync::Notify,
     commits: AtomicU64,
     rows: AtomicU64,
+    /// The most bytes the database may grow to (0: no cap), applied by the
+    /// writer before its next commit.
+    size_limit: AtomicU64,
 }
 
 impl Shared {
@@ -108,6 +122,7 @@ impl SqliteLedger {
             committed_async: tokio::sync::Notify::new(),
             commits: AtomicU64::new(0),
             rows: AtomicU64::new(0),
+            size_limit: AtomicU64::new(0),
         });
         let writer_shared = shared.clone();
         let writer = std::thread::Builder::new()
@@ -120,6 +135,18 @@ impl SqliteLedger {
         })
     }
 
+    /// Caps the database at `max_bytes` (rounded down to whole pages), or
+    /// lifts the cap with `None`. Past the cap commits fail as on a full
+    /// disk: new calls are refused with `ledger-unavailable` and waiting
+    /// calls fail, no row is lost, and commits resume once the cap is
+    /// raised or lifted.
+    pub fn limit_size(&self, max_bytes: Option<u64>) {
+        self.shared
+            .size_limit
+            .store(max_bytes.unwrap_or(0), Ordering::SeqCst);
+        self.shared.work.notify_one();
+    }
+
     /// How many transactions and rows were committed so far.
     pub fn stats(&self) -> CommitStats {
         CommitStats {
@@ -129,7 +156,20 @@ impl SqliteLedger {
     }
 }
 
+/// Sets SQLite's page cap for `max_bytes` (0: the largest it allows).
+fn apply_size_limit(conn: &Connection, max_bytes: u64) -> rusqlite::Result<()> {
+    let pages = if max_bytes == 0 {
+        u64::from(u32::MAX - 1)
+    } else {
+        let page: u64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
+        (max_bytes / page.max(512)).max(1)
+    };
+    conn.pragma_update(None, "max_page_count", pages)
+}
+
 fn write_loop(mut conn: Connection, mut head: [u8; 32], shared: &Shared) {
+    let mut retry = RETRY_FIRST;
+    let mut applied_limit = 0;
     loop {
         let batch = {
             let mut p = shared.lock();
@@ -155,28 +195,69 @@ fn write_loop(mut conn: Connection, mut head: [u8; 32], shared: &Shared) {
                 }
                 continue;
             }
-            std::mem::take(&mut p.queue)
+            let n = p.queue.len().min(MAX_BATCH);
+            p.queue.drain(..n).collect::<Vec<_>>()
         };
         let last = batch.last().map_or(0, |e| e.seq);
+        let limit = shared.size_limit.load(Ordering::SeqCst);
+        if limit != applied_limit {
+            if let Err(e) = apply_size_limit(&conn, limit) {
+                tracing::warn!("cannot apply the ledger size cap: {e}");
+            }
+            applied_limit = limit;
+        }
         match append(&mut conn, &mut head, &batch) {
             Ok(()) => {
+                retry = RETRY_FIRST;
                 shared.commits.fetch_add(1, Ordering::Relaxed);
                 shared.rows.fetch_add(batch.len() as u64, Ordering::Relaxed);
                 let mut p = shared.lock();
                 p.committed_seq = last;
+                if p.failed.take().is_some() {
+                    tracing::warn!("usage ledger commits again");
+                }
                 p.uncommitted.retain(|_, seq| *seq > last);
                 drop(p);
                 shared.committed.notify_all();
                 shared.committed_async.notify_waiters();
             }
             Err(e) => {
-                tracing::error!("usage ledger commit failed: {e}");
+                // Nothing of the batch was written (the transaction rolled
+                // back): it goes back to the front of the queue and is tried
+                // again, so no row is lost, while waiting calls fail.
                 let mut p = shared.lock();
+                if p.failed.is_none() {
+                    tracing::error!(
+                        "usage ledger commit failed: {e}; calls fail with ledger-unavailable until a commit succeeds"
+                    );
+                }
                 p.failed = Some(e.to_string());
-                drop(p);
+                let later = std::mem::take(&mut p.queue);
+                p.queue = batch;
+                p.queue.extend(later);
+                let giving_up = p.shutdown;
                 shared.committed.notify_all();
                 shared.committed_async.notify_waiters();
-                return;
+                if giving_up {
+                    tracing::error!(
+                        "{} usage row(s) not committed at shutdown; their seats are returned as host-restart at the next start",
+                        p.queue.len()
+                    );
+                    return;
+                }
+                let deadline = std::time::Instant::now() + retry;
+                while !p.shutdown {
+                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    p = shared
+                        .work
+                        .wait_timeout(p, left)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0;
+                }
+                retry = (retry * 2).min(RETRY_MAX);
             }
         }
     }
@@ -215,8 +296,9 @@ fn append_rows(
 ) -> rusqlite::Result<[u8; 32]> {
     let mut hash = *head;
     let mut insert = conn.prepare_cached(
-        "INSERT INTO ledger (seq, at_ms, kind, reason, license_id, plugin, digest, lease_id, invocation_id, hash)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        "INSERT INTO ledger (seq, at_ms, kind, reason, license_id, plugin, digest, lease_id, invocation_id, hash,
+                             format, seat_id, grant_id, count)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
     )?;
     for e in batch {
         hash = row_hash(&hash, e);
@@ -231,7 +313,11 @@ fn append_rows(
             &*e.component_digest,
             e.lease_id,
             e.invocation_id,
-            &hash[..]
+            &hash[..],
+            ROW_FORMAT,
+            e.seat_id,
+            e.grant_id.as_deref(),
+            e.count,
         ])?;
     }
     let last = batch.last().map_or(0, |e| e.seq);
@@ -248,11 +334,7 @@ impl Ledger for SqliteLedger {
         let mut p = self.shared.lock();
         event.seq = p.next_seq;
         p.next_seq += 1;
-        // After a failed commit nothing is committed again; the map is not
-        // needed then (see `ask_for_commit`) and must not grow.
-        if p.failed.is_none() {
-            p.uncommitted.insert(event.invocation_id, event.seq);
-        }
+        p.uncommitted.insert(event.invocation_id, event.seq);
         p.queue.push(event);
         let full = p.queue.len() >= MAX_BATCH;
         drop(p);
@@ -280,6 +362,22 @@ impl Ledger for SqliteLedger {
         let target = self.ask_for_commit(&mut self.shared.lock(), Some(invocation));
         Box::pin(self.wait_for_async(target))
     }
+
+    fn ready(&self) -> Result<(), LedgerError> {
+        let p = self.shared.lock();
+        if let Some(e) = &p.failed {
+            return Err(LedgerError(format!(
+                "the last commit failed ({e}); calls resume once a commit succeeds"
+            )));
+        }
+        if p.queue.len() >= MAX_QUEUED_ROWS {
+            return Err(LedgerError(format!(
+                "{} usage rows wait for their commit (at most {MAX_QUEUED_ROWS}); retry shortly",
+                p.queue.len()
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl SqliteLedger {
@@ -288,12 +386,12 @@ impl SqliteLedger {
     fn ask_for_commit(&self, p: &mut Pending, invocation: Option<u64>) -> u64 {
         let target = match invocation {
             // Rows of an invocation not in the map are all committed.
-            Some(invocation) if p.failed.is_none() => p
+            Some(invocation) => p
                 .uncommitted
                 .get(&invocation)
                 .copied()
                 .unwrap_or(p.committed_seq),
-            _ => p.next_seq - 1,
+            None => p.next_seq - 1,
         };
         if target > p.wanted {
             p.wanted = target;
@@ -333,7 +431,7 @@ impl SqliteLedger {
     }
 }
 
-/// `Some` once rows up to `target` are committed, or the writer failed.
+/// `Some` once rows up to `target` are committed, or the last commit failed.
 fn committed(p: &Pending, target: u64) -> Option<Result<(), LedgerError>> {
     if p.committed_seq >= target {
         Some(Ok(()))

@@ -1,14 +1,16 @@
 //! The license manager: seat pools keyed by license id, leases, counters and
 //! entitlement. Nothing here knows about WebAssembly.
 
+mod call;
 mod clock;
 mod pool;
 mod reason;
 
+pub use call::{CallLicensing, CallLimits, CallSeats};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use pool::{
-    Counters, Holder, Lease, LeaseEnd, LeaseEnding, LicenseStatus, Rules, SeatPool, Seats, Terms,
-    within_window,
+    Counters, Grant, GrantStatus, Holder, LeaseEnding, LicenseStatus, Rules, Seat, SeatPool, Seats,
+    Terms, within_window,
 };
 pub use reason::{Denial, ReasonCounts, ReclaimReason};
 
@@ -16,7 +18,19 @@ use crate::ledger::{EventKind, Ledger, MemoryLedger, UsageEvent};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::Duration;
+
+/// What a plugin is told about one license it may use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LicenseInfo {
+    /// The license id.
+    pub id: String,
+    /// Seats of the grants in force that entitle the plugin.
+    pub seats: Seats,
+    /// Seats held now, by every plugin.
+    pub in_use: u32,
+    /// The latest end among those grants (`None`: one never ends).
+    pub expires_at: Option<u64>,
+}
 
 /// Errors from operator actions on the license manager.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -34,6 +48,14 @@ pub enum LicenseError {
     /// No license with this id is installed.
     #[error("no license {0:?} is installed on this host; install it first")]
     Unknown(String),
+    /// The license has no grant with this id.
+    #[error("license {id:?} has no grant {grant:?}; `tollgate status` lists its grants")]
+    UnknownGrant {
+        /// The license id.
+        id: String,
+        /// The grant id asked for.
+        grant: String,
+    },
 }
 
 /// Checks that a license id is usable: 1–128 of `[A-Za-z0-9._:-]`.
@@ -131,33 +153,44 @@ impl LicenseManager {
         &self.ledger
     }
 
-    /// Installs a license, or replaces the terms of an installed one (lifting
-    /// a revocation). Held leases stay held.
+    /// Installs a license given in memory as one grant (its id is the
+    /// license id), replacing the grants it had. A revocation stays.
     pub fn install(&self, id: &str, terms: Terms) -> Result<(), LicenseError> {
-        self.install_into(id, terms, self.ledger.clone())
+        self.set_grants(id, vec![Grant::new(id, terms)])
     }
 
     /// Installs a trial license whose events stay out of the host's ledger
     /// (kept in a private in-memory ledger: counted, not billed).
     pub fn install_trial(&self, id: &str, terms: Terms) -> Result<(), LicenseError> {
-        self.install_into(id, terms, Arc::new(MemoryLedger::default()))
+        self.put(
+            id,
+            vec![Grant::new(id, terms)],
+            Arc::new(MemoryLedger::default()),
+        )
     }
 
-    fn install_into(
+    /// Puts `grants` in force for license `id`, creating its pool if needed.
+    /// Seats held from a grant that is gone, revoked or out of its window
+    /// end at once; counters of grants that stay are kept.
+    pub fn set_grants(&self, id: &str, grants: Vec<Grant>) -> Result<(), LicenseError> {
+        self.put(id, grants, self.ledger.clone())
+    }
+
+    fn put(
         &self,
         id: &str,
-        terms: Terms,
+        grants: Vec<Grant>,
         ledger: Arc<dyn Ledger>,
     ) -> Result<(), LicenseError> {
         validate_id(id)?;
         let mut pools = self.pools.write().unwrap_or_else(PoisonError::into_inner);
         if let Some(pool) = pools.get(id) {
-            pool.set_terms(terms);
+            pool.set_grants(grants);
         } else {
             let id: Arc<str> = id.into();
             let pool = SeatPool::new(
                 id.clone(),
-                terms,
+                grants,
                 ledger,
                 self.clock.clone(),
                 self.lease_ids.clone(),
@@ -175,11 +208,13 @@ impl LicenseManager {
         history: Counters,
         per_plugin: BTreeMap<String, Counters>,
     ) -> Result<(), LicenseError> {
-        let pool = self
-            .pool(id)
-            .ok_or_else(|| LicenseError::Unknown(id.to_string()))?;
-        pool.seed(history, per_plugin);
+        self.known(id)?.seed(history, per_plugin);
         Ok(())
+    }
+
+    fn known(&self, id: &str) -> Result<Arc<SeatPool>, LicenseError> {
+        self.pool(id)
+            .ok_or_else(|| LicenseError::Unknown(id.to_string()))
     }
 
     /// Makes new lease ids start after `last`, so they stay unique across
@@ -214,67 +249,64 @@ impl LicenseManager {
             .collect()
     }
 
-    /// A seat of `id` for `holder`, or why not. Entitlement is checked first,
-    /// then the pool decides in one atomic step (blocking up to `wait`).
-    pub fn acquire(
-        &self,
-        holder: &Holder,
-        entitlement: &Entitlement,
-        id: &str,
-        wait: Option<Duration>,
-    ) -> Result<Lease, Denial> {
-        self.entitled_pool(holder, entitlement, id)?
-            .acquire(holder, wait)
+    /// Starts one call's licensing: the call takes seats through the
+    /// returned [`CallSeats`], which returns them when the call ends.
+    pub fn call(
+        self: &Arc<Self>,
+        holder: Holder,
+        entitlement: Arc<Entitlement>,
+        limits: CallLimits,
+    ) -> CallSeats {
+        CallSeats::new(self.clone(), holder, entitlement, limits)
     }
 
-    /// Like [`LicenseManager::acquire`], awaiting a seat up to `wait`
-    /// instead of blocking; dropping the future gives up the place in line.
-    pub async fn acquire_async(
-        &self,
-        holder: &Holder,
-        entitlement: &Entitlement,
-        id: &str,
-        wait: Option<Duration>,
-    ) -> Result<Lease, Denial> {
-        self.entitled_pool(holder, entitlement, id)?
-            .acquire_async(holder, wait)
-            .await
-    }
-
-    /// The pool of `id` if it exists and `entitlement` allows it; a refusal
-    /// is counted.
-    fn entitled_pool(
-        &self,
-        holder: &Holder,
-        entitlement: &Entitlement,
-        id: &str,
-    ) -> Result<Arc<SeatPool>, Denial> {
-        let Some(pool) = self.pool(id) else {
-            self.unknown_denials.fetch_add(1, Ordering::Relaxed);
-            return Err(Denial::UnknownLicense);
-        };
-        if !entitlement.allows(id) {
-            pool.refuse(holder, Denial::NotEntitled);
-            return Err(Denial::NotEntitled);
-        }
-        Ok(pool)
+    /// Counts a request for an id this host does not have (or the plugin's
+    /// manifest does not name).
+    fn count_unknown(&self) {
+        self.unknown_denials.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Sets the operator's rules for `id` (see [`Rules`] for the order of checks).
     pub fn set_rules(&self, id: &str, rules: Rules) -> Result<(), LicenseError> {
-        let pool = self
-            .pool(id)
-            .ok_or_else(|| LicenseError::Unknown(id.to_string()))?;
-        pool.set_rules(rules);
+        self.known(id)?.set_rules(rules);
         Ok(())
     }
 
-    /// Revokes `id`: returns how many held leases were reclaimed.
+    /// Revokes license `id`, every grant of it present and future, until
+    /// [`LicenseManager::unrevoke`]: returns how many held seats ended.
     pub fn revoke(&self, id: &str) -> Result<usize, LicenseError> {
-        let pool = self
-            .pool(id)
-            .ok_or_else(|| LicenseError::Unknown(id.to_string()))?;
-        Ok(pool.revoke())
+        Ok(self.known(id)?.revoke())
+    }
+
+    /// Revokes one grant of license `id`: returns how many held seats ended.
+    pub fn revoke_grant(&self, id: &str, grant: &str) -> Result<usize, LicenseError> {
+        self.known(id)?
+            .revoke_grant(grant)
+            .ok_or_else(|| LicenseError::UnknownGrant {
+                id: id.to_string(),
+                grant: grant.to_string(),
+            })
+    }
+
+    /// Lifts the revocation of license `id` (grants revoked one by one stay
+    /// revoked).
+    pub fn unrevoke(&self, id: &str) -> Result<(), LicenseError> {
+        self.known(id)?.unrevoke();
+        Ok(())
+    }
+
+    /// Ends the seats of every grant that expired while held; returns how
+    /// many. Requests and status do this too; a host calls it now and then
+    /// so an expired grant's seats end even when nothing else happens.
+    pub fn sweep(&self) -> usize {
+        let pools: Vec<Arc<SeatPool>> = self
+            .pools
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        pools.iter().map(|p| p.sweep()).sum()
     }
 
     /// Counts a call withheld for lacking `id` (ignored if `id` is not installed,
@@ -282,16 +314,14 @@ impl LicenseManager {
     pub fn record_withheld(&self, holder: &Holder, id: &str) {
         match self.pool(id) {
             Some(pool) => pool.record_withheld(holder),
-            None => self.ledger.record(UsageEvent {
-                seq: 0,
-                at_ms: self.clock.now_ms(),
-                kind: EventKind::Withheld,
-                license_id: id.into(),
-                plugin: holder.plugin.clone(),
-                component_digest: holder.component_digest.clone(),
-                lease_id: None,
-                invocation_id: holder.invocation,
-            }),
+            None => self.ledger.record(UsageEvent::new(
+                EventKind::Withheld,
+                self.clock.now_ms(),
+                id.into(),
+                holder.plugin.clone(),
+                holder.component_digest.clone(),
+                holder.invocation,
+            )),
         }
     }
 

@@ -51,8 +51,10 @@ reasons! {
         Trapped => "trapped",
         /// The plugin ran past its time limit while holding the lease.
         TimedOut => "timed-out",
-        /// The operator revoked the license while the lease was held.
+        /// The operator revoked the license (or the seat's grant) while the seat was held.
         Revoked => "revoked",
+        /// The seat's grant expired while the seat was held.
+        Expired => "expired",
         /// The store holding the lease was dropped without an orderly end.
         StoreDropped => "store-dropped",
         /// The host stopped while the lease was held and found it on restart.

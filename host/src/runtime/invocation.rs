@@ -2,10 +2,9 @@
 //! lease ended with its reason and the result released only if licensed.
 
 use super::Runtime;
-use super::licensing::LicensingState;
 use super::plugin::Plugin;
 use super::sandbox::{InvocationState, LimitHit};
-use crate::license::{Denial, Holder, LicenseManager, ReclaimReason};
+use crate::license::{CallLimits, Denial, Holder, LicenseManager, ReclaimReason};
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -230,11 +229,14 @@ impl Runtime {
             component_digest: plugin.digest.clone(),
             invocation,
         };
-        let licensing = LicensingState::new(
-            licenses.clone(),
+        let licensing = licenses.call(
             holder.clone(),
             plugin.entitlement.clone(),
-            &plugin.limits,
+            CallLimits {
+                wait: plugin.limits.wait_for_seat,
+                max_leases: plugin.limits.max_leases,
+                max_acquires: plugin.limits.max_acquires,
+            },
         );
         let state = InvocationState::new(plugin, invocation, licensing);
         let mut store = Store::new(&self.engine, state);
@@ -275,17 +277,20 @@ impl Runtime {
             CallEnd::Returned(_) => ReclaimReason::InvocationEnded,
             CallEnd::Stopped(_, reason) => *reason,
         };
-        state.licensing.reclaim_all(reason);
+        // Every seat the call took returns now; a required license counts
+        // only if the call held its seat to this moment from a grant still
+        // in force.
+        let ended = state.licensing.end(reason);
         let missing: Vec<MissingLicense> = plugin
             .requires
             .iter()
-            .filter(|id| !state.licensing.satisfied(id))
+            .filter(|id| !ended.held_to_end.contains(*id))
             .map(|id| MissingLicense {
                 id: id.clone(),
-                denial: state.licensing.denial(id),
+                denial: ended.denied.get(id).copied(),
             })
             .collect();
-        let lease_ids = std::mem::take(&mut state.licensing.lease_ids);
+        let lease_ids = ended.leases;
         drop(store);
 
         let outcome = match end {

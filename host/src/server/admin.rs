@@ -155,7 +155,7 @@ async fn install(
             } else {
                 StatusCode::OK
             };
-            (status, Json(json!({ "grant": installed.grant, "new": installed.new, "unrevoked": installed.unrevoked })))
+            (status, Json(json!({ "grant": installed.grant, "new": installed.new, "revoked": installed.revoked })))
                 .into_response()
         }
         Err(response) => response,

@@ -128,7 +128,7 @@ impl Metrics {
                 let c = &l.counters;
                 let value = match name {
                     "tollgate_seats_in_use" => Some(u64::from(c.in_use)),
-                    "tollgate_seats_issued" => l.terms.seats.limit().map(u64::from),
+                    "tollgate_seats_issued" => l.seats.limit().map(u64::from),
                     "tollgate_checkouts_total" => Some(c.checkouts),
                     "tollgate_releases_total" => Some(c.releases),
                     _ => Some(c.withheld),

@@ -183,6 +183,7 @@ pub async fn serve(config: Config, ready: impl FnOnce(SocketAddr)) -> Result<(),
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "listening");
     ready(addr);
+    tokio::spawn(refresh_licenses(Arc::downgrade(&host)));
     let connections = accept_until_signal(listener, app, &config).await;
     let grace = config.grace_period;
     tracing::info!("shutting down: no new connections; calls in flight have {grace:?}");
@@ -228,6 +229,28 @@ pub async fn serve(config: Config, ready: impl FnOnce(SocketAddr)) -> Result<(),
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How often a running server reads grants and revocations again.
+const REFRESH_EVERY: Duration = Duration::from_secs(1);
+
+/// Every [`REFRESH_EVERY`], puts in force what `tollgate license …` changed
+/// on the state directory (a revocation reaches the running host within two
+/// ticks) and ends the seats of grants that expired. Stops with the host.
+async fn refresh_licenses(host: std::sync::Weak<Host>) {
+    let mut tick = tokio::time::interval(REFRESH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(host) = host.upgrade() else {
+            return;
+        };
+        match tokio::task::spawn_blocking(move || host.reload_licenses()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("reading licenses from the state directory failed: {e}"),
+            Err(e) => tracing::warn!("license refresh stopped: {e}"),
+        }
+    }
 }
 
 /// Serves connections from `listener` until SIGTERM or SIGINT: at most
@@ -315,6 +338,8 @@ async fn readyz(Extract(server): Extract<Arc<Server>>) -> Response {
             "draining",
             "the server is shutting down",
         )
+    } else if let Err(e) = server.host.ledger_ready() {
+        error(StatusCode::SERVICE_UNAVAILABLE, "ledger-unavailable", e)
     } else {
         (StatusCode::OK, "ready\n").into_response()
     }

@@ -3,12 +3,12 @@
 
 mod reports;
 
-pub use reports::{AuditReport, LicenseReport, UsageFilter, UsageRow};
+pub use reports::{AuditReport, GrantReport, LicenseReport, UsageFilter, UsageRow};
 
 use crate::issuer::{IssuerError, IssuerPublicKey, SignedLicense, read_small_text};
 use crate::ledger::chain::kind_from_names;
 use crate::ledger::{EventKind, connect};
-use crate::license::{Counters, Seats, Terms};
+use crate::license::{Counters, Grant as SeatGrant, ReclaimReason, Seats, Terms};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -19,8 +19,9 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 pub const DB_FILE: &str = "tollgate.db";
 /// The lock file a running host holds.
 const LOCK_FILE: &str = "host.lock";
-/// The schema version this build writes.
-const SCHEMA_VERSION: i64 = 1;
+/// The schema version this build writes: 2 added the seat, grant, count and
+/// row format of ledger rows, and revocations of single grants.
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS trusted_issuers (
@@ -31,10 +32,14 @@ CREATE TABLE IF NOT EXISTS grants (
     customer TEXT, issued_at INTEGER NOT NULL, installed_at INTEGER NOT NULL, file TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS grants_license ON grants(license_id);
 CREATE TABLE IF NOT EXISTS revocations (license_id TEXT PRIMARY KEY, revoked_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS grant_revocations (
+    grant_id TEXT PRIMARY KEY, license_id TEXT NOT NULL, revoked_at INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS ledger (
     seq INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL, kind TEXT NOT NULL, reason TEXT,
     license_id TEXT NOT NULL, plugin TEXT NOT NULL, digest TEXT NOT NULL,
-    lease_id INTEGER, invocation_id INTEGER NOT NULL, hash BLOB NOT NULL);
+    lease_id INTEGER, invocation_id INTEGER NOT NULL, hash BLOB NOT NULL,
+    format INTEGER NOT NULL DEFAULT 1, seat_id INTEGER, grant_id TEXT,
+    count INTEGER NOT NULL DEFAULT 1);
 CREATE INDEX IF NOT EXISTS ledger_lease ON ledger(lease_id);
 CREATE TABLE IF NOT EXISTS chain_head (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL, hash BLOB NOT NULL);
 ";
@@ -98,6 +103,9 @@ pub enum StateError {
     /// A license or key was rejected.
     #[error(transparent)]
     Issuer(#[from] IssuerError),
+    /// No grant with this id is installed.
+    #[error("no grant {0:?} is installed; `tollgate status` lists each license's grants")]
+    UnknownGrant(String),
     /// No grant of this license is installed.
     #[error("no license {0:?} is installed; `tollgate license list` shows what is")]
     UnknownLicense(String),
@@ -141,8 +149,19 @@ pub struct Grant {
 }
 
 impl Grant {
-    fn valid_at(&self, now: u64) -> bool {
+    /// Whether unix second `now` lies inside its window.
+    pub fn valid_at(&self, now: u64) -> bool {
         crate::license::within_window(self.not_before, self.expires_at, now)
+    }
+
+    /// Its seats, window and plugins, as the seat pool enforces them.
+    pub fn terms(&self) -> Terms {
+        Terms {
+            seats: self.seats.map_or(Seats::Unlimited, Seats::Counted),
+            not_before: self.not_before,
+            expires_at: self.expires_at,
+            plugins: self.plugins.clone(),
+        }
     }
 }
 
@@ -153,17 +172,22 @@ pub struct Installed {
     pub grant: Grant,
     /// False when this exact grant was already installed (nothing added).
     pub new: bool,
-    /// True when installing lifted a revocation of the license id.
-    pub unrevoked: bool,
+    /// True when the license id is revoked: the grant is installed but gives
+    /// no seat until `license unrevoke`.
+    pub revoked: bool,
 }
 
-/// A lease a host checked out and never ended (the host died).
+/// A seat a host took and never returned (the host died during the call).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OpenLease {
-    /// The lease id.
-    pub lease_id: u64,
+pub struct OpenSeat {
+    /// The seat id (the id of its first lease).
+    pub seat_id: u64,
+    /// The lease the plugin still held on it, if any.
+    pub lease_id: Option<u64>,
     /// Its license.
     pub license_id: String,
+    /// The grant it was taken from (unknown for rows of format 1).
+    pub grant_id: Option<String>,
     /// Its plugin.
     pub plugin: String,
     /// Its component digest.
@@ -221,6 +245,9 @@ impl State {
             return Err(StateError::NewerSchema { path: db, found });
         }
         conn.execute_batch(SCHEMA).map_err(|e| db_error(&db, e))?;
+        upgrade(&conn).map_err(|e| db_error(&db, e))?;
+        conn.execute_batch("CREATE INDEX IF NOT EXISTS ledger_seat ON ledger(seat_id)")
+            .map_err(|e| db_error(&db, e))?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(|e| db_error(&db, e))?;
         Ok(Self {
@@ -333,10 +360,12 @@ impl State {
     }
 
     /// Verifies license text and records its grant. Installing the same grant
-    /// twice adds nothing; a new grant lifts a revocation of its id.
+    /// twice adds nothing; a grant whose window starts later (a renewal) is
+    /// accepted and in force only inside its window; a new grant never
+    /// lifts a revocation.
     pub fn install_text(&self, text: &str, now: u64) -> Result<Installed, StateError> {
         let license = SignedLicense::parse(text)?;
-        license.verify(&self.trusted_keys()?, now)?;
+        license.verify_for_install(&self.trusted_keys()?, now)?;
         let t = &license.terms;
         let grant = Grant {
             grant_id: t.grant.clone(),
@@ -349,9 +378,8 @@ impl State {
             customer: t.customer.clone(),
             installed_at: now,
         };
-        let mut conn = self.conn();
-        let tx = conn.transaction().map_err(|e| db_error(&self.db, e))?;
-        let n = tx
+        let conn = self.conn();
+        let n = conn
             .execute(
                 "INSERT OR IGNORE INTO grants (grant_id, license_id, issuer, seats, not_before, expires_at, plugins, customer, issued_at, installed_at, file)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
@@ -361,19 +389,17 @@ impl State {
                 ],
             )
             .map_err(|e| db_error(&self.db, e))?;
-        let unrevoked = n == 1
-            && tx
-                .execute(
-                    "DELETE FROM revocations WHERE license_id = ?1",
-                    params![grant.license_id],
-                )
-                .map_err(|e| db_error(&self.db, e))?
-                == 1;
-        tx.commit().map_err(|e| db_error(&self.db, e))?;
+        let revoked: bool = conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM revocations WHERE license_id = ?1)",
+                params![grant.license_id],
+                |r| r.get(0),
+            )
+            .map_err(|e| db_error(&self.db, e))?;
         Ok(Installed {
             grant,
             new: n == 1,
-            unrevoked,
+            revoked,
         })
     }
 
@@ -400,10 +426,56 @@ impl State {
         )
     }
 
-    /// Revokes a license id: hosts refuse new requests with `revoked`.
+    /// Revokes a license id: every grant of it, including grants installed
+    /// later, until [`State::unrevoke`].
     pub fn revoke(&self, license_id: &str, now: u64) -> Result<(), StateError> {
+        self.known_license(license_id)?;
+        self.conn()
+            .execute(
+                "INSERT OR IGNORE INTO revocations (license_id, revoked_at) VALUES (?1, ?2)",
+                params![license_id, now],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Lifts the revocation of a license id; false if it was not revoked.
+    /// Grants revoked one by one stay revoked.
+    pub fn unrevoke(&self, license_id: &str) -> Result<bool, StateError> {
+        self.known_license(license_id)?;
+        let n = self
+            .conn()
+            .execute(
+                "DELETE FROM revocations WHERE license_id = ?1",
+                params![license_id],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(n == 1)
+    }
+
+    /// Revokes one grant for good; returns its license id.
+    pub fn revoke_grant(&self, grant_id: &str, now: u64) -> Result<String, StateError> {
         let conn = self.conn();
-        let known: Option<String> = conn
+        let license: Option<String> = conn
+            .query_row(
+                "SELECT license_id FROM grants WHERE grant_id = ?1",
+                params![grant_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        let license = license.ok_or_else(|| StateError::UnknownGrant(grant_id.to_string()))?;
+        conn.execute(
+            "INSERT OR IGNORE INTO grant_revocations (grant_id, license_id, revoked_at) VALUES (?1, ?2, ?3)",
+            params![grant_id, license, now],
+        )
+        .map_err(|e| self.err(e))?;
+        Ok(license)
+    }
+
+    fn known_license(&self, license_id: &str) -> Result<(), StateError> {
+        let known: Option<String> = self
+            .conn()
             .query_row(
                 "SELECT license_id FROM grants WHERE license_id = ?1 LIMIT 1",
                 params![license_id],
@@ -411,15 +483,10 @@ impl State {
             )
             .optional()
             .map_err(|e| self.err(e))?;
-        if known.is_none() {
-            return Err(StateError::UnknownLicense(license_id.to_string()));
+        match known {
+            Some(_) => Ok(()),
+            None => Err(StateError::UnknownLicense(license_id.to_string())),
         }
-        conn.execute(
-            "INSERT OR IGNORE INTO revocations (license_id, revoked_at) VALUES (?1, ?2)",
-            params![license_id, now],
-        )
-        .map_err(|e| self.err(e))?;
-        Ok(())
     }
 
     /// Revoked license ids with the time of revocation.
@@ -431,50 +498,50 @@ impl State {
         Ok(rows.into_iter().collect())
     }
 
-    /// The terms a host enforces per license id at `now`: the grants valid
-    /// now add their seats; with none valid, every grant's window, so requests
-    /// are refused as `expired`.
-    pub fn effective_terms(&self, now: u64) -> Result<BTreeMap<String, Terms>, StateError> {
-        let mut by_id: BTreeMap<String, Vec<Grant>> = BTreeMap::new();
-        for g in self.grants()? {
-            by_id.entry(g.license_id.clone()).or_default().push(g);
-        }
-        Ok(by_id
+    /// The grants a host enforces, per license id: every installed grant
+    /// with its own seats, window and plugins, and whether it was revoked
+    /// alone. The pool judges each window at every request, so a grant
+    /// that expires stops giving seats without a restart.
+    pub fn seat_grants(&self) -> Result<BTreeMap<String, Vec<SeatGrant>>, StateError> {
+        let revoked: std::collections::BTreeSet<String> = self
+            .query("SELECT grant_id FROM grant_revocations", [], |r| r.get(0))?
             .into_iter()
-            .map(|(id, grants)| {
-                let active: Vec<&Grant> = grants.iter().filter(|g| g.valid_at(now)).collect();
-                let chosen: Vec<&Grant> = if active.is_empty() {
-                    grants.iter().collect()
-                } else {
-                    active
-                };
-                (id, combine(&chosen))
-            })
-            .collect())
+            .collect();
+        let mut out: BTreeMap<String, Vec<SeatGrant>> = BTreeMap::new();
+        for g in self.grants()? {
+            let grant = SeatGrant {
+                revoked: revoked.contains(&g.grant_id),
+                id: g.grant_id.clone(),
+                terms: g.terms(),
+            };
+            out.entry(g.license_id).or_default().push(grant);
+        }
+        Ok(out)
     }
 
-    /// Counters per license id (and per plugin) computed from the ledger.
+    /// Counters per license id (and per plugin) computed from the ledger
+    /// alone. Rows of format 1 (before seats lingered with their call) end
+    /// the seat with the lease: their release or reclaim counts as a return.
     pub fn ledger_counters(&self) -> Result<LedgerCounters, StateError> {
         let mut out = LedgerCounters::new();
-        let rows: Vec<(String, String, String, Option<String>, u64)> = self.query(
-            "SELECT license_id, plugin, kind, reason, count(*) FROM ledger GROUP BY 1, 2, 3, 4",
+        let rows: Vec<(String, String, String, Option<String>, i64, u64)> = self.query(
+            "SELECT license_id, plugin, kind, reason, format, sum(count) FROM ledger GROUP BY 1, 2, 3, 4, 5",
             [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
         )?;
-        for (license, plugin, kind, reason, n) in rows {
+        for (license, plugin, kind, reason, format, n) in rows {
             let Some(kind) = kind_from_names(&kind, reason.as_deref()) else {
                 continue;
             };
             let entry = out.entry(license).or_default();
-            add(&mut entry.0, kind, n);
-            add(entry.1.entry(plugin).or_default(), kind, n);
+            add(&mut entry.0, kind, format, n);
+            add(entry.1.entry(plugin).or_default(), kind, format, n);
         }
-        let running = "sum(CASE WHEN kind = 'checkout' THEN 1 WHEN kind IN ('release', 'reclaim') THEN -1 ELSE 0 END)";
         let peaks = format!(
             "SELECT license_id, plugin, max(run_l), max(run_p) FROM (
                SELECT license_id, plugin,
-                 {running} OVER (PARTITION BY license_id ORDER BY seq ROWS UNBOUNDED PRECEDING) AS run_l,
-                 {running} OVER (PARTITION BY license_id, plugin ORDER BY seq ROWS UNBOUNDED PRECEDING) AS run_p
+                 {SEAT_MOVE} OVER (PARTITION BY license_id ORDER BY seq ROWS UNBOUNDED PRECEDING) AS run_l,
+                 {SEAT_MOVE} OVER (PARTITION BY license_id, plugin ORDER BY seq ROWS UNBOUNDED PRECEDING) AS run_p
                FROM ledger) GROUP BY license_id, plugin"
         );
         let rows: Vec<(String, String, i64, i64)> = self.query(&peaks, [], |r| {
@@ -488,24 +555,53 @@ impl State {
         Ok(out)
     }
 
-    /// Leases checked out and never ended.
-    pub fn open_leases(&self) -> Result<Vec<OpenLease>, StateError> {
-        self.query(
+    /// Seats taken and never returned, with the lease still open on each.
+    pub fn open_seats(&self) -> Result<Vec<OpenSeat>, StateError> {
+        // Rows of format 2: a seat returns with a `return` row.
+        let mut seats = self.query(
+            "SELECT c.seat_id, c.license_id, c.grant_id, c.plugin, c.digest, c.invocation_id,
+               (SELECT l.lease_id FROM ledger l
+                 WHERE l.seat_id = c.seat_id AND l.kind IN ('checkout', 'retake')
+                   AND NOT EXISTS (SELECT 1 FROM ledger e WHERE e.lease_id = l.lease_id
+                                    AND e.kind IN ('release', 'reclaim'))
+                 ORDER BY l.seq DESC LIMIT 1)
+             FROM ledger c
+             WHERE c.kind = 'checkout' AND c.seat_id IS NOT NULL AND NOT EXISTS (
+               SELECT 1 FROM ledger r WHERE r.seat_id = c.seat_id AND r.kind = 'return')
+             ORDER BY c.seq",
+            [],
+            |r| {
+                Ok(OpenSeat {
+                    seat_id: r.get(0)?,
+                    license_id: r.get(1)?,
+                    grant_id: r.get(2)?,
+                    plugin: r.get(3)?,
+                    digest: r.get(4)?,
+                    invocation_id: r.get(5)?,
+                    lease_id: r.get(6)?,
+                })
+            },
+        )?;
+        // Rows of format 1: the lease was the seat and ended with it.
+        seats.extend(self.query(
             "SELECT c.lease_id, c.license_id, c.plugin, c.digest, c.invocation_id FROM ledger c
-                 WHERE c.kind = 'checkout' AND NOT EXISTS (
+                 WHERE c.kind = 'checkout' AND c.seat_id IS NULL AND NOT EXISTS (
                    SELECT 1 FROM ledger e WHERE e.lease_id = c.lease_id AND e.kind IN ('release', 'reclaim'))
                  ORDER BY c.seq",
             [],
             |r| {
-                Ok(OpenLease {
+                Ok(OpenSeat {
+                    seat_id: r.get(0)?,
                     lease_id: r.get(0)?,
                     license_id: r.get(1)?,
+                    grant_id: None,
                     plugin: r.get(2)?,
                     digest: r.get(3)?,
                     invocation_id: r.get(4)?,
                 })
             },
-        )
+        )?);
+        Ok(seats)
     }
 
     /// The largest lease id and invocation id in the ledger.
@@ -520,62 +616,61 @@ impl State {
     }
 }
 
+/// Brings a schema-1 database up to this build's schema in place: old
+/// ledger rows keep format 1 and verify as before.
+fn upgrade(conn: &Connection) -> rusqlite::Result<()> {
+    let columns: Vec<String> = conn
+        .prepare("SELECT name FROM pragma_table_info('ledger')")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (column, decl) in [
+        ("format", "INTEGER NOT NULL DEFAULT 1"),
+        ("seat_id", "INTEGER"),
+        ("grant_id", "TEXT"),
+        ("count", "INTEGER NOT NULL DEFAULT 1"),
+    ] {
+        if !columns.iter().any(|c| c == column) {
+            conn.execute_batch(&format!("ALTER TABLE ledger ADD COLUMN {column} {decl}"))?;
+        }
+    }
+    Ok(())
+}
+
 fn clamp(n: i64) -> u32 {
     u32::try_from(n.max(0)).unwrap_or(u32::MAX)
 }
 
-fn add(c: &mut Counters, kind: EventKind, n: u64) {
+/// How a ledger row moves the seats in use, as an SQL window sum: a seat is
+/// taken by a checkout and returned by a return row (or, in format 1, by the
+/// release or reclaim of its only lease).
+pub(crate) const SEAT_MOVE: &str = "sum(CASE WHEN kind = 'checkout' THEN 1 WHEN kind = 'return' THEN -1 \
+     WHEN kind IN ('release', 'reclaim') AND format = 1 THEN -1 ELSE 0 END)";
+
+fn add(c: &mut Counters, kind: EventKind, format: i64, n: u64) {
     match kind {
         EventKind::Checkout => c.checkouts += n,
-        EventKind::Release => c.releases += n,
-        EventKind::Reclaim(r) => c.reclaims.add(r, n),
+        EventKind::Retake => {
+            c.checkouts += n;
+            c.retakes += n;
+        }
+        EventKind::Release => {
+            c.releases += n;
+            if format == 1 {
+                c.returns.add(ReclaimReason::InvocationEnded, n);
+            }
+        }
+        EventKind::Reclaim(r) => {
+            c.reclaims.add(r, n);
+            if format == 1 {
+                c.returns.add(r, n);
+            }
+        }
+        EventKind::Return(r) => c.returns.add(r, n),
         EventKind::Denial(d) => c.denials.add(d, n),
         EventKind::Withheld => c.withheld += n,
     }
-    let ended = c.releases + c.reclaims.total();
-    c.in_use = clamp(i64::try_from(c.checkouts.saturating_sub(ended)).unwrap_or(i64::MAX));
-}
-
-/// One license's terms from several grants: seats add up, windows widen,
-/// plugin rules join (any unrestricted grant lifts the rule).
-fn combine(grants: &[&Grant]) -> Terms {
-    let seats = if grants.iter().any(|g| g.seats.is_none()) {
-        Seats::Unlimited
-    } else {
-        Seats::Counted(
-            grants
-                .iter()
-                .filter_map(|g| g.seats)
-                .fold(0u32, u32::saturating_add),
-        )
-    };
-    let not_before = if grants.iter().any(|g| g.not_before.is_none()) {
-        None
-    } else {
-        grants.iter().filter_map(|g| g.not_before).min()
-    };
-    let expires_at = if grants.iter().any(|g| g.expires_at.is_none()) {
-        None
-    } else {
-        grants.iter().filter_map(|g| g.expires_at).max()
-    };
-    let plugins = if grants.iter().any(|g| g.plugins.is_empty()) {
-        Vec::new()
-    } else {
-        let mut all: Vec<String> = grants
-            .iter()
-            .flat_map(|g| g.plugins.iter().cloned())
-            .collect();
-        all.sort();
-        all.dedup();
-        all
-    };
-    Terms {
-        seats,
-        not_before,
-        expires_at,
-        plugins,
-    }
+    let taken = c.checkouts.saturating_sub(c.retakes);
+    c.in_use = clamp(i64::try_from(taken.saturating_sub(c.returns.total())).unwrap_or(i64::MAX));
 }
 
 fn db_error(path: &Path, e: rusqlite::Error) -> StateError {

@@ -3,8 +3,8 @@
 
 use super::{State, StateError};
 use crate::ledger::UsageEvent;
-use crate::ledger::chain::{GENESIS, kind_from_names, row_hash};
-use crate::license::Counters;
+use crate::ledger::chain::{GENESIS, kind_from_names, row_hash_in};
+use crate::license::{Counters, Grant, Seats, Terms};
 use rusqlite::params;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -18,8 +18,6 @@ pub struct LicenseReport {
     pub seats: Option<u32>,
     /// Seats issued per issuer key id, over every grant (`None`: unlimited).
     pub issued_by: BTreeMap<String, Option<u32>>,
-    /// Number of grants installed.
-    pub grants: usize,
     /// Validity start of the enforced terms.
     pub not_before: Option<u64>,
     /// Expiry of the enforced terms.
@@ -28,6 +26,31 @@ pub struct LicenseReport {
     pub revoked: bool,
     /// Counters from the ledger.
     pub counters: Counters,
+    /// Each grant of the id, in install order.
+    pub grants: Vec<GrantReport>,
+}
+
+/// One grant of a license, as `status` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct GrantReport {
+    /// The grant id.
+    pub grant_id: String,
+    /// The issuer key id.
+    pub issuer: String,
+    /// Seats (`None`: unlimited).
+    pub seats: Option<u32>,
+    /// Window start, unix seconds.
+    pub not_before: Option<u64>,
+    /// Window end, unix seconds.
+    pub expires_at: Option<u64>,
+    /// Plugins it entitles (empty: any).
+    pub plugins: Vec<String>,
+    /// Revoked alone or with its license id.
+    pub revoked: bool,
+    /// Gives seats now: not revoked, inside its window.
+    pub in_force: bool,
+    /// Seats of it held now, from the ledger.
+    pub in_use: u32,
 }
 
 /// Filters for the usage report; times are unix seconds.
@@ -52,11 +75,11 @@ pub struct UsageRow {
     pub license_id: String,
     /// The plugin.
     pub plugin: String,
-    /// Seats handed out.
+    /// Leases handed to plugins.
     pub checkouts: u64,
-    /// Seats sent back.
+    /// Leases sent back by plugins.
     pub releases: u64,
-    /// Seats taken back by the host.
+    /// Leases ended by the host.
     pub reclaims: u64,
     /// Requests refused.
     pub denials: u64,
@@ -82,20 +105,78 @@ impl AuditReport {
     }
 }
 
+/// Seats and window of the grants in force, for display: seats add up, the
+/// window spans them all (none in force: no seats, no window).
+fn summary(live: &[&Grant]) -> Terms {
+    let seats = live.iter().try_fold(0u32, |n, g| {
+        g.terms.seats.limit().map(|s| n.saturating_add(s))
+    });
+    Terms {
+        seats: seats.map_or(Seats::Unlimited, Seats::Counted),
+        not_before: live.iter().map(|g| g.terms.not_before).min().flatten(),
+        expires_at: if live.iter().any(|g| g.terms.expires_at.is_none()) {
+            None
+        } else {
+            live.iter().filter_map(|g| g.terms.expires_at).max()
+        },
+        plugins: Vec::new(),
+    }
+}
+
 /// Most problems listed in one audit report.
 const MAX_PROBLEMS: usize = 50;
 
 impl State {
     /// Status of every installed license id at `now`.
     pub fn status(&self, now: u64) -> Result<Vec<LicenseReport>, StateError> {
-        let terms = self.effective_terms(now)?;
         let revoked = self.revocations()?;
+        let terms: BTreeMap<String, Terms> = self
+            .seat_grants()?
+            .into_iter()
+            .map(|(id, grants)| {
+                let live: Vec<&Grant> = grants
+                    .iter()
+                    .filter(|g| !g.revoked && g.terms.valid_at(now))
+                    .collect();
+                (id, summary(&live))
+            })
+            .collect();
         let mut counters = self.ledger_counters()?;
-        let mut issued: BTreeMap<String, (BTreeMap<String, Option<u32>>, usize)> = BTreeMap::new();
+        let held: BTreeMap<String, i64> = self
+            .query(
+                "SELECT grant_id, sum(CASE kind WHEN 'checkout' THEN 1 WHEN 'return' THEN -1 ELSE 0 END)
+                 FROM ledger WHERE grant_id IS NOT NULL GROUP BY grant_id",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?
+            .into_iter()
+            .collect();
+        let revoked_grants: std::collections::BTreeSet<String> = self
+            .query("SELECT grant_id FROM grant_revocations", [], |r| r.get(0))?
+            .into_iter()
+            .collect();
+        let mut grant_reports: BTreeMap<String, Vec<GrantReport>> = BTreeMap::new();
+        let mut issued: BTreeMap<String, BTreeMap<String, Option<u32>>> = BTreeMap::new();
         for g in self.grants()? {
+            let revoked_now =
+                revoked.contains_key(&g.license_id) || revoked_grants.contains(&g.grant_id);
+            grant_reports
+                .entry(g.license_id.clone())
+                .or_default()
+                .push(GrantReport {
+                    in_force: !revoked_now && g.valid_at(now),
+                    revoked: revoked_now,
+                    in_use: u32::try_from(held.get(&g.grant_id).copied().unwrap_or(0).max(0))
+                        .unwrap_or(u32::MAX),
+                    grant_id: g.grant_id.clone(),
+                    issuer: g.issuer.clone(),
+                    seats: g.seats,
+                    not_before: g.not_before,
+                    expires_at: g.expires_at,
+                    plugins: g.plugins.clone(),
+                });
             let entry = issued.entry(g.license_id.clone()).or_default();
-            entry.1 += 1;
-            let seats = entry.0.entry(g.issuer.clone()).or_insert(Some(0));
+            let seats = entry.entry(g.issuer.clone()).or_insert(Some(0));
             *seats = match (*seats, g.seats) {
                 (Some(a), Some(b)) => Some(a.saturating_add(b)),
                 _ => None,
@@ -104,15 +185,15 @@ impl State {
         Ok(terms
             .into_iter()
             .map(|(id, t)| {
-                let (issued_by, grants) = issued.remove(&id).unwrap_or_default();
+                let issued_by = issued.remove(&id).unwrap_or_default();
                 LicenseReport {
                     seats: t.seats.limit(),
                     issued_by,
-                    grants,
                     not_before: t.not_before,
                     expires_at: t.expires_at,
                     revoked: revoked.contains_key(&id),
                     counters: counters.remove(&id).map(|c| c.0).unwrap_or_default(),
+                    grants: grant_reports.remove(&id).unwrap_or_default(),
                     id,
                 }
             })
@@ -123,8 +204,11 @@ impl State {
     pub fn usage(&self, f: &UsageFilter) -> Result<Vec<UsageRow>, StateError> {
         self.query(
             "SELECT date(at_ms / 1000, 'unixepoch') AS day, license_id, plugin,
-               sum(kind = 'checkout'), sum(kind = 'release'), sum(kind = 'reclaim'),
-               sum(kind = 'denial'), sum(kind = 'withheld')
+               sum(CASE WHEN kind IN ('checkout', 'retake') THEN count ELSE 0 END),
+               sum(CASE WHEN kind = 'release' THEN count ELSE 0 END),
+               sum(CASE WHEN kind = 'reclaim' THEN count ELSE 0 END),
+               sum(CASE WHEN kind = 'denial' THEN count ELSE 0 END),
+               sum(CASE WHEN kind = 'withheld' THEN count ELSE 0 END)
              FROM ledger
              WHERE (?1 IS NULL OR at_ms >= ?1 * 1000) AND (?2 IS NULL OR at_ms < ?2 * 1000)
                AND (?3 IS NULL OR license_id = ?3) AND (?4 IS NULL OR plugin = ?4)
@@ -149,7 +233,12 @@ impl State {
     /// the stored hashes and the chain head: any edited, inserted or deleted
     /// row is named.
     pub fn audit(&self) -> Result<AuditReport, StateError> {
-        let conn = self.conn();
+        let mut conn = self.conn();
+        // The head and the rows are read in one read transaction, so a
+        // commit landing in between cannot look like a broken chain.
+        let conn = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Deferred)
+            .map_err(|e| self.err(e))?;
         let (head_seq, head_hash): (u64, Vec<u8>) = conn
             .query_row("SELECT seq, hash FROM chain_head WHERE id = 1", [], |r| {
                 Ok((r.get(0)?, r.get(1)?))
@@ -161,7 +250,8 @@ impl State {
             .map_err(|e| self.err(e))?;
         let mut stmt = conn
             .prepare(
-                "SELECT seq, at_ms, kind, reason, license_id, plugin, digest, lease_id, invocation_id, hash
+                "SELECT seq, at_ms, kind, reason, license_id, plugin, digest, lease_id, invocation_id, hash,
+                        format, seat_id, grant_id, count
                  FROM ledger ORDER BY seq",
             )
             .map_err(|e| self.err(e))?;
@@ -204,9 +294,20 @@ impl State {
                 component_digest: r.get::<_, String>(6).map_err(|e| self.err(e))?.into(),
                 lease_id: r.get(7).map_err(|e| self.err(e))?,
                 invocation_id: r.get(8).map_err(|e| self.err(e))?,
+                seat_id: r.get(11).map_err(|e| self.err(e))?,
+                grant_id: r
+                    .get::<_, Option<String>>(12)
+                    .map_err(|e| self.err(e))?
+                    .map(Into::into),
+                count: r.get(13).map_err(|e| self.err(e))?,
             };
-            let computed = row_hash(&prev, &event);
-            if stored.as_slice() != computed {
+            let format: u8 = r.get(10).map_err(|e| self.err(e))?;
+            let computed = row_hash_in(format, &prev, &event);
+            if computed.is_none() {
+                note(format!(
+                    "row {seq} has an unknown row format {format} (edited)"
+                ));
+            } else if computed.is_some_and(|h| stored.as_slice() != h) {
                 note(format!(
                     "row {seq} does not match its hash (edited, or a row before it was changed)"
                 ));

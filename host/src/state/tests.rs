@@ -26,14 +26,17 @@ fn license(key: &IssuerKey, id: &str, seats: Seats, f: impl FnOnce(&mut LicenseT
 
 fn event(seq_hint: u64, kind: EventKind, lease: Option<u64>) -> UsageEvent {
     UsageEvent {
-        seq: 0,
-        at_ms: NOW * 1000 + seq_hint,
-        kind,
-        license_id: "a".into(),
-        plugin: "p".into(),
-        component_digest: "d".into(),
         lease_id: lease,
-        invocation_id: seq_hint,
+        seat_id: lease,
+        grant_id: lease.map(|_| "g".into()),
+        ..UsageEvent::new(
+            kind,
+            NOW * 1000 + seq_hint,
+            "a".into(),
+            "p".into(),
+            "d".into(),
+            seq_hint,
+        )
     }
 }
 
@@ -66,16 +69,17 @@ fn install_requires_trust_and_adds_grants() {
     state
         .install_text(&license(&key, "a", Seats::Counted(3), |_| {}), NOW)
         .expect("second grant");
-    let terms = state.effective_terms(NOW).expect("terms");
-    assert_eq!(terms["a"].seats, Seats::Counted(5));
+    let grants = state.seat_grants().expect("grants");
+    assert_eq!(grants["a"].len(), 2, "each grant keeps its own seats");
     let status = state.status(NOW).expect("status");
+    assert_eq!(status[0].seats, Some(5));
     assert_eq!(status[0].issued_by[&key.public().key_id()], Some(5));
-    assert_eq!(status[0].grants, 2);
+    assert_eq!(status[0].grants.len(), 2);
     let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
-fn expired_grants_fall_back_to_an_expired_window() {
+fn grants_keep_their_own_windows_and_plugins() {
     let dir = temp_dir("expiry");
     let state = State::open(&dir).expect("opens");
     let key = IssuerKey::generate().expect("key");
@@ -93,18 +97,34 @@ fn expired_grants_fall_back_to_an_expired_window() {
             NOW,
         )
         .expect("installs");
-    let now = state.effective_terms(NOW).expect("terms");
-    assert_eq!(now["a"].seats, Seats::Unlimited);
+    let grants = state.seat_grants().expect("grants");
+    let bound: Vec<&Vec<String>> = grants["a"].iter().map(|g| &g.terms.plugins).collect();
     assert!(
-        now["a"].plugins.is_empty(),
-        "an unrestricted grant lifts the rule"
+        bound.contains(&&vec!["hello".to_string()]),
+        "the unrestricted grant leaves the other's plugin rule alone: {bound:?}"
     );
-    let later = state.effective_terms(NOW + 100).expect("terms");
-    assert!(!later["a"].valid_at(NOW + 100));
+    assert_eq!(state.status(NOW).expect("status")[0].seats, None);
+    assert_eq!(state.status(NOW + 100).expect("status")[0].seats, Some(0));
     assert!(matches!(
         state.install_text(&text, NOW + 100),
         Err(StateError::Issuer(IssuerError::Expired(_)))
     ));
+    // A renewal whose window starts later is installed ahead of time.
+    let renewal = license(&key, "a", Seats::Counted(4), |t| {
+        t.not_before = Some(NOW + 1_000);
+    });
+    assert!(
+        state
+            .install_text(&renewal, NOW)
+            .expect("installs ahead")
+            .new
+    );
+    assert_eq!(
+        state.status(NOW + 100).expect("status")[0].seats,
+        Some(0),
+        "not yet"
+    );
+    assert_eq!(state.status(NOW + 1_000).expect("status")[0].seats, Some(4));
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -126,8 +146,19 @@ fn revoke_and_reinstall() {
     let again = state
         .install_text(&license(&key, "a", Seats::Counted(1), |_| {}), NOW)
         .expect("installs");
-    assert!(again.unrevoked);
+    assert!(again.revoked, "a new grant does not lift the revocation");
+    assert!(state.status(NOW).expect("status")[0].revoked);
+    assert!(state.unrevoke("a").expect("unrevokes"));
     assert!(!state.status(NOW).expect("status")[0].revoked);
+    assert!(!state.unrevoke("a").expect("unrevokes"), "was not revoked");
+    let g = &again.grant.grant_id;
+    assert_eq!(state.revoke_grant(g, NOW).expect("revokes the grant"), "a");
+    let grants = state.seat_grants().expect("grants");
+    assert_eq!(grants["a"].iter().filter(|x| x.revoked).count(), 1);
+    assert!(matches!(
+        state.revoke_grant("no-such-grant", NOW),
+        Err(StateError::UnknownGrant(_))
+    ));
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -140,24 +171,34 @@ fn ledger_commits_chain_and_counts() {
         ledger.record(event(1, EventKind::Checkout, Some(1)));
         ledger.record(event(2, EventKind::Checkout, Some(2)));
         ledger.record(event(3, EventKind::Release, Some(1)));
-        ledger.record(event(4, EventKind::Denial(Denial::Exhausted), None));
+        ledger.record(event(
+            4,
+            EventKind::Return(ReclaimReason::InvocationEnded),
+            Some(1),
+        ));
+        ledger.record(event(5, EventKind::Denial(Denial::Exhausted), None));
         ledger.sync().expect("durable");
-        assert!(ledger.stats().commits >= 1 && ledger.stats().rows == 4);
+        assert!(ledger.stats().commits >= 1 && ledger.stats().rows == 5);
     }
     // A second writer continues the chain after a restart.
     {
         let ledger = SqliteLedger::open(state.db_path()).expect("ledger");
         ledger.record(event(
-            5,
+            6,
             EventKind::Reclaim(ReclaimReason::HostRestart),
             Some(2),
         ));
-        ledger.record(event(6, EventKind::Withheld, None));
+        ledger.record(event(
+            7,
+            EventKind::Return(ReclaimReason::HostRestart),
+            Some(2),
+        ));
+        ledger.record(event(8, EventKind::Withheld, None));
         ledger.sync().expect("durable");
     }
     let audit = state.audit().expect("audit");
     assert!(audit.ok(), "{:?}", audit.problems);
-    assert_eq!((audit.rows, audit.head_seq), (6, 6));
+    assert_eq!((audit.rows, audit.head_seq), (8, 8));
     let counters = state.ledger_counters().expect("counters");
     let (c, per_plugin) = &counters["a"];
     assert_eq!(
@@ -165,9 +206,11 @@ fn ledger_commits_chain_and_counts() {
         (2, 1, 2, 0, 1)
     );
     assert_eq!(c.reclaims.get(ReclaimReason::HostRestart), 1);
+    assert_eq!(c.returns.total(), 2);
+    assert!(c.balanced(), "{c:?}");
     assert_eq!(c.denials.get(Denial::Exhausted), 1);
     assert_eq!(per_plugin["p"], *c);
-    assert_eq!(state.last_ids().expect("ids"), (2, 6));
+    assert_eq!(state.last_ids().expect("ids"), (2, 8));
     let usage = state.usage(&UsageFilter::default()).expect("usage");
     assert_eq!(usage.len(), 1);
     assert_eq!(
@@ -253,9 +296,17 @@ fn open_leases_are_found() {
         EventKind::Reclaim(ReclaimReason::Trapped),
         Some(7),
     ));
+    ledger.record(event(4, EventKind::Return(ReclaimReason::Trapped), Some(7)));
+    // Seat 8's lease was sent back: the seat is still taken, no lease open.
+    ledger.record(event(5, EventKind::Release, Some(8)));
     ledger.sync().expect("durable");
-    let open = state.open_leases().expect("open");
-    assert_eq!(open.iter().map(|l| l.lease_id).collect::<Vec<_>>(), vec![8]);
+    let open = state.open_seats().expect("open");
+    assert_eq!(
+        open.iter()
+            .map(|l| (l.seat_id, l.lease_id))
+            .collect::<Vec<_>>(),
+        vec![(8, None)]
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -357,5 +408,50 @@ fn bad_state_dirs_and_databases_are_named() {
     assert!(matches!(ok.lock_host(), Err(StateError::HostRunning(_))));
     drop(lock);
     assert!(ok.lock_host().is_ok(), "lock released with the host");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A full disk (SQLite's page cap on the writer's connection: a real
+/// `SQLITE_FULL`, no mock) fails waiting calls and refuses new ones, loses
+/// no row, and commits again once there is room, without a restart.
+#[test]
+fn a_full_ledger_fails_closed_and_recovers_without_a_restart() {
+    let dir = temp_dir("full");
+    let state = State::open(&dir).expect("opens");
+    let ledger = SqliteLedger::open(state.db_path()).expect("ledger");
+    ledger.record(event(1, EventKind::Checkout, Some(1)));
+    ledger.sync_invocation(1).expect("durable");
+    assert!(ledger.ready().is_ok());
+    let size = std::fs::metadata(state.db_path()).expect("db").len();
+    ledger.limit_size(Some(size));
+    let mut recorded = 1u64;
+    let failure = (2..2_000u64).find_map(|i| {
+        ledger.record(event(i, EventKind::Withheld, None));
+        recorded += 1;
+        ledger.sync_invocation(i).err()
+    });
+    let failure = failure.expect("the full disk made a commit fail");
+    assert!(failure.0.contains("full"), "{failure}");
+    let refused = ledger.ready().expect_err("new calls are refused");
+    assert!(refused.0.contains("last commit failed"), "{refused}");
+    // A seat's return is never refused: rows still go in while it is full.
+    ledger.record(event(
+        9_999,
+        EventKind::Return(ReclaimReason::InvocationEnded),
+        Some(1),
+    ));
+    recorded += 1;
+    ledger.limit_size(None);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while ledger.sync().is_err() {
+        assert!(std::time::Instant::now() < deadline, "did not recover");
+        std::thread::yield_now();
+    }
+    assert!(ledger.ready().is_ok(), "calls are accepted again");
+    assert_eq!(ledger.stats().rows, recorded, "no row was lost");
+    drop(ledger);
+    let audit = state.audit().expect("audit");
+    assert!(audit.ok(), "{:?}", audit.problems);
+    assert_eq!(audit.rows, recorded);
     let _ = std::fs::remove_dir_all(dir);
 }
