@@ -117,13 +117,7 @@ fn allocators() -> Vec<(&'static str, Allocator)> {
     let only = std::env::var("TOLLGATE_BENCH_ALLOCATOR").ok();
     let mut all = vec![
         ("on-demand", Allocator::OnDemand),
-        (
-            "pooling",
-            Allocator::Pooling {
-                instances: 64,
-                max_memory_bytes: 64 << 20,
-            },
-        ),
+        ("pooling", Allocator::pooling(64, [&Limits::default()])),
     ];
     all.retain(|(label, _)| only.as_deref().is_none_or(|o| o == *label));
     all

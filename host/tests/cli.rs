@@ -343,3 +343,67 @@ fn demo_shows_the_whole_story() {
         assert!(out.contains(needle), "expected {needle:?} in:\n{out}");
     }
 }
+
+/// `tollgate run` at its default log level prints none of a withheld call's
+/// bytes (stdout, stderr, output, error string) and no trap text with the
+/// plugin's function names; the plugin's stdout/stderr is at debug level,
+/// tagged with the invocation id.
+#[test]
+fn run_leaks_nothing_of_a_withheld_call() {
+    const SECRET: &str = "SECRET-7f3a9c";
+    const FUNCTION: &str = "secret_function_7f3a9c";
+    let blab = |action: &str, log: Option<&str>| {
+        let input = temp(&format!("blab-{}.txt", action.replace([' ', ':'], "-")));
+        std::fs::write(&input, action).expect("write input");
+        let path = guest("blabber");
+        let mut cmd = Command::new(BIN);
+        cmd.args([
+            "run",
+            path.to_str().expect("utf-8 path"),
+            "--license",
+            "demo=1",
+            "--input",
+            input.to_str().expect("utf-8"),
+        ]);
+        match log {
+            Some(filter) => cmd.env("TOLLGATE_LOG", filter),
+            None => cmd.env_remove("TOLLGATE_LOG"),
+        };
+        cmd.output().expect("tollgate runs")
+    };
+    for (action, exit) in [
+        ("print", 3),
+        ("err:100", 3),
+        ("trap", 4),
+        ("panic", 4),
+        ("licensed trap", 4),
+    ] {
+        let o = blab(action, None);
+        let all = format!("{}{}", stdout(&o), stderr(&o));
+        assert_eq!(o.status.code(), Some(exit), "{action}: {all}");
+        assert!(!all.contains(SECRET), "{action}: {all}");
+        assert!(!all.contains(FUNCTION), "{action}: {all}");
+    }
+    // A delivered result is printed, and the plugin's stdout is still there
+    // for whoever asks for debug logs, tagged with the call.
+    let o = blab("licensed print", Some("tollgate::plugin=debug"));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "SECRET-7f3a9c-blabber");
+    let log = stderr(&o);
+    assert!(
+        log.lines().any(|l| l.contains("DEBUG")
+            && l.contains("invocation=")
+            && l.contains("stdout says SECRET-7f3a9c")),
+        "{log}"
+    );
+    // Where a call trapped stays available to the operator, at debug level
+    // under the invocation id.
+    let o = blab("trap", Some("warn,tollgate::call=debug"));
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    let log = stderr(&o);
+    // (The message is the error with its backtrace, over several lines;
+    // the fields follow it.)
+    assert!(log.contains("DEBUG tollgate::call: stopped:"), "{log}");
+    assert!(log.contains("plugin=blabber invocation="), "{log}");
+    assert!(log.contains(FUNCTION), "{log}");
+}

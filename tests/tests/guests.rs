@@ -202,10 +202,10 @@ fn leaker() {
 fn a_reused_pool_slot_starts_clean() {
     let host = Host::builder()
         .license(SEAT, Terms::new(Seats::Counted(4)))
-        .allocator(tollgate::runtime::Allocator::Pooling {
-            instances: 1,
-            max_memory_bytes: 64 << 20,
-        })
+        .allocator(tollgate::runtime::Allocator::pooling(
+            1,
+            [&Limits::default()],
+        ))
         .build()
         .expect("host starts");
     load(&host, "leaker", guests::LEAKER);
@@ -389,16 +389,19 @@ fn prober() {
     let writer = logs.clone();
     let subscriber = tracing_subscriber::fmt()
         .with_writer(move || writer.clone())
+        .with_max_level(tracing::Level::DEBUG)
         .with_ansi(false)
         .finish();
-    let out = tracing::subscriber::with_default(subscriber, || host.invoke("prober", b""))
-        .expect("licensed call succeeds");
+    let (invocation, out) =
+        tracing::subscriber::with_default(subscriber, || host.invoke_call("prober", b""));
+    let out = out.expect("licensed call succeeds");
     // Deny-all sandbox: no host files, no environment, no sockets.
     assert_eq!(
         text(out),
         "file: denied (NotFound)\ndir: denied (NotFound)\nenv: empty\nsocket: denied (PermissionDenied)"
     );
-    // Its stdout and stderr went to the log, tagged with the plugin's name.
+    // Its stdout and stderr went to the debug log (never a default level),
+    // tagged with the plugin's name and the invocation id.
     let logs = String::from_utf8(logs.0.lock().expect("log lock").clone()).expect("utf-8 logs");
     let line = |needle: &str| {
         logs.lines()
@@ -406,12 +409,21 @@ fn prober() {
             .map(str::to_string)
     };
     let out_line = line("prober: probing the sandbox").expect("stdout logged");
+    let tag = format!("invocation={invocation}");
     assert!(
-        out_line.contains("plugin=prober") && out_line.contains("stream=\"stdout\""),
+        out_line.contains("DEBUG")
+            && out_line.contains("plugin=prober")
+            && out_line.contains(&tag)
+            && out_line.contains("stream=\"stdout\""),
         "{out_line}"
     );
     let err_line = line("this line goes to stderr").expect("stderr logged");
-    assert!(err_line.contains("stream=\"stderr\""), "{err_line}");
+    assert!(
+        err_line.contains("DEBUG")
+            && err_line.contains(&tag)
+            && err_line.contains("stream=\"stderr\""),
+        "{err_line}"
+    );
     assert_balanced(&host);
 }
 
@@ -565,7 +577,7 @@ fn every_guest_has_a_test() {
         };
     }
     tollgate_tests::for_each_guest!(has_test);
-    assert_eq!(guests::GUESTS.len(), 22);
+    assert_eq!(guests::GUESTS.len(), 23);
 }
 
 #[test]
@@ -730,6 +742,70 @@ fn double_release() {
     );
     load(&host, "hello", guests::HELLO_LICENSED);
     assert!(host.invoke("hello", b"next").is_ok());
+    assert_balanced(&host);
+}
+
+/// A rogue guest that tries every way but a delivered result to get its
+/// bytes to the caller: none of its text reaches the caller of a withheld
+/// call, trap texts never carry its function names, and its error strings
+/// are bounded like its output.
+#[test]
+fn blabber() {
+    const SECRET: &str = "SECRET-7f3a9c";
+    const FUNCTION: &str = "secret_function_7f3a9c";
+    let host = host_with(Seats::Counted(1));
+    let limits = Limits {
+        max_output_bytes: 1024,
+        ..Limits::default()
+    };
+    load_with(&host, "blabber", guests::BLABBER, limits);
+    let shown = |e: &InvokeError| format!("{e} | {e:?} | {}", e.public_message());
+    // Withheld (no seat taken): whatever it returns or prints, the caller
+    // learns only that the call was unlicensed.
+    for action in ["print", "err:100", "err:5000"] {
+        let err = host
+            .invoke("blabber", action.as_bytes())
+            .expect_err("withheld");
+        assert!(err.is_unlicensed(), "{action}: {err}");
+        assert!(!shown(&err).contains(SECRET), "{action}: {}", shown(&err));
+    }
+    // Traps, withheld or licensed: the kind of trap, never where.
+    for action in ["trap", "licensed trap", "panic", "licensed panic"] {
+        let err = host
+            .invoke("blabber", action.as_bytes())
+            .expect_err("traps");
+        assert_eq!(err.code(), "plugin-trap", "{action}: {err}");
+        let text = shown(&err);
+        assert!(!text.contains(FUNCTION), "{action}: {text}");
+        assert!(!text.contains(SECRET), "{action}: {text}");
+        assert!(!text.contains("backtrace"), "{action}: {text}");
+    }
+    // Licensed: its error string is its answer, delivered within the
+    // output limit and refused over it, like output.
+    assert_eq!(
+        host.invoke("blabber", b"licensed err:20")
+            .expect_err("its own error"),
+        InvokeError::Failed {
+            plugin: "blabber".into(),
+            message: "SECRET-7f3a9c-blabbe".into()
+        }
+    );
+    assert_eq!(
+        host.invoke("blabber", b"licensed err:5000")
+            .expect_err("over the output limit"),
+        InvokeError::OutputTooLarge {
+            plugin: "blabber".into(),
+            size: 5000,
+            limit: 1024
+        }
+    );
+    assert_eq!(
+        text(
+            host.invoke("blabber", b"licensed print")
+                .expect("delivered")
+        ),
+        "SECRET-7f3a9c-blabber"
+    );
     assert_balanced(&host);
 }
 

@@ -97,13 +97,11 @@ enum Command {
     Audit(admin::AuditCommand),
 }
 
-/// Logs to stderr, filtered by `TOLLGATE_LOG`; a server logs every call by default.
+/// Logs to stderr, filtered by `TOLLGATE_LOG`; a server logs every call by
+/// default. Plugin stdout/stderr is at debug level (target
+/// `tollgate::plugin`), so it shows only when asked for.
 pub(crate) fn init_logging(server: bool, json: bool) {
-    let default = if server {
-        "info"
-    } else {
-        "warn,tollgate::plugin=info"
-    };
+    let default = if server { "info" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()

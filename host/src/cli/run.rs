@@ -16,7 +16,11 @@ use tollgate::{Host, InvokeError, Limits, PluginSpec, Seats, Terms};
 #[derive(Debug, Args)]
 #[command(after_help = "\
 Exit codes: 0 ok; 2 bad usage or bad input; 3 result withheld as unlicensed or \
-license denied; 4 plugin trapped, failed or timed out.
+license denied; 4 plugin trapped, failed, timed out or hit a per-call limit.
+
+What a plugin prints is logged at debug level, tagged with the invocation id, \
+and a trap is reported without the plugin's function names; to see both: \
+TOLLGATE_LOG=warn,tollgate::plugin=debug,tollgate::call=debug.
 
 Examples:
   tollgate run hello.wasm --license demo=1 --input name.txt

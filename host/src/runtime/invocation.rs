@@ -3,12 +3,13 @@
 
 use super::Runtime;
 use super::plugin::Plugin;
-use super::sandbox::InvocationState;
+use super::sandbox::{InvocationState, LimitHit};
 use crate::license::{CallLimits, Denial, Holder, LicenseManager, ReclaimReason};
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+use wasmtime::component::ResourceTableError;
 use wasmtime::{Store, Trap};
 
 /// A required license a call did not hold, and why, if it asked.
@@ -52,11 +53,14 @@ pub enum InvokeError {
         missing: Vec<MissingLicense>,
     },
     /// The plugin trapped.
-    #[error("plugin {plugin} trapped: {reason}")]
+    #[error(
+        "plugin {plugin} trapped: {reason}; where it trapped is logged at debug level (target tollgate::call)"
+    )]
     Trapped {
         /// The plugin.
         plugin: String,
-        /// The trap.
+        /// The kind of trap, in wasmtime's fixed words (never text or names
+        /// from the plugin; those go to the debug log only).
         reason: String,
     },
     /// The plugin ran past its time limit and was stopped.
@@ -69,12 +73,26 @@ pub enum InvokeError {
     },
     /// The plugin tried to grow its memory past its limit and was stopped.
     #[error(
-        "plugin {plugin} tried to grow its memory past its limit of {limit} bytes and was stopped"
+        "plugin {plugin} tried to grow its memory past its limit of {limit} bytes (all its memories together) and was stopped"
     )]
     MemoryLimit {
         /// The plugin.
         plugin: String,
         /// Its limit in bytes.
+        limit: usize,
+    },
+    /// The call needed more core instances, memories, tables, table
+    /// elements or resources than its limits allow, and was stopped.
+    #[error(
+        "plugin {plugin} needed more than its limit of {limit} {resource} per call and was stopped; raise the plugin's limit if it really needs more"
+    )]
+    ResourceLimit {
+        /// The plugin.
+        plugin: String,
+        /// What ran out: `core instances`, `memories`, `tables`,
+        /// `table elements` or `resources`.
+        resource: &'static str,
+        /// Its limit.
         limit: usize,
     },
     /// The plugin returned an error of its own.
@@ -102,7 +120,8 @@ pub enum InvokeError {
         /// The plugin.
         plugin: String,
     },
-    /// The output was larger than the plugin's output limit.
+    /// The output, or the error string, was larger than the plugin's output
+    /// limit.
     #[error("plugin {plugin} returned {size} bytes, over its output limit of {limit}")]
     OutputTooLarge {
         /// The plugin.
@@ -131,6 +150,7 @@ impl InvokeError {
             }
             InvokeError::Trapped { .. } => "plugin-trap",
             InvokeError::MemoryLimit { .. } => "memory-limit",
+            InvokeError::ResourceLimit { .. } => "resource-limit",
             InvokeError::TimedOut { .. } => "time-limit",
             InvokeError::Failed { .. } => "plugin-error",
             InvokeError::NotRecorded { .. } => "ledger-unavailable",
@@ -147,6 +167,7 @@ impl InvokeError {
             | InvokeError::Trapped { plugin, .. }
             | InvokeError::TimedOut { plugin, .. }
             | InvokeError::MemoryLimit { plugin, .. }
+            | InvokeError::ResourceLimit { plugin, .. }
             | InvokeError::Failed { plugin, .. }
             | InvokeError::OutputTooLarge { plugin, .. }
             | InvokeError::NotRecorded { plugin, .. }
@@ -157,6 +178,29 @@ impl InvokeError {
     /// Whether the call was refused for licensing (withheld or denied).
     pub fn is_unlicensed(&self) -> bool {
         matches!(self, InvokeError::Unlicensed { .. })
+    }
+
+    /// The message a remote caller gets: fixed for each error code, naming
+    /// only the plugin and the host's own limits and license ids. Nothing
+    /// the plugin wrote reaches it (no trap text, function names, stdout or
+    /// stderr), except the error string of a call whose result was
+    /// delivered, which is the plugin's answer and is bounded by its output
+    /// limit.
+    pub fn public_message(&self) -> String {
+        match self {
+            InvokeError::Trapped { plugin, .. } => format!(
+                "plugin {plugin} trapped and was stopped; the operator finds the details in the host's debug log under this call's invocation id"
+            ),
+            InvokeError::UnknownPlugin(_)
+            | InvokeError::Unlicensed { .. }
+            | InvokeError::TimedOut { .. }
+            | InvokeError::MemoryLimit { .. }
+            | InvokeError::ResourceLimit { .. }
+            | InvokeError::Failed { .. }
+            | InvokeError::NotRecorded { .. }
+            | InvokeError::Cancelled { .. }
+            | InvokeError::OutputTooLarge { .. } => self.to_string(),
+        }
     }
 }
 
@@ -194,9 +238,12 @@ impl Runtime {
                 max_acquires: plugin.limits.max_acquires,
             },
         );
-        let state = InvocationState::new(plugin, licensing);
+        let state = InvocationState::new(plugin, invocation, licensing);
         let mut store = Store::new(&self.engine, state);
+        // wasmtime reads the instance, memory and table counts when the
+        // limiter is installed.
         store.limiter(|s| &mut s.limiter);
+        store.set_max_component_handles(plugin.limits.max_resources);
         store.set_epoch_deadline(1);
         store.epoch_deadline_async_yield_and_update(1);
 
@@ -217,20 +264,11 @@ impl Runtime {
                 CallEnd::Stopped(e, ReclaimReason::TimedOut)
             }
             Ok(Err(err)) => {
-                let name = plugin.name.to_string();
-                if store.data().limiter.memory_hit {
-                    let e = InvokeError::MemoryLimit {
-                        plugin: name,
-                        limit: plugin.limits.memory_bytes,
-                    };
-                    CallEnd::Stopped(e, ReclaimReason::Trapped)
-                } else {
-                    let e = InvokeError::Trapped {
-                        plugin: name,
-                        reason: trap_reason(&err),
-                    };
-                    CallEnd::Stopped(e, ReclaimReason::Trapped)
-                }
+                // The full error, with the guest's backtrace and function
+                // names, only at debug level: a caller never sees it.
+                tracing::debug!(target: "tollgate::call", plugin = %plugin.name, invocation, "stopped: {err:?}");
+                let e = stopped_error(plugin, store.data().limiter.hit, &err);
+                CallEnd::Stopped(e, ReclaimReason::Trapped)
             }
         };
 
@@ -266,6 +304,14 @@ impl Runtime {
                     missing,
                 })
             }
+            // The plugin's own error text is output too, and bounded alike.
+            CallEnd::Returned(Err(message)) if message.len() > plugin.limits.max_output_bytes => {
+                Err(InvokeError::OutputTooLarge {
+                    plugin: plugin.name.to_string(),
+                    size: message.len(),
+                    limit: plugin.limits.max_output_bytes,
+                })
+            }
             CallEnd::Returned(Err(message)) => Err(InvokeError::Failed {
                 plugin: plugin.name.to_string(),
                 message,
@@ -299,10 +345,79 @@ impl Runtime {
     }
 }
 
-/// The trap code, or the error's first line, without the backtrace.
+/// What a call stopped by an error (not a timeout) reports: the limit it
+/// ran into, or a trap described in fixed words.
+fn stopped_error(plugin: &Plugin, hit: Option<LimitHit>, err: &wasmtime::Error) -> InvokeError {
+    let name = plugin.name.to_string();
+    let limits = &plugin.limits;
+    let resource = |resource, limit| InvokeError::ResourceLimit {
+        plugin: name.clone(),
+        resource,
+        limit,
+    };
+    match hit {
+        Some(LimitHit::Memory) => {
+            return InvokeError::MemoryLimit {
+                plugin: name,
+                limit: limits.memory_bytes,
+            };
+        }
+        Some(LimitHit::TableElements) => {
+            return resource("table elements", limits.max_table_elements);
+        }
+        None => {}
+    }
+    for cause in err.chain() {
+        if matches!(
+            cause.downcast_ref::<ResourceTableError>(),
+            Some(ResourceTableError::Full)
+        ) {
+            return resource("resources", limits.max_resources);
+        }
+        // wasmtime enforces these counts itself and says so only in words
+        // (wasmtime 48); a change of wording makes them plain traps, which
+        // still stop the call, and fails the tests that check the code.
+        let text = cause.to_string();
+        let counted = [
+            (
+                "resource limit exceeded: instance count",
+                "core instances",
+                limits.max_instances,
+            ),
+            (
+                "resource limit exceeded: memory count",
+                "memories",
+                limits.max_memories,
+            ),
+            (
+                "resource limit exceeded: table count",
+                "tables",
+                limits.max_tables,
+            ),
+            (
+                "store handle limit exceeded",
+                "resources",
+                limits.max_resources,
+            ),
+        ];
+        for (words, what, limit) in counted {
+            if text.contains(words) {
+                return resource(what, limit);
+            }
+        }
+    }
+    InvokeError::Trapped {
+        plugin: name,
+        reason: trap_reason(err),
+    }
+}
+
+/// The kind of trap in wasmtime's fixed words. Anything else (a host call
+/// that failed, a broken component-model rule) gets one fixed sentence: its
+/// text can carry the guest's function names and strings.
 fn trap_reason(err: &wasmtime::Error) -> String {
     match err.downcast_ref::<Trap>() {
         Some(trap) => trap.to_string(),
-        None => err.to_string(),
+        None => "a host call failed or the plugin broke a rule of the component model".to_string(),
     }
 }

@@ -72,15 +72,60 @@ pub enum Allocator {
     /// Memory is mapped for each instance when it starts (the default).
     #[default]
     OnDemand,
-    /// Slots are reserved up front for this many instances at once, each
-    /// with at most `max_memory_bytes` of linear memory; starting an
-    /// instance reuses a slot.
+    /// Slots are reserved up front for this many calls at once, each with
+    /// at most `max_memory_bytes` of linear memory and the per-call counts
+    /// of core instances, memories and tables; starting an instance reuses
+    /// slots. Build it with [`Allocator::pooling`].
     Pooling {
-        /// Most instances alive at once.
+        /// Most calls alive at once (one component instance each).
         instances: u32,
-        /// Largest linear memory of one instance.
+        /// Largest linear memory of one call.
         max_memory_bytes: usize,
+        /// Most core instances of one call.
+        instances_per_call: u32,
+        /// Most linear memories of one call.
+        memories_per_call: u32,
+        /// Most tables of one call.
+        tables_per_call: u32,
     },
+}
+
+impl Allocator {
+    /// A pool for `calls` calls at once of plugins with these `limits`:
+    /// each call may take the most any of them allows, and there are slots
+    /// for every call to take that much at once.
+    pub fn pooling<'a>(calls: u32, limits: impl IntoIterator<Item = &'a Limits>) -> Self {
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        let mut pool = Allocator::Pooling {
+            instances: calls,
+            max_memory_bytes: 0,
+            instances_per_call: 0,
+            memories_per_call: 0,
+            tables_per_call: 0,
+        };
+        let mut any = false;
+        for l in limits {
+            any = true;
+            if let Allocator::Pooling {
+                max_memory_bytes,
+                instances_per_call,
+                memories_per_call,
+                tables_per_call,
+                ..
+            } = &mut pool
+            {
+                *max_memory_bytes = (*max_memory_bytes).max(l.memory_bytes);
+                *instances_per_call = (*instances_per_call).max(count(l.max_instances));
+                *memories_per_call = (*memories_per_call).max(count(l.max_memories));
+                *tables_per_call = (*tables_per_call).max(count(l.max_tables));
+            }
+        }
+        if any {
+            pool
+        } else {
+            Self::pooling(calls, [&Limits::default()])
+        }
+    }
 }
 
 impl Runtime {
@@ -94,13 +139,34 @@ impl Runtime {
         if let Allocator::Pooling {
             instances,
             max_memory_bytes,
+            instances_per_call,
+            memories_per_call,
+            tables_per_call,
         } = allocator
         {
+            // Sized per call, so that no call can starve the others: a
+            // component instance (one per call) may hold at most the
+            // per-call counts of core instances, memories and tables (a
+            // component over them is refused when it is loaded), and the
+            // totals hold that many for every call that may run at once.
+            // With the defaults (64 calls; 32 core instances, 4 memories and
+            // 8 tables per call) that is 2048 core instances, 256 memory
+            // slots and 512 tables; a memory slot reserves address space
+            // only (4 GiB of it, plus guards), and pages are committed as a
+            // call touches them. Calls past `instances` wait for a permit in
+            // the server before they instantiate, so the totals are never
+            // the limit a call runs into.
+            let per_call = |n: u32| n.max(1);
             let mut pool = wasmtime::PoolingAllocationConfig::default();
             pool.total_component_instances(instances)
-                .total_core_instances(instances.saturating_mul(4))
-                .total_memories(instances.saturating_mul(2))
-                .total_tables(instances.saturating_mul(4))
+                .max_core_instances_per_component(per_call(instances_per_call))
+                .max_memories_per_component(per_call(memories_per_call))
+                .max_tables_per_component(per_call(tables_per_call))
+                .max_memories_per_module(per_call(memories_per_call))
+                .max_tables_per_module(per_call(tables_per_call))
+                .total_core_instances(instances.saturating_mul(per_call(instances_per_call)))
+                .total_memories(instances.saturating_mul(per_call(memories_per_call)))
+                .total_tables(instances.saturating_mul(per_call(tables_per_call)))
                 .max_memory_size(max_memory_bytes)
                 .linear_memory_keep_resident(POOL_KEEP_RESIDENT)
                 .table_keep_resident(POOL_KEEP_RESIDENT)

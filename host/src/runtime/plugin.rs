@@ -18,10 +18,12 @@ pub const WIT_PACKAGE: &str = "tollgate:plugin@0.1.0";
 /// Largest component file accepted.
 const MAX_COMPONENT_BYTES: u64 = 256 * 1024 * 1024;
 
-/// Limits applied to each invocation of a plugin.
+/// Limits applied to each invocation of a plugin. Every limit counts the
+/// whole call: all of its core instances, memories and tables together,
+/// however many the component declares.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Limits {
-    /// Most linear memory, in bytes.
+    /// Most linear memory, in bytes, of all the call's memories together.
     pub memory_bytes: usize,
     /// Most wall time per call.
     pub time: Duration,
@@ -33,6 +35,19 @@ pub struct Limits {
     pub max_leases: usize,
     /// Most seats one invocation may acquire in all (each is a ledger row).
     pub max_acquires: usize,
+    /// Most core module instances one call may create (its modules, and the
+    /// adapter and shim modules the component tooling adds).
+    pub max_instances: usize,
+    /// Most linear memories one call may create.
+    pub max_memories: usize,
+    /// Most tables one call may create.
+    pub max_tables: usize,
+    /// Most table elements, of all the call's tables together.
+    pub max_table_elements: usize,
+    /// Most resources one call may hold at once: entries of its host
+    /// resource table (leases, WASI streams and files) and, separately,
+    /// component-model handles (its own resources included).
+    pub max_resources: usize,
 }
 
 impl Default for Limits {
@@ -44,6 +59,17 @@ impl Default for Limits {
             max_output_bytes: 16 * 1024 * 1024,
             max_leases: 1024,
             max_acquires: 10_000,
+            // Every Rust guest in guest-examples (wasm32-wasip2) has 3 core
+            // instances, 1 memory, 2 tables and under 100 table elements;
+            // Python and JavaScript components bundle more modules (an
+            // interpreter, libc, adapters) in one memory. The defaults leave
+            // room for those, and the pooling allocator reserves slots for
+            // every call at these counts.
+            max_instances: 32,
+            max_memories: 4,
+            max_tables: 8,
+            max_table_elements: 1 << 20,
+            max_resources: 4096,
         }
     }
 }
@@ -189,6 +215,18 @@ pub enum LoadError {
     CoreModule {
         /// The plugin.
         plugin: String,
+    },
+    /// The component declares more than one call may have in the pooling
+    /// allocator (core instances, memories, tables, or a memory or table
+    /// larger than a slot).
+    #[error(
+        "plugin {plugin}: it declares more than one call may have on this host ({reason}); a call may have at most the plugin's limits of core instances, memories and tables, and `memory` per memory"
+    )]
+    OverCallLimits {
+        /// The plugin.
+        plugin: String,
+        /// What wasmtime reported.
+        reason: String,
     },
     /// The bytes are not WebAssembly at all, or are malformed.
     #[error("plugin {plugin}: not a valid WebAssembly component: {reason}")]
@@ -435,11 +473,22 @@ impl Runtime {
                 ),
             }
         }
-        let component =
-            Component::from_binary(&self.engine, bytes).map_err(|e| LoadError::Malformed {
-                plugin: name.to_string(),
-                reason: format!("{e:#}"),
-            })?;
+        let component = Component::from_binary(&self.engine, bytes).map_err(|e| {
+            let reason = format!("{e:#}");
+            // wasmtime checks a component against the pool's per-component
+            // counts and slot sizes when it compiles it.
+            if reason.contains("pooling allocator") {
+                LoadError::OverCallLimits {
+                    plugin: name.to_string(),
+                    reason,
+                }
+            } else {
+                LoadError::Malformed {
+                    plugin: name.to_string(),
+                    reason,
+                }
+            }
+        })?;
         if let Some(cache) = &self.cache
             && let Err(e) = cache.store(&component, &self.engine_id, digest)
         {

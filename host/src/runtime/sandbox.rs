@@ -1,44 +1,140 @@
 //! Per-invocation store state: a deny-all WASI context, the licensing state,
-//! and the memory limiter.
+//! and the limiter that caps what the whole call may allocate.
 
 use super::licensing::LicensingView;
-use super::plugin::Plugin;
+use super::plugin::{Limits, Plugin};
 use super::stdio::PluginLog;
 use crate::license::CallSeats;
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
-/// Caps linear memory and tables, and remembers whether the cap was hit.
-pub(crate) struct Limiter {
-    memory_bytes: usize,
-    pub(crate) memory_hit: bool,
+/// Which per-call limit stopped a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LimitHit {
+    /// All of its linear memories together reached `memory_bytes`.
+    Memory,
+    /// All of its tables together reached `max_table_elements`.
+    TableElements,
 }
 
-/// Most table elements a plugin may have.
-const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+/// Caps what one call may allocate, counted over the whole call rather than
+/// per memory or per table: the bytes of all its linear memories together,
+/// the elements of all its tables together, and (read by wasmtime when the
+/// limiter is installed) how many core instances, memories and tables it
+/// may create. Remembers which cap was hit.
+pub(crate) struct Limiter {
+    memory_bytes: usize,
+    memory_used: usize,
+    table_elements: usize,
+    table_used: usize,
+    instances: usize,
+    memories: usize,
+    tables: usize,
+    /// The first cap a growth ran into, if any.
+    pub(crate) hit: Option<LimitHit>,
+}
+
+impl Limiter {
+    /// A limiter for one call of a plugin with these limits.
+    pub(crate) fn new(limits: &Limits) -> Self {
+        Self {
+            memory_bytes: limits.memory_bytes,
+            memory_used: 0,
+            table_elements: limits.max_table_elements,
+            table_used: 0,
+            instances: limits.max_instances,
+            memories: limits.max_memories,
+            tables: limits.max_tables,
+            hit: None,
+        }
+    }
+
+    /// Allows growing one item from `current` to `desired` if the call's
+    /// total stays within `cap`, and counts it. A growth past the item's own
+    /// `maximum` fails in wasmtime whatever the limiter says, so it is
+    /// refused here without being counted or taken for the call's cap.
+    ///
+    /// A growth allowed here but then failed by the system (out of memory)
+    /// stays counted: the call is charged for more than it got, never less.
+    fn grow(
+        used: &mut usize,
+        cap: usize,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> Result<(), bool> {
+        if maximum.is_some_and(|max| desired > max) {
+            return Err(false);
+        }
+        let total = used.saturating_add(desired.saturating_sub(current));
+        if total > cap {
+            return Err(true);
+        }
+        *used = total;
+        Ok(())
+    }
+}
 
 impl ResourceLimiter for Limiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
-        _maximum: Option<usize>,
+        maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.memory_bytes {
-            self.memory_hit = true;
-            return Ok(false);
+        // Also called with `current == 0` when a memory is created, so its
+        // initial size counts too.
+        match Self::grow(
+            &mut self.memory_used,
+            self.memory_bytes,
+            current,
+            desired,
+            maximum,
+        ) {
+            Ok(()) => Ok(true),
+            Err(over_cap) => {
+                if over_cap {
+                    self.hit.get_or_insert(LimitHit::Memory);
+                }
+                Ok(false)
+            }
         }
-        Ok(true)
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
-        _maximum: Option<usize>,
+        maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= MAX_TABLE_ELEMENTS)
+        match Self::grow(
+            &mut self.table_used,
+            self.table_elements,
+            current,
+            desired,
+            maximum,
+        ) {
+            Ok(()) => Ok(true),
+            Err(over_cap) => {
+                if over_cap {
+                    self.hit.get_or_insert(LimitHit::TableElements);
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    fn instances(&self) -> usize {
+        self.instances
+    }
+
+    fn memories(&self) -> usize {
+        self.memories
+    }
+
+    fn tables(&self) -> usize {
+        self.tables
     }
 }
 
@@ -53,11 +149,11 @@ pub(crate) struct InvocationState {
 impl InvocationState {
     /// A sandbox with only the plugin's configured directories and env
     /// vars (none by default), no network, no stdin, and stdout and stderr
-    /// logged under the plugin's name.
-    pub(crate) fn new(plugin: &Plugin, licensing: CallSeats) -> Self {
+    /// logged at debug level under the plugin's name and the invocation id.
+    pub(crate) fn new(plugin: &Plugin, invocation: u64, licensing: CallSeats) -> Self {
         let mut wasi = WasiCtx::builder();
-        wasi.stdout(PluginLog::new(plugin.name.clone(), "stdout"))
-            .stderr(PluginLog::new(plugin.name.clone(), "stderr"))
+        wasi.stdout(PluginLog::new(plugin.name.clone(), invocation, "stdout"))
+            .stderr(PluginLog::new(plugin.name.clone(), invocation, "stderr"))
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false);
@@ -76,15 +172,15 @@ impl InvocationState {
                 tracing::warn!(plugin = %plugin.name, "cannot open {} for the sandbox: {e}", dir.host.display());
             }
         }
-        let memory_bytes = plugin.limits.memory_bytes;
         let wasi = wasi.build();
+        let mut table = ResourceTable::new();
+        // Leases, WASI streams, open files and every other host resource of
+        // the call; past this, creating one more fails the host call.
+        table.set_max_capacity(plugin.limits.max_resources);
         Self {
             wasi,
-            table: ResourceTable::new(),
-            limiter: Limiter {
-                memory_bytes,
-                memory_hit: false,
-            },
+            table,
+            limiter: Limiter::new(&plugin.limits),
             licensing,
         }
     }

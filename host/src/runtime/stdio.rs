@@ -1,5 +1,10 @@
-//! Plugin stdout and stderr, sent line by line to `tracing`, tagged with the
-//! plugin's name, and bounded per invocation.
+//! Plugin stdout and stderr, sent line by line to `tracing` at debug level,
+//! tagged with the plugin's name and the invocation id, and bounded per
+//! invocation.
+//!
+//! Debug, never the default level: a call's output is the plugin's own
+//! bytes, and those of a call whose result is withheld must not reach the
+//! default log (or `tollgate run`'s terminal) any more than its result may.
 
 use bytes::Bytes;
 use std::io;
@@ -16,6 +21,7 @@ const MAX_LINE: usize = 4096;
 
 struct LineLog {
     plugin: Arc<str>,
+    invocation: u64,
     stream: &'static str,
     line: Vec<u8>,
     logged: usize,
@@ -25,7 +31,7 @@ struct LineLog {
 impl LineLog {
     fn emit(&mut self) {
         let text = String::from_utf8_lossy(&self.line);
-        tracing::info!(target: "tollgate::plugin", plugin = %self.plugin, stream = self.stream, "{}", text.trim_end());
+        tracing::debug!(target: "tollgate::plugin", plugin = %self.plugin, invocation = self.invocation, stream = self.stream, "{}", text.trim_end());
         self.line.clear();
     }
 
@@ -54,7 +60,8 @@ impl Drop for LineLog {
             self.emit();
         }
         if self.dropped > 0 {
-            tracing::warn!(target: "tollgate::plugin", plugin = %self.plugin, stream = self.stream,
+            // Debug too: even the size of a withheld call's output is its own.
+            tracing::debug!(target: "tollgate::plugin", plugin = %self.plugin, invocation = self.invocation, stream = self.stream,
                 "{} more bytes of output were not logged (limit {LOG_BUDGET} per call)", self.dropped);
         }
     }
@@ -65,10 +72,11 @@ impl Drop for LineLog {
 pub(crate) struct PluginLog(Arc<Mutex<LineLog>>);
 
 impl PluginLog {
-    /// A log for `plugin`'s `stream` ("stdout" or "stderr").
-    pub(crate) fn new(plugin: Arc<str>, stream: &'static str) -> Self {
+    /// A log for `plugin`'s `stream` ("stdout" or "stderr") in `invocation`.
+    pub(crate) fn new(plugin: Arc<str>, invocation: u64, stream: &'static str) -> Self {
         Self(Arc::new(Mutex::new(LineLog {
             plugin,
+            invocation,
             stream,
             line: Vec::new(),
             logged: 0,

@@ -125,19 +125,17 @@ pub fn build_host(config: &Config) -> Result<Host, ServeError> {
         .compile_cache
         .clone()
         .unwrap_or_else(|| state_dir.join("compile-cache"));
-    let max_memory = config
-        .plugins
-        .iter()
-        .map(|p| p.memory_bytes)
-        .max()
-        .unwrap_or(64 << 20);
+    let specs: Vec<PluginSpec> = config.plugins.iter().map(spec_for).collect();
+    // One slot set per call that may run at once, each as large as the
+    // most any configured plugin may take in one call (see `Runtime::new`).
+    let allocator = Allocator::pooling(
+        config.max_concurrent_calls,
+        specs.iter().map(|spec| &spec.limits),
+    );
     let mut builder = Host::builder()
         .state(state_dir)
         .compile_cache(cache)
-        .allocator(Allocator::Pooling {
-            instances: config.max_concurrent_calls,
-            max_memory_bytes: max_memory,
-        })
+        .allocator(allocator)
         .protect(&config.path, "the config file");
     if let Some(file) = &config.admin_token_file {
         builder = builder.protect(file, "the admin token file");
@@ -157,9 +155,9 @@ pub fn build_host(config: &Config) -> Result<Host, ServeError> {
             tracing::warn!("rules for license {id} wait: no license {id} is installed yet");
         }
     }
-    for p in &config.plugins {
+    for (p, spec) in config.plugins.iter().zip(specs) {
         let plugin = host
-            .load_plugin(spec_for(p))
+            .load_plugin(spec)
             .map_err(|source| ServeError::Plugin {
                 plugin: p.name.clone(),
                 source,
@@ -699,12 +697,14 @@ fn invoke_error(e: &InvokeError) -> Response {
         }
         "plugin-error" => StatusCode::UNPROCESSABLE_ENTITY,
         "time-limit" => StatusCode::GATEWAY_TIMEOUT,
-        "plugin-trap" | "memory-limit" | "response-too-large" | "cancelled" => {
+        "plugin-trap" | "memory-limit" | "resource-limit" | "response-too-large" | "cancelled" => {
             StatusCode::INTERNAL_SERVER_ERROR
         }
         _ => StatusCode::FORBIDDEN,
     };
-    let mut response = error(status, e.code(), e);
+    // A fixed message per code: the plugin's own text (trap details,
+    // function names) stays in the debug log under the invocation id.
+    let mut response = error(status, e.code(), e.public_message());
     if e.code() == "exhausted" {
         response
             .headers_mut()
