@@ -735,3 +735,470 @@ fn grants_are_revoked_one_by_one_or_all_and_renewals_wait_for_their_window() {
     let out = env.expect(0, &["audit", "verify"]);
     assert!(out.contains("ledger verified"), "{out}");
 }
+
+/// The `grant:` line of a license file.
+fn grant_in(file: &str) -> String {
+    std::fs::read_to_string(file)
+        .expect("license")
+        .lines()
+        .find_map(|l| l.strip_prefix("grant: "))
+        .expect("grant line")
+        .to_string()
+}
+
+/// The license report of `id` in `status --json`.
+fn report<'a>(status: &'a Value, id: &str) -> &'a Value {
+    status
+        .as_array()
+        .expect("status array")
+        .iter()
+        .find(|l| l["id"] == id)
+        .expect("license in status")
+}
+
+impl Env {
+    /// keygen + `trust add --name NAME [extra]`: returns the key path.
+    fn named_issuer(&self, dir: &str, name: &str, extra: &[&str]) -> String {
+        let key = self.issuer(dir, false);
+        let public = self.p(&format!("{dir}/issuer.pub"));
+        let mut args = vec!["trust", "add", &public, "--name", name];
+        args.extend_from_slice(extra);
+        self.expect(0, &args);
+        key
+    }
+
+    /// Copies the grants of `license` from another state directory's
+    /// database into this one's with SQL, bypassing `license install`.
+    fn insert_grant_rows(&self, from_state: &str, license: &str) {
+        let db = rusqlite::Connection::open(self.path("state/tollgate.db")).expect("db");
+        db.execute(
+            "ATTACH DATABASE ?1 AS other",
+            [self.p(&format!("{from_state}/tollgate.db"))],
+        )
+        .expect("attach");
+        let n = db
+            .execute(
+                "INSERT INTO grants SELECT * FROM other.grants WHERE license_id = ?1",
+                [license],
+            )
+            .expect("insert");
+        assert!(n > 0, "no grant of {license} to copy");
+    }
+}
+
+#[test]
+fn an_issuer_cannot_grant_an_id_another_issuer_granted() {
+    let env = Env::new("taken");
+    let a = env.named_issuer("a", "vendor-a", &[]);
+    let b = env.named_issuer("b", "vendor-b", &[]);
+    let mine = env.sign(&a, "a.license", &["--license-id", "acme", "--seats", "1"]);
+    env.expect(0, &["license", "install", &mine]);
+    // Another trusted issuer signs the same id with more seats.
+    let theirs = env.sign(&b, "b.license", &["--license-id", "acme", "--seats", "5"]);
+    let out = env.expect(2, &["license", "install", &theirs]);
+    assert!(
+        out.contains("acme is already granted by issuer \"vendor-a\"")
+            && out.contains("issuer \"vendor-b\" may grant it too only if")
+            && out.contains("tollgate trust scope vendor-b --ids acme")
+            && out.contains("tollgate trust scope vendor-a --ids acme"),
+        "{out}"
+    );
+    let status = env.json(&["status", "--json"]);
+    let acme = report(&status, "acme");
+    assert_eq!(acme["seats"], 1, "{status}");
+    assert_eq!(acme["issued_by"].as_object().map(|m| m.len()), Some(1));
+    assert_eq!(
+        env.json(&["license", "list", "--json"])
+            .as_array()
+            .map(Vec::len),
+        Some(1),
+        "nothing was installed"
+    );
+    // Another id stays open to the second issuer (the default scope `*`).
+    let other = env.sign(&b, "w.license", &["--license-id", "widget", "--seats", "2"]);
+    env.expect(0, &["license", "install", &other]);
+}
+
+#[test]
+fn a_grant_outside_its_issuers_scope_is_refused() {
+    let env = Env::new("outside");
+    let a = env.named_issuer("a", "vendor-a", &["--ids", "acme-*", "tools.?"]);
+    let b = env.named_issuer("b", "vendor-b", &[]);
+    let list = env.json(&["trust", "list", "--json"]);
+    let scope_of = |name: &str| {
+        list.as_array()
+            .expect("issuers")
+            .iter()
+            .find(|i| i["name"] == name)
+            .map(|i| i["scope"].clone())
+            .expect("issuer listed")
+    };
+    assert_eq!(
+        scope_of("vendor-a"),
+        serde_json::json!(["acme-*", "tools.?"])
+    );
+    assert_eq!(scope_of("vendor-b"), serde_json::json!(["*"]));
+    for id in ["acme-pro", "tools.x"] {
+        let lic = env.sign(
+            &a,
+            &format!("{id}.license"),
+            &["--license-id", id, "--seats", "1"],
+        );
+        env.expect(0, &["license", "install", &lic]);
+    }
+    for id in ["other", "acme", "tools.xy"] {
+        let lic = env.sign(
+            &a,
+            &format!("{id}.license"),
+            &["--license-id", id, "--seats", "1"],
+        );
+        let out = env.expect(2, &["license", "install", &lic]);
+        assert!(
+            out.contains(&format!(
+                "issuer \"vendor-a\" (key {}) may grant only ids in its scope [acme-*, tools.?], and {id} is not one",
+                issuer_in(&env.p("acme-pro.license"))
+            )) && out.contains(&format!("tollgate trust scope vendor-a --ids {id}")),
+            "{out}"
+        );
+    }
+    // The default scope does not reach ids another issuer names explicitly.
+    let lic = env.sign(
+        &b,
+        "basic.license",
+        &["--license-id", "acme-basic", "--seats", "1"],
+    );
+    let out = env.expect(2, &["license", "install", &lic]);
+    assert!(
+        out.contains("the scope of issuer \"vendor-a\" names it explicitly"),
+        "{out}"
+    );
+    let lic = env.sign(
+        &b,
+        "free.license",
+        &["--license-id", "free", "--seats", "1"],
+    );
+    env.expect(0, &["license", "install", &lic]);
+    let out = env.expect(2, &["trust", "add", &env.p("b/issuer.pub"), "--ids", "a b"]);
+    assert!(out.contains("is not a license id pattern"), "{out}");
+    assert_eq!(
+        env.json(&["license", "list", "--json"])
+            .as_array()
+            .map(Vec::len),
+        Some(3)
+    );
+}
+
+/// The `issuer:` line (the signing key's id) of a license file.
+fn issuer_in(file: &str) -> String {
+    std::fs::read_to_string(file)
+        .expect("license")
+        .lines()
+        .find_map(|l| l.strip_prefix("issuer: "))
+        .expect("issuer line")
+        .to_string()
+}
+
+#[test]
+fn a_rotated_key_with_the_same_name_keeps_the_scope() {
+    let env = Env::new("rotate");
+    let old = env.named_issuer("old", "vendor-a", &["--ids", "acme-*"]);
+    let lic = env.sign(
+        &old,
+        "old.license",
+        &["--license-id", "acme-pro", "--seats", "1"],
+    );
+    env.expect(0, &["license", "install", &lic]);
+    // The new key is added with the issuer's name and no --ids.
+    let new = env.named_issuer("new", "vendor-a", &[]);
+    let list = env.json(&["trust", "list", "--json"]);
+    assert_eq!(list.as_array().map(Vec::len), Some(2));
+    for issuer in list.as_array().expect("issuers") {
+        assert_eq!(issuer["name"], "vendor-a", "{list}");
+        assert_eq!(issuer["scope"], serde_json::json!(["acme-*"]), "{list}");
+    }
+    let outside = env.sign(
+        &new,
+        "outside.license",
+        &["--license-id", "other", "--seats", "1"],
+    );
+    let out = env.expect(2, &["license", "install", &outside]);
+    assert!(
+        out.contains("may grant only ids in its scope [acme-*]"),
+        "{out}"
+    );
+    // Same issuer, same id: the new key's grant adds to the old key's.
+    let renewal = env.sign(
+        &new,
+        "new.license",
+        &["--license-id", "acme-pro", "--seats", "2"],
+    );
+    env.expect(0, &["license", "install", &renewal]);
+    assert_eq!(
+        report(&env.json(&["status", "--json"]), "acme-pro")["seats"],
+        3
+    );
+    // Another key under the name may not bring another scope along.
+    env.expect(0, &["issuer", "keygen", "--out", &env.p("third")]);
+    let out = env.expect(
+        2,
+        &[
+            "trust",
+            "add",
+            &env.p("third/issuer.pub"),
+            "--name",
+            "vendor-a",
+            "--ids",
+            "*",
+        ],
+    );
+    assert!(
+        out.contains("issuer \"vendor-a\" already has the id scope [acme-*]")
+            && out.contains("tollgate trust scope vendor-a --ids"),
+        "{out}"
+    );
+    assert_eq!(
+        env.json(&["trust", "list", "--json"])
+            .as_array()
+            .map(Vec::len),
+        Some(2),
+        "the third key was not trusted"
+    );
+}
+
+#[test]
+fn an_id_named_in_both_scopes_explicitly_is_shared() {
+    let env = Env::new("share");
+    let a = env.named_issuer("a", "vendor-a", &[]);
+    let b = env.named_issuer("b", "vendor-b", &[]);
+    let mine = env.sign(&a, "a.license", &["--license-id", "acme", "--seats", "1"]);
+    env.expect(0, &["license", "install", &mine]);
+    let theirs = env.sign(&b, "b.license", &["--license-id", "acme", "--seats", "2"]);
+    env.expect(2, &["license", "install", &theirs]);
+    // Named in one scope only: the other issuer's default `*` no longer covers it.
+    env.expect(0, &["trust", "scope", "vendor-a", "--ids", "acme", "*"]);
+    let out = env.expect(2, &["license", "install", &theirs]);
+    assert!(out.contains("names it explicitly"), "{out}");
+    let out = env.expect(0, &["trust", "scope", "vendor-b", "--ids", "acme", "*"]);
+    assert!(
+        out.contains("may now grant license ids [acme, *] (was [*])"),
+        "{out}"
+    );
+    env.expect(0, &["license", "install", &theirs]);
+    let status = env.json(&["status", "--json"]);
+    let acme = report(&status, "acme");
+    assert_eq!(acme["seats"], 3, "{status}");
+    assert_eq!(acme["conflicts"], serde_json::json!([]), "{status}");
+    env.expect(0, &["run", &guest("hello-licensed"), "--requires", "acme"]);
+    // Taking the id out of one scope again leaves that issuer's grant out.
+    env.expect(0, &["trust", "scope", "vendor-b", "--ids", "*"]);
+    let status = env.json(&["status", "--json"]);
+    assert_eq!(report(&status, "acme")["seats"], 1, "{status}");
+    let out = env.expect(2, &["trust", "scope", "nobody", "--ids", "*"]);
+    assert!(
+        out.contains("no trusted issuer is named \"nobody\""),
+        "{out}"
+    );
+}
+
+#[test]
+fn grant_rows_inserted_with_sql_outside_the_scopes_give_no_seats() {
+    let env = Env::new("sqlrows");
+    let a = env.named_issuer("a", "vendor-a", &["--ids", "acme-*"]);
+    let b = env.named_issuer("b", "vendor-b", &[]);
+    let c = env.named_issuer("c", "vendor-c", &[]);
+    let hello = guest("hello-licensed");
+    // The same keys trusted with default scopes in a scratch state directory,
+    // whose grants are copied over with SQL.
+    let scratch = env.p("scratch");
+    for dir in ["a", "c"] {
+        env.expect(
+            0,
+            &[
+                "trust",
+                "add",
+                &env.p(&format!("{dir}/issuer.pub")),
+                "--state",
+                &scratch,
+            ],
+        );
+    }
+    let outside = env.sign(
+        &a,
+        "other.license",
+        &["--license-id", "other", "--seats", "3"],
+    );
+    env.expect(2, &["license", "install", &outside]);
+    env.expect(0, &["license", "install", &outside, "--state", &scratch]);
+    env.insert_grant_rows(&scratch, "other");
+    let out = env.expect(3, &["run", &hello, "--requires", "other"]);
+    assert!(
+        out.contains(&format!(
+            "grant {} of license other from issuer \"vendor-a\" is outside its scope [acme-*]",
+            grant_in(&outside)
+        )) && out.contains("tollgate trust scope vendor-a --ids other"),
+        "{out}"
+    );
+
+    // An id one issuer granted, taken by another with a row inserted by SQL:
+    // neither grant gives a seat until the operator decides.
+    let own = env.sign(
+        &b,
+        "widget-b.license",
+        &["--license-id", "widget", "--seats", "1"],
+    );
+    env.expect(0, &["license", "install", &own]);
+    env.expect(0, &["run", &hello, "--requires", "widget"]);
+    let taken = env.sign(
+        &c,
+        "widget-c.license",
+        &["--license-id", "widget", "--seats", "5"],
+    );
+    env.expect(0, &["license", "install", &taken, "--state", &scratch]);
+    env.insert_grant_rows(&scratch, "widget");
+    let out = env.expect(3, &["run", &hello, "--requires", "widget"]);
+    assert!(
+        out.contains("license widget is granted by several issuers (vendor-b, vendor-c)")
+            && out.contains("license revoke --grant"),
+        "{out}"
+    );
+    let status = env.json(&["status", "--json"]);
+    let widget = report(&status, "widget");
+    assert_eq!(widget["seats"], 0, "{status}");
+    assert_eq!(widget["conflicts"][0]["kind"], "conflict", "{status}");
+    assert_eq!(
+        widget["conflicts"][0]["grants"].as_array().map(Vec::len),
+        Some(2),
+        "{status}"
+    );
+    assert_eq!(
+        report(&status, "other")["conflicts"][0]["kind"],
+        "outside-scope"
+    );
+    // The operator keeps vendor-b's grant: revoking vendor-c's resolves it.
+    env.expect(0, &["license", "revoke", "--grant", &grant_in(&taken)]);
+    env.expect(0, &["run", &hello, "--requires", "widget"]);
+    let status = env.json(&["status", "--json"]);
+    assert_eq!(report(&status, "widget")["seats"], 1, "{status}");
+    assert_eq!(
+        report(&status, "widget")["conflicts"],
+        serde_json::json!([])
+    );
+}
+
+/// The tables of a state directory as tollgate wrote them before issuer
+/// scopes (schema 1).
+const SCHEMA_1: &str = "
+CREATE TABLE trusted_issuers (
+    key_id TEXT PRIMARY KEY, public_key BLOB NOT NULL, name TEXT, added_at INTEGER NOT NULL);
+CREATE TABLE grants (
+    grant_id TEXT PRIMARY KEY, license_id TEXT NOT NULL, issuer TEXT NOT NULL,
+    seats INTEGER, not_before INTEGER, expires_at INTEGER, plugins TEXT NOT NULL,
+    customer TEXT, issued_at INTEGER NOT NULL, installed_at INTEGER NOT NULL, file TEXT NOT NULL);
+CREATE INDEX grants_license ON grants(license_id);
+CREATE TABLE revocations (license_id TEXT PRIMARY KEY, revoked_at INTEGER NOT NULL);
+CREATE TABLE ledger (
+    seq INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL, kind TEXT NOT NULL, reason TEXT,
+    license_id TEXT NOT NULL, plugin TEXT NOT NULL, digest TEXT NOT NULL,
+    lease_id INTEGER, invocation_id INTEGER NOT NULL, hash BLOB NOT NULL);
+CREATE INDEX ledger_lease ON ledger(lease_id);
+CREATE TABLE chain_head (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL, hash BLOB NOT NULL);
+PRAGMA user_version = 1;
+";
+
+#[test]
+fn a_state_directory_from_before_scopes_gets_default_scopes_and_reports_shared_ids() {
+    let env = Env::new("upgrade");
+    let a = env.issuer("a", false);
+    let b = env.issuer("b", false);
+    // Each issuer's grants made in a scratch state directory of its own...
+    let licenses = [
+        (&a, "a", "acme", "1"),
+        (&b, "b", "acme", "2"),
+        (&a, "a", "solo", "1"),
+    ];
+    for (key, dir, id, seats) in licenses {
+        let scratch = env.p(&format!("scratch-{dir}"));
+        env.expect(
+            0,
+            &[
+                "trust",
+                "add",
+                &env.p(&format!("{dir}/issuer.pub")),
+                "--state",
+                &scratch,
+            ],
+        );
+        let lic = env.sign(
+            key,
+            &format!("{dir}-{id}.license"),
+            &["--license-id", id, "--seats", seats],
+        );
+        env.expect(0, &["license", "install", &lic, "--state", &scratch]);
+    }
+    // ...copied into a database with the schema-1 tables, the first
+    // issuer named, the second not.
+    std::fs::create_dir_all(env.path("state")).expect("state dir");
+    let db = rusqlite::Connection::open(env.path("state/tollgate.db")).expect("db");
+    db.execute_batch(SCHEMA_1).expect("schema 1");
+    for dir in ["a", "b"] {
+        db.execute(
+            "ATTACH DATABASE ?1 AS s",
+            [env.p(&format!("scratch-{dir}/tollgate.db"))],
+        )
+        .expect("attach");
+        db.execute_batch(
+            "INSERT INTO trusted_issuers (key_id, public_key, name, added_at)
+               SELECT key_id, public_key, NULL, added_at FROM s.trusted_issuers;
+             INSERT INTO grants SELECT * FROM s.grants;
+             DETACH DATABASE s;",
+        )
+        .expect("copy");
+    }
+    let a_id = issuer_in(&env.p("a-acme.license"));
+    let b_id = issuer_in(&env.p("b-acme.license"));
+    db.execute(
+        "UPDATE trusted_issuers SET name = 'vendor-a' WHERE key_id = ?1",
+        [&a_id],
+    )
+    .expect("name");
+    drop(db);
+
+    let hello = guest("hello-licensed");
+    let out = env.expect(3, &["run", &hello, "--requires", "acme"]);
+    assert!(
+        out.contains(&format!(
+            "license acme is granted by several issuers ({b_id}, vendor-a)"
+        )) && out.contains("WARN"),
+        "{out}"
+    );
+    env.expect(0, &["run", &hello, "--requires", "solo"]);
+    let list = env.json(&["trust", "list", "--json"]);
+    for issuer in list.as_array().expect("issuers") {
+        assert_eq!(issuer["scope"], serde_json::json!(["*"]), "{list}");
+    }
+    assert!(
+        list.to_string().contains(&format!("\"name\":\"{b_id}\"")),
+        "{list}"
+    );
+    let status = env.json(&["status", "--json"]);
+    let acme = report(&status, "acme");
+    assert_eq!(acme["seats"], 0, "{status}");
+    let decide = acme["conflicts"][0]["decide"].as_str().unwrap_or_default();
+    assert!(
+        decide.contains("tollgate trust scope vendor-a --ids acme")
+            && decide.contains(&format!("tollgate trust scope {b_id} --ids acme"))
+            && decide.contains("tollgate license revoke --grant"),
+        "{status}"
+    );
+    assert_eq!(report(&status, "solo")["conflicts"], serde_json::json!([]));
+    let table = env.expect(0, &["status"]);
+    assert!(table.contains("left out (issuer scopes)"), "{table}");
+
+    // The operator shares it: both scopes name it.
+    env.expect(0, &["trust", "scope", "vendor-a", "--ids", "acme", "*"]);
+    env.expect(0, &["trust", "scope", &b_id, "--ids", "acme", "*"]);
+    env.expect(0, &["run", &hello, "--requires", "acme"]);
+    assert_eq!(report(&env.json(&["status", "--json"]), "acme")["seats"], 3);
+    let out = env.expect(0, &["audit", "verify"]);
+    assert!(out.contains("ledger verified"), "{out}");
+}

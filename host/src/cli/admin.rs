@@ -31,13 +31,40 @@ impl StateArg {
 /// `tollgate trust …`
 #[derive(Debug, Subcommand)]
 pub(crate) enum TrustCommand {
-    /// Trust an issuer's public key: licenses it signs can be installed.
+    /// Trust an issuer's public key: licenses it signs for ids in its
+    /// issuer's scope can be installed.
+    ///
+    /// Scopes belong to the issuer's name, not to a key: a new key added
+    /// with the same --name (a rotated key) keeps the issuer's scope. A key
+    /// added without --name is named by its key id. An id one issuer has
+    /// granted cannot be granted by another unless both scopes name it
+    /// explicitly (by a pattern other than the default `*`).
     Add {
         /// The issuer's public key file (issuer.pub).
         pubkey: PathBuf,
-        /// A name to remember the issuer by.
+        /// The issuer's name; its keys share one scope [default: the key id].
         #[arg(long)]
         name: Option<String>,
+        /// License id patterns this issuer may grant (`*`: any run of
+        /// characters, `?`: one). Default: the default scope `*`, which
+        /// covers any id that no other issuer's scope names explicitly, so
+        /// it never lets one issuer take another's ids. Refused if the name
+        /// already has another scope (change it with `trust scope`).
+        #[arg(long, value_name = "PATTERN", num_args = 1..)]
+        ids: Option<Vec<String>>,
+        #[command(flatten)]
+        state: StateArg,
+    },
+    /// Set the license id patterns an issuer (by name) may grant, replacing
+    /// its scope; `*` alone is the default scope (ids no other issuer names
+    /// explicitly). Installed grants outside the new scope stop giving
+    /// seats (a running host within 2 s) until the scope covers them again.
+    Scope {
+        /// The issuer's name, as `tollgate trust list` shows it.
+        name: String,
+        /// The patterns (`*`: any run of characters, `?`: one).
+        #[arg(long, value_name = "PATTERN", num_args = 1.., required = true)]
+        ids: Vec<String>,
         #[command(flatten)]
         state: StateArg,
     },
@@ -148,6 +175,7 @@ pub(crate) fn trust(cmd: TrustCommand) -> Result<Exit, Failure> {
         TrustCommand::Add {
             pubkey,
             name,
+            ids,
             state,
         } => {
             let text = read_small_text(&pubkey).map_err(Failure::usage)?;
@@ -156,14 +184,41 @@ pub(crate) fn trust(cmd: TrustCommand) -> Result<Exit, Failure> {
                 .map_err(Failure::usage)?;
             let state = state.open()?;
             let new = state
-                .trust(&key, name.as_deref(), now())
+                .trust_scoped(&key, name.as_deref(), ids.as_deref(), now())
+                .with_context(|| format!("issuer key {} was not trusted", key.key_id()))
                 .map_err(Failure::usage)?;
+            let issuer = state
+                .trusted()
+                .map_err(Failure::usage)?
+                .into_iter()
+                .find(|i| i.key_id == key.key_id());
+            let (issuer_name, scope) = issuer
+                .map(|i| (i.name.unwrap_or_default(), i.scope))
+                .unwrap_or_default();
             let verb = if new { "now trusts" } else { "already trusted" };
             println!(
-                "{} {verb} issuer key {}",
+                "{} {verb} issuer key {} as issuer {issuer_name:?}, which may grant license ids [{}]",
                 state.dir().display(),
-                key.key_id()
+                key.key_id(),
+                scope.join(", ")
             );
+            if !new && name.as_deref().is_some_and(|n| n.trim() != issuer_name) {
+                println!("the key keeps the name it was trusted under");
+            }
+            Ok(Exit::Ok)
+        }
+        TrustCommand::Scope { name, ids, state } => {
+            let state = state.open()?;
+            let old = state.set_scope(&name, &ids).map_err(Failure::usage)?;
+            println!(
+                "issuer {name:?} may now grant license ids [{}] (was [{}]); a running host applies it within 2 s",
+                state.scope_of(&name).map_err(Failure::usage)?.join(", "),
+                old.join(", ")
+            );
+            let problems = state.scope_problems().map_err(Failure::usage)?;
+            for p in &problems {
+                println!("warning: {}", p.decide);
+            }
             Ok(Exit::Ok)
         }
         TrustCommand::List {
@@ -176,13 +231,14 @@ pub(crate) fn trust(cmd: TrustCommand) -> Result<Exit, Failure> {
             } else if issuers.is_empty() {
                 println!("no trusted issuers; add one with `tollgate trust add ISSUER.pub`");
             } else {
-                println!("{:<18} {:<22} NAME", "KEY", "ADDED");
+                println!("{:<18} {:<22} {:<20} SCOPE", "KEY", "ADDED", "NAME");
                 for i in issuers {
                     println!(
-                        "{:<18} {:<22} {}",
+                        "{:<18} {:<22} {:<20} {}",
                         i.key_id,
                         format_time(i.added_at),
-                        i.name.unwrap_or_default()
+                        i.name.unwrap_or_default(),
+                        i.scope.join(" ")
                     );
                 }
             }
@@ -365,6 +421,8 @@ pub(crate) fn status(args: StatusArgs) -> Result<Exit, Failure> {
         for g in &r.grants {
             let state = if g.revoked {
                 "revoked"
+            } else if g.left_out {
+                "left out (issuer scopes)"
             } else if g.in_force {
                 "in force"
             } else if g.not_before.is_some_and(|t| now() < t) {
@@ -386,6 +444,9 @@ pub(crate) fn status(args: StatusArgs) -> Result<Exit, Failure> {
                 when(g.not_before),
                 when(g.expires_at),
             );
+        }
+        for c in &r.conflicts {
+            println!("  warning: {}", c.decide);
         }
     }
     Ok(Exit::Ok)

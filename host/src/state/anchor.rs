@@ -553,8 +553,8 @@ impl State {
             .iter()
             .filter(|(key, _)| !pins.iter().any(|p| p.matches(key)))
             .map(|(key, name)| match name {
-                Some(n) => format!("{} (named {n:?})", key.key_id()),
-                None => key.key_id(),
+                Some(n) if *n != key.key_id() => format!("{} (named {n:?})", key.key_id()),
+                _ => key.key_id(),
             })
             .collect();
         let missing: Vec<String> = pins

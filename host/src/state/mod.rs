@@ -4,19 +4,24 @@
 mod anchor;
 mod ids;
 mod reports;
+mod scopes;
 
 pub use anchor::{
     CHECKPOINT_HEADER, Checkpoint, CheckpointReport, HOST_KEY_FILE, HostKey, IntegrityError,
     IssuerPin,
 };
 pub use reports::{AuditReport, GrantReport, LicenseReport, UsageFilter, UsageRow};
+pub use scopes::{
+    DEFAULT_PATTERN, IssuerScope, ProblemKind, ScopeError, ScopeProblem, glob_matches,
+    validate_pattern,
+};
 
 use crate::issuer::{IssuerError, IssuerPublicKey, SignedLicense, read_small_text};
 use crate::ledger::chain::kind_from_names;
 use crate::ledger::{EventKind, connect};
 use crate::license::{Counters, Grant as SeatGrant, ReclaimReason, Seats, Terms};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -26,8 +31,9 @@ pub const DB_FILE: &str = "tollgate.db";
 /// The lock file a running host holds.
 const LOCK_FILE: &str = "host.lock";
 /// The schema version this build writes: 2 added the seat, grant, count and
-/// row format of ledger rows, and revocations of single grants.
-const SCHEMA_VERSION: i64 = 2;
+/// row format of ledger rows, and revocations of single grants; 3 added
+/// issuer id scopes (and a name for every trusted key).
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS trusted_issuers (
@@ -118,7 +124,20 @@ pub enum StateError {
     /// The database does not match what anchors it (signed text, pins, checkpoints).
     #[error(transparent)]
     Integrity(#[from] IntegrityError),
+    /// An issuer scope was refused, or a grant is outside the scopes.
+    #[error(transparent)]
+    Scope(Box<ScopeError>),
 }
+
+impl From<ScopeError> for StateError {
+    fn from(e: ScopeError) -> Self {
+        Self::Scope(Box::new(e))
+    }
+}
+
+/// The grants a host enforces per license id, and the scope problems that
+/// left grants out.
+pub(crate) type EnforcedGrants = (BTreeMap<String, Vec<SeatGrant>>, Vec<ScopeProblem>);
 
 /// Counters per license id, with per-plugin counters, read from the ledger.
 pub type LedgerCounters = BTreeMap<String, (Counters, BTreeMap<String, Counters>)>;
@@ -128,10 +147,12 @@ pub type LedgerCounters = BTreeMap<String, (Counters, BTreeMap<String, Counters>
 pub struct TrustedIssuer {
     /// The key id.
     pub key_id: String,
-    /// A name given when trusting it.
+    /// Its issuer's name (`trust add --name`, else the key id).
     pub name: Option<String>,
     /// When it was added, unix seconds.
     pub added_at: u64,
+    /// The license id patterns its issuer (by name) may grant.
+    pub scope: Vec<String>,
 }
 
 /// One installed grant.
@@ -217,6 +238,9 @@ pub struct State {
     dir: PathBuf,
     db: PathBuf,
     conn: Mutex<Connection>,
+    /// Scope problems already logged, so a reload every few seconds does
+    /// not log them again.
+    reported: Mutex<BTreeSet<String>>,
 }
 
 impl State {
@@ -262,6 +286,7 @@ impl State {
         }
         conn.execute_batch(SCHEMA).map_err(|e| db_error(&db, e))?;
         upgrade(&conn).map_err(|e| db_error(&db, e))?;
+        scopes::upgrade(&conn).map_err(|e| db_error(&db, e))?;
         conn.execute_batch("CREATE INDEX IF NOT EXISTS ledger_seat ON ledger(seat_id)")
             .map_err(|e| db_error(&db, e))?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
@@ -270,6 +295,7 @@ impl State {
             dir: dir.to_path_buf(),
             db,
             conn: Mutex::new(conn),
+            reported: Mutex::new(BTreeSet::new()),
         })
     }
 
@@ -324,36 +350,78 @@ impl State {
         }
     }
 
-    /// Trusts an issuer key; false if it was trusted already.
+    /// Trusts an issuer key under issuer `name` (its key id when `None`),
+    /// with the name's scope, or the default scope for a new name; false if
+    /// it was trusted already.
     pub fn trust(
         &self,
         key: &IssuerPublicKey,
         name: Option<&str>,
         now: u64,
     ) -> Result<bool, StateError> {
+        self.trust_scoped(key, name, None, now)
+    }
+
+    /// Trusts an issuer key under issuer `name` (its key id when `None`).
+    /// With `ids`, the issuer's scope is those patterns (refused when the
+    /// name already has another scope: a rotated key keeps its issuer's
+    /// scope); without, a new name gets the default scope `*`. False if the
+    /// key was trusted already (it keeps the name it has).
+    pub fn trust_scoped(
+        &self,
+        key: &IssuerPublicKey,
+        name: Option<&str>,
+        ids: Option<&[String]>,
+        now: u64,
+    ) -> Result<bool, StateError> {
+        let key_id = key.key_id();
+        let known: Option<String> = self
+            .conn()
+            .query_row(
+                "SELECT coalesce(nullif(name, ''), key_id) FROM trusted_issuers WHERE key_id = ?1",
+                params![key_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        let name = match (&known, name.map(str::trim).filter(|n| !n.is_empty())) {
+            (Some(known), _) => known.clone(),
+            (None, Some(name)) => name.to_string(),
+            (None, None) => key_id.clone(),
+        };
+        self.scope_for_new_key(&name, ids)?;
+        if known.is_some() {
+            return Ok(false);
+        }
         let n = self
             .conn()
             .execute(
                 "INSERT OR IGNORE INTO trusted_issuers (key_id, public_key, name, added_at) VALUES (?1, ?2, ?3, ?4)",
-                params![key.key_id(), &key.to_bytes()[..], name, now],
+                params![key_id, &key.to_bytes()[..], name, now],
             )
             .map_err(|e| self.err(e))?;
         Ok(n == 1)
     }
 
-    /// The trusted issuers.
+    /// The trusted issuers, each with its issuer's scope.
     pub fn trusted(&self) -> Result<Vec<TrustedIssuer>, StateError> {
-        self.query(
-            "SELECT key_id, name, added_at FROM trusted_issuers ORDER BY added_at, key_id",
+        let scopes = self.scopes()?;
+        let mut issuers = self.query(
+            "SELECT key_id, coalesce(nullif(name, ''), key_id), added_at FROM trusted_issuers ORDER BY added_at, key_id",
             [],
             |r| {
                 Ok(TrustedIssuer {
                     key_id: r.get(0)?,
                     name: r.get(1)?,
                     added_at: r.get(2)?,
+                    scope: Vec::new(),
                 })
             },
-        )
+        )?;
+        for i in &mut issuers {
+            i.scope = scopes.patterns(&scopes.name_of(&i.key_id));
+        }
+        Ok(issuers)
     }
 
     fn trusted_keys(&self) -> Result<Vec<IssuerPublicKey>, StateError> {
@@ -373,7 +441,9 @@ impl State {
     /// Verifies license text and records its grant. Installing the same grant
     /// twice adds nothing; a grant whose window starts later (a renewal) is
     /// accepted and in force only inside its window; a new grant never
-    /// lifts a revocation.
+    /// lifts a revocation. A grant outside its issuer's id scope, or of an
+    /// id another issuer granted (unless both scopes name it explicitly),
+    /// is refused.
     pub fn install_text(&self, text: &str, now: u64) -> Result<Installed, StateError> {
         let license = SignedLicense::parse(text)?;
         license.verify_for_install(&self.trusted_keys()?, now)?;
@@ -389,6 +459,7 @@ impl State {
             customer: t.customer.clone(),
             installed_at: now,
         };
+        self.check_scope(&grant)?;
         let conn = self.conn();
         let n = conn
             .execute(
@@ -522,22 +593,52 @@ impl State {
     /// The grants a host enforces, per license id: every installed grant
     /// with its own seats, window and plugins, and whether it was revoked
     /// alone. The pool judges each window at every request, so a grant
-    /// that expires stops giving seats without a restart.
+    /// that expires stops giving seats without a restart. Grants the
+    /// issuers' scopes leave out give no seat (their id stays listed, so a
+    /// running host drops them) and are logged once as warnings.
     pub fn seat_grants(&self) -> Result<BTreeMap<String, Vec<SeatGrant>>, StateError> {
-        let revoked: std::collections::BTreeSet<String> = self
+        let (out, problems) = self.enforced_grants()?;
+        self.warn_scope_problems(&problems);
+        Ok(out)
+    }
+
+    /// [`State::seat_grants`] without logging, with the scope problems.
+    pub(crate) fn enforced_grants(&self) -> Result<EnforcedGrants, StateError> {
+        let revoked: BTreeSet<String> = self
             .query("SELECT grant_id FROM grant_revocations", [], |r| r.get(0))?
             .into_iter()
             .collect();
+        let grants = self.grants()?;
+        let problems = self.scopes()?.problems(&grants, &revoked);
+        let left_out: BTreeSet<&str> = problems
+            .iter()
+            .flat_map(|p| p.grants.iter().map(String::as_str))
+            .collect();
         let mut out: BTreeMap<String, Vec<SeatGrant>> = BTreeMap::new();
-        for g in self.grants()? {
+        for g in &grants {
+            let list = out.entry(g.license_id.clone()).or_default();
+            if left_out.contains(g.grant_id.as_str()) {
+                continue;
+            }
             let grant = SeatGrant {
                 revoked: revoked.contains(&g.grant_id),
                 id: g.grant_id.clone(),
                 terms: g.terms(),
             };
-            out.entry(g.license_id).or_default().push(grant);
+            list.push(grant);
         }
-        Ok(out)
+        Ok((out, problems))
+    }
+
+    /// Logs each scope problem not logged before by this process.
+    fn warn_scope_problems(&self, problems: &[ScopeProblem]) {
+        let mut reported = self.reported.lock().unwrap_or_else(PoisonError::into_inner);
+        reported.retain(|d| problems.iter().any(|p| p.decide == *d));
+        for p in problems {
+            if reported.insert(p.decide.clone()) {
+                tracing::warn!(license = %p.license_id, "{}", p.decide);
+            }
+        }
     }
 
     /// Counters per license id (and per plugin) computed from the ledger

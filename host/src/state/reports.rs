@@ -1,7 +1,7 @@
 //! Reports read from the state database: status per license, usage per
 //! license, plugin and day, and the audit of the ledger's hash chain.
 
-use super::{State, StateError};
+use super::{ScopeProblem, State, StateError};
 use crate::ledger::UsageEvent;
 use crate::ledger::chain::{GENESIS, kind_from_names, row_hash_in};
 use crate::license::{Counters, Grant, Seats, Terms};
@@ -28,6 +28,10 @@ pub struct LicenseReport {
     pub counters: Counters,
     /// Each grant of the id, in install order.
     pub grants: Vec<GrantReport>,
+    /// Grants of the id the issuers' scopes keep out of force (outside
+    /// their issuer's scope, or the id granted by several issuers not
+    /// sharing it explicitly), with what the operator must decide.
+    pub conflicts: Vec<ScopeProblem>,
 }
 
 /// One grant of a license, as `status` shows it.
@@ -47,8 +51,11 @@ pub struct GrantReport {
     pub plugins: Vec<String>,
     /// Revoked alone or with its license id.
     pub revoked: bool,
-    /// Gives seats now: not revoked, inside its window.
+    /// Gives seats now: not revoked, inside its window, not left out by
+    /// the issuers' scopes.
     pub in_force: bool,
+    /// Left out of force by the issuers' scopes (see `conflicts`).
+    pub left_out: bool,
     /// Seats of it held now, from the ledger.
     pub in_use: u32,
 }
@@ -130,8 +137,12 @@ impl State {
     /// Status of every installed license id at `now`.
     pub fn status(&self, now: u64) -> Result<Vec<LicenseReport>, StateError> {
         let revoked = self.revocations()?;
-        let terms: BTreeMap<String, Terms> = self
-            .seat_grants()?
+        let (enforced, problems) = self.enforced_grants()?;
+        let mut conflicts: BTreeMap<String, Vec<ScopeProblem>> = BTreeMap::new();
+        for p in problems {
+            conflicts.entry(p.license_id.clone()).or_default().push(p);
+        }
+        let terms: BTreeMap<String, Terms> = enforced
             .into_iter()
             .map(|(id, grants)| {
                 let live: Vec<&Grant> = grants
@@ -160,11 +171,15 @@ impl State {
         for g in self.grants()? {
             let revoked_now =
                 revoked.contains_key(&g.license_id) || revoked_grants.contains(&g.grant_id);
+            let left_out = conflicts
+                .get(&g.license_id)
+                .is_some_and(|ps| ps.iter().any(|p| p.grants.contains(&g.grant_id)));
             grant_reports
                 .entry(g.license_id.clone())
                 .or_default()
                 .push(GrantReport {
-                    in_force: !revoked_now && g.valid_at(now),
+                    in_force: !revoked_now && !left_out && g.valid_at(now),
+                    left_out,
                     revoked: revoked_now,
                     in_use: u32::try_from(held.get(&g.grant_id).copied().unwrap_or(0).max(0))
                         .unwrap_or(u32::MAX),
@@ -194,6 +209,7 @@ impl State {
                     revoked: revoked.contains_key(&id),
                     counters: counters.remove(&id).map(|c| c.0).unwrap_or_default(),
                     grants: grant_reports.remove(&id).unwrap_or_default(),
+                    conflicts: conflicts.remove(&id).unwrap_or_default(),
                     id,
                 }
             })
