@@ -46,10 +46,11 @@ pub(crate) enum TrustCommand {
         #[arg(long)]
         name: Option<String>,
         /// License id patterns this issuer may grant (`*`: any run of
-        /// characters, `?`: one). Default: the default scope `*`, which
-        /// covers any id that no other issuer's scope names explicitly, so
-        /// it never lets one issuer take another's ids. Refused if the name
-        /// already has another scope (change it with `trust scope`).
+        /// characters, `?`: one). Without --ids a new name gets the default
+        /// scope `*`, which covers any id that no other issuer's scope names
+        /// explicitly, so it never lets one issuer take another's ids; a
+        /// name that has a scope keeps it. Refused if the name already has
+        /// another scope (change it with `trust scope`).
         #[arg(long, value_name = "PATTERN", num_args = 1..)]
         ids: Option<Vec<String>>,
         #[command(flatten)]

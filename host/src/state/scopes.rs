@@ -521,6 +521,83 @@ mod tests {
         }
     }
 
+    fn grant(id: &str, license: &str, key: &str) -> Grant {
+        Grant {
+            grant_id: id.into(),
+            license_id: license.into(),
+            issuer: key.into(),
+            seats: Some(1),
+            not_before: None,
+            expires_at: None,
+            plugins: Vec::new(),
+            customer: None,
+            installed_at: 0,
+        }
+    }
+
+    fn scopes(rows: &[(&str, &[&str])], keys: &[(&str, &str)]) -> Scopes {
+        Scopes {
+            by_name: rows
+                .iter()
+                .map(|(n, ps)| (n.to_string(), ps.iter().map(|p| p.to_string()).collect()))
+                .collect(),
+            names: keys
+                .iter()
+                .map(|(k, n)| (k.to_string(), n.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn the_default_scope_yields_to_explicit_patterns_and_sharing_needs_both() {
+        let s = scopes(
+            &[("a", &["acme-*"]), ("b", &["*"]), ("c", &["acme-pro", "*"])],
+            &[("ka", "a"), ("kb", "b"), ("kc", "c"), ("ka2", "a")],
+        );
+        assert!(s.covers("a", "acme-x") && !s.covers("a", "other"));
+        assert!(!s.covers("b", "acme-x"), "a names it: b's `*` yields");
+        assert!(s.covers("b", "other"));
+        assert!(s.covers("c", "acme-pro") && s.covers("c", "other"));
+        assert!(s.covers("unknown-name", "other"), "no row: the default");
+        // Install: a's id taken by c needs both explicit; a rotated key of a is a.
+        let held = [("acme-pro".to_string(), "ka".to_string())];
+        assert!(
+            s.check_install(&grant("g", "acme-pro", "kc"), &held)
+                .is_ok()
+        );
+        assert!(
+            s.check_install(&grant("g", "acme-pro", "ka2"), &held)
+                .is_ok()
+        );
+        let held = [("other".to_string(), "kb".to_string())];
+        assert!(matches!(
+            s.check_install(&grant("g", "other", "kc"), &held),
+            Err(ScopeError::Taken { .. })
+        ));
+        assert!(matches!(
+            s.check_install(&grant("g", "acme-x", "kb"), &[]),
+            Err(ScopeError::OutOfScope { .. })
+        ));
+        // Load: the conflict leaves out every grant of the id; a grant
+        // revoked for good no longer counts.
+        let grants = [
+            grant("g1", "other", "kb"),
+            grant("g2", "other", "kc"),
+            grant("g3", "acme-x", "kb"),
+            grant("g4", "acme-pro", "ka"),
+            grant("g5", "acme-pro", "kc"),
+        ];
+        let problems = s.problems(&grants, &BTreeSet::new());
+        let left: Vec<&str> = problems
+            .iter()
+            .flat_map(|p| p.grants.iter().map(String::as_str))
+            .collect();
+        assert_eq!(left, ["g3", "g1", "g2"], "{problems:?}");
+        assert_eq!(problems[1].kind, ProblemKind::Conflict);
+        let revoked: BTreeSet<String> = ["g2".to_string()].into();
+        assert_eq!(s.problems(&grants, &revoked).len(), 1);
+    }
+
     #[test]
     fn patterns_are_checked() {
         assert!(validate_pattern("acme-*").is_ok());
