@@ -594,8 +594,8 @@ impl State {
     /// with its own seats, window and plugins, and whether it was revoked
     /// alone. The pool judges each window at every request, so a grant
     /// that expires stops giving seats without a restart. Grants the
-    /// issuers' scopes leave out give no seat (their id stays listed, so a
-    /// running host drops them) and are logged once as warnings.
+    /// issuers' scopes leave out are given as revoked (no seat) and logged
+    /// once as warnings.
     pub fn seat_grants(&self) -> Result<BTreeMap<String, Vec<SeatGrant>>, StateError> {
         let (out, problems) = self.enforced_grants()?;
         self.warn_scope_problems(&problems);
@@ -616,16 +616,14 @@ impl State {
             .collect();
         let mut out: BTreeMap<String, Vec<SeatGrant>> = BTreeMap::new();
         for g in &grants {
-            let list = out.entry(g.license_id.clone()).or_default();
-            if left_out.contains(g.grant_id.as_str()) {
-                continue;
-            }
+            // A grant the scopes leave out is enforced as revoked: no seat,
+            // and seats a running host holds from it end.
             let grant = SeatGrant {
-                revoked: revoked.contains(&g.grant_id),
+                revoked: revoked.contains(&g.grant_id) || left_out.contains(g.grant_id.as_str()),
                 id: g.grant_id.clone(),
                 terms: g.terms(),
             };
-            list.push(grant);
+            out.entry(g.license_id.clone()).or_default().push(grant);
         }
         Ok((out, problems))
     }
