@@ -633,3 +633,85 @@ fn state_files_are_private_whatever_the_umask() {
     assert!(loose.is_empty(), "not private under umask 000: {loose:?}");
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// Issue 13, hole 2: a grant row another issuer's key got into the database
+/// with SQL, for an id already granted, reaches a running host at its next
+/// reload of the grants: the id then gives no seat until the operator
+/// decides, and the host says why.
+#[test]
+fn a_running_host_gives_no_seat_for_an_id_two_issuers_grant() {
+    let root = prepare("anchor-scope", "1");
+    let p = |n: &str| root.join(n).to_string_lossy().into_owned();
+    let server = serve(&root, "", false).expect("serves");
+    assert_eq!(server.invoke("hello", b"x").0, 200);
+    // A second issuer, trusted, signs `demo` with more seats; its grant is
+    // installed in a scratch state directory and its row copied over.
+    let ok = |args: &[&str]| {
+        let out = tg(&root, args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+    };
+    ok(&["issuer", "keygen", "--out", &p("rival")]);
+    ok(&["trust", "add", &p("rival/issuer.pub"), "--name", "rival"]);
+    ok(&[
+        "trust",
+        "add",
+        &p("rival/issuer.pub"),
+        "--state",
+        &p("scratch"),
+    ]);
+    ok(&[
+        "issuer",
+        "sign",
+        "--key",
+        &p("rival/issuer.key"),
+        "--license-id",
+        "demo",
+        "--seats",
+        "5",
+        "--out",
+        &p("rival.license"),
+    ]);
+    ok(&[
+        "license",
+        "install",
+        &p("rival.license"),
+        "--state",
+        &p("scratch"),
+    ]);
+    let conn = db(&root);
+    conn.execute("ATTACH DATABASE ?1 AS s", [p("scratch/tollgate.db")])
+        .expect("attach");
+    conn.execute("INSERT INTO grants SELECT * FROM s.grants", [])
+        .expect("insert");
+    drop(conn);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let refused = loop {
+        let (status, body, _) = server.invoke("hello", b"x");
+        if status != 200 {
+            break (status, code(&body));
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the host still serves demo 10 s after a second issuer's grant of it appeared"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(refused, (403, "revoked".to_string()));
+    let status = server.json("/v1/admin/status");
+    let demo = status["licenses"]
+        .as_array()
+        .and_then(|l| l.iter().find(|r| r["id"] == "demo"))
+        .cloned()
+        .expect("demo in status");
+    assert_eq!(demo["conflicts"][0]["kind"], "conflict", "{demo}");
+    assert_eq!(demo["seats"], 0, "{demo}");
+    assert!(server.terminate().success());
+    let log = std::fs::read_to_string(root.join("serve.log")).expect("log");
+    assert_eq!(
+        log.matches("license demo is granted by several issuers")
+            .count(),
+        1,
+        "logged once, not at every reload: {log}"
+    );
+    let _ = std::fs::remove_dir_all(&root);
+}
