@@ -40,18 +40,6 @@ impl Drop for Tmpfs {
     }
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("copy");
-    for entry in std::fs::read_dir(from).expect("read").flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            copy_dir(&path, &to.join(entry.file_name()));
-        } else {
-            std::fs::copy(&path, to.join(entry.file_name())).expect("copy file");
-        }
-    }
-}
-
 /// Writes zeros to `path` until the disk is full.
 fn fill(path: &Path) {
     let mut f = std::fs::File::create(path).expect("filler");
