@@ -56,18 +56,6 @@ fn text(out: &Output) -> String {
     )
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("copy");
-    for entry in std::fs::read_dir(from).expect("read").flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            copy_dir(&path, &to.join(entry.file_name()));
-        } else {
-            std::fs::copy(&path, to.join(entry.file_name())).expect("copy file");
-        }
-    }
-}
-
 /// Recomputes every row hash and the chain head, as someone who edited
 /// rows and knows the (public) hash scheme would.
 fn recompute_chain(conn: &Connection) {

@@ -44,18 +44,28 @@ fn summary(path: &PathBuf) -> Value {
         .expect("summary is JSON")
 }
 
+/// The summary's invariants: no seat in use, every lease ended once
+/// (`checkouts == releases + reclaims`), every seat returned once
+/// (`checkouts - retakes == returns`).
 fn assert_seats_back(s: &Value) {
-    for (id, l) in s["licenses"].as_object().expect("licenses") {
-        let reclaims: u64 = l["reclaims"]
-            .as_object()
-            .expect("reclaims")
+    let sum = |v: &Value| -> u64 {
+        v.as_object()
+            .expect("counts by reason")
             .values()
             .map(|v| v.as_u64().unwrap_or(0))
-            .sum();
+            .sum()
+    };
+    for (id, l) in s["licenses"].as_object().expect("licenses") {
+        let n = |key: &str| l[key].as_u64().unwrap_or(0);
         assert_eq!(l["in_use"], 0, "{id}: {l}");
         assert_eq!(
-            l["checkouts"].as_u64(),
-            Some(l["releases"].as_u64().unwrap_or(0) + reclaims),
+            n("checkouts"),
+            n("releases") + sum(&l["reclaims"]),
+            "{id}: {l}"
+        );
+        assert_eq!(
+            n("checkouts") - n("retakes"),
+            sum(&l["returns"]),
             "{id}: {l}"
         );
     }

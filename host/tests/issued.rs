@@ -685,17 +685,15 @@ fn grants_are_revoked_one_by_one_or_all_and_renewals_wait_for_their_window() {
     );
     env.expect(0, &["license", "install", &now]);
     env.expect(0, &["run", &hello, "--requires", "acme"]);
-    let grants = env.json(&["license", "list", "--json"]);
+    let listed = env.json(&["license", "list", "--json"]);
     let grant_of = |file: &str| {
         let text = std::fs::read_to_string(file).expect("license");
-        let id = text
-            .lines()
+        text.lines()
             .find_map(|l| l.strip_prefix("grant: "))
             .expect("grant line")
-            .to_string();
-        assert!(grants.to_string().contains(&id), "{grants}");
-        id
+            .to_string()
     };
+    assert!(listed.to_string().contains(&grant_of(&now)), "{listed}");
     let current = grant_of(&now);
     let out = env.expect(0, &["license", "revoke", "--grant", &current]);
     assert!(
@@ -732,6 +730,28 @@ fn grants_are_revoked_one_by_one_or_all_and_renewals_wait_for_their_window() {
         status[0]["seats"], 2,
         "only the later grant is in force: {status}"
     );
+    let grants = status[0]["grants"].as_array().expect("grants");
+    assert_eq!(grants.len(), 3, "{status}");
+    let shown = |id: &str| {
+        grants
+            .iter()
+            .find(|g| g["grant_id"] == id)
+            .cloned()
+            .expect("grant in status")
+    };
+    assert_eq!(shown(&current)["revoked"], true);
+    assert_eq!(shown(&grant_of(&renewal))["in_force"], false);
+    assert_eq!(shown(&grant_of(&later))["in_force"], true);
+    assert_eq!(shown(&grant_of(&later))["in_use"], 0);
+    let table = env.expect(0, &["status"]);
+    for needle in [
+        format!("grant {current}"),
+        "revoked".to_string(),
+        "not yet".to_string(),
+        "in force".to_string(),
+    ] {
+        assert!(table.contains(&needle), "{needle} in {table}");
+    }
     let out = env.expect(0, &["audit", "verify"]);
     assert!(out.contains("ledger verified"), "{out}");
 }

@@ -59,7 +59,25 @@ impl From<anyhow::Error> for Failure {
 
 /// tollgate: run WebAssembly plugins that must hold a license to do their work.
 #[derive(Debug, Parser)]
-#[command(name = "tollgate", version, about, long_about = None, propagate_version = true)]
+#[command(
+    name = "tollgate",
+    version,
+    about,
+    long_about = None,
+    propagate_version = true,
+    after_help = "\
+How a call is licensed: the plugin asks the host for a seat of a license by
+id; a seat comes from one grant (one signed license file) in force at that
+moment that entitles the plugin. A seat that a call takes stays taken until
+the call ends: sending the license back (release, or dropping the handle)
+ends the lease, but the seat lingers with the call and returns to the pool
+when the call ends. The result is delivered only if, for every license the
+plugin requires, the call held a seat to its end from a grant still in force
+then; otherwise it is withheld and none of the plugin's own bytes reach the
+caller. Every seat, lease, refusal and withheld call is a hash-chained ledger
+row; `audit checkpoint` signs the chain's head to keep elsewhere, and `audit
+verify --checkpoint FILE` checks the ledger still extends it."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

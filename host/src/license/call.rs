@@ -141,19 +141,28 @@ impl CallSeats {
     }
 
     /// A new lease on a seat of `id` this call holds and whose lease its
-    /// plugin sent back, if there is one.
+    /// plugin sent back, if there is one. A lingering seat whose grant ended
+    /// meanwhile is let go, and the request goes to the pool.
     fn retake(&mut self, id: &str) -> Option<Result<u64, Denial>> {
-        let seat = self
-            .seats
-            .iter_mut()
-            .find(|s| s.license_id() == id && s.lease().is_none())?;
-        Some(match seat.retake() {
-            Ok(lease) => {
-                self.outcome.leases.push(lease);
-                Ok(lease)
+        loop {
+            let i = self
+                .seats
+                .iter()
+                .position(|s| s.license_id() == id && s.lease().is_none())?;
+            match self.seats[i].retake() {
+                Ok(lease) => {
+                    self.outcome.leases.push(lease);
+                    return Some(Ok(lease));
+                }
+                Err(Denial::Exhausted) => return Some(Err(self.refuse(id, Denial::Exhausted))),
+                Err(_) => {
+                    // Its grant was revoked or expired: the pool already took
+                    // the seat back; this call no longer holds it.
+                    let gone = self.seats.remove(i);
+                    let _ = gone.give_back(ReclaimReason::InvocationEnded);
+                }
             }
-            Err(denial) => Err(self.refuse(id, denial)),
-        })
+        }
     }
 
     fn taken(&mut self, id: &str, taken: Result<Seat, Denial>) -> Result<u64, Denial> {

@@ -825,3 +825,31 @@ proptest! {
         prop_assert_eq!(count(&|k| matches!(k, EventKind::Return(_))), s.counters.returns.total());
     }
 }
+
+#[test]
+fn a_lingering_seat_whose_grant_ended_gives_way_to_a_seat_of_another_grant() {
+    let clock = Arc::new(ManualClock::at_secs(1_000));
+    let m = manager_with(Arc::new(MemoryLedger::default()), clock.clone());
+    m.set_grants(
+        "a",
+        vec![
+            Grant::new("short", window(1, None, Some(1_500))),
+            Grant::new("long", window(1, None, Some(9_000))),
+        ],
+    )
+    .expect("valid");
+    let mut c = call(&m, "p", 1);
+    let first = c.acquire("a").expect("the short grant's seat");
+    c.release(first);
+    clock.set_secs(1_600);
+    let again = c.acquire("a").expect("a seat of the grant still in force");
+    assert!(c.lease_is_valid(again));
+    let ended = c.end(ReclaimReason::InvocationEnded);
+    assert!(
+        ended.held_to_end.contains("a"),
+        "it held a seat in force to the end"
+    );
+    let s = m.describe("a").expect("installed");
+    assert_eq!(s.counters.returns.get(ReclaimReason::Expired), 1);
+    assert!(s.counters.balanced(), "{:?}", s.counters);
+}

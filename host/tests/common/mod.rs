@@ -278,6 +278,19 @@ impl Server {
     }
 }
 
+/// Copies a directory tree (files and subdirectories).
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("copy");
+    for entry in std::fs::read_dir(from).expect("read").flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            copy_dir(&path, &to.join(entry.file_name()));
+        } else {
+            std::fs::copy(&path, to.join(entry.file_name())).expect("copy file");
+        }
+    }
+}
+
 pub fn code(body: &str) -> String {
     serde_json::from_str::<Value>(body)
         .map(|v| v["error"].as_str().unwrap_or("").to_string())
