@@ -93,6 +93,12 @@ fn a_schema_1_state_directory_upgrades_in_place() {
     assert_eq!(checkouts, releases + total(&c["reclaims"]), "{c}");
     assert_eq!(checkouts - retakes, total(&c["returns"]), "{c}");
     assert_eq!(status[0]["grants"][0]["in_force"], true, "{status}");
+    assert_eq!(status[0]["conflicts"], serde_json::json!([]), "{status}");
+    // The issuer trusted before scopes keeps its name and gets the default scope.
+    let issuers: Value =
+        serde_json::from_str(&ok(&root, &["trust", "list", "--json"])).expect("trust JSON");
+    assert_eq!(issuers[0]["name"], "acme", "{issuers}");
+    assert_eq!(issuers[0]["scope"], serde_json::json!(["*"]), "{issuers}");
 
     // Old rows keep format 1 and still verify, chained with the new ones.
     let out = ok(&root, &["audit", "verify"]);
