@@ -74,9 +74,13 @@ ends the lease, but the seat lingers with the call and returns to the pool
 when the call ends. The result is delivered only if, for every license the
 plugin requires, the call held a seat to its end from a grant still in force
 then; otherwise it is withheld and none of the plugin's own bytes reach the
-caller. Every seat, lease, refusal and withheld call is a hash-chained ledger
-row; `audit checkpoint` signs the chain's head to keep elsewhere, and `audit
-verify --checkpoint FILE` checks the ledger still extends it."
+caller. Each trusted issuer has an id scope (`trust add --ids PATTERN...`,
+default `*`: ids no other issuer was given); a grant outside its issuer's
+scope, or of an id another issuer granted without both scopes naming it,
+gives no seat. Every seat, lease, refusal and withheld call is a
+hash-chained ledger row; `audit checkpoint` signs the chain's head to keep
+elsewhere, and `audit verify --checkpoint FILE` checks the ledger still
+extends it."
 )]
 struct Cli {
     #[command(subcommand)]
