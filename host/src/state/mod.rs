@@ -135,9 +135,17 @@ impl From<ScopeError> for StateError {
     }
 }
 
-/// The grants a host enforces per license id, and the scope problems that
-/// left grants out.
-pub(crate) type EnforcedGrants = (BTreeMap<String, Vec<SeatGrant>>, Vec<ScopeProblem>);
+/// The grants a host enforces, worked out from one load of the grants.
+pub(crate) struct EnforcedGrants {
+    /// Per license id, each grant as the seat pool enforces it.
+    pub(crate) by_license: BTreeMap<String, Vec<SeatGrant>>,
+    /// Why the scopes left grants out.
+    pub(crate) problems: Vec<ScopeProblem>,
+    /// Every installed grant, verified against its signed text.
+    pub(crate) grants: Vec<Grant>,
+    /// Grant ids revoked one by one.
+    pub(crate) revoked: BTreeSet<String>,
+}
 
 /// Counters per license id, with per-plugin counters, read from the ledger.
 pub type LedgerCounters = BTreeMap<String, (Counters, BTreeMap<String, Counters>)>;
@@ -597,12 +605,13 @@ impl State {
     /// issuers' scopes leave out are given as revoked (no seat) and logged
     /// once as warnings.
     pub fn seat_grants(&self) -> Result<BTreeMap<String, Vec<SeatGrant>>, StateError> {
-        let (out, problems) = self.enforced_grants()?;
-        self.warn_scope_problems(&problems);
-        Ok(out)
+        let enforced = self.enforced_grants()?;
+        self.warn_scope_problems(&enforced.problems);
+        Ok(enforced.by_license)
     }
 
-    /// [`State::seat_grants`] without logging, with the scope problems.
+    /// [`State::seat_grants`] without logging, with what it was worked out
+    /// from, so a report needs no second load (and check) of the grants.
     pub(crate) fn enforced_grants(&self) -> Result<EnforcedGrants, StateError> {
         let revoked: BTreeSet<String> = self
             .query("SELECT grant_id FROM grant_revocations", [], |r| r.get(0))?
@@ -625,7 +634,12 @@ impl State {
             };
             out.entry(g.license_id.clone()).or_default().push(grant);
         }
-        Ok((out, problems))
+        Ok(EnforcedGrants {
+            by_license: out,
+            problems,
+            grants,
+            revoked,
+        })
     }
 
     /// Logs each scope problem not logged before by this process.

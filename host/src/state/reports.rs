@@ -137,12 +137,13 @@ impl State {
     /// Status of every installed license id at `now`.
     pub fn status(&self, now: u64) -> Result<Vec<LicenseReport>, StateError> {
         let revoked = self.revocations()?;
-        let (enforced, problems) = self.enforced_grants()?;
+        let enforced = self.enforced_grants()?;
         let mut conflicts: BTreeMap<String, Vec<ScopeProblem>> = BTreeMap::new();
-        for p in problems {
+        for p in enforced.problems {
             conflicts.entry(p.license_id.clone()).or_default().push(p);
         }
         let terms: BTreeMap<String, Terms> = enforced
+            .by_license
             .into_iter()
             .map(|(id, grants)| {
                 let live: Vec<&Grant> = grants
@@ -162,13 +163,10 @@ impl State {
             )?
             .into_iter()
             .collect();
-        let revoked_grants: std::collections::BTreeSet<String> = self
-            .query("SELECT grant_id FROM grant_revocations", [], |r| r.get(0))?
-            .into_iter()
-            .collect();
+        let revoked_grants = enforced.revoked;
         let mut grant_reports: BTreeMap<String, Vec<GrantReport>> = BTreeMap::new();
         let mut issued: BTreeMap<String, BTreeMap<String, Option<u32>>> = BTreeMap::new();
-        for g in self.grants()? {
+        for g in enforced.grants {
             let revoked_now =
                 revoked.contains_key(&g.license_id) || revoked_grants.contains(&g.grant_id);
             let left_out = conflicts

@@ -489,7 +489,7 @@ impl State {
     /// Grants that give no seat because of the issuers' scopes, and what
     /// the operator must decide about each (see [`ScopeProblem`]).
     pub fn scope_problems(&self) -> Result<Vec<ScopeProblem>, StateError> {
-        Ok(self.enforced_grants()?.1)
+        Ok(self.enforced_grants()?.problems)
     }
 }
 
