@@ -160,7 +160,7 @@ impl HostBuilder {
                     Some(l) => l.clone(),
                     None => sqlite,
                 };
-                let (licenses, _) = recover(&state, ledger, self.clock.clone())?;
+                let licenses = recover(&state, ledger, self.clock.clone())?;
                 let state = Arc::new(state);
                 let ids = InvocationIds::durable(state.clone())?;
                 (licenses, Some(state), Some(lock), ids)
@@ -196,7 +196,7 @@ fn recover(
     state: &State,
     ledger: Arc<dyn Ledger>,
     clock: Arc<dyn Clock>,
-) -> Result<(Arc<LicenseManager>, u64), HostError> {
+) -> Result<Arc<LicenseManager>, HostError> {
     let open = state.open_seats()?;
     let reason = ReclaimReason::HostRestart;
     for seat in &open {
@@ -225,7 +225,7 @@ fn recover(
             open.len()
         );
     }
-    let (last_lease, last_invocation) = state.last_ids()?;
+    let (last_lease, _) = state.last_ids()?;
     let licenses = Arc::new(LicenseManager::new(ledger, clock));
     licenses.resume_lease_ids_after(last_lease);
     let mut history = state.ledger_counters()?;
@@ -235,7 +235,7 @@ fn recover(
             licenses.seed(&id, totals, per_plugin)?;
         }
     }
-    Ok((licenses, last_invocation + 1))
+    Ok(licenses)
 }
 
 /// Puts the state directory's grants and revocations in force in `licenses`.
