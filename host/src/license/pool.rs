@@ -145,7 +145,7 @@ impl Counters {
     pub fn balanced(&self) -> bool {
         self.in_use == 0
             && self.checkouts == self.releases + self.reclaims.total()
-            && self.checkouts - self.retakes.min(self.checkouts) == self.returns.total()
+            && self.checkouts.saturating_sub(self.retakes) == self.returns.total()
     }
 }
 
@@ -537,6 +537,15 @@ impl SeatPool {
     /// is gone, revoked or out of its window now end at once.
     pub(super) fn set_grants(&self, grants: Vec<Grant>) {
         let mut st = self.lock();
+        // A host reads its grants again every second: the same grants change
+        // nothing, and wake no waiter.
+        let unchanged = st.grants.len() == grants.len()
+            && st.grants.iter().zip(&grants).all(|(slot, g)| {
+                *slot.id == *g.id && slot.terms == g.terms && slot.revoked == g.revoked
+            });
+        if unchanged {
+            return;
+        }
         let mut old: HashMap<Arc<str>, Counters> =
             st.grants.drain(..).map(|g| (g.id, g.counters)).collect();
         st.grants = grants
@@ -872,8 +881,10 @@ impl SeatPool {
     /// Lifts a revocation of the license id (grants revoked one by one stay
     /// revoked).
     pub fn unrevoke(&self) {
-        self.lock().revoked = false;
-        self.wake_waiters();
+        let was_revoked = std::mem::replace(&mut self.lock().revoked, false);
+        if was_revoked {
+            self.wake_waiters();
+        }
     }
 
     /// Counts one call withheld because it ran without this license.
