@@ -7,10 +7,9 @@
 use rusqlite::Connection;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use tollgate::issuer::IssuerPublicKey;
 use tollgate::ledger::chain::{kind_from_names, row_hash};
 use tollgate::ledger::{EventKind, Ledger, SqliteLedger, UsageEvent};
@@ -237,44 +236,14 @@ fn serve(root: &Path, settings: &str, open_umask: bool) -> Result<Server, String
         guest("hello-licensed")
     );
     std::fs::write(root.join("tollgate.toml"), config).expect("config");
-    let mut command = if open_umask {
+    let command = if open_umask {
         let mut c = Command::new("sh");
         c.args(["-c", "umask 000 && exec \"$0\" \"$@\"", BIN]);
         c
     } else {
         Command::new(BIN)
     };
-    let mut child = command
-        .args([
-            "serve",
-            "--config",
-            &root.join("tollgate.toml").to_string_lossy(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(
-            std::fs::File::create(root.join("serve.log")).expect("log"),
-        ))
-        .spawn()
-        .expect("serve starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("first line");
-    match line.trim().strip_prefix("tollgate serve: listening on ") {
-        Some(base) => Ok(Server {
-            child,
-            base: base.to_string(),
-            agent: ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .build()
-                .into(),
-        }),
-        None => {
-            let status = child.wait().expect("exits");
-            let log = std::fs::read_to_string(root.join("serve.log")).unwrap_or_default();
-            Err(format!("{status}: {line}{log}"))
-        }
-    }
+    Server::spawn(root, command, &[])
 }
 
 #[test]

@@ -156,14 +156,26 @@ impl Server {
             "{}",
             String::from_utf8_lossy(&check.stderr)
         );
-        let mut child = Command::new(BIN)
+        Self::spawn(root, Command::new(BIN), &["--log-format", "json"])
+            .unwrap_or_else(|e| panic!("serve did not start: {e}"))
+    }
+
+    /// Runs `command` (the tollgate binary, or a wrapper that execs it) as
+    /// `serve` on `root`'s `tollgate.toml` with `extra` arguments, logging to
+    /// `serve.log`: the running server, or the exit status, first line and
+    /// log of a start it refused.
+    pub fn spawn(
+        root: &std::path::Path,
+        mut command: Command,
+        extra: &[&str],
+    ) -> Result<Server, String> {
+        let mut child = command
             .args([
                 "serve",
                 "--config",
                 &root.join("tollgate.toml").to_string_lossy(),
-                "--log-format",
-                "json",
             ])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::from(
                 std::fs::File::create(root.join("serve.log")).expect("log"),
@@ -174,16 +186,21 @@ impl Server {
         BufReader::new(child.stdout.take().expect("stdout"))
             .read_line(&mut line)
             .expect("first line");
-        let base = line
-            .trim()
-            .strip_prefix("tollgate serve: listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_string();
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into();
-        Server { child, base, agent }
+        match line.trim().strip_prefix("tollgate serve: listening on ") {
+            Some(base) => Ok(Server {
+                child,
+                base: base.to_string(),
+                agent: ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .build()
+                    .into(),
+            }),
+            None => {
+                let status = child.wait().expect("exits");
+                let log = std::fs::read_to_string(root.join("serve.log")).unwrap_or_default();
+                Err(format!("{status}: {line}{log}"))
+            }
+        }
     }
 
     pub fn invoke(&self, plugin: &str, body: &[u8]) -> (u16, String, Option<String>) {
