@@ -82,6 +82,15 @@ impl Env {
         self.p(&format!("{name}/issuer.key"))
     }
 
+    /// Signs license `id` with `seats` seats and nothing else into `out`.
+    fn license(&self, key: &str, out: &str, id: &str, seats: u32) -> String {
+        self.sign(
+            key,
+            out,
+            &["--license-id", id, "--seats", &seats.to_string()],
+        )
+    }
+
     fn sign(&self, key: &str, out: &str, extra: &[&str]) -> String {
         let out = self.p(out);
         let mut args = vec!["issuer", "sign", "--key", key, "--out", &out];
@@ -166,11 +175,7 @@ fn keygen_sign_trust_install_run_report_audit_revoke() {
     let out = env.expect(0, &["license", "install", &lic]);
     assert!(out.contains("already installed; nothing changed"), "{out}");
     // A second grant adds its seats.
-    let more = env.sign(
-        &key,
-        "more.license",
-        &["--license-id", "acme", "--seats", "1"],
-    );
+    let more = env.license(&key, "more.license", "acme", 1);
     env.expect(0, &["license", "install", &more]);
     assert_eq!(
         env.json(&["license", "list", "--json"])
@@ -330,11 +335,7 @@ fn bad_input_is_rejected_and_changes_nothing() {
     let env = Env::new("bad");
     let key = env.issuer("keys", true);
     let other = env.issuer("other", false);
-    let good = env.sign(
-        &key,
-        "good.license",
-        &["--license-id", "acme", "--seats", "2"],
-    );
+    let good = env.license(&key, "good.license", "acme", 2);
     env.expect(0, &["license", "install", &good]);
     let text = std::fs::read_to_string(&good).expect("license");
     let snapshot = || {
@@ -389,11 +390,7 @@ fn bad_input_is_rejected_and_changes_nothing() {
             "signature does not match",
         ),
         (
-            env.sign(
-                &other,
-                "untrusted.license",
-                &["--license-id", "acme", "--seats", "9"],
-            ),
+            env.license(&other, "untrusted.license", "acme", 9),
             "which this host does not trust",
         ),
         (
@@ -541,11 +538,7 @@ fn broken_state_is_named() {
 fn kill_nine_loses_no_acknowledged_call_and_no_seat() {
     let env = Env::new("crash");
     let key = env.issuer("keys", true);
-    let lic = env.sign(
-        &key,
-        "crash.license",
-        &["--license-id", "crash", "--seats", "2"],
-    );
+    let lic = env.license(&key, "crash.license", "crash", 2);
     env.expect(0, &["license", "install", &lic]);
     let input = env.path("input");
     std::fs::write(&input, "3").expect("input");
@@ -678,11 +671,7 @@ fn grants_are_revoked_one_by_one_or_all_and_renewals_wait_for_their_window() {
         "no seat before its window: {out}"
     );
 
-    let now = env.sign(
-        &key,
-        "now.license",
-        &["--license-id", "acme", "--seats", "1"],
-    );
+    let now = env.license(&key, "now.license", "acme", 1);
     env.expect(0, &["license", "install", &now]);
     env.expect(0, &["run", &hello, "--requires", "acme"]);
     let listed = env.json(&["license", "list", "--json"]);
@@ -713,11 +702,7 @@ fn grants_are_revoked_one_by_one_or_all_and_renewals_wait_for_their_window() {
 
     // Revoking the id also covers a grant installed afterwards.
     env.expect(0, &["license", "revoke", "acme"]);
-    let later = env.sign(
-        &key,
-        "later.license",
-        &["--license-id", "acme", "--seats", "2"],
-    );
+    let later = env.license(&key, "later.license", "acme", 2);
     let out = env.expect(0, &["license", "install", &later]);
     assert!(out.contains("license acme is revoked"), "{out}");
     let out = env.expect(3, &["run", &hello, "--requires", "acme"]);
@@ -811,10 +796,10 @@ fn an_issuer_cannot_grant_an_id_another_issuer_granted() {
     let env = Env::new("taken");
     let a = env.named_issuer("a", "vendor-a", &[]);
     let b = env.named_issuer("b", "vendor-b", &[]);
-    let mine = env.sign(&a, "a.license", &["--license-id", "acme", "--seats", "1"]);
+    let mine = env.license(&a, "a.license", "acme", 1);
     env.expect(0, &["license", "install", &mine]);
     // Another trusted issuer signs the same id with more seats.
-    let theirs = env.sign(&b, "b.license", &["--license-id", "acme", "--seats", "5"]);
+    let theirs = env.license(&b, "b.license", "acme", 5);
     let out = env.expect(2, &["license", "install", &theirs]);
     assert!(
         out.contains("acme is already granted by issuer \"vendor-a\"")
@@ -835,7 +820,7 @@ fn an_issuer_cannot_grant_an_id_another_issuer_granted() {
         "nothing was installed"
     );
     // Another id stays open to the second issuer (the default scope `*`).
-    let other = env.sign(&b, "w.license", &["--license-id", "widget", "--seats", "2"]);
+    let other = env.license(&b, "w.license", "widget", 2);
     env.expect(0, &["license", "install", &other]);
 }
 
@@ -859,19 +844,11 @@ fn a_grant_outside_its_issuers_scope_is_refused() {
     );
     assert_eq!(scope_of("vendor-b"), serde_json::json!(["*"]));
     for id in ["acme-pro", "tools.x"] {
-        let lic = env.sign(
-            &a,
-            &format!("{id}.license"),
-            &["--license-id", id, "--seats", "1"],
-        );
+        let lic = env.license(&a, &format!("{id}.license"), id, 1);
         env.expect(0, &["license", "install", &lic]);
     }
     for id in ["other", "acme", "tools.xy"] {
-        let lic = env.sign(
-            &a,
-            &format!("{id}.license"),
-            &["--license-id", id, "--seats", "1"],
-        );
+        let lic = env.license(&a, &format!("{id}.license"), id, 1);
         let out = env.expect(2, &["license", "install", &lic]);
         assert!(
             out.contains(&format!(
@@ -882,21 +859,13 @@ fn a_grant_outside_its_issuers_scope_is_refused() {
         );
     }
     // The default scope does not reach ids another issuer names explicitly.
-    let lic = env.sign(
-        &b,
-        "basic.license",
-        &["--license-id", "acme-basic", "--seats", "1"],
-    );
+    let lic = env.license(&b, "basic.license", "acme-basic", 1);
     let out = env.expect(2, &["license", "install", &lic]);
     assert!(
         out.contains("the scope of issuer \"vendor-a\" names it explicitly"),
         "{out}"
     );
-    let lic = env.sign(
-        &b,
-        "free.license",
-        &["--license-id", "free", "--seats", "1"],
-    );
+    let lic = env.license(&b, "free.license", "free", 1);
     env.expect(0, &["license", "install", &lic]);
     let out = env.expect(2, &["trust", "add", &env.p("b/issuer.pub"), "--ids", "a b"]);
     assert!(out.contains("is not a license id pattern"), "{out}");
@@ -922,11 +891,7 @@ fn issuer_in(file: &str) -> String {
 fn a_rotated_key_with_the_same_name_keeps_the_scope() {
     let env = Env::new("rotate");
     let old = env.named_issuer("old", "vendor-a", &["--ids", "acme-*"]);
-    let lic = env.sign(
-        &old,
-        "old.license",
-        &["--license-id", "acme-pro", "--seats", "1"],
-    );
+    let lic = env.license(&old, "old.license", "acme-pro", 1);
     env.expect(0, &["license", "install", &lic]);
     // The new key is added with the issuer's name and no --ids.
     let new = env.named_issuer("new", "vendor-a", &[]);
@@ -936,22 +901,14 @@ fn a_rotated_key_with_the_same_name_keeps_the_scope() {
         assert_eq!(issuer["name"], "vendor-a", "{list}");
         assert_eq!(issuer["scope"], serde_json::json!(["acme-*"]), "{list}");
     }
-    let outside = env.sign(
-        &new,
-        "outside.license",
-        &["--license-id", "other", "--seats", "1"],
-    );
+    let outside = env.license(&new, "outside.license", "other", 1);
     let out = env.expect(2, &["license", "install", &outside]);
     assert!(
         out.contains("may grant only ids in its scope [acme-*]"),
         "{out}"
     );
     // Same issuer, same id: the new key's grant adds to the old key's.
-    let renewal = env.sign(
-        &new,
-        "new.license",
-        &["--license-id", "acme-pro", "--seats", "2"],
-    );
+    let renewal = env.license(&new, "new.license", "acme-pro", 2);
     env.expect(0, &["license", "install", &renewal]);
     assert_eq!(
         report(&env.json(&["status", "--json"]), "acme-pro")["seats"],
@@ -990,9 +947,9 @@ fn an_id_named_in_both_scopes_explicitly_is_shared() {
     let env = Env::new("share");
     let a = env.named_issuer("a", "vendor-a", &[]);
     let b = env.named_issuer("b", "vendor-b", &[]);
-    let mine = env.sign(&a, "a.license", &["--license-id", "acme", "--seats", "1"]);
+    let mine = env.license(&a, "a.license", "acme", 1);
     env.expect(0, &["license", "install", &mine]);
-    let theirs = env.sign(&b, "b.license", &["--license-id", "acme", "--seats", "2"]);
+    let theirs = env.license(&b, "b.license", "acme", 2);
     env.expect(2, &["license", "install", &theirs]);
     // Named in one scope only: the other issuer's default `*` no longer covers it.
     env.expect(0, &["trust", "scope", "vendor-a", "--ids", "acme", "*"]);
@@ -1042,11 +999,7 @@ fn grant_rows_inserted_with_sql_outside_the_scopes_give_no_seats() {
             ],
         );
     }
-    let outside = env.sign(
-        &a,
-        "other.license",
-        &["--license-id", "other", "--seats", "3"],
-    );
+    let outside = env.license(&a, "other.license", "other", 3);
     env.expect(2, &["license", "install", &outside]);
     env.expect(0, &["license", "install", &outside, "--state", &scratch]);
     env.insert_grant_rows(&scratch, "other");
@@ -1061,18 +1014,10 @@ fn grant_rows_inserted_with_sql_outside_the_scopes_give_no_seats() {
 
     // An id one issuer granted, taken by another with a row inserted by SQL:
     // neither grant gives a seat until the operator decides.
-    let own = env.sign(
-        &b,
-        "widget-b.license",
-        &["--license-id", "widget", "--seats", "1"],
-    );
+    let own = env.license(&b, "widget-b.license", "widget", 1);
     env.expect(0, &["license", "install", &own]);
     env.expect(0, &["run", &hello, "--requires", "widget"]);
-    let taken = env.sign(
-        &c,
-        "widget-c.license",
-        &["--license-id", "widget", "--seats", "5"],
-    );
+    let taken = env.license(&c, "widget-c.license", "widget", 5);
     env.expect(0, &["license", "install", &taken, "--state", &scratch]);
     env.insert_grant_rows(&scratch, "widget");
     let out = env.expect(3, &["run", &hello, "--requires", "widget"]);
