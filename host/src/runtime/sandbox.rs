@@ -74,6 +74,15 @@ impl Limiter {
         *used = total;
         Ok(())
     }
+
+    /// Whether a growth may go ahead; one refused for the call's cap (not
+    /// for the item's own maximum) is remembered as `hit`.
+    fn allow(&mut self, grown: Result<(), bool>, hit: LimitHit) -> bool {
+        if grown == Err(true) {
+            self.hit.get_or_insert(hit);
+        }
+        grown.is_ok()
+    }
 }
 
 impl ResourceLimiter for Limiter {
@@ -85,21 +94,14 @@ impl ResourceLimiter for Limiter {
     ) -> wasmtime::Result<bool> {
         // Also called with `current == 0` when a memory is created, so its
         // initial size counts too.
-        match Self::grow(
+        let grown = Self::grow(
             &mut self.memory_used,
             self.memory_bytes,
             current,
             desired,
             maximum,
-        ) {
-            Ok(()) => Ok(true),
-            Err(over_cap) => {
-                if over_cap {
-                    self.hit.get_or_insert(LimitHit::Memory);
-                }
-                Ok(false)
-            }
-        }
+        );
+        Ok(self.allow(grown, LimitHit::Memory))
     }
 
     fn table_growing(
@@ -108,21 +110,14 @@ impl ResourceLimiter for Limiter {
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        match Self::grow(
+        let grown = Self::grow(
             &mut self.table_used,
             self.table_elements,
             current,
             desired,
             maximum,
-        ) {
-            Ok(()) => Ok(true),
-            Err(over_cap) => {
-                if over_cap {
-                    self.hit.get_or_insert(LimitHit::TableElements);
-                }
-                Ok(false)
-            }
-        }
+        );
+        Ok(self.allow(grown, LimitHit::TableElements))
     }
 
     fn instances(&self) -> usize {
