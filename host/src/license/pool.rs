@@ -570,7 +570,7 @@ impl SeatPool {
     /// past its window): the lease, if the plugin still holds it, is
     /// reclaimed and the seat returned, both with reason `revoked` or
     /// `expired`. Returns how many seats ended.
-    fn sweep_locked(&self, st: &mut PoolState) -> usize {
+    fn sweep_locked(&self, st: &mut PoolState) -> (usize, u64) {
         let now = self.clock.now_secs();
         // The common case costs one look per grant: every grant that has
         // seats held is still in force. (Seats of a grant that was removed
@@ -581,9 +581,9 @@ impl SeatPool {
             .filter(|g| g.counters.in_use > 0)
             .all(|g| g.in_force(st.revoked, now))
         {
-            return 0;
+            return (0, now);
         }
-        self.sweep_all(st, now)
+        (self.sweep_all(st, now), now)
     }
 
     /// Ends every held seat whose grant is not in force at `now` or gone.
@@ -610,7 +610,7 @@ impl SeatPool {
 
     /// Ends seats of grants no longer in force; see [`SeatPool::revoke`].
     pub fn sweep(&self) -> usize {
-        let n = self.sweep_locked(&mut self.lock());
+        let (n, _) = self.sweep_locked(&mut self.lock());
         if n > 0 {
             self.wake_waiters();
         }
@@ -770,10 +770,10 @@ impl SeatPool {
         holder: &Holder,
         wait: Option<Duration>,
     ) -> Result<Admission, Denial> {
-        if self.sweep_locked(st) > 0 {
+        let (ended, now) = self.sweep_locked(st);
+        if ended > 0 {
             self.wake_waiters();
         }
-        let now = self.clock.now_secs();
         if let Some(denial) = st.refusal(holder, now) {
             return Err(denial);
         }
@@ -802,8 +802,7 @@ impl SeatPool {
         ticket: u64,
         expired: bool,
     ) -> Option<Result<Taken, Denial>> {
-        self.sweep_locked(st);
-        let now = self.clock.now_secs();
+        let (_, now) = self.sweep_locked(st);
         let outcome = if let Some(denial) = st.refusal(holder, now) {
             Err(denial)
         } else if st.next_served(now) == Some(ticket)
@@ -861,7 +860,7 @@ impl SeatPool {
     pub fn revoke(&self) -> usize {
         let mut st = self.lock();
         st.revoked = true;
-        let n = self.sweep_locked(&mut st);
+        let (n, _) = self.sweep_locked(&mut st);
         drop(st);
         self.wake_waiters();
         n
@@ -872,7 +871,7 @@ impl SeatPool {
     pub fn revoke_grant(&self, grant: &str) -> Option<usize> {
         let mut st = self.lock();
         st.grant_mut(grant)?.revoked = true;
-        let n = self.sweep_locked(&mut st);
+        let (n, _) = self.sweep_locked(&mut st);
         drop(st);
         self.wake_waiters();
         Some(n)
@@ -906,8 +905,7 @@ impl SeatPool {
     /// it may not use the license.
     pub fn describe_for(&self, holder: &Holder) -> Result<(Seats, Option<u64>, u32), Denial> {
         let mut st = self.lock();
-        self.sweep_locked(&mut st);
-        let now = self.clock.now_secs();
+        let (_, now) = self.sweep_locked(&mut st);
         if let Some(denial) = st.refusal(holder, now) {
             return Err(denial);
         }
@@ -922,8 +920,7 @@ impl SeatPool {
     /// A snapshot of grants and counters.
     pub fn status(&self) -> LicenseStatus {
         let mut st = self.lock();
-        self.sweep_locked(&mut st);
-        let now = self.clock.now_secs();
+        let (_, now) = self.sweep_locked(&mut st);
         let (seats, expires_at) =
             summarize(st.grants.iter().filter(|g| g.in_force(st.revoked, now)));
         LicenseStatus {
@@ -983,7 +980,7 @@ impl SeatPool {
     /// back, if the seat's grant is still in force.
     fn retake(&self, seat: u64) -> Result<u64, Denial> {
         let mut st = self.lock();
-        self.sweep_locked(&mut st);
+        let _ = self.sweep_locked(&mut st);
         let Some(hold) = st.held.get(&seat) else {
             return Err(Denial::Revoked);
         };
@@ -1021,8 +1018,7 @@ impl SeatPool {
     /// else why not (`revoked` or `expired`).
     fn give_back(&self, seat: u64, grant: &str, reason: ReclaimReason) -> Result<(), Denial> {
         let mut st = self.lock();
-        self.sweep_locked(&mut st);
-        let now = self.clock.now_secs();
+        let (_, now) = self.sweep_locked(&mut st);
         let outcome = if st.held.contains_key(&seat) && st.grant_in_force(grant, now) {
             Ok(())
         } else {
