@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tollgate::server::{AdminBody, parse_admin_body};
+use tollgate_server::{AdminBody, parse_admin_body};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&route, body)) = data.split_first() else {

@@ -9,7 +9,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    if let Err(e) = tollgate::config::Config::parse(text, Path::new("/fuzz/tollgate.toml")) {
+    if let Err(e) = tollgate_server::config::Config::parse(text, Path::new("/fuzz/tollgate.toml")) {
         // Every refusal names at least one problem, each with a message and
         // a place inside the file (line 0: not tied to a place), in order.
         assert!(!e.problems.is_empty());

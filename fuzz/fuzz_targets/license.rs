@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tollgate::issuer::{IssuerKey, IssuerPublicKey, SignedLicense};
+use tollgate::license::issuer::{IssuerKey, IssuerPublicKey, SignedLicense};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

@@ -9,9 +9,9 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use tollgate::issuer::{IssuerKey, LicenseTerms};
+use tollgate::license::issuer::{IssuerKey, LicenseTerms};
 use tollgate::license::{Clock, SystemClock};
-use tollgate::state::State;
+use tollgate::store::state::State;
 use tollgate::{Host, InvokeError, Limits, Seats};
 use tollgate_tests as guests;
 

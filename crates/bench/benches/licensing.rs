@@ -1,0 +1,749 @@
+//! Side-by-side benchmarks of what licensing costs: every figure is a
+//! licensed case next to its bare baseline (or in-memory next to durable),
+//! measured in the same run with the rounds interleaved.
+//!
+//! Run: `cargo bench -p tollgate-bench --bench licensing` (add `-- --quick` for a
+//! short smoke run). Prints a Markdown table.
+
+use std::path::PathBuf;
+use std::sync::Barrier;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tollgate::license::issuer::{IssuerKey, LicenseTerms};
+use tollgate::license::{Clock, SystemClock};
+use tollgate::runtime::Allocator;
+use tollgate::store::state::State;
+use tollgate::{Host, Limits, PluginSpec, Seats, Terms};
+
+const LICENSE: &str = "bench";
+
+fn guest(name: &str) -> PathBuf {
+    PathBuf::from(test_guests::path(name))
+}
+
+/// Knobs that `--quick` shrinks.
+struct Plan {
+    rounds: usize,
+    calls: u32,
+    window: Duration,
+    pairs: u32,
+}
+
+fn host(allocator: Allocator) -> Host {
+    let host = Host::builder()
+        .license(LICENSE, Terms::new(Seats::Unlimited))
+        .allocator(allocator)
+        .build()
+        .expect("host");
+    load_pair(&host);
+    host
+}
+
+fn load_pair(host: &Host) {
+    host.load_plugin(PluginSpec::file("licensed", guest("bench-licensed")).requires(LICENSE))
+        .expect("licensed guest");
+    host.load_plugin(PluginSpec::file("bare", guest("bench-bare")))
+        .expect("bare guest");
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i.min(v.len() - 1)]
+}
+
+/// Mean microseconds per call over `n` sequential calls.
+fn per_call(host: &Host, plugin: &str, input: &[u8], n: u32) -> f64 {
+    let start = Instant::now();
+    for _ in 0..n {
+        host.invoke(plugin, input).expect("bench call succeeds");
+    }
+    start.elapsed().as_secs_f64() * 1e6 / f64::from(n)
+}
+
+/// Calls per second with `threads` callers for `window`.
+fn throughput(host: &Host, plugin: &str, input: &[u8], threads: usize, window: Duration) -> f64 {
+    let done = AtomicU64::new(0);
+    let stop = AtomicBool::new(false);
+    let barrier = Barrier::new(threads + 1);
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                barrier.wait();
+                while !stop.load(Ordering::Relaxed) {
+                    host.invoke(plugin, input).expect("bench call succeeds");
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+        barrier.wait();
+        std::thread::sleep(window);
+        stop.store(true, Ordering::Relaxed);
+    });
+    done.load(Ordering::Relaxed) as f64 / window.as_secs_f64()
+}
+
+/// Runs `a` and `b` alternately `rounds` times; returns their medians.
+fn side_by_side(
+    rounds: usize,
+    mut a: impl FnMut() -> f64,
+    mut b: impl FnMut() -> f64,
+) -> (f64, f64) {
+    let (mut xs, mut ys) = (Vec::new(), Vec::new());
+    for r in 0..rounds {
+        if r % 2 == 0 {
+            xs.push(a());
+            ys.push(b());
+        } else {
+            ys.push(b());
+            xs.push(a());
+        }
+    }
+    (median(xs), median(ys))
+}
+
+fn row(case: &str, what: &str, licensed: String, baseline: String, ratio: String, target: &str) {
+    println!("| {case} | {what} | {licensed} | {baseline} | {ratio} | {target} |");
+}
+
+/// Both instance allocators, each with its label, or the one named by
+/// `TOLLGATE_BENCH_ALLOCATOR` (`on-demand` or `pooling`).
+fn allocators() -> Vec<(&'static str, Allocator)> {
+    let only = std::env::var("TOLLGATE_BENCH_ALLOCATOR").ok();
+    let mut all = vec![
+        ("on-demand", Allocator::OnDemand),
+        ("pooling", Allocator::pooling(64, [&Limits::default()])),
+    ];
+    all.retain(|(label, _)| only.as_deref().is_none_or(|o| o == *label));
+    all
+}
+
+fn case_b(plan: &Plan) {
+    let input = b"work:16 the quick brown fox jumps over the lazy dog";
+    for (label, allocator) in allocators() {
+        let host = host(allocator);
+        per_call(&host, "licensed", input, 50);
+        per_call(&host, "bare", input, 50);
+        let (l, b) = side_by_side(
+            plan.rounds,
+            || per_call(&host, "licensed", input, plan.calls),
+            || per_call(&host, "bare", input, plan.calls),
+        );
+        row(
+            "B",
+            &format!(
+                "per call, fresh instance, {label}, license-ids + acquire + release (µs/call)"
+            ),
+            format!("{l:.1}"),
+            format!("{b:.1}"),
+            format!("{:.3}", l / b),
+            "≤ 1.05",
+        );
+        let known = [&b"id:bench "[..], &input[..]].concat();
+        let (l, b) = side_by_side(
+            plan.rounds,
+            || per_call(&host, "licensed", &known, plan.calls),
+            || per_call(&host, "bare", input, plan.calls),
+        );
+        row(
+            "B",
+            &format!(
+                "per call, fresh instance, {label}, acquire + release of a known id (µs/call)"
+            ),
+            format!("{l:.1}"),
+            format!("{b:.1}"),
+            format!("{:.3}", l / b),
+            "≤ 1.05",
+        );
+    }
+}
+
+/// Cold start: load + first call compiling from `.wasm`, against load +
+/// first call from the precompiled compile cache.
+fn case_a(plan: &Plan) {
+    let dir = std::env::temp_dir().join(format!("tollgate-bench-cache-{}", std::process::id()));
+    let mut guests = vec!["hello-licensed"];
+    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../target/other-languages/hello_python.wasm");
+    let first_call = |cache: &std::path::Path, path: &std::path::Path| {
+        let host = Host::builder()
+            .license(LICENSE, Terms::new(Seats::Unlimited))
+            .compile_cache(cache)
+            .build()
+            .expect("host");
+        let start = Instant::now();
+        let plugin = host
+            .load_plugin(PluginSpec::file("p", path).requires(LICENSE))
+            .expect("load");
+        host.invoke("p", b"x").expect("first call");
+        (start.elapsed().as_secs_f64() * 1e3, plugin.from_cache())
+    };
+    if python.exists() {
+        guests.push("python");
+    }
+    for g in guests {
+        let path = if g == "python" {
+            python.clone()
+        } else {
+            guest(g)
+        };
+        let rounds = if g == "python" {
+            plan.rounds.min(3)
+        } else {
+            plan.rounds
+        };
+        let (cold, warm) = side_by_side(
+            rounds,
+            || {
+                let _ = std::fs::remove_dir_all(&dir);
+                let (ms, cached) = first_call(&dir, &path);
+                assert!(!cached, "cold start compiled");
+                ms
+            },
+            || {
+                if !dir.exists() {
+                    first_call(&dir, &path);
+                }
+                let (ms, cached) = first_call(&dir, &path);
+                assert!(cached, "warm start loaded the cache");
+                ms
+            },
+        );
+        row(
+            "A",
+            &format!("load + first call of {g}: compile vs compile cache (ms)"),
+            format!("{cold:.1}"),
+            format!("{warm:.2}"),
+            format!("{:.1}× faster", cold / warm),
+            "cached ≥ 10× faster",
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Where B's difference comes from: the licensed component doing the same
+/// work without calling the host, against the bare component.
+fn case_b0(plan: &Plan) {
+    let host = host(Allocator::OnDemand);
+    host.load_plugin(PluginSpec::file("licensed-idle", guest("bench-licensed")))
+        .expect("licensed guest");
+    let input = b"work:16 the quick brown fox jumps over the lazy dog";
+    let idle_input = [&b"unlicensed "[..], &input[..]].concat();
+    let (l, b) = side_by_side(
+        plan.rounds,
+        || per_call(&host, "licensed-idle", &idle_input, plan.calls),
+        || per_call(&host, "bare", input, plan.calls),
+    );
+    row(
+        "B0",
+        "licensed component, no host call, vs bare (µs/call)",
+        format!("{l:.1}"),
+        format!("{b:.1}"),
+        format!("{:.3}", l / b),
+        "explains B",
+    );
+}
+
+fn case_c(plan: &Plan) {
+    // One call makes every pair, so lift the per-call acquire cap that
+    // protects the ledger from a looping plugin.
+    let host = Host::builder()
+        .license(LICENSE, Terms::new(Seats::Unlimited))
+        .build()
+        .expect("host");
+    let limits = Limits {
+        max_acquires: plan.pairs as usize + 1,
+        ..Limits::default()
+    };
+    host.load_plugin(
+        PluginSpec::file("licensed", guest("bench-licensed"))
+            .requires(LICENSE)
+            .limits(limits),
+    )
+    .expect("licensed guest");
+    let pairs = format!("pairs:{}", plan.pairs).into_bytes();
+    let empty = format!("empty:{}", plan.pairs).into_bytes();
+    host.invoke("licensed", &pairs).expect("warm");
+    let (p, e) = side_by_side(
+        plan.rounds,
+        || per_call(&host, "licensed", &pairs, 1),
+        || per_call(&host, "licensed", &empty, 1),
+    );
+    let n = f64::from(plan.pairs);
+    let (pair_ns, empty_ns) = (p * 1e3 / n, e * 1e3 / n);
+    row(
+        "C",
+        "acquire+release pair vs one empty host call, same instance (ns)",
+        format!("{pair_ns:.0}"),
+        format!("{empty_ns:.0}"),
+        format!("+{:.0} ns/pair", pair_ns - empty_ns),
+        "≤ 1 µs added",
+    );
+}
+
+fn case_d(plan: &Plan) {
+    let input = b"work:16 the quick brown fox jumps over the lazy dog";
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mut threads = vec![1, 2];
+    if cores > 2 {
+        threads.push(cores);
+    }
+    for (label, allocator) in allocators() {
+        let host = host(allocator);
+        // For profiling one side alone: `TOLLGATE_BENCH_D_ONLY=licensed`
+        // (or `bare`) runs only that plugin and prints its rate.
+        if let Ok(only) = std::env::var("TOLLGATE_BENCH_D_ONLY") {
+            for &t in &threads {
+                let rate = median(
+                    (0..plan.rounds)
+                        .map(|_| throughput(&host, &only, input, t, plan.window))
+                        .collect(),
+                );
+                println!("D {only} alone, {label}, {t} thread(s): {rate:.0} calls/s");
+            }
+            continue;
+        }
+        for &t in &threads {
+            let (l, b) = side_by_side(
+                plan.rounds,
+                || throughput(&host, "licensed", input, t, plan.window),
+                || throughput(&host, "bare", input, t, plan.window),
+            );
+            row(
+                "D",
+                &format!("throughput, {label}, {t} thread(s) (calls/s)"),
+                format!("{l:.0}"),
+                format!("{b:.0}"),
+                format!("{:.3}", l / b),
+                "≥ 0.90",
+            );
+        }
+    }
+}
+
+fn case_e(plan: &Plan) {
+    const CALLERS: usize = 64;
+    const SEATS: u32 = 4;
+    let hold_ms: u64 = 20;
+    let host = Host::builder()
+        .license(LICENSE, Terms::new(Seats::Counted(SEATS)))
+        .build()
+        .expect("host");
+    let limits = Limits {
+        wait_for_seat: Some(Duration::from_secs(60)),
+        ..Limits::default()
+    };
+    host.load_plugin(
+        PluginSpec::file("slow", guest("slow"))
+            .requires(LICENSE)
+            .limits(limits),
+    )
+    .expect("slow guest");
+    let input = hold_ms.to_string().into_bytes();
+    let window = plan.window * 2;
+    let stop = AtomicBool::new(false);
+    let max_seen = AtomicU64::new(0);
+    let barrier = Barrier::new(CALLERS + 2);
+    let latencies = std::sync::Mutex::new(Vec::new());
+    let started = Instant::now();
+    let completed = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        // A watcher samples seats in use while the callers run.
+        s.spawn(|| {
+            barrier.wait();
+            while !stop.load(Ordering::Relaxed) {
+                let in_use = host
+                    .licenses()
+                    .describe(LICENSE)
+                    .map_or(0, |d| d.counters.in_use);
+                max_seen.fetch_max(u64::from(in_use), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        });
+        for _ in 0..CALLERS {
+            s.spawn(|| {
+                barrier.wait();
+                let mut mine = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    host.invoke("slow", &input)
+                        .expect("served before the wait ends");
+                    if started.elapsed() < window {
+                        completed.fetch_add(1, Ordering::Relaxed);
+                        mine.push(t.elapsed().as_secs_f64() * 1e3 - hold_ms as f64);
+                    }
+                }
+                latencies.lock().expect("lock").extend(mine);
+            });
+        }
+        barrier.wait();
+        std::thread::sleep(window);
+        stop.store(true, Ordering::Relaxed);
+    });
+    let rate = completed.load(Ordering::Relaxed) as f64 / window.as_secs_f64();
+    let ideal = f64::from(SEATS) * 1000.0 / hold_ms as f64;
+    let mut waits = latencies.into_inner().expect("lock");
+    let (p50, p99) = (percentile(&mut waits, 0.50), percentile(&mut waits, 0.99));
+    let status = host.licenses().describe(LICENSE).expect("installed");
+    assert!(
+        status.counters.peak <= SEATS && max_seen.load(Ordering::Relaxed) <= u64::from(SEATS),
+        "oversold"
+    );
+    row(
+        "E",
+        &format!("{CALLERS} callers, {SEATS} seats, {hold_ms} ms hold, FIFO wait (calls/s)"),
+        format!("{rate:.1}"),
+        format!("{ideal:.1} ideal"),
+        format!("{:.3}", rate / ideal),
+        "≥ 0.9",
+    );
+    row(
+        "E",
+        "wait for a seat p50 / p99 (ms); peak in use (counter / sampled)",
+        format!("{p50:.1} / {p99:.1}"),
+        "-".into(),
+        format!(
+            "peak {} / {}",
+            status.counters.peak,
+            max_seen.load(Ordering::Relaxed)
+        ),
+        "never > 4",
+    );
+}
+
+fn durable_host(dir: &std::path::Path) -> Host {
+    let _ = std::fs::remove_dir_all(dir);
+    let state = State::open(dir).expect("state");
+    let key = IssuerKey::generate().expect("key");
+    let now = SystemClock.now_secs();
+    state.trust(&key.public(), None, now).expect("trust");
+    let license = key
+        .sign(LicenseTerms::new(LICENSE, Seats::Unlimited), now)
+        .expect("sign");
+    state
+        .install_text(&license.to_file_text(), now)
+        .expect("install");
+    drop(state);
+    let host = Host::builder().state(dir).build().expect("durable host");
+    load_pair(&host);
+    host
+}
+
+fn case_f(plan: &Plan) {
+    let dir = std::env::temp_dir().join(format!("tollgate-bench-{}", std::process::id()));
+    let durable = durable_host(&dir);
+    let memory = host(Allocator::OnDemand);
+    let input = b"work:16 the quick brown fox jumps over the lazy dog";
+    for t in [1, 2] {
+        let before = durable.ledger_stats().expect("durable ledger");
+        let calls_before = durable
+            .status()
+            .plugins
+            .iter()
+            .map(|p| p.invocations)
+            .sum::<u64>();
+        let (d, m) = side_by_side(
+            plan.rounds,
+            || throughput(&durable, "licensed", input, t, plan.window),
+            || throughput(&memory, "licensed", input, t, plan.window),
+        );
+        let after = durable.ledger_stats().expect("durable ledger");
+        let calls = durable
+            .status()
+            .plugins
+            .iter()
+            .map(|p| p.invocations)
+            .sum::<u64>()
+            - calls_before;
+        let commits_per_call = (after.commits - before.commits) as f64 / calls as f64;
+        row(
+            "F",
+            &format!("durable SQLite ledger vs in-memory, {t} thread(s) (calls/s)"),
+            format!("{d:.0}"),
+            format!("{m:.0}"),
+            format!("{:.3}; {commits_per_call:.2} commits (fsyncs)/call", d / m),
+            "< 1 fsync/call",
+        );
+    }
+    drop(durable);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<u64>().ok())
+        })
+        .map_or(0, |pages| pages * 4096)
+}
+
+fn case_h() {
+    let host = Host::builder()
+        .license(LICENSE, Terms::new(Seats::Unlimited))
+        .build()
+        .expect("host");
+    const PLUGINS: u32 = 20;
+    let before = rss_bytes();
+    for i in 0..PLUGINS {
+        host.load_plugin(
+            PluginSpec::file(format!("hello-{i}"), guest("hello-licensed")).requires(LICENSE),
+        )
+        .expect("load");
+    }
+    let per_plugin = (rss_bytes().saturating_sub(before)) as f64 / f64::from(PLUGINS);
+    host.load_plugin(PluginSpec::file("slow", guest("slow")).requires(LICENSE))
+        .expect("slow");
+    host.invoke("slow", b"1").expect("warm");
+    const IN_FLIGHT: usize = 32;
+    let idle = rss_bytes();
+    let barrier = Barrier::new(IN_FLIGHT + 1);
+    let mut busy = 0;
+    std::thread::scope(|s| {
+        for _ in 0..IN_FLIGHT {
+            s.spawn(|| {
+                barrier.wait();
+                host.invoke("slow", b"600").expect("slow call");
+            });
+        }
+        barrier.wait();
+        std::thread::sleep(Duration::from_millis(300));
+        busy = rss_bytes();
+    });
+    let per_call = busy.saturating_sub(idle) as f64 / IN_FLIGHT as f64;
+    row(
+        "H",
+        &format!(
+            "resident memory per loaded plugin ({PLUGINS} loaded) / per call in flight ({IN_FLIGHT} at once)"
+        ),
+        format!(
+            "{:.0} KiB / {:.0} KiB",
+            per_plugin / 1024.0,
+            per_call / 1024.0
+        ),
+        "-".into(),
+        "-".into(),
+        "report",
+    );
+}
+
+/// Starts `tollgate serve` in this process on a loopback port, with the
+/// licensed and bare bench plugins and a signed license in a fresh state
+/// directory (every client comes from 127.0.0.1, so that address is not
+/// capped per client); returns the base URL. The server runs until the process exits.
+fn start_server(dir: &std::path::Path) -> String {
+    drop(durable_host(&dir.join("state")));
+    let config = format!(
+        "listen = \"127.0.0.1:0\"\nstate = \"state\"\ncompile_cache = \"cache\"\n\
+         max_concurrent_calls = 256\n\
+         trusted_proxies = [\"127.0.0.1\"]\n\
+         [[plugin]]\nname = \"licensed\"\ncomponent = {:?}\nrequires = [\"{LICENSE}\"]\n\
+         [[plugin]]\nname = \"bare\"\ncomponent = {:?}\n",
+        guest("bench-licensed").display().to_string(),
+        guest("bench-bare").display().to_string(),
+    );
+    let path = dir.join("tollgate.toml");
+    std::fs::write(&path, config).expect("write config");
+    let config = tollgate_server::config::Config::load(&path).expect("bench config");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("server runtime");
+        rt.block_on(tollgate_server::serve(config, move |addr| {
+            let _ = tx.send(addr);
+        }))
+        .expect("server runs");
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("server is listening");
+    format!("http://{addr}")
+}
+
+/// Requests per second and every latency (µs) from `clients` keep-alive
+/// HTTP clients calling `plugin` for `window`.
+fn http_load(base: &str, plugin: &str, clients: usize, window: Duration) -> (f64, Vec<f64>) {
+    let url = format!("{base}/v1/plugins/{plugin}/invoke");
+    let input = b"work:16 the quick brown fox jumps over the lazy dog";
+    let stop = AtomicBool::new(false);
+    let barrier = Barrier::new(clients + 1);
+    let latencies = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..clients {
+            s.spawn(|| {
+                let agent: ureq::Agent = ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .build()
+                    .into();
+                let mut mine = Vec::new();
+                barrier.wait();
+                while !stop.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    let mut r = agent.post(&url).send(&input[..]).expect("request");
+                    let body = r.body_mut().read_to_vec().expect("body");
+                    assert_eq!(
+                        r.status().as_u16(),
+                        200,
+                        "{}",
+                        String::from_utf8_lossy(&body)
+                    );
+                    mine.push(t.elapsed().as_secs_f64() * 1e6);
+                }
+                latencies.lock().expect("latencies").extend(mine);
+            });
+        }
+        barrier.wait();
+        std::thread::sleep(window);
+        stop.store(true, Ordering::Relaxed);
+    });
+    let all = latencies.into_inner().expect("latencies");
+    (all.len() as f64 / window.as_secs_f64(), all)
+}
+
+fn case_g(plan: &Plan) {
+    // The state directory on the temp dir's disk (each acknowledged call
+    // waits for an fsync it shares with concurrent calls) and, where there
+    // is one, on tmpfs (the same work without the disk's flush latency).
+    let mut places = vec![("disk", std::env::temp_dir())];
+    if std::path::Path::new("/dev/shm").is_dir() {
+        places.push(("tmpfs", PathBuf::from("/dev/shm")));
+    }
+    // Client counts: `TOLLGATE_BENCH_CLIENTS=8,32` (default 8).
+    let counts: Vec<usize> = std::env::var("TOLLGATE_BENCH_CLIENTS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .filter(|v: &Vec<usize>| !v.is_empty())
+        .unwrap_or_else(|| vec![8]);
+    // `TOLLGATE_BENCH_G_PLACE=tmpfs` (or `disk`) measures one place only.
+    let only_place = std::env::var("TOLLGATE_BENCH_G_PLACE").ok();
+    places.retain(|(label, _)| only_place.as_deref().is_none_or(|p| p == *label));
+    for (label, place) in places {
+        for &clients in &counts {
+            http_case(plan, label, &place, clients);
+        }
+    }
+}
+
+fn http_case(plan: &Plan, label: &str, place: &std::path::Path, clients: usize) {
+    let dir = place.join(format!(
+        "tollgate-bench-g-{label}-{clients}-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("bench dir");
+    let base = start_server(&dir);
+    // Warm both plugins and the connections' first-call paths.
+    http_load(&base, "licensed", clients, Duration::from_millis(200));
+    http_load(&base, "bare", clients, Duration::from_millis(200));
+    // For profiling one side alone: `TOLLGATE_BENCH_G_ONLY=licensed` (or
+    // `bare`) runs only that plugin and prints its rate.
+    if let Ok(only) = std::env::var("TOLLGATE_BENCH_G_ONLY") {
+        let rates: Vec<f64> = (0..plan.rounds)
+            .map(|_| http_load(&base, &only, clients, plan.window).0)
+            .collect();
+        println!(
+            "G {only} alone, {clients} clients, {label}: {:.0} requests/s",
+            median(rates)
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    }
+    let (mut rates, mut p99s) = ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()]);
+    for r in 0..plan.rounds {
+        let order = if r % 2 == 0 { [0, 1] } else { [1, 0] };
+        for i in order {
+            let plugin = ["licensed", "bare"][i];
+            let (rate, mut lat) = http_load(&base, plugin, clients, plan.window);
+            rates[i].push(rate);
+            p99s[i].push(percentile(&mut lat, 0.99));
+        }
+    }
+    let [l, b] = rates.map(median);
+    let [lp, bp] = p99s.map(median);
+    row(
+        "G",
+        &format!("HTTP requests/s, {clients} keep-alive clients, durable ledger on {label}"),
+        format!("{l:.0}"),
+        format!("{b:.0}"),
+        format!("{:.3}", l / b),
+        "≥ 0.90",
+    );
+    row(
+        "G",
+        &format!("HTTP p99 latency, {clients} clients, ledger on {label} (µs)"),
+        format!("{lp:.0}"),
+        format!("{bp:.0}"),
+        format!("{:.3}", lp / bp),
+        "report",
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// One benchmark case.
+type Case = dyn Fn(&Plan);
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    // `cargo bench` passes `--bench`; ignore it and other flags below.
+    let plan = if quick {
+        Plan {
+            rounds: 3,
+            calls: 200,
+            window: Duration::from_millis(300),
+            pairs: 20_000,
+        }
+    } else {
+        Plan {
+            rounds: 9,
+            calls: 2_000,
+            window: Duration::from_millis(1_500),
+            pairs: 200_000,
+        }
+    };
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    println!(
+        "machine: {} cores, {cpu}; rounds {} (medians of interleaved rounds)\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        plan.rounds
+    );
+    println!("| case | what | licensed | baseline | ratio | target |");
+    println!("|---|---|---|---|---|---|");
+    // Case letters on the command line (e.g. `-- B C`) pick cases; default all.
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let wanted = |case: &str| only.is_empty() || only.iter().any(|o| o.eq_ignore_ascii_case(case));
+    let cases: [(&str, &Case); 9] = [
+        ("A", &case_a),
+        ("B", &case_b),
+        ("B0", &case_b0),
+        ("C", &case_c),
+        ("D", &case_d),
+        ("E", &case_e),
+        ("F", &case_f),
+        ("G", &case_g),
+        ("H", &|_: &Plan| case_h()),
+    ];
+    for (name, case) in cases {
+        if wanted(name) {
+            case(&plan);
+        }
+    }
+}

@@ -1,0 +1,651 @@
+//! Operator commands on a state directory: trust, license, status, usage, audit.
+
+use super::{Exit, Failure};
+use anyhow::Context;
+use clap::{Args, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use tollgate::license::issuer::{IssuerPublicKey, format_time, parse_time, read_small_text};
+use tollgate::license::{Clock, SystemClock};
+use tollgate::store::state::{
+    Checkpoint, CheckpointReport, IntegrityError, State, StateError, UsageFilter,
+};
+
+/// Where the host keeps its state.
+#[derive(Debug, Args)]
+pub(crate) struct StateArg {
+    /// State directory [env: TOLLGATE_STATE; default: $XDG_STATE_HOME/tollgate or ~/.local/state/tollgate].
+    #[arg(long, value_name = "DIR")]
+    state: Option<PathBuf>,
+}
+
+impl StateArg {
+    pub(crate) fn dir(&self) -> PathBuf {
+        self.state.clone().unwrap_or_else(State::default_dir)
+    }
+
+    fn open(&self) -> Result<State, Failure> {
+        State::open(&self.dir()).map_err(Failure::usage)
+    }
+}
+
+/// `tollgate trust …`
+#[derive(Debug, Subcommand)]
+pub(crate) enum TrustCommand {
+    /// Trust an issuer's public key: licenses it signs for ids in its
+    /// issuer's scope can be installed.
+    ///
+    /// Scopes belong to the issuer's name, not to a key: a new key added
+    /// with the same --name (a rotated key) keeps the issuer's scope. A key
+    /// added without --name is named by its key id. An id one issuer has
+    /// granted cannot be granted by another unless both scopes name it
+    /// explicitly (by a pattern other than the default `*`).
+    Add {
+        /// The issuer's public key file (issuer.pub).
+        pubkey: PathBuf,
+        /// The issuer's name; its keys share one scope [default: the key id].
+        #[arg(long)]
+        name: Option<String>,
+        /// License id patterns this issuer may grant (`*`: any run of
+        /// characters, `?`: one). Without --ids a new name gets the default
+        /// scope `*`, which covers any id that no other issuer's scope names
+        /// explicitly, so it never lets one issuer take another's ids; a
+        /// name that has a scope keeps it. Refused if the name already has
+        /// another scope (change it with `trust scope`).
+        #[arg(long, value_name = "PATTERN", num_args = 1..)]
+        ids: Option<Vec<String>>,
+        #[command(flatten)]
+        state: StateArg,
+    },
+    /// Set the license id patterns an issuer (by name) may grant, replacing
+    /// its scope; `*` alone is the default scope (ids no other issuer names
+    /// explicitly). Installed grants outside the new scope stop giving
+    /// seats (a running host within 2 s) until the scope covers them again.
+    Scope {
+        /// The issuer's name, as `tollgate trust list` shows it.
+        name: String,
+        /// The patterns (`*`: any run of characters, `?`: one).
+        #[arg(long, value_name = "PATTERN", num_args = 1.., required = true)]
+        ids: Vec<String>,
+        #[command(flatten)]
+        state: StateArg,
+    },
+    /// List trusted issuers.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        state: StateArg,
+    },
+}
+
+/// `tollgate license …`
+#[derive(Debug, Subcommand)]
+pub(crate) enum LicenseCommand {
+    /// Verify a license file (signature, trusted issuer, validity) and install its grant.
+    Install {
+        /// The license file.
+        file: PathBuf,
+        #[command(flatten)]
+        state: StateArg,
+    },
+    /// List installed grants.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        state: StateArg,
+    },
+    /// Revoke a license id (every grant of it, including grants installed
+    /// later, until `license unrevoke`), or one grant with --grant. A running
+    /// host ends the seats within 2 seconds and withholds their calls.
+    Revoke {
+        /// The license id.
+        #[arg(required_unless_present = "grant")]
+        id: Option<String>,
+        /// Revoke only this grant (its id is in `tollgate license list`), for good.
+        #[arg(long, value_name = "GRANT")]
+        grant: Option<String>,
+        #[command(flatten)]
+        state: StateArg,
+    },
+    /// Lift the revocation of a license id; its grants in force give seats
+    /// again (grants revoked one by one stay revoked).
+    Unrevoke {
+        /// The license id.
+        id: String,
+        #[command(flatten)]
+        state: StateArg,
+    },
+}
+
+/// Output formats of `tollgate usage`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub(crate) enum Format {
+    /// Aligned columns.
+    Table,
+    /// Comma-separated values with a header.
+    Csv,
+    /// A JSON array.
+    Json,
+}
+
+/// Arguments of `tollgate usage`.
+#[derive(Debug, Args)]
+pub(crate) struct UsageArgs {
+    /// Only events at or after T (RFC 3339, date, or unix seconds).
+    #[arg(long, value_name = "T", value_parser = parse_time)]
+    since: Option<u64>,
+    /// Only events before T.
+    #[arg(long, value_name = "T", value_parser = parse_time)]
+    until: Option<u64>,
+    /// Only this license id.
+    #[arg(long = "license", value_name = "ID")]
+    license: Option<String>,
+    /// Only this plugin.
+    #[arg(long = "plugin", value_name = "NAME")]
+    plugin: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+    #[command(flatten)]
+    state: StateArg,
+}
+
+fn now() -> u64 {
+    SystemClock.now_secs()
+}
+
+fn json(value: &impl serde::Serialize) -> Result<(), Failure> {
+    let text = serde_json::to_string_pretty(value).context("serializing")?;
+    println!("{text}");
+    Ok(())
+}
+
+fn seats(s: Option<u32>) -> String {
+    s.map_or_else(|| "unlimited".to_string(), |n| n.to_string())
+}
+
+fn when(t: Option<u64>) -> String {
+    t.map_or_else(|| "-".to_string(), format_time)
+}
+
+pub(crate) fn trust(cmd: TrustCommand) -> Result<Exit, Failure> {
+    match cmd {
+        TrustCommand::Add {
+            pubkey,
+            name,
+            ids,
+            state,
+        } => {
+            let text = read_small_text(&pubkey).map_err(Failure::usage)?;
+            let key = IssuerPublicKey::from_file_text(&text)
+                .with_context(|| format!("{} is not an issuer public key", pubkey.display()))
+                .map_err(Failure::usage)?;
+            let state = state.open()?;
+            let new = state
+                .trust_scoped(&key, name.as_deref(), ids.as_deref(), now())
+                .with_context(|| format!("issuer key {} was not trusted", key.key_id()))
+                .map_err(Failure::usage)?;
+            let issuer = state
+                .trusted()
+                .map_err(Failure::usage)?
+                .into_iter()
+                .find(|i| i.key_id == key.key_id());
+            let (issuer_name, scope) = issuer
+                .map(|i| (i.name.unwrap_or_default(), i.scope))
+                .unwrap_or_default();
+            let verb = if new { "now trusts" } else { "already trusted" };
+            println!(
+                "{} {verb} issuer key {} as issuer {issuer_name:?}, which may grant license ids [{}]",
+                state.dir().display(),
+                key.key_id(),
+                scope.join(", ")
+            );
+            if !new && name.as_deref().is_some_and(|n| n.trim() != issuer_name) {
+                println!("the key keeps the name it was trusted under");
+            }
+            Ok(Exit::Ok)
+        }
+        TrustCommand::Scope { name, ids, state } => {
+            let state = state.open()?;
+            let old = state.set_scope(&name, &ids).map_err(Failure::usage)?;
+            println!(
+                "issuer {name:?} may now grant license ids [{}] (was [{}]); a running host applies it within 2 s",
+                state.scope_of(&name).map_err(Failure::usage)?.join(", "),
+                old.join(", ")
+            );
+            let problems = state.scope_problems().map_err(Failure::usage)?;
+            for p in &problems {
+                println!("warning: {}", p.decide);
+            }
+            Ok(Exit::Ok)
+        }
+        TrustCommand::List {
+            json: as_json,
+            state,
+        } => {
+            let issuers = state.open()?.trusted().map_err(Failure::usage)?;
+            if as_json {
+                json(&issuers)?;
+            } else if issuers.is_empty() {
+                println!("no trusted issuers; add one with `tollgate trust add ISSUER.pub`");
+            } else {
+                println!("{:<18} {:<22} {:<20} SCOPE", "KEY", "ADDED", "NAME");
+                for i in issuers {
+                    println!(
+                        "{:<18} {:<22} {:<20} {}",
+                        i.key_id,
+                        format_time(i.added_at),
+                        i.name.unwrap_or_default(),
+                        i.scope.join(" ")
+                    );
+                }
+            }
+            Ok(Exit::Ok)
+        }
+    }
+}
+
+pub(crate) fn license(cmd: LicenseCommand) -> Result<Exit, Failure> {
+    match cmd {
+        LicenseCommand::Install { file, state } => {
+            let state = state.open()?;
+            let installed = state
+                .install_file(&file, now())
+                .with_context(|| format!("{} was not installed", file.display()))
+                .map_err(Failure::usage)?;
+            let g = &installed.grant;
+            if installed.new {
+                println!(
+                    "installed license {}: {} seat(s) from issuer {}, expires {} (grant {})",
+                    g.license_id,
+                    seats(g.seats),
+                    g.issuer,
+                    when(g.expires_at),
+                    g.grant_id
+                );
+            } else {
+                println!(
+                    "grant {} of license {} was already installed; nothing changed",
+                    g.grant_id, g.license_id
+                );
+            }
+            if g.not_before.is_some_and(|t| t > now()) {
+                println!(
+                    "it comes into force at {}; until then it gives no seat",
+                    when(g.not_before)
+                );
+            }
+            if installed.revoked {
+                println!(
+                    "license {} is revoked: this grant gives no seat until `tollgate license unrevoke {}`",
+                    g.license_id, g.license_id
+                );
+            }
+            Ok(Exit::Ok)
+        }
+        LicenseCommand::List {
+            json: as_json,
+            state,
+        } => {
+            let grants = state.open()?.grants().map_err(Failure::usage)?;
+            if as_json {
+                json(&grants)?;
+            } else if grants.is_empty() {
+                println!("no licenses installed; install one with `tollgate license install FILE`");
+            } else {
+                println!(
+                    "{:<24} {:>9} {:<18} {:<22} {:<20} GRANT",
+                    "LICENSE", "SEATS", "ISSUER", "EXPIRES", "CUSTOMER"
+                );
+                for g in grants {
+                    println!(
+                        "{:<24} {:>9} {:<18} {:<22} {:<20} {}",
+                        g.license_id,
+                        seats(g.seats),
+                        g.issuer,
+                        when(g.expires_at),
+                        g.customer.unwrap_or_default(),
+                        g.grant_id
+                    );
+                }
+            }
+            Ok(Exit::Ok)
+        }
+        LicenseCommand::Revoke {
+            id,
+            grant: Some(grant),
+            state,
+        } => {
+            let id_of = state
+                .open()?
+                .revoke_grant(&grant, now())
+                .map_err(Failure::usage)?;
+            if let Some(id) = id.filter(|id| *id != id_of) {
+                return Err(Failure::usage(anyhow::anyhow!(
+                    "grant {grant} is a grant of license {id_of}, not {id}; nothing was revoked"
+                )));
+            }
+            println!(
+                "grant {grant} of license {id_of} revoked for good: a running host ends its seats within 2 s"
+            );
+            Ok(Exit::Ok)
+        }
+        LicenseCommand::Revoke {
+            id: Some(id),
+            grant: None,
+            state,
+        } => {
+            state.open()?.revoke(&id, now()).map_err(Failure::usage)?;
+            println!(
+                "license {id} revoked, every grant of it including grants installed later: a running host ends its seats within 2 s; `tollgate license unrevoke {id}` lifts it"
+            );
+            Ok(Exit::Ok)
+        }
+        LicenseCommand::Revoke {
+            id: None,
+            grant: None,
+            ..
+        } => Err(Failure::usage(anyhow::anyhow!(
+            "name the license id to revoke, or --grant GRANT for one grant"
+        ))),
+        LicenseCommand::Unrevoke { id, state } => {
+            let lifted = state.open()?.unrevoke(&id).map_err(Failure::usage)?;
+            if lifted {
+                println!("license {id} is no longer revoked: its grants in force give seats again");
+            } else {
+                println!("license {id} was not revoked; nothing changed");
+            }
+            Ok(Exit::Ok)
+        }
+    }
+}
+
+/// Arguments of `tollgate status`.
+#[derive(Debug, Args)]
+pub(crate) struct StatusArgs {
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    state: StateArg,
+}
+
+pub(crate) fn status(args: StatusArgs) -> Result<Exit, Failure> {
+    let reports = args.state.open()?.status(now()).map_err(Failure::usage)?;
+    if args.json {
+        json(&reports)?;
+        return Ok(Exit::Ok);
+    }
+    if reports.is_empty() {
+        println!("no licenses installed; install one with `tollgate license install FILE`");
+        return Ok(Exit::Ok);
+    }
+    println!(
+        "{:<24} {:>9} {:>6} {:>5} {:>9} {:>9} {:>8} {:>7} {:>8} {:<22} STATE",
+        "LICENSE",
+        "SEATS",
+        "IN-USE",
+        "PEAK",
+        "CHECKOUTS",
+        "RELEASES",
+        "RECLAIMS",
+        "DENIALS",
+        "WITHHELD",
+        "EXPIRES"
+    );
+    for r in reports {
+        let c = &r.counters;
+        let expired = r.expires_at.is_some_and(|t| now() > t);
+        let state = if r.revoked {
+            "revoked"
+        } else if expired {
+            "expired"
+        } else {
+            "active"
+        };
+        println!(
+            "{:<24} {:>9} {:>6} {:>5} {:>9} {:>9} {:>8} {:>7} {:>8} {:<22} {state}",
+            r.id,
+            seats(r.seats),
+            c.in_use,
+            c.peak,
+            c.checkouts,
+            c.releases,
+            c.reclaims.total(),
+            c.denials.total(),
+            c.withheld,
+            when(r.expires_at)
+        );
+        for g in &r.grants {
+            let state = if g.revoked {
+                "revoked"
+            } else if g.left_out {
+                "left out (issuer scopes)"
+            } else if g.in_force {
+                "in force"
+            } else if g.not_before.is_some_and(|t| now() < t) {
+                "not yet"
+            } else {
+                "expired"
+            };
+            let plugins = if g.plugins.is_empty() {
+                "any plugin".to_string()
+            } else {
+                g.plugins.join(",")
+            };
+            println!(
+                "  grant {} ({}): {} seat(s), {} in use, {} .. {}, {plugins}, {state}",
+                g.grant_id,
+                g.issuer,
+                seats(g.seats),
+                g.in_use,
+                when(g.not_before),
+                when(g.expires_at),
+            );
+        }
+        for c in &r.conflicts {
+            println!("  warning: {}", c.decide);
+        }
+    }
+    Ok(Exit::Ok)
+}
+
+pub(crate) fn usage(args: UsageArgs) -> Result<Exit, Failure> {
+    let filter = UsageFilter {
+        since: args.since,
+        until: args.until,
+        license: args.license,
+        plugin: args.plugin,
+    };
+    let rows = args.state.open()?.usage(&filter).map_err(Failure::usage)?;
+    match args.format {
+        Format::Json => json(&rows)?,
+        Format::Csv => {
+            println!("day,license_id,plugin,checkouts,releases,reclaims,denials,withheld");
+            for r in rows {
+                println!(
+                    "{},{},{},{},{},{},{},{}",
+                    r.day,
+                    r.license_id,
+                    r.plugin,
+                    r.checkouts,
+                    r.releases,
+                    r.reclaims,
+                    r.denials,
+                    r.withheld
+                );
+            }
+        }
+        Format::Table => {
+            println!(
+                "{:<10} {:<24} {:<20} {:>9} {:>9} {:>8} {:>7} {:>8}",
+                "DAY",
+                "LICENSE",
+                "PLUGIN",
+                "CHECKOUTS",
+                "RELEASES",
+                "RECLAIMS",
+                "DENIALS",
+                "WITHHELD"
+            );
+            for r in rows {
+                println!(
+                    "{:<10} {:<24} {:<20} {:>9} {:>9} {:>8} {:>7} {:>8}",
+                    r.day,
+                    r.license_id,
+                    r.plugin,
+                    r.checkouts,
+                    r.releases,
+                    r.reclaims,
+                    r.denials,
+                    r.withheld
+                );
+            }
+        }
+    }
+    Ok(Exit::Ok)
+}
+
+/// `tollgate audit …`
+#[derive(Debug, Subcommand)]
+pub(crate) enum AuditCommand {
+    /// Check the ledger's hash chain: every edited, inserted or deleted row is named.
+    ///
+    /// The chain alone cannot show a ledger whose tail was cut off (with the
+    /// chain head moved back) or whose chain was computed again from start:
+    /// pass --checkpoint with a checkpoint kept outside the state directory
+    /// to catch those. Exits 5 when anything does not verify.
+    Verify {
+        /// Also check that the ledger still extends this checkpoint (written
+        /// by `tollgate audit checkpoint`) and that this host signed it.
+        #[arg(long, value_name = "FILE")]
+        checkpoint: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        state: StateArg,
+    },
+    /// Verify the chain, then print a checkpoint of its last row (sequence
+    /// number, hash, time) signed with this host's key.
+    ///
+    /// Keep checkpoints outside the state directory (another machine, a
+    /// write-once store): they are what shows later that the ledger was not
+    /// cut short or rewritten. The host key is STATE/host.key (mode 0600),
+    /// made on first use; the signature says which host made a checkpoint.
+    /// Exits 5, printing nothing to stdout, when the chain does not verify.
+    Checkpoint {
+        /// Write the checkpoint to FILE (mode 0600) instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        state: StateArg,
+    },
+}
+
+pub(crate) fn audit(cmd: AuditCommand) -> Result<Exit, Failure> {
+    match cmd {
+        AuditCommand::Verify {
+            checkpoint,
+            json: as_json,
+            state,
+        } => verify(checkpoint, as_json, &state),
+        AuditCommand::Checkpoint { out, state } => checkpoint(out, &state),
+    }
+}
+
+fn verify(checkpoint: Option<PathBuf>, as_json: bool, state: &StateArg) -> Result<Exit, Failure> {
+    let checkpoint = checkpoint
+        .map(|path| Checkpoint::read(&path))
+        .transpose()
+        .map_err(Failure::usage)?;
+    let state = state.open()?;
+    let report = state.audit().map_err(Failure::usage)?;
+    let anchored = checkpoint
+        .map(|cp| state.verify_checkpoint(&cp))
+        .transpose()
+        .map_err(Failure::usage)?;
+    let ok = report.ok() && anchored.as_ref().is_none_or(CheckpointReport::ok);
+    if as_json {
+        let mut value = serde_json::to_value(&report).context("serializing")?;
+        value["checkpoint"] = serde_json::to_value(&anchored).context("serializing")?;
+        json(&value)?;
+    } else {
+        if report.ok() {
+            println!(
+                "ledger verified: {} rows, chain head at row {}",
+                report.rows, report.head_seq
+            );
+        } else {
+            println!("ledger FAILED verification ({} rows read):", report.rows);
+            for p in &report.problems {
+                println!("  - {p}");
+            }
+        }
+        match &anchored {
+            None => {}
+            Some(c) if c.ok() => println!(
+                "checkpoint verified: the ledger extends row {} ({}) signed by this host (key {}) at {}",
+                c.seq, c.hash, c.host_key, c.time
+            ),
+            Some(c) => {
+                println!(
+                    "checkpoint FAILED: row {} at {}, signed by host key {}:",
+                    c.seq, c.time, c.host_key
+                );
+                for p in &c.problems {
+                    println!("  - {p}");
+                }
+            }
+        }
+    }
+    Ok(if ok { Exit::Ok } else { Exit::AuditFailed })
+}
+
+fn checkpoint(out: Option<PathBuf>, state: &StateArg) -> Result<Exit, Failure> {
+    let state = state.open()?;
+    let checkpoint = match state.checkpoint(now()) {
+        Ok(cp) => cp,
+        Err(StateError::Integrity(e @ IntegrityError::ChainBroken(_))) => {
+            return Err(Failure {
+                exit: Exit::AuditFailed,
+                error: e.into(),
+            });
+        }
+        Err(e) => return Err(Failure::usage(e)),
+    };
+    let text = checkpoint.to_text();
+    match out {
+        None => print!("{text}"),
+        Some(path) => {
+            write_private(&path, &text)
+                .with_context(|| format!("cannot write the checkpoint to {}", path.display()))
+                .map_err(Failure::usage)?;
+            eprintln!(
+                "checkpoint of row {} written to {}; keep a copy outside {}",
+                checkpoint.seq,
+                path.display(),
+                state.dir().display()
+            );
+        }
+    }
+    Ok(Exit::Ok)
+}
+
+/// Writes `text` to `path`, replacing it, readable by this user only.
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()
+}

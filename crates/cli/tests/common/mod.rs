@@ -1,0 +1,325 @@
+//! Shared by the `serve` test files: a scratch state dir with a trusted
+//! issuer and license, and a `tollgate serve` child on a loopback port.
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
+pub const TOKEN: &str = "test-admin-token-0123456789";
+
+pub fn guest(name: &str) -> PathBuf {
+    PathBuf::from(test_guests::path(name))
+}
+
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+    pub agent: ureq::Agent,
+}
+
+pub fn tg(root: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(args)
+        .env("TOLLGATE_STATE", root.join("state"))
+        .output()
+        .expect("tollgate runs")
+}
+
+/// A scratch dir with a trusted issuer and license `demo` with `seats` seats.
+pub fn prepare(tag: &str, seats: &str) -> PathBuf {
+    let root = std::env::temp_dir().join(format!("tollgate-serve-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).expect("scratch");
+    let p = |n: &str| root.join(n).to_string_lossy().into_owned();
+    assert!(
+        tg(&root, &["issuer", "keygen", "--out", &p("keys")])
+            .status
+            .success()
+    );
+    assert!(
+        tg(&root, &["trust", "add", &p("keys/issuer.pub")])
+            .status
+            .success()
+    );
+    let sign = tg(
+        &root,
+        &[
+            "issuer",
+            "sign",
+            "--key",
+            &p("keys/issuer.key"),
+            "--license-id",
+            "demo",
+            "--seats",
+            seats,
+            "--out",
+            &p("demo.license"),
+        ],
+    );
+    assert!(sign.status.success());
+    assert!(
+        tg(&root, &["license", "install", &p("demo.license")])
+            .status
+            .success()
+    );
+    std::fs::write(root.join("admin.token"), TOKEN).expect("token");
+    root
+}
+
+pub const PLUGINS: &str = r#"
+[[plugin]]
+name = "hello"
+component = "HELLO"
+requires = ["demo"]
+max_request_bytes = "64B"
+
+[[plugin]]
+name = "slow"
+component = "SLOW"
+requires = ["demo"]
+may_use = ["zero"]
+
+[[plugin]]
+name = "waiter"
+component = "HELLO"
+requires = ["demo"]
+wait_for_seat = "300ms"
+
+[[plugin]]
+name = "freeloader"
+component = "NONE"
+requires = ["demo"]
+
+[[plugin]]
+name = "excluded"
+component = "HELLO"
+requires = ["other"]
+may_use = ["demo"]
+
+[[plugin]]
+name = "trapper"
+component = "TRAPPER"
+requires = ["demo"]
+
+[[plugin]]
+name = "spinner"
+component = "SPINNER"
+requires = ["demo"]
+time_limit = "200ms"
+
+[license.demo]
+exclude = ["excluded"]
+"#;
+
+impl Server {
+    pub fn start(root: &std::path::Path, grace: &str) -> Server {
+        Self::start_with(root, grace, "")
+    }
+
+    /// Starts with `settings` (top-level config lines) added.
+    pub fn start_with(root: &std::path::Path, grace: &str, settings: &str) -> Server {
+        Self::start_with_plugins(root, grace, settings, "")
+    }
+
+    /// Starts with `settings` (top-level config lines) and `plugins`
+    /// (further `[[plugin]]` tables, where HELLO, SLOW, NONE, TRAPPER,
+    /// SPINNER and FLOODER name those guests) added.
+    pub fn start_with_plugins(
+        root: &std::path::Path,
+        grace: &str,
+        settings: &str,
+        plugins: &str,
+    ) -> Server {
+        let config = format!(
+            "listen = \"127.0.0.1:0\"\nstate = \"state\"\nadmin_token_file = \"admin.token\"\ngrace_period = \"{grace}\"\n{settings}\n{PLUGINS}\n{plugins}"
+        )
+        .replace("HELLO", &guest("hello-licensed").to_string_lossy())
+        .replace("SLOW", &guest("slow").to_string_lossy())
+        .replace("NONE", &guest("no-license").to_string_lossy())
+        .replace("TRAPPER", &guest("trapper").to_string_lossy())
+        .replace("SPINNER", &guest("spinner").to_string_lossy())
+        .replace("FLOODER", &guest("flooder").to_string_lossy());
+        std::fs::write(root.join("tollgate.toml"), config).expect("config");
+        let check = Command::new(BIN)
+            .args([
+                "check-config",
+                &root.join("tollgate.toml").to_string_lossy(),
+            ])
+            .output()
+            .expect("check");
+        assert!(
+            check.status.success(),
+            "{}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+        Self::spawn(root, Command::new(BIN), &["--log-format", "json"])
+            .unwrap_or_else(|e| panic!("serve did not start: {e}"))
+    }
+
+    /// Runs `command` (the tollgate binary, or a wrapper that execs it) as
+    /// `serve` on `root`'s `tollgate.toml` with `extra` arguments, logging to
+    /// `serve.log`: the running server, or the exit status, first line and
+    /// log of a start it refused.
+    pub fn spawn(
+        root: &std::path::Path,
+        mut command: Command,
+        extra: &[&str],
+    ) -> Result<Server, String> {
+        let mut child = command
+            .args([
+                "serve",
+                "--config",
+                &root.join("tollgate.toml").to_string_lossy(),
+            ])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(
+                std::fs::File::create(root.join("serve.log")).expect("log"),
+            ))
+            .spawn()
+            .expect("serve starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("first line");
+        match line.trim().strip_prefix("tollgate serve: listening on ") {
+            Some(base) => Ok(Server {
+                child,
+                base: base.to_string(),
+                agent: ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .build()
+                    .into(),
+            }),
+            None => {
+                let status = child.wait().expect("exits");
+                let log = std::fs::read_to_string(root.join("serve.log")).unwrap_or_default();
+                Err(format!("{status}: {line}{log}"))
+            }
+        }
+    }
+
+    pub fn invoke(&self, plugin: &str, body: &[u8]) -> (u16, String, Option<String>) {
+        let mut r = self
+            .agent
+            .post(format!("{}/v1/plugins/{plugin}/invoke", self.base))
+            .send(body)
+            .expect("request");
+        let retry = r
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        (
+            r.status().as_u16(),
+            r.body_mut().read_to_string().expect("body"),
+            retry,
+        )
+    }
+
+    pub fn admin(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        token: Option<&str>,
+    ) -> (u16, String) {
+        let url = format!("{}{path}", self.base);
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let mut r = match (method, body) {
+            ("GET", _) => {
+                let mut req = self.agent.get(&url);
+                if let Some(a) = &auth {
+                    req = req.header("Authorization", a);
+                }
+                req.call()
+            }
+            ("DELETE", _) => {
+                let mut req = self.agent.delete(&url);
+                if let Some(a) = &auth {
+                    req = req.header("Authorization", a);
+                }
+                req.call()
+            }
+            (_, b) => {
+                let mut req = self.agent.post(&url);
+                if let Some(a) = &auth {
+                    req = req.header("Authorization", a);
+                }
+                req.send(b.unwrap_or(""))
+            }
+        }
+        .expect("admin request");
+        (
+            r.status().as_u16(),
+            r.body_mut().read_to_string().expect("body"),
+        )
+    }
+
+    pub fn json(&self, path: &str) -> Value {
+        let (status, body) = self.admin("GET", path, None, Some(TOKEN));
+        assert_eq!(status, 200, "{path}: {body}");
+        serde_json::from_str(&body).expect("JSON")
+    }
+
+    pub fn demo(&self) -> Value {
+        self.json("/v1/admin/licenses/demo")
+    }
+
+    pub fn wait_in_use(&self, want: u64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.demo()["counters"]["in_use"].as_u64() != Some(want) {
+            assert!(
+                Instant::now() < deadline,
+                "in_use never became {want}: {}",
+                self.demo()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .expect("kill")
+                .success()
+        );
+        self.child.wait().expect("exits")
+    }
+}
+
+/// Copies a directory tree (files and subdirectories).
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("copy");
+    for entry in std::fs::read_dir(from).expect("read").flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            copy_dir(&path, &to.join(entry.file_name()));
+        } else {
+            std::fs::copy(&path, to.join(entry.file_name())).expect("copy file");
+        }
+    }
+}
+
+pub fn code(body: &str) -> String {
+    serde_json::from_str::<Value>(body)
+        .map(|v| v["error"].as_str().unwrap_or("").to_string())
+        .unwrap_or_default()
+}
+
+/// A test that fails before `terminate` still stops its server.
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

@@ -1,0 +1,1373 @@
+//! Walks the spanned TOML document key by key, building a [`Config`] and
+//! collecting every [`Problem`] with its position.
+
+use super::units::{self, did_you_mean};
+use super::{
+    AddressRange, AllowedHost, Config, DEFAULT_LISTEN, DirConfig, LicenseRules, LogFormat,
+    PluginConfig, Problem,
+};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+type Value<'i> = Spanned<DeValue<'i>>;
+type Key<'i> = Spanned<std::borrow::Cow<'i, str>>;
+
+const TOP_KEYS: &[&str] = &[
+    "listen",
+    "state",
+    "admin_token",
+    "admin_token_file",
+    "trusted_issuers",
+    "log_format",
+    "grace_period",
+    "compile_cache",
+    "max_concurrent_calls",
+    "read_timeout",
+    "max_connections",
+    "max_connections_per_client",
+    "trusted_proxies",
+    "write_timeout",
+    "max_buffered_request_bytes",
+    "allowed_hosts",
+    "plugin",
+    "license",
+];
+
+const PLUGIN_KEYS: &[&str] = &[
+    "name",
+    "component",
+    "requires",
+    "may_use",
+    "memory",
+    "time_limit",
+    "wait_for_seat",
+    "dirs",
+    "env",
+    "max_request_bytes",
+    "max_response_bytes",
+];
+
+const DIR_KEYS: &[&str] = &["host", "guest", "mode"];
+
+const LICENSE_KEYS: &[&str] = &["include", "exclude", "reserve", "max_per_plugin"];
+
+const GIB: u64 = 1 << 30;
+/// Smallest `memory`: one WebAssembly page.
+const MIN_MEMORY: u64 = 64 * 1024;
+const MAX_MEMORY: u64 = 4 * GIB;
+const MAX_TIME_LIMIT: Duration = Duration::from_secs(3600);
+const MAX_CONCURRENT_CALLS: i64 = 10_000;
+const MAX_CONNECTIONS: i64 = 100_000;
+const MAX_READ_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Smallest `max_buffered_request_bytes`.
+const MIN_BUFFERED: u64 = 1024;
+
+/// Most plugin names compared, over the whole file, in did-you-mean
+/// searches for unknown plugin names; once spent, unknown names are reported
+/// without a suggestion, so a file full of them is checked in linear time.
+const PLUGIN_HINT_BUDGET: usize = 100_000;
+/// Most plugin names listed in one message.
+const MAX_LISTED_PLUGINS: usize = 10;
+/// Longest name or id quoted in the place part of each message about its
+/// table; longer ones are cut, so messages stay short however long a bad
+/// name is.
+const MAX_QUOTED: usize = 64;
+
+/// The 1-based line and column (in characters) of byte `offset` in `text`.
+pub(super) fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    Positions::new(text).at(offset)
+}
+
+/// Lines and columns of byte offsets in one text, each found without
+/// rescanning the text, so thousands of problems in a large file cost no
+/// more than reading it once.
+struct Positions<'t> {
+    text: &'t str,
+    /// Byte offset where each line starts.
+    line_starts: Vec<usize>,
+    /// `(byte offset, characters before it)` at every [`Self::STRIDE`]
+    /// bytes (moved back to a character boundary).
+    marks: Vec<(usize, usize)>,
+}
+
+impl<'t> Positions<'t> {
+    const STRIDE: usize = 256;
+
+    fn new(text: &'t str) -> Self {
+        let line_starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        let mut marks = Vec::with_capacity(text.len() / Self::STRIDE + 1);
+        let (mut at, mut chars) = (0, 0);
+        for stride in 0..=text.len() / Self::STRIDE {
+            let mut next = stride * Self::STRIDE;
+            while !text.is_char_boundary(next) {
+                next -= 1;
+            }
+            chars += text[at..next].chars().count();
+            at = next;
+            marks.push((at, chars));
+        }
+        Self {
+            text,
+            line_starts,
+            marks,
+        }
+    }
+
+    /// Characters in `text[..offset]`; `offset` is a character boundary.
+    fn chars_before(&self, offset: usize) -> usize {
+        let (at, chars) = self.marks[offset / Self::STRIDE];
+        chars + self.text[at..offset].chars().count()
+    }
+
+    /// The 1-based line and column (in characters) of byte `offset`.
+    fn at(&self, offset: usize) -> (usize, usize) {
+        let mut offset = offset.min(self.text.len());
+        while !self.text.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        // Lines starting at or before `offset`; the first starts at 0.
+        let line = self.line_starts.partition_point(|&start| start <= offset);
+        let start = self.line_starts[line - 1];
+        let column = self.chars_before(offset) - self.chars_before(start) + 1;
+        (line, column)
+    }
+}
+
+/// `text` quoted, cut to [`MAX_QUOTED`] characters.
+fn quoted(text: &str) -> String {
+    match text.char_indices().nth(MAX_QUOTED) {
+        Some((cut, _)) => format!("{:?}…", &text[..cut]),
+        None => format!("{text:?}"),
+    }
+}
+
+/// Parses and validates `text`; the config is `None` only when the TOML
+/// structure itself could not be recovered.
+pub(super) fn check(text: &str, path: &Path) -> (Option<Config>, Vec<Problem>) {
+    let mut checker = Checker {
+        positions: Positions::new(text),
+        dir: config_dir(path),
+        problems: Vec::new(),
+        recovered: false,
+        plugin_hint_budget: PLUGIN_HINT_BUDGET,
+        protected: Vec::new(),
+    };
+    let (root, syntax_errors) = DeTable::parse_recoverable(text);
+    let mut syntax_lines = BTreeSet::new();
+    // After an unclosed bracket or quote the recovered structure is guesswork.
+    let unreliable = syntax_errors
+        .iter()
+        .any(|e| e.message().starts_with("unclosed"));
+    for error in &syntax_errors {
+        let span = error.span().unwrap_or(0..0);
+        let (line, _) = checker.positions.at(span.start);
+        // The parser often reports several errors for one mistake; one per line is enough.
+        if !syntax_lines.insert(line) {
+            continue;
+        }
+        let message = syntax_message(text, error.message(), &span);
+        checker.problem(span, message);
+    }
+    let mut problems = std::mem::take(&mut checker.problems);
+    if unreliable {
+        // Report the syntax errors only.
+        return (None, problems);
+    }
+    checker.recovered = !syntax_errors.is_empty();
+    let config = checker.config(root.get_ref(), path);
+    // Values on lines with syntax errors were guessed by the parser; the
+    // syntax error is the problem to report there.
+    problems.extend(
+        checker
+            .problems
+            .into_iter()
+            .filter(|p| !syntax_lines.contains(&p.line)),
+    );
+    (Some(config), problems)
+}
+
+/// The directory relative paths in `path` are resolved against.
+fn config_dir(path: &Path) -> PathBuf {
+    path.parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+/// A syntax error as a message that says what to do.
+fn syntax_message(text: &str, message: &str, span: &Range<usize>) -> String {
+    let found = text.get(span.clone()).unwrap_or("").trim();
+    if message == "duplicate key" {
+        format!("TOML syntax: `{found}` is set twice in the same table; keep one of them")
+    } else if message.starts_with("string values must be quoted") && !found.is_empty() {
+        format!("TOML syntax: string values must be quoted; write \"{found}\"")
+    } else if message.starts_with("string values must be quoted") {
+        "TOML syntax: a value is missing after `=`; write one (strings in quotes)".to_string()
+    } else {
+        format!("TOML syntax: {message}")
+    }
+}
+
+/// What a TOML type is called in messages, with its article.
+fn type_name(value: &DeValue<'_>) -> &'static str {
+    match value {
+        DeValue::String(_) => "a string",
+        DeValue::Integer(_) => "an integer",
+        DeValue::Float(_) => "a float",
+        DeValue::Boolean(_) => "a boolean",
+        DeValue::Datetime(_) => "a date-time",
+        DeValue::Array(_) => "an array",
+        DeValue::Table(_) => "a table",
+    }
+}
+
+/// Collects problems while the document is walked.
+///
+/// Messages name a key and its place: `place` is `""` at the top level, else
+/// text such as ` in [[plugin]] "hello"` that follows the key's name.
+struct Checker<'t> {
+    positions: Positions<'t>,
+    dir: PathBuf,
+    problems: Vec<Problem>,
+    /// Set when the parser recovered from syntax errors: values with an empty
+    /// span were made up by the parser and are not checked.
+    recovered: bool,
+    /// Plugin names that did-you-mean searches may still compare.
+    plugin_hint_budget: usize,
+    /// Host state no plugin directory may overlap, with what it is.
+    protected: Vec<(PathBuf, &'static str)>,
+}
+
+/// The configured plugin names: in file order for messages, and as a set.
+struct Names<'p> {
+    list: Vec<&'p str>,
+    set: HashSet<&'p str>,
+}
+
+impl<'p> Names<'p> {
+    fn new(plugins: &'p [PluginRefs]) -> Self {
+        let list: Vec<&str> = plugins.iter().map(|p| p.name.as_str()).collect();
+        let set = list.iter().copied().collect();
+        Self { list, set }
+    }
+}
+
+/// What the license rules need to know about one plugin.
+struct PluginRefs {
+    name: String,
+    requires: Vec<String>,
+    may_use: Vec<String>,
+}
+
+impl<'t> Checker<'t> {
+    fn problem(&mut self, span: Range<usize>, message: impl Into<String>) {
+        if self.recovered && span.is_empty() {
+            return;
+        }
+        let (line, column) = self.positions.at(span.start);
+        self.problems.push(Problem {
+            line,
+            column,
+            message: message.into(),
+        });
+    }
+
+    fn line_of(&self, span: &Range<usize>) -> usize {
+        self.positions.at(span.start).0
+    }
+
+    /// Reports every key of `table` that is not in `known`.
+    fn unknown_keys(&mut self, table: &DeTable<'_>, known: &[&str], place: &str) {
+        for key in table.keys() {
+            let name = key.get_ref().as_ref();
+            if known.contains(&name) {
+                continue;
+            }
+            let hint = did_you_mean(name, known.iter().copied());
+            let todo = if hint.is_empty() {
+                format!("; remove it (known keys: {})", known.join(", "))
+            } else {
+                hint
+            };
+            let place = if place.is_empty() {
+                " at the top level"
+            } else {
+                place
+            };
+            self.problem(key.span(), format!("unknown key `{name}`{place}{todo}"));
+        }
+    }
+
+    fn wrong_type(&mut self, value: &Value<'_>, key: &str, place: &str, expected: &str) {
+        self.problem(
+            value.span(),
+            format!(
+                "`{key}`{place} must be {expected}, not {}",
+                type_name(value.get_ref())
+            ),
+        );
+    }
+
+    fn string<'v>(
+        &mut self,
+        value: &'v Value<'_>,
+        key: &str,
+        place: &str,
+        expected: &str,
+    ) -> Option<&'v str> {
+        match value.get_ref() {
+            DeValue::String(s) => Some(s.as_ref()),
+            _ => {
+                self.wrong_type(value, key, place, expected);
+                None
+            }
+        }
+    }
+
+    /// A non-empty path string, resolved against the config file's directory.
+    fn path(&mut self, value: &Value<'_>, key: &str, place: &str) -> Option<PathBuf> {
+        let raw = self.string(value, key, place, "a path string")?;
+        if raw.trim().is_empty() {
+            self.problem(
+                value.span(),
+                format!("`{key}`{place} is empty; write a path or remove the key"),
+            );
+            return None;
+        }
+        Some(self.dir.join(raw))
+    }
+
+    /// A top-level whole number `key` from 1 to `max`, if set and valid.
+    fn count(&mut self, root: &DeTable<'_>, key: &str, max: i64) -> Option<u32> {
+        let value = root.get(key)?;
+        let n = self.integer(value, key, "")?;
+        match u32::try_from(n) {
+            Ok(n) if (1..=max).contains(&i64::from(n)) => Some(n),
+            _ => {
+                self.problem(
+                    value.span(),
+                    format!("`{key}` is {n}; use a number from 1 to {max}"),
+                );
+                None
+            }
+        }
+    }
+
+    fn integer(&mut self, value: &Value<'_>, key: &str, place: &str) -> Option<i64> {
+        match value.get_ref() {
+            DeValue::Integer(i) => match i64::from_str_radix(i.as_str(), i.radix()) {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    self.problem(
+                        value.span(),
+                        format!("`{key}`{place} is too large; write a smaller whole number"),
+                    );
+                    None
+                }
+            },
+            _ => {
+                self.wrong_type(value, key, place, "a whole number");
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, value: &Value<'_>, key: &str, place: &str) -> Option<Duration> {
+        let text = self.string(value, key, place, "a duration string like \"10s\"")?;
+        match units::duration(text) {
+            Ok(d) => Some(d),
+            Err(why) => {
+                self.problem(value.span(), format!("`{key}`{place}: {why}"));
+                None
+            }
+        }
+    }
+
+    /// A size string within `min..=max` bytes, as `usize`.
+    fn size(
+        &mut self,
+        value: &Value<'_>,
+        key: &str,
+        place: &str,
+        min: u64,
+        max: u64,
+    ) -> Option<usize> {
+        let text = match value.get_ref() {
+            DeValue::String(s) => s.as_ref(),
+            DeValue::Integer(i) => {
+                self.problem(
+                    value.span(),
+                    format!(
+                        "`{key}`{place} must be a size string with a unit, like \"{}B\" or \"64MiB\"; a bare number is ambiguous",
+                        i.as_str()
+                    ),
+                );
+                return None;
+            }
+            _ => {
+                self.wrong_type(value, key, place, "a size string like \"64MiB\"");
+                return None;
+            }
+        };
+        let bytes = match units::size(text) {
+            Ok(bytes) => bytes,
+            Err(why) => {
+                self.problem(value.span(), format!("`{key}`{place}: {why}"));
+                return None;
+            }
+        };
+        if bytes < min || bytes > max {
+            self.problem(
+                value.span(),
+                format!(
+                    "`{key}`{place} is {text:?}; use between {} and {}",
+                    units::show_size(min),
+                    units::show_size(max)
+                ),
+            );
+            return None;
+        }
+        match usize::try_from(bytes) {
+            Ok(n) => Some(n),
+            Err(_) => {
+                self.problem(
+                    value.span(),
+                    format!("`{key}`{place} is {text:?}, more than this machine can address; use a smaller size"),
+                );
+                None
+            }
+        }
+    }
+
+    /// An array of strings, each checked by `check`; returns the valid ones with spans.
+    fn strings(
+        &mut self,
+        value: &Value<'_>,
+        key: &str,
+        place: &str,
+        what: &str,
+        check: fn(&str) -> Result<(), String>,
+    ) -> Vec<(String, Range<usize>)> {
+        let DeValue::Array(items) = value.get_ref() else {
+            self.wrong_type(value, key, place, &format!("an array of {what}s"));
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for item in items {
+            let DeValue::String(s) = item.get_ref() else {
+                self.problem(
+                    item.span(),
+                    format!(
+                        "`{key}`{place} must hold {what}s (strings), not {}",
+                        type_name(item.get_ref())
+                    ),
+                );
+                continue;
+            };
+            match check(s) {
+                Ok(()) => out.push((s.to_string(), item.span())),
+                Err(why) => self.problem(item.span(), format!("`{key}`{place}: {why}")),
+            }
+        }
+        out
+    }
+
+    /// Builds the config from the document root, with defaults for absent keys.
+    fn config(&mut self, root: &DeTable<'_>, path: &Path) -> Config {
+        let mut config = Config {
+            path: path.to_path_buf(),
+            listen: DEFAULT_LISTEN,
+            state: None,
+            admin_token: None,
+            admin_token_file: None,
+            trusted_issuers: None,
+            log_format: LogFormat::Human,
+            grace_period: Duration::from_secs(10),
+            compile_cache: None,
+            max_concurrent_calls: 64,
+            read_timeout: Duration::from_secs(30),
+            max_connections: 1024,
+            max_connections_per_client: 128,
+            trusted_proxies: Vec::new(),
+            write_timeout: Duration::from_secs(30),
+            max_buffered_request_bytes: 64 << 20,
+            allowed_hosts: None,
+            plugins: Vec::new(),
+            licenses: BTreeMap::new(),
+        };
+        self.unknown_keys(root, TOP_KEYS, "");
+        let top = "";
+
+        if let Some(value) = root.get("listen")
+            && let Some(text) =
+                self.string(value, "listen", top, "a string like \"127.0.0.1:7878\"")
+        {
+            match units::socket_addr(text) {
+                Ok(addr) => config.listen = addr,
+                Err(why) => self.problem(value.span(), format!("`listen`: {why}")),
+            }
+        }
+        if let Some(value) = root.get("state") {
+            config.state = self.path(value, "state", top);
+        }
+        if let Some(value) = root.get("compile_cache") {
+            config.compile_cache = self.path(value, "compile_cache", top);
+        }
+        self.admin_token(root, &mut config);
+        if let Some(value) = root.get("trusted_issuers") {
+            config.trusted_issuers = Some(self.issuer_pins(value));
+        }
+        // Host state no plugin directory may overlap; a state directory
+        // taken from the environment is checked when the host starts.
+        self.protected.push((path.to_path_buf(), "the config file"));
+        if let Some(state) = &config.state {
+            self.protected.push((state.clone(), "the state directory"));
+        }
+        match (&config.compile_cache, &config.state) {
+            (Some(cache), _) => self.protected.push((cache.clone(), "the compile cache")),
+            (None, Some(state)) => self
+                .protected
+                .push((state.join("compile-cache"), "the compile cache")),
+            (None, None) => {}
+        }
+        if let Some(file) = &config.admin_token_file {
+            self.protected.push((file.clone(), "the admin token file"));
+        }
+        if let Some(value) = root.get("log_format")
+            && let Some(text) = self.string(value, "log_format", top, "\"human\" or \"json\"")
+        {
+            match units::log_format(text) {
+                Ok(format) => config.log_format = format,
+                Err(why) => self.problem(value.span(), format!("`log_format`: {why}")),
+            }
+        }
+        if let Some(value) = root.get("grace_period")
+            && let Some(d) = self.duration(value, "grace_period", top)
+        {
+            config.grace_period = d;
+        }
+        if let Some(n) = self.count(root, "max_concurrent_calls", MAX_CONCURRENT_CALLS) {
+            config.max_concurrent_calls = n;
+        }
+        if let Some(value) = root.get("read_timeout")
+            && let Some(d) = self.duration(value, "read_timeout", top)
+        {
+            if d.is_zero() || d > MAX_READ_TIMEOUT {
+                self.problem(
+                    value.span(),
+                    format!(
+                        "`read_timeout` is {}; use a duration above 0 and at most 1h",
+                        humantime::format_duration(d)
+                    ),
+                );
+            } else {
+                config.read_timeout = d;
+            }
+        }
+        if let Some(n) = self.count(root, "max_connections", MAX_CONNECTIONS) {
+            config.max_connections = n;
+        }
+        self.connection_limits(root, &mut config);
+
+        let refs = match root.get("plugin") {
+            Some(value) => self.plugins(value, &mut config),
+            None => Vec::new(),
+        };
+        self.buffered_bodies(root, &config);
+        if let Some(value) = root.get("license") {
+            self.licenses(value, &refs, &mut config);
+        }
+        config
+    }
+
+    /// Reads the keys that bound what clients may hold: connections per
+    /// client, trusted proxies, the write timeout, buffered request bytes,
+    /// and the host names requests may name.
+    fn connection_limits(&mut self, root: &DeTable<'_>, config: &mut Config) {
+        if let Some(n) = self.count(root, "max_connections_per_client", MAX_CONNECTIONS) {
+            config.max_connections_per_client = n;
+        }
+        if let Some(value) = root.get("trusted_proxies") {
+            config.trusted_proxies = self
+                .strings(value, "trusted_proxies", "", "IP range", |text| {
+                    AddressRange::parse(text).map(|_| ())
+                })
+                .into_iter()
+                .filter_map(|(text, _)| AddressRange::parse(&text).ok())
+                .collect();
+        }
+        if let Some(value) = root.get("write_timeout")
+            && let Some(d) = self.duration(value, "write_timeout", "")
+        {
+            if d.is_zero() || d > MAX_READ_TIMEOUT {
+                self.problem(
+                    value.span(),
+                    format!(
+                        "`write_timeout` is {}; use a duration above 0 and at most 1h",
+                        humantime::format_duration(d)
+                    ),
+                );
+            } else {
+                config.write_timeout = d;
+            }
+        }
+        if let Some(value) = root.get("max_buffered_request_bytes")
+            && let Some(bytes) = self.size(
+                value,
+                "max_buffered_request_bytes",
+                "",
+                MIN_BUFFERED,
+                16 * GIB,
+            )
+        {
+            config.max_buffered_request_bytes = bytes;
+        }
+        if let Some(value) = root.get("allowed_hosts") {
+            let hosts = self.strings(value, "allowed_hosts", "", "host name", |text| {
+                AllowedHost::parse(text).map(|_| ())
+            });
+            let parsed: Vec<AllowedHost> = hosts
+                .iter()
+                .filter_map(|(text, _)| AllowedHost::parse(text).ok())
+                .collect();
+            if matches!(value.get_ref(), DeValue::Array(items) if items.is_empty()) {
+                self.problem(
+                    value.span(),
+                    "`allowed_hosts` is empty, so every request would be refused; list the host names clients use, or write [\"*\"] to allow any",
+                );
+            } else if parsed.contains(&AllowedHost::Any) && parsed.len() > 1 {
+                let span = hosts
+                    .iter()
+                    .find(|(text, _)| text == "*")
+                    .map_or(value.span(), |(_, span)| span.clone());
+                self.problem(
+                    span,
+                    "`allowed_hosts` lists \"*\" (any host) beside other names; keep only \"*\" to turn the check off, or only the names",
+                );
+            }
+            if hosts.len() == parsed.len() {
+                config.allowed_hosts = Some(parsed);
+            }
+        }
+    }
+
+    /// A plugin whose `max_request_bytes` is over `max_buffered_request_bytes`
+    /// would have its largest bodies refused every time.
+    fn buffered_bodies(&mut self, root: &DeTable<'_>, config: &Config) {
+        let budget = config.max_buffered_request_bytes;
+        let Some(plugins) = root.get("plugin").map(|p| p.get_ref()) else {
+            return;
+        };
+        let DeValue::Array(items) = plugins else {
+            return;
+        };
+        // `config.plugins` holds one plugin per table in `items`.
+        let tables = items.iter().filter_map(|item| match item.get_ref() {
+            DeValue::Table(table) => Some((item, table)),
+            _ => None,
+        });
+        for (plugin, (item, table)) in config.plugins.iter().zip(tables) {
+            if plugin.max_request_bytes <= budget {
+                continue;
+            }
+            let span = table
+                .get("max_request_bytes")
+                .map_or(item.span(), |v| v.span());
+            self.problem(
+                span,
+                format!(
+                    "`max_request_bytes` in [[plugin]] {} is {}, over `max_buffered_request_bytes` ({}), so its largest requests would always be refused; lower it or raise `max_buffered_request_bytes`",
+                    quoted(&plugin.name),
+                    units::show_size(plugin.max_request_bytes as u64),
+                    units::show_size(budget as u64)
+                ),
+            );
+        }
+    }
+
+    fn admin_token(&mut self, root: &DeTable<'_>, config: &mut Config) {
+        let token = root.get("admin_token");
+        let file = root.get("admin_token_file");
+        if let (Some(token), Some(file)) = (token, file) {
+            let later = if token.span().start > file.span().start {
+                token
+            } else {
+                file
+            };
+            self.problem(
+                later.span(),
+                "`admin_token` and `admin_token_file` are both set; keep only one (`admin_token_file` keeps the token out of the config)",
+            );
+            return;
+        }
+        if let Some(value) = token
+            && let Some(text) = self.string(value, "admin_token", "", "a string")
+        {
+            match super::check_token(text) {
+                Ok(()) => config.admin_token = Some(text.to_string()),
+                Err(why) => self.problem(value.span(), format!("`admin_token`: {why}")),
+            }
+        }
+        if let Some(value) = file
+            && let Some(path) = self.path(value, "admin_token_file", "")
+        {
+            match super::read_token_file(&path) {
+                Ok(token) => {
+                    config.admin_token = Some(token);
+                    config.admin_token_file = Some(path);
+                }
+                Err(why) => self.problem(value.span(), format!("`admin_token_file`: {why}")),
+            }
+        }
+    }
+
+    /// Reads `trusted_issuers`: key ids or public keys, each once.
+    fn issuer_pins(&mut self, value: &Value<'_>) -> Vec<tollgate_store::state::IssuerPin> {
+        let entries = self.strings(value, "trusted_issuers", "", "issuer key", |s| {
+            tollgate_store::state::IssuerPin::parse(s).map(drop)
+        });
+        let mut pins: Vec<tollgate_store::state::IssuerPin> = Vec::new();
+        for (text, span) in entries {
+            let Ok(pin) = tollgate_store::state::IssuerPin::parse(&text) else {
+                continue;
+            };
+            if pins.iter().any(|p| p.key_id() == pin.key_id()) {
+                self.problem(
+                    span,
+                    format!(
+                        "`trusted_issuers` names issuer key {} twice; keep one entry",
+                        pin.key_id()
+                    ),
+                );
+                continue;
+            }
+            pins.push(pin);
+        }
+        pins
+    }
+
+    /// Reads every `[[plugin]]`; returns what the license rules refer to.
+    fn plugins(&mut self, value: &Value<'_>, config: &mut Config) -> Vec<PluginRefs> {
+        let DeValue::Array(items) = value.get_ref() else {
+            self.problem(
+                value.span(),
+                format!(
+                    "`plugin` must be an array of tables, not {}; write each plugin under its own [[plugin]] header (two brackets)",
+                    type_name(value.get_ref())
+                ),
+            );
+            return Vec::new();
+        };
+        let mut refs: Vec<PluginRefs> = Vec::new();
+        // Where each name was first used.
+        let mut first_use: HashMap<String, Range<usize>> = HashMap::new();
+        for (index, item) in items.iter().enumerate() {
+            let DeValue::Table(table) = item.get_ref() else {
+                self.problem(
+                    item.span(),
+                    format!(
+                        "plugin #{} must be a table, not {}; write each plugin under its own [[plugin]] header",
+                        index + 1,
+                        type_name(item.get_ref())
+                    ),
+                );
+                continue;
+            };
+            let (plugin, name) = self.plugin(item.span(), table, index);
+            if let Some((name, name_span)) = name {
+                if let Some(first) = first_use.get(&name) {
+                    let first_line = self.line_of(first);
+                    self.problem(
+                        name_span,
+                        format!(
+                            "plugin name {} is already used by the [[plugin]] on line {first_line}; give each plugin its own name",
+                            quoted(&name)
+                        ),
+                    );
+                } else {
+                    first_use.insert(name.clone(), name_span);
+                }
+                refs.push(PluginRefs {
+                    name,
+                    requires: plugin.requires.clone(),
+                    may_use: plugin.may_use.clone(),
+                });
+            }
+            config.plugins.push(plugin);
+        }
+        refs
+    }
+
+    /// Reads one `[[plugin]]`, with defaults where keys are absent or wrong, and its name with its span.
+    fn plugin(
+        &mut self,
+        span: Range<usize>,
+        table: &DeTable<'_>,
+        index: usize,
+    ) -> (PluginConfig, Option<(String, Range<usize>)>) {
+        let mut name = None;
+        let mut valid_name = false;
+        if let Some(value) = table.get("name") {
+            let place = format!(" in [[plugin]] #{}", index + 1);
+            if let Some(text) = self.string(value, "name", &place, "a string") {
+                match units::plugin_name(text) {
+                    Ok(()) => valid_name = true,
+                    Err(why) => self.problem(value.span(), format!("`name`{place}: {why}")),
+                }
+                name = Some((text.to_string(), value.span()));
+            }
+        }
+        // A bad name was reported once above; the plugin's other problems
+        // name it by its number.
+        let place = match &name {
+            Some((n, _)) if valid_name => format!(" in [[plugin]] {n:?}"),
+            _ => format!(" in [[plugin]] #{}", index + 1),
+        };
+        self.unknown_keys(table, PLUGIN_KEYS, &place);
+        if table.get("name").is_none() {
+            self.problem(
+                span.clone(),
+                format!("missing required key `name`{place}; add name = \"my-plugin\""),
+            );
+        }
+
+        let component = match table.get("component") {
+            Some(value) => self.component(value, &place),
+            None => {
+                self.problem(
+                    span.clone(),
+                    format!(
+                        "missing required key `component`{place}; add component = \"path/to/plugin.wasm\" (relative to the config file)"
+                    ),
+                );
+                None
+            }
+        };
+
+        let mut plugin = PluginConfig {
+            component: component.unwrap_or_default(),
+            ..PluginConfig::defaults(&name.as_ref().map(|(n, _)| n.clone()).unwrap_or_default())
+        };
+
+        for (key, target) in [
+            ("requires", &mut plugin.requires),
+            ("may_use", &mut plugin.may_use),
+        ] {
+            if let Some(value) = table.get(key) {
+                *target = self
+                    .strings(value, key, &place, "license id", units::license_id)
+                    .into_iter()
+                    .map(|(id, _)| id)
+                    .collect();
+            }
+        }
+        if let Some(value) = table.get("memory")
+            && let Some(bytes) = self.size(value, "memory", &place, MIN_MEMORY, MAX_MEMORY)
+        {
+            plugin.memory_bytes = bytes;
+        }
+        if let Some(value) = table.get("max_request_bytes")
+            && let Some(bytes) = self.size(value, "max_request_bytes", &place, 1, MAX_MEMORY)
+        {
+            plugin.max_request_bytes = bytes;
+        }
+        if let Some(value) = table.get("max_response_bytes")
+            && let Some(bytes) = self.size(value, "max_response_bytes", &place, 1, MAX_MEMORY)
+        {
+            plugin.max_response_bytes = bytes;
+        }
+        if let Some(value) = table.get("time_limit")
+            && let Some(limit) = self.duration(value, "time_limit", &place)
+        {
+            if limit.is_zero() || limit > MAX_TIME_LIMIT {
+                self.problem(
+                    value.span(),
+                    format!("`time_limit`{place} must be more than 0 and at most 1h"),
+                );
+            } else {
+                plugin.time_limit = limit;
+            }
+        }
+        if let Some(value) = table.get("wait_for_seat") {
+            plugin.wait_for_seat = self.wait_for_seat(value, &place);
+        }
+        if let Some(value) = table.get("dirs") {
+            plugin.dirs = self.dirs(value, &place);
+        }
+        if let Some(value) = table.get("env") {
+            for (name, span) in self.strings(value, "env", &place, "variable name", units::env_name)
+            {
+                if name.starts_with("TOLLGATE_ADMIN_TOKEN") {
+                    self.problem(
+                        span,
+                        format!(
+                            "`env`{place} passes {name} through, which would hand the admin token to the plugin; remove it"
+                        ),
+                    );
+                    continue;
+                }
+                plugin.env.push(name);
+            }
+        }
+        (plugin, name)
+    }
+
+    fn component(&mut self, value: &Value<'_>, place: &str) -> Option<PathBuf> {
+        let path = self.path(value, "component", place)?;
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_file() => Some(path),
+            Ok(_) => {
+                self.problem(
+                    value.span(),
+                    format!(
+                        "`component`{place}: {} is not a file; point it to the plugin's .wasm component",
+                        path.display()
+                    ),
+                );
+                None
+            }
+            Err(e) => {
+                self.problem(
+                    value.span(),
+                    format!(
+                        "`component`{place}: cannot read {}: {e}; build the plugin or fix the path (relative paths start at the config file's directory)",
+                        path.display()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn wait_for_seat(&mut self, value: &Value<'_>, place: &str) -> Option<Duration> {
+        let text = self.string(
+            value,
+            "wait_for_seat",
+            place,
+            "\"off\" or a duration string like \"2s\"",
+        )?;
+        if text.trim() == "off" {
+            return None;
+        }
+        let wait = match units::duration(text) {
+            Ok(wait) => wait,
+            Err(why) => {
+                self.problem(
+                    value.span(),
+                    format!("`wait_for_seat`{place}: {why}, or \"off\" to refuse at once when no seat is free"),
+                );
+                return None;
+            }
+        };
+        if wait.is_zero() {
+            self.problem(
+                value.span(),
+                format!("`wait_for_seat`{place} is zero; write \"off\" to refuse at once when no seat is free"),
+            );
+            return None;
+        }
+        Some(wait)
+    }
+
+    fn dirs(&mut self, value: &Value<'_>, place: &str) -> Vec<DirConfig> {
+        let DeValue::Array(items) = value.get_ref() else {
+            self.wrong_type(
+                value,
+                "dirs",
+                place,
+                "an array like [{ host = \"data\", guest = \"/data\" }]",
+            );
+            return Vec::new();
+        };
+        let mut dirs: Vec<DirConfig> = Vec::new();
+        let mut guests: HashSet<String> = HashSet::new();
+        for (index, item) in items.iter().enumerate() {
+            let DeValue::Table(table) = item.get_ref() else {
+                self.problem(
+                    item.span(),
+                    format!(
+                        "`dirs`{place} must hold tables like {{ host = \"data\", guest = \"/data\" }}, not {}",
+                        type_name(item.get_ref())
+                    ),
+                );
+                continue;
+            };
+            let here = format!(
+                " in `dirs` entry {} of {}",
+                index + 1,
+                place.trim_start_matches(" in ")
+            );
+            self.unknown_keys(table, DIR_KEYS, &here);
+            let host = match table.get("host") {
+                Some(value) => self
+                    .host_dir(value, &here)
+                    .filter(|host| self.outside_host_state(host, value, &here)),
+                None => {
+                    self.problem(
+                        item.span(),
+                        format!("missing key `host`{here}; add host = \"path/on/this/machine\""),
+                    );
+                    None
+                }
+            };
+            let guest = match table.get("guest") {
+                Some(value) => self.guest_dir(value, &here, &mut guests),
+                None => {
+                    self.problem(
+                        item.span(),
+                        format!("missing key `guest`{here}; add guest = \"/data\" (where the plugin sees it)"),
+                    );
+                    None
+                }
+            };
+            let mut writable = Some(false);
+            if let Some(value) = table.get("mode")
+                && let Some(mode) = self.string(value, "mode", &here, "\"ro\" or \"rw\"")
+            {
+                writable = match mode {
+                    "ro" => Some(false),
+                    "rw" => Some(true),
+                    other => {
+                        self.problem(
+                            value.span(),
+                            format!(
+                                "`mode`{here} is {other:?}; use \"ro\" (read-only, the default) or \"rw\"{}",
+                                did_you_mean(other, ["ro", "rw"])
+                            ),
+                        );
+                        None
+                    }
+                };
+            }
+            if let (Some(host), Some(guest), Some(writable)) = (host, guest, writable) {
+                dirs.push(DirConfig {
+                    host,
+                    guest,
+                    writable,
+                });
+            }
+        }
+        dirs
+    }
+
+    /// Whether `host` stays clear of host state; reports it if not.
+    fn outside_host_state(&mut self, host: &Path, value: &Value<'_>, place: &str) -> bool {
+        let Some((path, what)) = self
+            .protected
+            .iter()
+            .find(|(path, _)| tollgate_store::files::overlaps(host, path))
+            .cloned()
+        else {
+            return true;
+        };
+        self.problem(
+            value.span(),
+            format!(
+                "`host`{place}: {} overlaps {what} {} (one contains the other), which would let the plugin reach host state; give the plugin a directory outside it",
+                host.display(),
+                path.display()
+            ),
+        );
+        false
+    }
+
+    fn host_dir(&mut self, value: &Value<'_>, place: &str) -> Option<PathBuf> {
+        let path = self.path(value, "host", place)?;
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_dir() => Some(path),
+            Ok(_) => {
+                self.problem(
+                    value.span(),
+                    format!(
+                        "`host`{place}: {} is not a directory; point it to a directory",
+                        path.display()
+                    ),
+                );
+                None
+            }
+            Err(e) => {
+                self.problem(
+                    value.span(),
+                    format!(
+                        "`host`{place}: cannot use {}: {e}; create the directory or fix the path (relative paths start at the config file's directory)",
+                        path.display()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn guest_dir(
+        &mut self,
+        value: &Value<'_>,
+        place: &str,
+        earlier: &mut HashSet<String>,
+    ) -> Option<String> {
+        let guest = self.string(
+            value,
+            "guest",
+            place,
+            "an absolute path string like \"/data\"",
+        )?;
+        if !guest.starts_with('/') {
+            self.problem(
+                value.span(),
+                format!(
+                    "`guest`{place} is {guest:?}; write an absolute path such as \"/{}\"",
+                    guest.trim_start_matches("./")
+                ),
+            );
+            return None;
+        }
+        if guest.split('/').any(|part| part == "..") {
+            self.problem(
+                value.span(),
+                format!("`guest`{place} is {guest:?}; remove the `..` parts"),
+            );
+            return None;
+        }
+        if !earlier.insert(guest.to_string()) {
+            self.problem(
+                value.span(),
+                format!("`guest`{place}: another entry of `dirs` already uses {guest:?}; give each directory its own guest path"),
+            );
+            return None;
+        }
+        Some(guest.to_string())
+    }
+
+    /// Reads every `[license.<id>]` and checks it against the plugins.
+    fn licenses(&mut self, value: &Value<'_>, plugins: &[PluginRefs], config: &mut Config) {
+        let DeValue::Table(table) = value.get_ref() else {
+            self.problem(
+                value.span(),
+                format!(
+                    "`license` must be a table of license rules, not {}; write them as [license.\"<id>\"] sections",
+                    type_name(value.get_ref())
+                ),
+            );
+            return;
+        };
+        let names = Names::new(plugins);
+        let used_ids: BTreeSet<&str> = plugins
+            .iter()
+            .flat_map(|p| p.requires.iter().chain(&p.may_use))
+            .map(String::as_str)
+            .collect();
+        for (key, rules) in table.iter() {
+            let id = key.get_ref().as_ref();
+            if let Some(rules) = self.license(key, rules, &names, plugins) {
+                config.licenses.insert(id.to_string(), rules);
+            }
+            if units::license_id(id).is_ok() && !used_ids.contains(id) {
+                let hint = did_you_mean(id, used_ids.iter().copied());
+                let todo = if hint.is_empty() {
+                    "; list it in a plugin's `requires` or `may_use`, or remove these rules"
+                        .to_string()
+                } else {
+                    hint
+                };
+                self.problem(
+                    key.span(),
+                    format!("[license.{id:?}]: no [[plugin]] lists license `{id}` in `requires` or `may_use`{todo}"),
+                );
+            }
+        }
+    }
+
+    fn license(
+        &mut self,
+        key: &Key<'_>,
+        value: &Value<'_>,
+        names: &Names<'_>,
+        plugins: &[PluginRefs],
+    ) -> Option<LicenseRules> {
+        let id = key.get_ref().as_ref();
+        let place = format!(" in [license.{}]", quoted(id));
+        if let Err(why) = units::license_id(id) {
+            self.problem(key.span(), format!("[license.{id:?}]: {why}"));
+        }
+        let DeValue::Table(table) = value.get_ref() else {
+            self.problem(
+                value.span(),
+                format!(
+                    "`license.{id}` must be a table of rules, not {}; write [license.{id:?}] and the rules below it",
+                    type_name(value.get_ref())
+                ),
+            );
+            return None;
+        };
+        self.unknown_keys(table, LICENSE_KEYS, &place);
+        let mut rules = LicenseRules::default();
+        let mut include = Vec::new();
+        let mut exclude = Vec::new();
+        if let Some(value) = table.get("include") {
+            include = self.plugin_refs(value, "include", &place, names);
+        }
+        if let Some(value) = table.get("exclude") {
+            exclude = self.plugin_refs(value, "exclude", &place, names);
+        }
+        let included: HashSet<&str> = include.iter().map(|(n, _)| n.as_str()).collect();
+        let excluded: HashMap<&str, &Range<usize>> =
+            exclude.iter().map(|(n, s)| (n.as_str(), s)).collect();
+        for (name, span) in &exclude {
+            if included.contains(name.as_str()) {
+                self.problem(
+                    span.clone(),
+                    format!("`exclude`{place} lists {name:?}, which `include` also lists; keep it in one of them"),
+                );
+            }
+        }
+        let allowed = |name: &str| {
+            (included.is_empty() || included.contains(name)) && !excluded.contains_key(name)
+        };
+        // A plugin that requires the license but may not use it could never return a result.
+        for plugin in plugins {
+            if !plugin.requires.iter().any(|r| r == id) || allowed(&plugin.name) {
+                continue;
+            }
+            let name = &plugin.name;
+            let (span, todo) = match excluded.get(name.as_str()) {
+                Some(&span) => (span.clone(), format!("remove {name:?} from `exclude`")),
+                None => (
+                    table.get("include").map_or(key.span(), |v| v.span()),
+                    format!("add {name:?} to `include`"),
+                ),
+            };
+            self.problem(
+                span,
+                format!(
+                    "plugin {name:?} requires license `{id}`, but the rules{place} do not let it use that license, so every call of {name:?} would be withheld; {todo} or remove `{id}` from its `requires`"
+                ),
+            );
+        }
+        if let Some(value) = table.get("max_per_plugin")
+            && let Some(n) = self.integer(value, "max_per_plugin", &place)
+        {
+            match u32::try_from(n) {
+                Ok(n) if n >= 1 => rules.max_per_plugin = Some(n),
+                _ => {
+                    self.problem(
+                        value.span(),
+                        format!(
+                            "`max_per_plugin`{place} is {n}; use a number from 1 to {} (to keep a plugin off this license, use `exclude`)",
+                            u32::MAX
+                        ),
+                    );
+                }
+            }
+        }
+        if let Some(value) = table.get("reserve") {
+            match value.get_ref() {
+                DeValue::Table(reserve) => {
+                    for (name_key, seats) in reserve.iter() {
+                        let name = name_key.get_ref().as_ref();
+                        if !names.set.contains(name) {
+                            self.unknown_plugin(name_key.span(), name, "reserve", &place, names);
+                            continue;
+                        }
+                        if !allowed(name) {
+                            self.problem(
+                                name_key.span(),
+                                format!("`reserve`{place} reserves seats for {name:?}, which these rules do not let use the license; remove the reservation or allow the plugin"),
+                            );
+                        }
+                        let key = format!("reserve.{name}");
+                        let Some(n) = self.integer(seats, &key, &place) else {
+                            continue;
+                        };
+                        let Ok(n) = u32::try_from(n) else {
+                            self.problem(
+                                seats.span(),
+                                format!(
+                                    "`{key}`{place} is {n}; use a number of seats from 0 to {}",
+                                    u32::MAX
+                                ),
+                            );
+                            continue;
+                        };
+                        if let Some(max) = rules.max_per_plugin
+                            && n > max
+                        {
+                            self.problem(
+                                seats.span(),
+                                format!("`{key}`{place} reserves {n} seats but `max_per_plugin` is {max}, so {} of them could never be used; lower one or raise the other", n - max),
+                            );
+                        }
+                        rules.reserve.insert(name.to_string(), n);
+                    }
+                }
+                _ => {
+                    self.wrong_type(
+                        value,
+                        "reserve",
+                        &place,
+                        "a table like { \"my-plugin\" = 2 }",
+                    );
+                }
+            }
+        }
+        rules.include = include.into_iter().map(|(n, _)| n).collect();
+        rules.exclude = exclude.into_iter().map(|(n, _)| n).collect();
+        Some(rules)
+    }
+
+    /// An array of names of loaded plugins.
+    fn plugin_refs(
+        &mut self,
+        value: &Value<'_>,
+        key: &str,
+        place: &str,
+        names: &Names<'_>,
+    ) -> Vec<(String, Range<usize>)> {
+        let mut out = Vec::new();
+        for (name, span) in self.strings(value, key, place, "plugin name", |_| Ok(())) {
+            if names.set.contains(name.as_str()) {
+                out.push((name, span));
+            } else {
+                self.unknown_plugin(span, &name, key, place, names);
+            }
+        }
+        out
+    }
+
+    fn unknown_plugin(
+        &mut self,
+        span: Range<usize>,
+        name: &str,
+        key: &str,
+        place: &str,
+        names: &Names<'_>,
+    ) {
+        let hint = if let Some(left) = self.plugin_hint_budget.checked_sub(names.list.len()) {
+            self.plugin_hint_budget = left;
+            did_you_mean(name, names.list.iter().copied())
+        } else {
+            String::new()
+        };
+        let todo = if !hint.is_empty() {
+            hint
+        } else if names.list.is_empty() {
+            "; no plugins are configured: add a [[plugin]] or remove this name".to_string()
+        } else if names.list.len() > MAX_LISTED_PLUGINS {
+            format!(
+                "; configured plugins: {}, and {} more",
+                names.list[..MAX_LISTED_PLUGINS].join(", "),
+                names.list.len() - MAX_LISTED_PLUGINS
+            )
+        } else {
+            format!("; configured plugins: {}", names.list.join(", "))
+        };
+        self.problem(
+            span,
+            format!(
+                "`{key}`{place} names plugin {}, which is not a configured [[plugin]]{todo}",
+                quoted(name)
+            ),
+        );
+    }
+}

@@ -1,0 +1,452 @@
+//! The `tollgate.toml` config file of `tollgate serve`: parsing, validation,
+//! defaults and environment overrides.
+//!
+//! [`Config::load`] reads a file and reports every problem in it at once, each
+//! with its line and column, so an operator fixes a config in one round.
+//! `example.toml` in this directory is a complete, commented example.
+
+mod document;
+mod network;
+mod units;
+
+pub(crate) use network::split_host;
+pub use network::{AddressRange, AllowedHost};
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Largest config file accepted, in bytes.
+const MAX_FILE_BYTES: u64 = 1024 * 1024;
+
+/// Fewest characters an admin token may have.
+const MIN_TOKEN_CHARS: usize = 16;
+
+/// Default address of the HTTP server.
+const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::LOCALHOST,
+    7878,
+));
+
+/// A validated `tollgate.toml`: server settings, plugins and license rules.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The config file read.
+    pub path: PathBuf,
+    /// Address the HTTP server listens on (`listen`).
+    pub listen: SocketAddr,
+    /// State directory (`state`); `None`: the server's default.
+    pub state: Option<PathBuf>,
+    /// Bearer token for the admin API (`admin_token` or `admin_token_file`).
+    pub admin_token: Option<String>,
+    /// The file the admin token was read from (`admin_token_file`), which
+    /// no plugin directory may overlap.
+    pub admin_token_file: Option<PathBuf>,
+    /// The issuer keys the state database must trust, exactly
+    /// (`trusted_issuers`); `None`: not pinned.
+    pub trusted_issuers: Option<Vec<tollgate_store::state::IssuerPin>>,
+    /// How log lines are written (`log_format`).
+    pub log_format: LogFormat,
+    /// How long shutdown waits for calls in flight (`grace_period`).
+    pub grace_period: Duration,
+    /// Directory for compiled components (`compile_cache`); `None`: the server's default.
+    pub compile_cache: Option<PathBuf>,
+    /// Most plugin calls running at once (`max_concurrent_calls`).
+    pub max_concurrent_calls: u32,
+    /// Longest a client may take to send a request's head, and again its
+    /// body (`read_timeout`); also how long an idle connection stays open.
+    pub read_timeout: Duration,
+    /// Most client connections open at once (`max_connections`); more wait
+    /// in the listen backlog.
+    pub max_connections: u32,
+    /// Most connections open at once from one client address (an IPv4
+    /// address, or an IPv6 /64) (`max_connections_per_client`); more are
+    /// answered 429 and closed.
+    pub max_connections_per_client: u32,
+    /// Addresses whose connections are not capped per client, such as a
+    /// load balancer's (`trusted_proxies`).
+    pub trusted_proxies: Vec<AddressRange>,
+    /// Longest the server waits for a client to take any more of its
+    /// response before it closes the connection (`write_timeout`).
+    pub write_timeout: Duration,
+    /// Most bytes of request bodies held at once over all requests
+    /// (`max_buffered_request_bytes`); past it, requests get 503.
+    pub max_buffered_request_bytes: usize,
+    /// Host names a request may name in `Host` (`allowed_hosts`); `None`:
+    /// the default for `listen` (see [`Config::allowed_hosts`]).
+    pub allowed_hosts: Option<Vec<AllowedHost>>,
+    /// The plugins to load, in file order (`[[plugin]]`).
+    pub plugins: Vec<PluginConfig>,
+    /// Rules per license id (`[license.<id>]`).
+    pub licenses: BTreeMap<String, LicenseRules>,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("path", &self.path)
+            .field("listen", &self.listen)
+            .field("state", &self.state)
+            .field(
+                "admin_token",
+                &self.admin_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("admin_token_file", &self.admin_token_file)
+            .field("trusted_issuers", &self.trusted_issuers)
+            .field("log_format", &self.log_format)
+            .field("grace_period", &self.grace_period)
+            .field("compile_cache", &self.compile_cache)
+            .field("max_concurrent_calls", &self.max_concurrent_calls)
+            .field("read_timeout", &self.read_timeout)
+            .field("max_connections", &self.max_connections)
+            .field(
+                "max_connections_per_client",
+                &self.max_connections_per_client,
+            )
+            .field("trusted_proxies", &self.trusted_proxies)
+            .field("write_timeout", &self.write_timeout)
+            .field(
+                "max_buffered_request_bytes",
+                &self.max_buffered_request_bytes,
+            )
+            .field("allowed_hosts", &self.allowed_hosts)
+            .field("plugins", &self.plugins)
+            .field("licenses", &self.licenses)
+            .finish()
+    }
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Readable text lines (`"human"`, the default).
+    #[default]
+    Human,
+    /// One JSON object per line (`"json"`).
+    Json,
+}
+
+/// One `[[plugin]]`: its component, licenses and limits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PluginConfig {
+    /// Unique name: 1-64 of `[a-z0-9_-]`, starting with a letter or digit.
+    pub name: String,
+    /// The component file, resolved against the config file's directory.
+    pub component: PathBuf,
+    /// License ids every call must hold.
+    pub requires: Vec<String>,
+    /// Further license ids the plugin may ask for.
+    pub may_use: Vec<String>,
+    /// Most linear memory per call, in bytes (`memory`).
+    pub memory_bytes: usize,
+    /// Most wall time per call.
+    pub time_limit: Duration,
+    /// How long `acquire` waits for a free seat; `None`: refuse at once.
+    pub wait_for_seat: Option<Duration>,
+    /// Host directories the plugin sees.
+    pub dirs: Vec<DirConfig>,
+    /// Names of host environment variables passed through.
+    pub env: Vec<String>,
+    /// Largest request body accepted, in bytes.
+    pub max_request_bytes: usize,
+    /// Largest response returned, in bytes.
+    pub max_response_bytes: usize,
+}
+
+impl PluginConfig {
+    /// A plugin named `name` with every default (and no component yet).
+    pub fn defaults(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            component: PathBuf::new(),
+            requires: Vec::new(),
+            may_use: Vec::new(),
+            memory_bytes: 64 << 20,
+            time_limit: Duration::from_secs(5),
+            wait_for_seat: None,
+            dirs: Vec::new(),
+            env: Vec::new(),
+            max_request_bytes: 1 << 20,
+            max_response_bytes: 16 << 20,
+        }
+    }
+}
+
+/// A host directory preopened for a plugin.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirConfig {
+    /// The host directory, resolved against the config file's directory.
+    pub host: PathBuf,
+    /// Absolute path the plugin sees it at.
+    pub guest: String,
+    /// Whether the plugin may write (`mode = "rw"`).
+    pub writable: bool,
+}
+
+/// Rules for one license id (`[license.<id>]`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LicenseRules {
+    /// Only these plugins may use the license; empty: every plugin.
+    pub include: Vec<String>,
+    /// These plugins may not use the license.
+    pub exclude: Vec<String>,
+    /// Seats reserved per plugin: other plugins may not take them.
+    pub reserve: BTreeMap<String, u32>,
+    /// Most seats any one plugin may hold at once.
+    pub max_per_plugin: Option<u32>,
+}
+
+/// One thing wrong with a config, where it is and what to do about it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// 1-based line; 0 when the problem is not inside the file.
+    pub line: usize,
+    /// 1-based column in characters; 0 when the problem is not inside the file.
+    pub column: usize,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+impl Problem {
+    /// A problem outside the file's text (unreadable file, environment variable).
+    fn outside(message: impl Into<String>) -> Self {
+        Self {
+            line: 0,
+            column: 0,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            f.write_str(&self.message)
+        } else {
+            write!(
+                f,
+                "line {}, column {}: {}",
+                self.line, self.column, self.message
+            )
+        }
+    }
+}
+
+/// Every problem found in a config file.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}", render(.path, .problems))]
+pub struct ConfigError {
+    /// The config file.
+    pub path: PathBuf,
+    /// The problems, ordered by position.
+    pub problems: Vec<Problem>,
+}
+
+impl ConfigError {
+    /// An error with `problems`, sorted by position and without repeats.
+    fn new(path: &Path, mut problems: Vec<Problem>) -> Self {
+        problems.sort_by_key(|p| (p.line, p.column));
+        problems.dedup();
+        Self {
+            path: path.to_path_buf(),
+            problems,
+        }
+    }
+}
+
+fn render(path: &Path, problems: &[Problem]) -> String {
+    let count = problems.len();
+    let noun = if count == 1 { "problem" } else { "problems" };
+    let mut out = format!("{}: {count} {noun}:", path.display());
+    for problem in problems {
+        out.push_str("\n  ");
+        out.push_str(&problem.to_string());
+    }
+    out
+}
+
+impl Config {
+    /// The host names requests must name: `allowed_hosts` when set; else,
+    /// when `listen` is a loopback address, `localhost`, `127.0.0.1` and
+    /// `[::1]` on any port; else any (`None`: the check is off).
+    pub fn allowed_hosts(&self) -> Option<Vec<AllowedHost>> {
+        let hosts = match &self.allowed_hosts {
+            Some(hosts) => hosts.clone(),
+            None if self.listen.ip().is_loopback() => network::loopback_hosts(),
+            None => return None,
+        };
+        if hosts.contains(&AllowedHost::Any) {
+            None
+        } else {
+            Some(hosts)
+        }
+    }
+
+    /// Reads, parses and validates the config file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = read_limited(path).map_err(|p| ConfigError::new(path, vec![p]))?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates `text`; `path` names it in messages and anchors relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let (config, problems) = document::check(text, path);
+        match config {
+            Some(config) if problems.is_empty() => Ok(config),
+            _ => Err(ConfigError::new(path, problems)),
+        }
+    }
+
+    /// Applies `TOLLGATE_*` overrides read through `env`; on any problem nothing changes.
+    ///
+    /// Variables: `TOLLGATE_LISTEN`, `TOLLGATE_STATE`, `TOLLGATE_ADMIN_TOKEN`,
+    /// `TOLLGATE_ADMIN_TOKEN_FILE`, `TOLLGATE_LOG_FORMAT`. An empty value counts
+    /// as unset. Relative paths are taken as given (relative to the working
+    /// directory).
+    pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        let var = |name: &str| env(name).filter(|v| !v.is_empty());
+        let mut next = self.clone();
+        let mut problems = Vec::new();
+
+        if let Some(value) = var("TOLLGATE_LISTEN") {
+            match units::socket_addr(&value) {
+                Ok(addr) => next.listen = addr,
+                Err(why) => problems.push(Problem::outside(format!(
+                    "environment variable TOLLGATE_LISTEN: {why}"
+                ))),
+            }
+        }
+        if let Some(value) = var("TOLLGATE_STATE") {
+            next.state = Some(PathBuf::from(value));
+        }
+        let token = var("TOLLGATE_ADMIN_TOKEN");
+        let token_file = var("TOLLGATE_ADMIN_TOKEN_FILE");
+        match (token, token_file) {
+            (Some(_), Some(_)) => problems.push(Problem::outside(
+                "environment variables TOLLGATE_ADMIN_TOKEN and TOLLGATE_ADMIN_TOKEN_FILE are both set; unset one of them",
+            )),
+            (Some(token), None) => match check_token(&token) {
+                Ok(()) => {
+                    next.admin_token = Some(token);
+                    next.admin_token_file = None;
+                }
+                Err(why) => problems.push(Problem::outside(format!(
+                    "environment variable TOLLGATE_ADMIN_TOKEN: {why}"
+                ))),
+            },
+            (None, Some(file)) => match read_token_file(Path::new(&file)) {
+                Ok(token) => {
+                    next.admin_token = Some(token);
+                    next.admin_token_file = Some(PathBuf::from(file));
+                }
+                Err(why) => problems.push(Problem::outside(format!(
+                    "environment variable TOLLGATE_ADMIN_TOKEN_FILE: {why}"
+                ))),
+            },
+            (None, None) => {}
+        }
+        if let Some(value) = var("TOLLGATE_LOG_FORMAT") {
+            match units::log_format(&value) {
+                Ok(format) => next.log_format = format,
+                Err(why) => problems.push(Problem::outside(format!(
+                    "environment variable TOLLGATE_LOG_FORMAT: {why}"
+                ))),
+            }
+        }
+
+        if problems.is_empty() {
+            *self = next;
+            Ok(())
+        } else {
+            Err(ConfigError::new(&self.path, problems))
+        }
+    }
+}
+
+/// Reads `path` as UTF-8 text of at most [`MAX_FILE_BYTES`].
+fn read_limited(path: &Path) -> Result<String, Problem> {
+    let shown = path.display();
+    let file = std::fs::File::open(path).map_err(|e| {
+        Problem::outside(match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                "config file not found; check the path, or create it from the example in the README"
+                    .to_string()
+            }
+            _ => format!("cannot open the config file: {e}; check its permissions"),
+        })
+    })?;
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| {
+            Problem::outside(format!(
+                "cannot read the config file: {e}; check that {shown} is a readable file"
+            ))
+        })?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(Problem::outside(format!(
+            "the config file is larger than {} KiB; this is not a tollgate config file, or it should be split up",
+            MAX_FILE_BYTES / 1024
+        )));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        let offset = e.utf8_error().valid_up_to();
+        let text = String::from_utf8_lossy(&e.as_bytes()[..offset]);
+        let (line, column) = document::line_column(&text, offset);
+        Problem {
+            line,
+            column,
+            message: "the config file is not valid UTF-8 here; save it as UTF-8".to_string(),
+        }
+    })
+}
+
+/// Checks an admin token's length; the token itself never appears in messages.
+fn check_token(token: &str) -> Result<(), String> {
+    let chars = token.chars().count();
+    if chars < MIN_TOKEN_CHARS {
+        return Err(format!(
+            "the admin token is {chars} characters long; use at least {MIN_TOKEN_CHARS} random characters (for example the output of `openssl rand -hex 32`)"
+        ));
+    }
+    if token.trim() != token {
+        return Err("the admin token starts or ends with whitespace; remove it".to_string());
+    }
+    Ok(())
+}
+
+/// Reads an admin token file: its contents, trimmed, must be a usable token.
+fn read_token_file(path: &Path) -> Result<String, String> {
+    let shown = path.display();
+    let metadata = std::fs::metadata(path)
+        .map_err(|e| format!("cannot read token file {shown}: {e}; create it or fix the path"))?;
+    if !metadata.is_file() {
+        return Err(format!(
+            "token file {shown} is not a regular file; point to a file holding the token"
+        ));
+    }
+    if metadata.len() > 64 * 1024 {
+        return Err(format!(
+            "token file {shown} is larger than 64 KiB; it should hold just the token"
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        format!(
+            "cannot read token file {shown}: {e}; check its permissions and that it is UTF-8 text"
+        )
+    })?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(format!(
+            "token file {shown} is empty; write the token into it (at least {MIN_TOKEN_CHARS} characters)"
+        ));
+    }
+    check_token(token).map_err(|why| format!("token file {shown}: {why}"))?;
+    Ok(token.to_string())
+}

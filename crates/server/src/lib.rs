@@ -1,0 +1,718 @@
+//! `tollgate serve`: the plugin host as an HTTP service.
+//!
+//! Service users call `POST /v1/plugins/{name}/invoke`; operators use the
+//! admin API under `/v1/admin/` and `GET /metrics` with a bearer token;
+//! `GET /healthz` and `GET /readyz` are open. Each plugin call runs as an
+//! async wasmtime call inside its request handler, in a store of its own; a
+//! caller that disconnects drops the handler and with it the call, even one
+//! blocked in a host call, and its seats come back.
+//!
+//! [`config`] reads `tollgate.toml`, the file `serve` starts from.
+#![deny(missing_docs)]
+
+mod admin;
+pub mod config;
+mod conn;
+mod metrics;
+
+pub use admin::{AdminBody, parse_admin_body};
+
+use crate::config::{AllowedHost, Config, PluginConfig};
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Request, State as Extract};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use conn::{BodyBudget, ClientSlots, HostRefusal, Reservation, TimedWrites};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use metrics::Metrics;
+use serde_json::json;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, Semaphore};
+use tollgate::runtime::{Allocator, InvokeError, Limits, PluginSpec, Preopen, Sandbox};
+use tollgate::{Host, HostError};
+use tollgate_license::Rules;
+use tollgate_store::state::State;
+
+/// Errors starting the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The host could not start.
+    #[error(transparent)]
+    Host(#[from] HostError),
+    /// A configured plugin could not be loaded.
+    #[error("plugin {plugin} from the config: {source}")]
+    Plugin {
+        /// The plugin.
+        plugin: String,
+        /// Why.
+        source: tollgate::runtime::LoadError,
+    },
+    /// The listen address could not be bound.
+    #[error(
+        "cannot listen on {addr}: {source}; pick another `listen` address or stop what uses it"
+    )]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The server failed while running.
+    #[error("the server failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Shared state of the running server.
+pub(crate) struct Server {
+    pub(crate) host: Arc<Host>,
+    pub(crate) plugins: RwLock<HashMap<String, PluginConfig>>,
+    pub(crate) admin_token: Option<String>,
+    pub(crate) metrics: Metrics,
+    calls: Semaphore,
+    pub(crate) draining: AtomicBool,
+    in_flight: Mutex<HashMap<u64, Arc<Notify>>>,
+    next_call: AtomicU64,
+    /// How long a request body may take to arrive.
+    pub(crate) read_timeout: Duration,
+    /// Bytes of request bodies held at once, over all requests.
+    pub(crate) bodies: BodyBudget,
+    /// Open connections per client address.
+    clients: Arc<ClientSlots>,
+    /// Host names requests must name; `None`: any.
+    allowed_hosts: Option<Vec<AllowedHost>>,
+}
+
+/// The `Limits` and `Sandbox` a plugin's config asks for.
+pub(crate) fn spec_for(p: &PluginConfig) -> PluginSpec {
+    let mut spec = PluginSpec::file(p.name.clone(), &p.component).limits(Limits {
+        memory_bytes: p.memory_bytes,
+        time: p.time_limit,
+        wait_for_seat: p.wait_for_seat,
+        max_output_bytes: p.max_response_bytes,
+        ..Limits::default()
+    });
+    spec.requires = p.requires.clone();
+    spec.may_use = p.may_use.clone();
+    spec.sandbox = Sandbox {
+        dirs: p
+            .dirs
+            .iter()
+            .map(|d| Preopen {
+                host: d.host.clone(),
+                guest: d.guest.clone(),
+                writable: d.writable,
+            })
+            .collect(),
+        env: p
+            .env
+            .iter()
+            .filter_map(|k| std::env::var(k).ok().map(|v| (k.clone(), v)))
+            .collect(),
+    };
+    spec
+}
+
+/// Builds the host a config describes: state, compile cache, pooling
+/// allocator sized from the config, license rules, and every plugin.
+pub fn build_host(config: &Config) -> Result<Host, ServeError> {
+    let state_dir = config.state.clone().unwrap_or_else(State::default_dir);
+    let cache = config
+        .compile_cache
+        .clone()
+        .unwrap_or_else(|| state_dir.join("compile-cache"));
+    let specs: Vec<PluginSpec> = config.plugins.iter().map(spec_for).collect();
+    // One slot set per call that may run at once, each as large as the
+    // most any configured plugin may take in one call (see `Runtime::new`).
+    let allocator = Allocator::pooling(
+        config.max_concurrent_calls,
+        specs.iter().map(|spec| &spec.limits),
+    );
+    let mut builder = Host::builder()
+        .state(state_dir)
+        .compile_cache(cache)
+        .allocator(allocator)
+        .protect(&config.path, "the config file");
+    if let Some(file) = &config.admin_token_file {
+        builder = builder.protect(file, "the admin token file");
+    }
+    if let Some(pins) = &config.trusted_issuers {
+        builder = builder.pin_issuers(pins.clone());
+    }
+    let host = builder.build()?;
+    for (id, r) in &config.licenses {
+        let rules = Rules {
+            include: r.include.clone(),
+            exclude: r.exclude.clone(),
+            reserve: r.reserve.clone(),
+            max_per_plugin: r.max_per_plugin,
+        };
+        if host.licenses().set_rules(id, rules).is_err() {
+            tracing::warn!("rules for license {id} wait: no license {id} is installed yet");
+        }
+    }
+    for (p, spec) in config.plugins.iter().zip(specs) {
+        let plugin = host
+            .load_plugin(spec)
+            .map_err(|source| ServeError::Plugin {
+                plugin: p.name.clone(),
+                source,
+            })?;
+        tracing::info!(plugin = %p.name, digest = plugin.digest(), from_cache = plugin.from_cache(), "plugin loaded");
+    }
+    Ok(host)
+}
+
+/// Runs the server until SIGTERM or SIGINT, then drains: stops accepting,
+/// lets calls in flight finish within the grace period, cancels the rest,
+/// flushes the ledger. `ready` gets the bound address.
+pub async fn serve(config: Config, ready: impl FnOnce(SocketAddr)) -> Result<(), ServeError> {
+    let host = Arc::new(tokio::task::block_in_place(|| build_host(&config))?);
+    let server = Arc::new(Server {
+        host: host.clone(),
+        plugins: RwLock::new(
+            config
+                .plugins
+                .iter()
+                .map(|p| (p.name.clone(), p.clone()))
+                .collect(),
+        ),
+        admin_token: config.admin_token.clone(),
+        metrics: Metrics::default(),
+        calls: Semaphore::new(config.max_concurrent_calls as usize),
+        draining: AtomicBool::new(false),
+        in_flight: Mutex::new(HashMap::new()),
+        next_call: AtomicU64::new(0),
+        read_timeout: config.read_timeout,
+        bodies: BodyBudget::new(config.max_buffered_request_bytes),
+        clients: Arc::new(ClientSlots::new(
+            config.max_connections_per_client,
+            config.trusted_proxies.clone(),
+        )),
+        allowed_hosts: config.allowed_hosts(),
+    });
+    let app = router(server.clone());
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "listening");
+    ready(addr);
+    tokio::spawn(refresh_licenses(Arc::downgrade(&host)));
+    let connections = accept_until_signal(listener, app, &server, &config).await;
+    let grace = config.grace_period;
+    tracing::info!("shutting down: no new connections; calls in flight have {grace:?}");
+    server.draining.store(true, Ordering::SeqCst);
+    let late = Arc::downgrade(&server);
+    tokio::spawn(async move {
+        tokio::time::sleep(grace).await;
+        if let Some(server) = late.upgrade() {
+            let n = server.cancel_all();
+            if n > 0 {
+                tracing::warn!("grace period over: cancelled {n} call(s); their seats come back");
+            }
+        }
+    });
+    // Idle connections close now; busy ones after their response.
+    connections.shutdown().await;
+    drop(server);
+    // Connections cancelled at the end of the grace period may still be
+    // unwinding; once the last one lets go, dropping the host commits what
+    // the ledger holds.
+    let mut host = host;
+    let deadline = tokio::time::Instant::now() + grace + std::time::Duration::from_secs(5);
+    loop {
+        match Arc::try_unwrap(host) {
+            Ok(h) => {
+                tokio::task::block_in_place(|| drop(h));
+                break;
+            }
+            Err(still) if tokio::time::Instant::now() < deadline => {
+                host = still;
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            Err(still) => {
+                // Calls still running past the deadline: commit what is
+                // recorded; their leases end with the process.
+                if let Err(e) = still.licenses().ledger().sync() {
+                    tracing::error!("final ledger commit failed: {e}");
+                }
+                tracing::warn!("calls still running at exit");
+                break;
+            }
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// How often a running server reads grants and revocations again.
+const REFRESH_EVERY: Duration = Duration::from_secs(1);
+
+/// Every [`REFRESH_EVERY`], puts in force what `tollgate license …` changed
+/// on the state directory (a revocation reaches the running host within two
+/// ticks) and ends the seats of grants that expired. Stops with the host.
+async fn refresh_licenses(host: std::sync::Weak<Host>) {
+    let mut tick = tokio::time::interval(REFRESH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(host) = host.upgrade() else {
+            return;
+        };
+        match tokio::task::spawn_blocking(move || host.reload_licenses()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("reading licenses from the state directory failed: {e}"),
+            Err(e) => tracing::warn!("license refresh stopped: {e}"),
+        }
+    }
+}
+
+/// Serves connections from `listener` until SIGTERM or SIGINT: at most
+/// `max_connections` at once and `max_connections_per_client` from one
+/// client address (beyond it: 429 and closed), each given `read_timeout` to
+/// send a request head (and closed after as long idle), and closed when the
+/// client takes none of its response for `write_timeout`. Returns the
+/// connections still open.
+async fn accept_until_signal(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    server: &Server,
+    config: &Config,
+) -> GracefulShutdown {
+    let connections = GracefulShutdown::new();
+    let open = Arc::new(Semaphore::new(config.max_connections as usize));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(config.read_timeout);
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    loop {
+        // Past `max_connections`, stop accepting: new clients wait in the
+        // kernel's backlog instead of using up file descriptors.
+        let permit = tokio::select! {
+            () = &mut signal => break,
+            permit = open.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            () = &mut signal => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of descriptors or a connection reset before it was
+                    // accepted: keep serving the ones open.
+                    tracing::warn!("accepting a connection failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = server.clients.enter(peer.ip()) else {
+            // Over its client's limit: answered without reading the request
+            // (a full send buffer only loses the answer) and closed, which
+            // frees the place in `max_connections` at once.
+            tracing::debug!(%peer, "connection refused: too many from this client");
+            let _ = stream.try_write(&conn::too_many_connections(
+                config.max_connections_per_client,
+            ));
+            drop(stream);
+            drop(permit);
+            continue;
+        };
+        let io = TokioIo::new(TimedWrites::new(stream, config.write_timeout));
+        let conn = http.serve_connection(io, TowerToHyperService::new(app.clone()));
+        let conn = connections.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, "connection ended: {e}");
+            }
+            drop(slot);
+            drop(permit);
+        });
+    }
+    connections
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn router(server: Arc<Server>) -> Router {
+    Router::new()
+        .route("/v1/plugins/{name}/invoke", post(invoke))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .merge(admin::routes(server.clone()))
+        .fallback(|| async {
+            error(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                "no such route; plugins are called at POST /v1/plugins/{name}/invoke",
+            )
+        })
+        .layer(middleware::from_fn_with_state(server.clone(), allowed_host))
+        .with_state(server)
+}
+
+/// Lets a request through only if it names a host in `allowed_hosts`
+/// (which guards a loopback server against DNS rebinding): 421 for another
+/// host, 400 for none.
+async fn allowed_host(
+    Extract(server): Extract<Arc<Server>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(allowed) = &server.allowed_hosts else {
+        return next.run(request).await;
+    };
+    let header = request
+        .headers()
+        .get(header::HOST)
+        .map(HeaderValue::as_bytes);
+    let authority = request.uri().authority().map(|a| a.as_str());
+    match conn::check_host(allowed, header, authority) {
+        Ok(()) => next.run(request).await,
+        Err(HostRefusal::Missing) => error(
+            StatusCode::BAD_REQUEST,
+            "host-missing",
+            "the request has no Host header; send one naming this server",
+        ),
+        Err(HostRefusal::NotAllowed) => error(
+            StatusCode::MISDIRECTED_REQUEST,
+            "host-not-allowed",
+            "this server does not answer to the host the request names; use a host name in its `allowed_hosts` (by default on a loopback address: localhost, 127.0.0.1 or [::1]), or ask the operator to add yours",
+        ),
+    }
+}
+
+async fn readyz(Extract(server): Extract<Arc<Server>>) -> Response {
+    if server.draining.load(Ordering::SeqCst) {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "the server is shutting down",
+        )
+    } else if let Err(e) = server.host.ledger_ready() {
+        error(StatusCode::SERVICE_UNAVAILABLE, "ledger-unavailable", e)
+    } else {
+        (StatusCode::OK, "ready\n").into_response()
+    }
+}
+
+/// A JSON error body: `{"error": CODE, "message": ...}`.
+pub(crate) fn error(status: StatusCode, code: &str, message: impl std::fmt::Display) -> Response {
+    (
+        status,
+        axum::Json(json!({ "error": code, "message": message.to_string() })),
+    )
+        .into_response()
+}
+
+/// The body length a request declares in `Content-Length`, if it does.
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
+/// The 413 answer for a body over `limit`; `whose` names the limit.
+fn too_large(whose: String, limit: usize) -> Response {
+    error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "request-too-large",
+        format!("the request body is over {whose} of {limit} bytes; send less"),
+    )
+}
+
+/// How reading a body went wrong.
+enum BodyError {
+    /// Over the request's own limit.
+    TooLarge,
+    /// Over what the server may buffer over all requests.
+    OverBudget,
+    /// Malformed or ended early.
+    Unreadable(axum::BoxError),
+}
+
+/// Reads a request body of at most `limit` bytes within `timeout`, taking
+/// its bytes from the server's `budget` for buffered bodies as they arrive
+/// (all at once when `Content-Length` says how many). Refuses with 413 a
+/// body over the limit (at once when `Content-Length` says so), 503
+/// `server-busy` one the budget cannot hold, 400 one that is malformed or
+/// ends early, 408 one that is too slow. `whose` names the limit in the
+/// message. The bytes stay counted until the reservation is dropped.
+pub(crate) async fn read_body<'a>(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    timeout: Duration,
+    budget: &'a BodyBudget,
+    whose: impl FnOnce() -> String,
+) -> Result<(bytes::Bytes, Reservation<'a>), Response> {
+    let declared = declared_length(headers);
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large(whose(), limit));
+    }
+    let mut reservation = budget.start();
+    let busy = |budget: &BodyBudget| {
+        let mut response = error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server-busy",
+            format!(
+                "the server is already holding as many request bodies as it may ({} bytes, its `max_buffered_request_bytes`); retry in a moment",
+                budget.limit()
+            ),
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        response
+    };
+    // `declared` is at most `limit`, a `usize`.
+    let expected = declared.map_or(0, |n| usize::try_from(n).unwrap_or(limit));
+    if !reservation.cover(expected) {
+        return Err(busy(budget));
+    }
+    let read = async {
+        let mut body = http_body_util::Limited::new(body, limit);
+        let mut buffer = bytes::BytesMut::with_capacity(expected);
+        while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+            let frame = frame.map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    BodyError::TooLarge
+                } else {
+                    BodyError::Unreadable(e)
+                }
+            })?;
+            if let Ok(data) = frame.into_data() {
+                if !reservation.cover(buffer.len() + data.len()) {
+                    return Err(BodyError::OverBudget);
+                }
+                buffer.extend_from_slice(&data);
+            }
+        }
+        Ok(buffer.freeze())
+    };
+    match tokio::time::timeout(timeout, read).await {
+        Ok(Ok(bytes)) => Ok((bytes, reservation)),
+        Ok(Err(BodyError::TooLarge)) => Err(too_large(whose(), limit)),
+        Ok(Err(BodyError::OverBudget)) => Err(busy(budget)),
+        Ok(Err(BodyError::Unreadable(e))) => Err(error(
+            StatusCode::BAD_REQUEST,
+            "bad-request",
+            format!(
+                "the request body could not be read: {e}; send a complete body that matches its Content-Length or chunk sizes"
+            ),
+        )),
+        Err(_) => Err(error(
+            StatusCode::REQUEST_TIMEOUT,
+            "request-timeout",
+            format!(
+                "the request body did not arrive within {}; send it faster or ask the operator to raise `read_timeout`",
+                humantime::format_duration(timeout)
+            ),
+        )),
+    }
+}
+
+/// Keeps a call listed as in flight (so the end of the grace period can
+/// cancel it) until its handler finishes or is dropped.
+struct InFlight {
+    server: Arc<Server>,
+    id: u64,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.server
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.id);
+    }
+}
+
+impl Server {
+    /// Appends the gauges and counters of what clients hold to a metrics
+    /// text: buffered body bytes (now, peak, budget) and refusals.
+    pub(crate) fn render_limits(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let b = &self.bodies;
+        let _ = write!(
+            out,
+            "# HELP tollgate_request_body_bytes_buffered Bytes of request bodies held right now.\n\
+             # TYPE tollgate_request_body_bytes_buffered gauge\n\
+             tollgate_request_body_bytes_buffered {}\n\
+             # HELP tollgate_request_body_bytes_buffered_peak The most bytes of request bodies held at once since start.\n\
+             # TYPE tollgate_request_body_bytes_buffered_peak gauge\n\
+             tollgate_request_body_bytes_buffered_peak {}\n\
+             # HELP tollgate_request_body_bytes_budget The most bytes of request bodies held at once (`max_buffered_request_bytes`).\n\
+             # TYPE tollgate_request_body_bytes_budget gauge\n\
+             tollgate_request_body_bytes_budget {}\n\
+             # HELP tollgate_requests_refused_total Requests and connections refused to bound what clients hold, by reason.\n\
+             # TYPE tollgate_requests_refused_total counter\n\
+             tollgate_requests_refused_total{{reason=\"body-budget\"}} {}\n\
+             tollgate_requests_refused_total{{reason=\"connections-per-client\"}} {}\n",
+            b.used(),
+            b.peak(),
+            b.limit(),
+            b.refused.load(Ordering::Relaxed),
+            self.clients.refused.load(Ordering::Relaxed),
+        );
+    }
+
+    fn cancel_all(&self) -> usize {
+        let calls = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for cancel in calls.values() {
+            // A stored permit, so a call about to start is cancelled too.
+            cancel.notify_one();
+        }
+        calls.len()
+    }
+}
+
+async fn invoke(
+    Extract(server): Extract<Arc<Server>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let Some(limit) = server
+        .plugins
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(&name)
+        .map(|p| p.max_request_bytes)
+    else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "unknown-plugin",
+            format!("no plugin named {name:?} is loaded"),
+        );
+    };
+    let whose = || format!("plugin {name}'s limit");
+    if declared_length(&headers).is_some_and(|n| n > limit as u64) {
+        return too_large(whose(), limit);
+    }
+    // The call's place comes first: a request waiting for one has none of
+    // its body read (nor a `100 Continue` sent), so waiting requests hold
+    // no buffered bytes.
+    let Ok(_permit) = server.calls.acquire().await else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "the server is shutting down",
+        );
+    };
+    let (input, _buffered) = match read_body(
+        &headers,
+        body,
+        limit,
+        server.read_timeout,
+        &server.bodies,
+        whose,
+    )
+    .await
+    {
+        Ok(read) => read,
+        Err(response) => return response,
+    };
+    let id = server.next_call.fetch_add(1, Ordering::Relaxed);
+    let cancel = Arc::new(Notify::new());
+    server
+        .in_flight
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(id, cancel.clone());
+    let _listed = InFlight {
+        server: server.clone(),
+        id,
+    };
+    let started = Instant::now();
+    // The call runs in this handler: if the client goes away the handler is
+    // dropped, and with it the call and its store, which gives the seats
+    // back as `store-dropped`.
+    let (invocation, result) = tokio::select! {
+        call = server.host.invoke_call_async(&name, &input) => (Some(call.0), call.1),
+        () = cancel.notified() => (None, Err(InvokeError::Cancelled { plugin: name.clone() })),
+    };
+    let outcome = result.as_ref().map_or_else(InvokeError::code, |_| "ok");
+    server.metrics.observe(&name, outcome, started.elapsed());
+    let mut response = match result {
+        Ok(output) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/octet-stream")],
+            output,
+        )
+            .into_response(),
+        Err(e) => invoke_error(&e),
+    };
+    // The ledger's invocation id, so a caller can match a response to its
+    // usage rows.
+    if let Some(id) = invocation.filter(|&id| id != 0) {
+        response
+            .headers_mut()
+            .insert(INVOCATION_HEADER, HeaderValue::from(id));
+    }
+    response
+}
+
+/// Response header carrying the call's invocation id in the usage ledger.
+pub const INVOCATION_HEADER: &str = "x-tollgate-invocation";
+
+/// The HTTP status for each way a call can fail.
+fn invoke_error(e: &InvokeError) -> Response {
+    let status = match e.code() {
+        "unknown-plugin" => StatusCode::NOT_FOUND,
+        "exhausted" | "seat-wait-timed-out" | "ledger-unavailable" => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        "plugin-error" => StatusCode::UNPROCESSABLE_ENTITY,
+        "time-limit" => StatusCode::GATEWAY_TIMEOUT,
+        "plugin-trap" | "memory-limit" | "resource-limit" | "response-too-large" | "cancelled" => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+        _ => StatusCode::FORBIDDEN,
+    };
+    // A fixed message per code: the plugin's own text (trap details,
+    // function names) stays in the debug log under the invocation id.
+    let mut response = error(status, e.code(), e.public_message());
+    if e.code() == "exhausted" {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
+}

@@ -1,0 +1,225 @@
+//! Invocation ids that never repeat: the state database keeps the mark
+//! below which ids may have been handed out; a host reserves ids above it in
+//! blocks, so a restart (or a crash) starts past every id used before, and
+//! calls cost no database write of their own.
+
+use super::{State, StateError};
+use rusqlite::{OptionalExtension, params};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+const TABLE: &str = "CREATE TABLE IF NOT EXISTS invocation_ids (
+    id INTEGER PRIMARY KEY CHECK (id = 1), reserved_below INTEGER NOT NULL)";
+
+impl State {
+    /// The first invocation id a starting host may use: the stored mark,
+    /// or, in a state directory that has none yet (made by an earlier
+    /// version), past the largest id in the ledger.
+    pub fn first_free_invocation_id(&self) -> Result<u64, StateError> {
+        let conn = self.conn();
+        conn.execute_batch(TABLE).map_err(|e| self.err(e))?;
+        let reserved: Option<i64> = conn
+            .query_row(
+                "SELECT reserved_below FROM invocation_ids WHERE id = 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        if let Some(reserved) = reserved {
+            // Every id handed out was below the mark when it was.
+            return Ok(u64::try_from(reserved).unwrap_or(0).max(1));
+        }
+        let in_ledger: i64 = conn
+            .query_row(
+                "SELECT coalesce(max(invocation_id), 0) FROM ledger",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(u64::try_from(in_ledger).unwrap_or(0) + 1)
+    }
+
+    /// Records durably that ids below `below` may be in use, and returns the
+    /// mark now stored (never lowered).
+    pub fn reserve_invocation_ids(&self, below: u64) -> Result<u64, StateError> {
+        let below = i64::try_from(below).unwrap_or(i64::MAX);
+        let conn = self.conn();
+        conn.execute_batch(TABLE).map_err(|e| self.err(e))?;
+        let stored: i64 = conn
+            .query_row(
+                "INSERT INTO invocation_ids (id, reserved_below) VALUES (1, ?1)
+                 ON CONFLICT (id) DO UPDATE SET reserved_below = max(reserved_below, excluded.reserved_below)
+                 RETURNING reserved_below",
+                params![below],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(u64::try_from(stored).unwrap_or(0))
+    }
+}
+
+/// Invocation ids reserved in the state database per block.
+const ID_BLOCK: u64 = 1 << 16;
+
+/// Hands out invocation ids that never repeat, also across restarts: from a
+/// counter, below a mark the state database holds (when there is one). The
+/// mark moves up a block at a time, half a block ahead of use, so a call
+/// writes nothing of its own; a restart starts past the mark, skipping the
+/// ids a block left unused.
+pub struct InvocationIds {
+    next: AtomicU64,
+    /// Ids below this are reserved; `u64::MAX` without a state directory.
+    reserved_below: AtomicU64,
+    state: Option<Arc<State>>,
+    /// Held while the mark is moved, so one write moves it per block.
+    reserving: Mutex<()>,
+}
+
+impl InvocationIds {
+    /// Ids from 1, for a host without a state directory.
+    pub fn in_memory() -> Self {
+        Self {
+            next: AtomicU64::new(1),
+            reserved_below: AtomicU64::new(u64::MAX),
+            state: None,
+            reserving: Mutex::new(()),
+        }
+    }
+
+    /// Ids past every id the state directory used or reserved before, with
+    /// a first block reserved.
+    pub fn durable(state: Arc<State>) -> Result<Self, StateError> {
+        let first = state.first_free_invocation_id()?;
+        let below = state.reserve_invocation_ids(first.saturating_add(ID_BLOCK))?;
+        Ok(Self {
+            next: AtomicU64::new(first),
+            reserved_below: AtomicU64::new(below),
+            state: Some(state),
+            reserving: Mutex::new(()),
+        })
+    }
+
+    /// The next id; fails only when the id is past the reserved mark and
+    /// the mark cannot be moved.
+    pub fn next(&self) -> Result<u64, StateError> {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let Some(state) = &self.state else {
+            return Ok(id);
+        };
+        let below = self.reserved_below.load(Ordering::Acquire);
+        if id.saturating_add(ID_BLOCK / 2) == below {
+            // Half the block is used: reserve the next one now, so no call
+            // waits at the block's end. A failure is retried there.
+            if let Err(e) = self.reserve(state, below, below.saturating_add(ID_BLOCK)) {
+                tracing::warn!("reserving invocation ids failed, will retry: {e}");
+            }
+        }
+        if id >= self.reserved_below.load(Ordering::Acquire) {
+            self.reserve(state, id, id.saturating_add(ID_BLOCK))?;
+        }
+        Ok(id)
+    }
+
+    /// Moves the stored mark to `to`, unless it is past `id` already (one
+    /// write serves every call that finds the mark too low at once).
+    fn reserve(&self, state: &State, id: u64, to: u64) -> Result<(), StateError> {
+        let _one = self
+            .reserving
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if self.reserved_below.load(Ordering::Acquire) > id {
+            return Ok(());
+        }
+        let stored = state.reserve_invocation_ids(to)?;
+        self.reserved_below.fetch_max(stored, Ordering::AcqRel);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_directory_without_a_mark_starts_past_its_ledger() {
+        let dir = std::env::temp_dir().join(format!("tollgate-ids-upgrade-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let state = State::open(&dir).expect("state");
+        assert_eq!(state.first_free_invocation_id().expect("empty"), 1);
+        // A ledger written before the mark existed: ids up to 41 were used.
+        state
+            .conn()
+            .execute(
+                "INSERT INTO ledger (seq, at_ms, kind, license_id, plugin, digest, invocation_id, hash)
+                 VALUES (1, 0, 'checkout', 'a', 'p', 'd', 41, x'00')",
+                [],
+            )
+            .expect("row");
+        assert_eq!(state.first_free_invocation_id().expect("upgrade"), 42);
+        // Once a mark is stored it decides, and it never moves down.
+        assert_eq!(state.reserve_invocation_ids(100).expect("mark"), 100);
+        assert_eq!(state.reserve_invocation_ids(50).expect("lower"), 100);
+        assert_eq!(state.first_free_invocation_id().expect("marked"), 100);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn invocation_ids_never_repeat_and_cost_a_write_per_block() {
+        let dir =
+            std::env::temp_dir().join(format!("tollgate-invocation-ids-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let state = Arc::new(State::open(&dir).expect("state"));
+        let ids = InvocationIds::durable(state.clone()).expect("ids");
+        let writes_before = state.conn().total_changes();
+        let mut last = 0;
+        let calls = 2 * ID_BLOCK + 10;
+        for _ in 0..calls {
+            let id = ids.next().expect("id");
+            assert!(id > last, "{id} after {last}");
+            last = id;
+        }
+        let writes = state.conn().total_changes() - writes_before;
+        assert!(writes <= 3, "{writes} database writes for {calls} ids");
+        drop(ids);
+        // Reopened (a restart, or a crash: the mark was written before any
+        // id below it was handed out), ids go on past the last one.
+        let ids = InvocationIds::durable(state).expect("ids again");
+        let next = ids.next().expect("id");
+        assert!(next > last, "{next} after {last}");
+        assert!(next <= last + 2 * ID_BLOCK, "skipped {}", next - last);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn invocation_ids_from_many_threads_are_distinct() {
+        let dir = std::env::temp_dir().join(format!(
+            "tollgate-invocation-ids-threads-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let state = Arc::new(State::open(&dir).expect("state"));
+        let ids = InvocationIds::durable(state).expect("ids");
+        let per_thread = ID_BLOCK as usize;
+        let mut all: Vec<u64> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..4)
+                .map(|_| {
+                    scope.spawn(|| {
+                        (0..per_thread)
+                            .map(|_| ids.next().expect("id"))
+                            .collect::<Vec<u64>>()
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().expect("worker"))
+                .collect()
+        });
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), 4 * per_thread);
+        assert!(ids.reserved_below.load(Ordering::Relaxed) > all[all.len() - 1]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

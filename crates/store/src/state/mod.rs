@@ -1,0 +1,830 @@
+//! The host's state directory: an SQLite database (WAL) holding trusted
+//! issuers, installed license grants, revocations and the usage ledger.
+
+mod anchor;
+mod ids;
+pub use ids::InvocationIds;
+mod reports;
+mod scopes;
+
+pub use anchor::{
+    CHECKPOINT_HEADER, Checkpoint, CheckpointReport, HOST_KEY_FILE, HostKey, IntegrityError,
+    IssuerPin,
+};
+pub use reports::{AuditReport, GrantReport, LicenseReport, UsageFilter, UsageRow};
+pub use scopes::{
+    DEFAULT_PATTERN, IssuerScope, ProblemKind, ScopeError, ScopeProblem, glob_matches,
+    validate_pattern,
+};
+
+use crate::chain::kind_from_names;
+use crate::ledger::connect;
+use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use tollgate_license::issuer::{IssuerError, IssuerPublicKey, SignedLicense, read_small_text};
+use tollgate_license::ledger::EventKind;
+use tollgate_license::{Counters, Grant as SeatGrant, ReclaimReason, Seats, Terms};
+
+/// The database file inside a state directory.
+pub const DB_FILE: &str = "tollgate.db";
+/// The lock file a running host holds.
+const LOCK_FILE: &str = "host.lock";
+/// The schema version this build writes: 2 added the seat, grant, count and
+/// row format of ledger rows, and revocations of single grants; 3 added
+/// issuer id scopes (and a name for every trusted key).
+const SCHEMA_VERSION: i64 = 3;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS trusted_issuers (
+    key_id TEXT PRIMARY KEY, public_key BLOB NOT NULL, name TEXT, added_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS grants (
+    grant_id TEXT PRIMARY KEY, license_id TEXT NOT NULL, issuer TEXT NOT NULL,
+    seats INTEGER, not_before INTEGER, expires_at INTEGER, plugins TEXT NOT NULL,
+    customer TEXT, issued_at INTEGER NOT NULL, installed_at INTEGER NOT NULL, file TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS grants_license ON grants(license_id);
+CREATE TABLE IF NOT EXISTS revocations (license_id TEXT PRIMARY KEY, revoked_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS grant_revocations (
+    grant_id TEXT PRIMARY KEY, license_id TEXT NOT NULL, revoked_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS ledger (
+    seq INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL, kind TEXT NOT NULL, reason TEXT,
+    license_id TEXT NOT NULL, plugin TEXT NOT NULL, digest TEXT NOT NULL,
+    lease_id INTEGER, invocation_id INTEGER NOT NULL, hash BLOB NOT NULL,
+    format INTEGER NOT NULL DEFAULT 1, seat_id INTEGER, grant_id TEXT,
+    count INTEGER NOT NULL DEFAULT 1);
+CREATE INDEX IF NOT EXISTS ledger_lease ON ledger(lease_id);
+CREATE TABLE IF NOT EXISTS chain_head (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL, hash BLOB NOT NULL);
+";
+
+/// Errors opening or using the state directory.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The directory could not be created or used.
+    #[error(
+        "cannot use state directory {path}: {message}; pass --state DIR (or set TOLLGATE_STATE) to a directory you can write"
+    )]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// The database is damaged or not a database.
+    #[error(
+        "the state database {path} is damaged or not a tollgate database ({message}); move it aside and restore it from a backup"
+    )]
+    Corrupt {
+        /// The database file.
+        path: PathBuf,
+        /// What SQLite said.
+        message: String,
+    },
+    /// Another process holds the database locked.
+    #[error(
+        "the state database {path} is locked by another process ({message}); try again when it is done"
+    )]
+    Locked {
+        /// The database file.
+        path: PathBuf,
+        /// What SQLite said.
+        message: String,
+    },
+    /// Written by a newer tollgate.
+    #[error(
+        "the state database {path} has schema version {found}, newer than this tollgate understands ({SCHEMA_VERSION}); upgrade tollgate"
+    )]
+    NewerSchema {
+        /// The database file.
+        path: PathBuf,
+        /// Its version.
+        found: i64,
+    },
+    /// Another host is running on this state directory.
+    #[error(
+        "another tollgate host is running with state directory {0}; stop it first or use another --state"
+    )]
+    HostRunning(PathBuf),
+    /// Any other database error.
+    #[error("state database {path}: {message}")]
+    Database {
+        /// The database file.
+        path: PathBuf,
+        /// What SQLite said.
+        message: String,
+    },
+    /// A license or key was rejected.
+    #[error(transparent)]
+    Issuer(#[from] IssuerError),
+    /// No grant with this id is installed.
+    #[error("no grant {0:?} is installed; `tollgate status` lists each license's grants")]
+    UnknownGrant(String),
+    /// No grant of this license is installed.
+    #[error("no license {0:?} is installed; `tollgate license list` shows what is")]
+    UnknownLicense(String),
+    /// The database does not match what anchors it (signed text, pins, checkpoints).
+    #[error(transparent)]
+    Integrity(#[from] IntegrityError),
+    /// An issuer scope was refused, or a grant is outside the scopes.
+    #[error(transparent)]
+    Scope(Box<ScopeError>),
+}
+
+impl From<ScopeError> for StateError {
+    fn from(e: ScopeError) -> Self {
+        Self::Scope(Box::new(e))
+    }
+}
+
+/// The grants a host enforces, worked out from one load of the grants.
+pub(crate) struct EnforcedGrants {
+    /// Per license id, each grant as the seat pool enforces it.
+    pub(crate) by_license: BTreeMap<String, Vec<SeatGrant>>,
+    /// Why the scopes left grants out.
+    pub(crate) problems: Vec<ScopeProblem>,
+    /// Every installed grant, verified against its signed text.
+    pub(crate) grants: Vec<Grant>,
+    /// Grant ids revoked one by one.
+    pub(crate) revoked: BTreeSet<String>,
+}
+
+/// Counters per license id, with per-plugin counters, read from the ledger.
+pub type LedgerCounters = BTreeMap<String, (Counters, BTreeMap<String, Counters>)>;
+
+/// A trusted issuer key.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct TrustedIssuer {
+    /// The key id.
+    pub key_id: String,
+    /// Its issuer's name (`trust add --name`, else the key id).
+    pub name: Option<String>,
+    /// When it was added, unix seconds.
+    pub added_at: u64,
+    /// The license id patterns its issuer (by name) may grant.
+    pub scope: Vec<String>,
+}
+
+/// One installed grant.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Grant {
+    /// The grant id.
+    pub grant_id: String,
+    /// The license id.
+    pub license_id: String,
+    /// The issuer key id.
+    pub issuer: String,
+    /// Seats; `None`: unlimited.
+    pub seats: Option<u32>,
+    /// Validity start.
+    pub not_before: Option<u64>,
+    /// Validity end.
+    pub expires_at: Option<u64>,
+    /// Plugin rules.
+    pub plugins: Vec<String>,
+    /// Customer.
+    pub customer: Option<String>,
+    /// When installed, unix seconds.
+    pub installed_at: u64,
+}
+
+impl Grant {
+    /// Whether unix second `now` lies inside its window.
+    pub fn valid_at(&self, now: u64) -> bool {
+        tollgate_license::within_window(self.not_before, self.expires_at, now)
+    }
+
+    /// Its seats, window and plugins, as the seat pool enforces them.
+    pub fn terms(&self) -> Terms {
+        Terms {
+            seats: self.seats.map_or(Seats::Unlimited, Seats::Counted),
+            not_before: self.not_before,
+            expires_at: self.expires_at,
+            plugins: self.plugins.clone(),
+        }
+    }
+}
+
+/// What `install` did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Installed {
+    /// The verified grant.
+    pub grant: Grant,
+    /// False when this exact grant was already installed (nothing added).
+    pub new: bool,
+    /// True when the license id is revoked: the grant is installed but gives
+    /// no seat until `license unrevoke`.
+    pub revoked: bool,
+}
+
+/// A seat a host took and never returned (the host died during the call).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpenSeat {
+    /// The seat id (the id of its first lease).
+    pub seat_id: u64,
+    /// The lease the plugin still held on it, if any.
+    pub lease_id: Option<u64>,
+    /// Its license.
+    pub license_id: String,
+    /// The grant it was taken from (unknown for rows of format 1).
+    pub grant_id: Option<String>,
+    /// Its plugin.
+    pub plugin: String,
+    /// Its component digest.
+    pub digest: String,
+    /// Its invocation.
+    pub invocation_id: u64,
+}
+
+/// Held by a running host: one host per state directory.
+#[derive(Debug)]
+pub struct HostLock {
+    _file: File,
+}
+
+/// An open state directory.
+#[derive(Debug)]
+pub struct State {
+    dir: PathBuf,
+    db: PathBuf,
+    conn: Mutex<Connection>,
+    /// Scope problems already logged, so a reload every few seconds does
+    /// not log them again.
+    reported: Mutex<BTreeSet<String>>,
+}
+
+impl State {
+    /// `$TOLLGATE_STATE`, else `$XDG_STATE_HOME/tollgate`, else `~/.local/state/tollgate`.
+    pub fn default_dir() -> PathBuf {
+        if let Some(dir) = std::env::var_os("TOLLGATE_STATE").filter(|d| !d.is_empty()) {
+            return PathBuf::from(dir);
+        }
+        if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+            return PathBuf::from(dir).join("tollgate");
+        }
+        match std::env::var_os("HOME") {
+            Some(home) => PathBuf::from(home).join(".local/state/tollgate"),
+            None => PathBuf::from(".tollgate-state"),
+        }
+    }
+
+    /// Opens (creating if needed) the state directory and its database.
+    pub fn open(dir: &Path) -> Result<Self, StateError> {
+        let dir_err = |e: std::io::Error| StateError::Dir {
+            path: dir.to_path_buf(),
+            message: e.to_string(),
+        };
+        crate::files::create_dir(dir).map_err(dir_err)?;
+        let db = dir.join(DB_FILE);
+        // Probe writability with a clear error before SQLite gives a vague one.
+        let probe = dir.join(".write-probe");
+        let _ = std::fs::remove_file(&probe);
+        crate::files::create_new(&probe).map_err(dir_err)?;
+        let _ = std::fs::remove_file(&probe);
+        // Created 0600 here, whatever the umask: SQLite gives its -wal and
+        // -shm files the database file's mode. An existing one is left as it is.
+        match crate::files::create_new(&db) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(dir_err(e)),
+            _ => {}
+        }
+        let conn = connect(&db).map_err(|e| db_error(&db, e))?;
+        let found: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(|e| db_error(&db, e))?;
+        if found > SCHEMA_VERSION {
+            return Err(StateError::NewerSchema { path: db, found });
+        }
+        conn.execute_batch(SCHEMA).map_err(|e| db_error(&db, e))?;
+        upgrade(&conn).map_err(|e| db_error(&db, e))?;
+        scopes::upgrade(&conn).map_err(|e| db_error(&db, e))?;
+        conn.execute_batch("CREATE INDEX IF NOT EXISTS ledger_seat ON ledger(seat_id)")
+            .map_err(|e| db_error(&db, e))?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(|e| db_error(&db, e))?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            db,
+            conn: Mutex::new(conn),
+            reported: Mutex::new(BTreeSet::new()),
+        })
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The database file.
+    pub fn db_path(&self) -> &Path {
+        &self.db
+    }
+
+    pub(crate) fn conn(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn err(&self, e: rusqlite::Error) -> StateError {
+        db_error(&self.db, e)
+    }
+
+    /// Runs `sql` and maps every row with `row`.
+    pub(crate) fn query<T, P: rusqlite::Params>(
+        &self,
+        sql: &str,
+        params: P,
+        row: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, StateError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(sql).map_err(|e| self.err(e))?;
+        stmt.query_map(params, row)
+            .and_then(Iterator::collect)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Takes the host lock, or says another host runs here.
+    pub fn lock_host(&self) -> Result<HostLock, StateError> {
+        let path = self.dir.join(LOCK_FILE);
+        let file = crate::files::open_or_create(&path).map_err(|e| StateError::Dir {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        match file.try_lock() {
+            Ok(()) => Ok(HostLock { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                Err(StateError::HostRunning(self.dir.clone()))
+            }
+            Err(std::fs::TryLockError::Error(e)) => Err(StateError::Dir {
+                path,
+                message: e.to_string(),
+            }),
+        }
+    }
+
+    /// Trusts an issuer key under issuer `name` (its key id when `None`),
+    /// with the name's scope, or the default scope for a new name; false if
+    /// it was trusted already.
+    pub fn trust(
+        &self,
+        key: &IssuerPublicKey,
+        name: Option<&str>,
+        now: u64,
+    ) -> Result<bool, StateError> {
+        self.trust_scoped(key, name, None, now)
+    }
+
+    /// Trusts an issuer key under issuer `name` (its key id when `None`).
+    /// With `ids`, the issuer's scope is those patterns (refused when the
+    /// name already has another scope: a rotated key keeps its issuer's
+    /// scope); without, a new name gets the default scope `*`. False if the
+    /// key was trusted already (it keeps the name it has).
+    pub fn trust_scoped(
+        &self,
+        key: &IssuerPublicKey,
+        name: Option<&str>,
+        ids: Option<&[String]>,
+        now: u64,
+    ) -> Result<bool, StateError> {
+        let key_id = key.key_id();
+        let known: Option<String> = self
+            .conn()
+            .query_row(
+                "SELECT coalesce(nullif(name, ''), key_id) FROM trusted_issuers WHERE key_id = ?1",
+                params![key_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        let name = match (&known, name.map(str::trim).filter(|n| !n.is_empty())) {
+            (Some(known), _) => known.clone(),
+            (None, Some(name)) => name.to_string(),
+            (None, None) => key_id.clone(),
+        };
+        self.scope_for_new_key(&name, ids)?;
+        if known.is_some() {
+            return Ok(false);
+        }
+        let n = self
+            .conn()
+            .execute(
+                "INSERT OR IGNORE INTO trusted_issuers (key_id, public_key, name, added_at) VALUES (?1, ?2, ?3, ?4)",
+                params![key_id, &key.to_bytes()[..], name, now],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(n == 1)
+    }
+
+    /// The trusted issuers, each with its issuer's scope.
+    pub fn trusted(&self) -> Result<Vec<TrustedIssuer>, StateError> {
+        let scopes = self.scopes()?;
+        let mut issuers = self.query(
+            "SELECT key_id, coalesce(nullif(name, ''), key_id), added_at FROM trusted_issuers ORDER BY added_at, key_id",
+            [],
+            |r| {
+                Ok(TrustedIssuer {
+                    key_id: r.get(0)?,
+                    name: r.get(1)?,
+                    added_at: r.get(2)?,
+                    scope: Vec::new(),
+                })
+            },
+        )?;
+        for i in &mut issuers {
+            i.scope = scopes.patterns(&scopes.name_of(&i.key_id));
+        }
+        Ok(issuers)
+    }
+
+    fn trusted_keys(&self) -> Result<Vec<IssuerPublicKey>, StateError> {
+        let blobs: Vec<Vec<u8>> =
+            self.query("SELECT public_key FROM trusted_issuers", [], |r| r.get(0))?;
+        blobs
+            .iter()
+            .map(|b| IssuerPublicKey::from_bytes(b).map_err(StateError::from))
+            .collect()
+    }
+
+    /// Verifies a license file and records its grant.
+    pub fn install_file(&self, path: &Path, now: u64) -> Result<Installed, StateError> {
+        self.install_text(&read_small_text(path)?, now)
+    }
+
+    /// Verifies license text and records its grant. Installing the same grant
+    /// twice adds nothing; a grant whose window starts later (a renewal) is
+    /// accepted and in force only inside its window; a new grant never
+    /// lifts a revocation. A grant outside its issuer's id scope, or of an
+    /// id another issuer granted (unless both scopes name it explicitly),
+    /// is refused.
+    pub fn install_text(&self, text: &str, now: u64) -> Result<Installed, StateError> {
+        let license = SignedLicense::parse(text)?;
+        license.verify_for_install(&self.trusted_keys()?, now)?;
+        let t = &license.terms;
+        let grant = Grant {
+            grant_id: t.grant.clone(),
+            license_id: t.license_id.clone(),
+            issuer: t.issuer.clone(),
+            seats: t.seats.limit(),
+            not_before: t.not_before,
+            expires_at: t.expires_at,
+            plugins: t.plugins.clone(),
+            customer: t.customer.clone(),
+            installed_at: now,
+        };
+        self.check_scope(&grant)?;
+        let conn = self.conn();
+        let n = conn
+            .execute(
+                "INSERT OR IGNORE INTO grants (grant_id, license_id, issuer, seats, not_before, expires_at, plugins, customer, issued_at, installed_at, file)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                params![
+                    grant.grant_id, grant.license_id, grant.issuer, grant.seats, grant.not_before, grant.expires_at,
+                    grant.plugins.join("\n"), grant.customer, t.issued_at, now, text
+                ],
+            )
+            .map_err(|e| db_error(&self.db, e))?;
+        let revoked: bool = conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM revocations WHERE license_id = ?1)",
+                params![grant.license_id],
+                |r| r.get(0),
+            )
+            .map_err(|e| db_error(&self.db, e))?;
+        Ok(Installed {
+            grant,
+            new: n == 1,
+            revoked,
+        })
+    }
+
+    /// Every installed grant, by license id then install time. Each is
+    /// checked against its stored signed license text first: a grant whose
+    /// text does not verify, or whose columns disagree with it, is refused.
+    pub fn grants(&self) -> Result<Vec<Grant>, StateError> {
+        let rows: Vec<(Grant, u64, String)> = self.query(
+            "SELECT grant_id, license_id, issuer, seats, not_before, expires_at, plugins, customer, installed_at, issued_at, file
+             FROM grants ORDER BY license_id, installed_at, grant_id",
+            [],
+            |r| {
+                let plugins: String = r.get(6)?;
+                let grant = Grant {
+                    grant_id: r.get(0)?,
+                    license_id: r.get(1)?,
+                    issuer: r.get(2)?,
+                    seats: r.get(3)?,
+                    not_before: r.get(4)?,
+                    expires_at: r.get(5)?,
+                    plugins: plugins.lines().map(str::to_string).collect(),
+                    customer: r.get(7)?,
+                    installed_at: r.get(8)?,
+                };
+                Ok((grant, r.get(9)?, r.get(10)?))
+            },
+        )?;
+        let trusted = self.trusted_keys()?;
+        rows.into_iter()
+            .map(|(grant, issued_at, file)| {
+                anchor::check_stored_grant(&self.db, &grant, issued_at, &file, &trusted)?;
+                Ok(grant)
+            })
+            .collect()
+    }
+
+    /// Revokes a license id: every grant of it, including grants installed
+    /// later, until [`State::unrevoke`].
+    pub fn revoke(&self, license_id: &str, now: u64) -> Result<(), StateError> {
+        self.known_license(license_id)?;
+        self.conn()
+            .execute(
+                "INSERT OR IGNORE INTO revocations (license_id, revoked_at) VALUES (?1, ?2)",
+                params![license_id, now],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Lifts the revocation of a license id; false if it was not revoked.
+    /// Grants revoked one by one stay revoked.
+    pub fn unrevoke(&self, license_id: &str) -> Result<bool, StateError> {
+        self.known_license(license_id)?;
+        let n = self
+            .conn()
+            .execute(
+                "DELETE FROM revocations WHERE license_id = ?1",
+                params![license_id],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(n == 1)
+    }
+
+    /// Revokes one grant for good; returns its license id.
+    pub fn revoke_grant(&self, grant_id: &str, now: u64) -> Result<String, StateError> {
+        let conn = self.conn();
+        let license: Option<String> = conn
+            .query_row(
+                "SELECT license_id FROM grants WHERE grant_id = ?1",
+                params![grant_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        let license = license.ok_or_else(|| StateError::UnknownGrant(grant_id.to_string()))?;
+        conn.execute(
+            "INSERT OR IGNORE INTO grant_revocations (grant_id, license_id, revoked_at) VALUES (?1, ?2, ?3)",
+            params![grant_id, license, now],
+        )
+        .map_err(|e| self.err(e))?;
+        Ok(license)
+    }
+
+    fn known_license(&self, license_id: &str) -> Result<(), StateError> {
+        let known: Option<String> = self
+            .conn()
+            .query_row(
+                "SELECT license_id FROM grants WHERE license_id = ?1 LIMIT 1",
+                params![license_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        match known {
+            Some(_) => Ok(()),
+            None => Err(StateError::UnknownLicense(license_id.to_string())),
+        }
+    }
+
+    /// Revoked license ids with the time of revocation.
+    pub fn revocations(&self) -> Result<BTreeMap<String, u64>, StateError> {
+        let rows: Vec<(String, u64)> =
+            self.query("SELECT license_id, revoked_at FROM revocations", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+        Ok(rows.into_iter().collect())
+    }
+
+    /// The grants a host enforces, per license id: every installed grant
+    /// with its own seats, window and plugins, and whether it was revoked
+    /// alone. The pool judges each window at every request, so a grant
+    /// that expires stops giving seats without a restart. Grants the
+    /// issuers' scopes leave out are given as revoked (no seat) and logged
+    /// once as warnings.
+    pub fn seat_grants(&self) -> Result<BTreeMap<String, Vec<SeatGrant>>, StateError> {
+        let enforced = self.enforced_grants()?;
+        self.warn_scope_problems(&enforced.problems);
+        Ok(enforced.by_license)
+    }
+
+    /// [`State::seat_grants`] without logging, with what it was worked out
+    /// from, so a report needs no second load (and check) of the grants.
+    pub(crate) fn enforced_grants(&self) -> Result<EnforcedGrants, StateError> {
+        let revoked: BTreeSet<String> = self
+            .query("SELECT grant_id FROM grant_revocations", [], |r| r.get(0))?
+            .into_iter()
+            .collect();
+        let grants = self.grants()?;
+        let problems = self.scopes()?.problems(&grants, &revoked);
+        let left_out: BTreeSet<&str> = problems
+            .iter()
+            .flat_map(|p| p.grants.iter().map(String::as_str))
+            .collect();
+        let mut out: BTreeMap<String, Vec<SeatGrant>> = BTreeMap::new();
+        for g in &grants {
+            // A grant the scopes leave out is enforced as revoked: no seat,
+            // and seats a running host holds from it end.
+            let grant = SeatGrant {
+                revoked: revoked.contains(&g.grant_id) || left_out.contains(g.grant_id.as_str()),
+                id: g.grant_id.clone(),
+                terms: g.terms(),
+            };
+            out.entry(g.license_id.clone()).or_default().push(grant);
+        }
+        Ok(EnforcedGrants {
+            by_license: out,
+            problems,
+            grants,
+            revoked,
+        })
+    }
+
+    /// Logs each scope problem not logged before by this process.
+    fn warn_scope_problems(&self, problems: &[ScopeProblem]) {
+        let mut reported = self.reported.lock().unwrap_or_else(PoisonError::into_inner);
+        reported.retain(|d| problems.iter().any(|p| p.decide == *d));
+        for p in problems {
+            if reported.insert(p.decide.clone()) {
+                tracing::warn!(license = %p.license_id, "{}", p.decide);
+            }
+        }
+    }
+
+    /// Counters per license id (and per plugin) computed from the ledger
+    /// alone. Rows of format 1 (before seats lingered with their call) end
+    /// the seat with the lease: their release or reclaim counts as a return.
+    pub fn ledger_counters(&self) -> Result<LedgerCounters, StateError> {
+        let mut out = LedgerCounters::new();
+        let rows: Vec<(String, String, String, Option<String>, i64, u64)> = self.query(
+            "SELECT license_id, plugin, kind, reason, format, sum(count) FROM ledger GROUP BY 1, 2, 3, 4, 5",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+        )?;
+        for (license, plugin, kind, reason, format, n) in rows {
+            let Some(kind) = kind_from_names(&kind, reason.as_deref()) else {
+                continue;
+            };
+            let entry = out.entry(license).or_default();
+            add(&mut entry.0, kind, format, n);
+            add(entry.1.entry(plugin).or_default(), kind, format, n);
+        }
+        let peaks = format!(
+            "SELECT license_id, plugin, max(run_l), max(run_p) FROM (
+               SELECT license_id, plugin,
+                 {SEAT_MOVE} OVER (PARTITION BY license_id ORDER BY seq ROWS UNBOUNDED PRECEDING) AS run_l,
+                 {SEAT_MOVE} OVER (PARTITION BY license_id, plugin ORDER BY seq ROWS UNBOUNDED PRECEDING) AS run_p
+               FROM ledger) GROUP BY license_id, plugin"
+        );
+        let rows: Vec<(String, String, i64, i64)> = self.query(&peaks, [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?;
+        for (license, plugin, peak_l, peak_p) in rows {
+            let entry = out.entry(license).or_default();
+            entry.0.peak = entry.0.peak.max(clamp(peak_l));
+            entry.1.entry(plugin).or_default().peak = clamp(peak_p);
+        }
+        Ok(out)
+    }
+
+    /// Seats taken and never returned, with the lease still open on each.
+    pub fn open_seats(&self) -> Result<Vec<OpenSeat>, StateError> {
+        // Rows of format 2: a seat returns with a `return` row.
+        let mut seats = self.query(
+            "SELECT c.seat_id, c.license_id, c.grant_id, c.plugin, c.digest, c.invocation_id,
+               (SELECT l.lease_id FROM ledger l
+                 WHERE l.seat_id = c.seat_id AND l.kind IN ('checkout', 'retake')
+                   AND NOT EXISTS (SELECT 1 FROM ledger e WHERE e.lease_id = l.lease_id
+                                    AND e.kind IN ('release', 'reclaim'))
+                 ORDER BY l.seq DESC LIMIT 1)
+             FROM ledger c
+             WHERE c.kind = 'checkout' AND c.seat_id IS NOT NULL AND NOT EXISTS (
+               SELECT 1 FROM ledger r WHERE r.seat_id = c.seat_id AND r.kind = 'return')
+             ORDER BY c.seq",
+            [],
+            |r| {
+                Ok(OpenSeat {
+                    seat_id: r.get(0)?,
+                    license_id: r.get(1)?,
+                    grant_id: r.get(2)?,
+                    plugin: r.get(3)?,
+                    digest: r.get(4)?,
+                    invocation_id: r.get(5)?,
+                    lease_id: r.get(6)?,
+                })
+            },
+        )?;
+        // Rows of format 1: the lease was the seat and ended with it.
+        seats.extend(self.query(
+            "SELECT c.lease_id, c.license_id, c.plugin, c.digest, c.invocation_id FROM ledger c
+                 WHERE c.kind = 'checkout' AND c.seat_id IS NULL AND NOT EXISTS (
+                   SELECT 1 FROM ledger e WHERE e.lease_id = c.lease_id AND e.kind IN ('release', 'reclaim'))
+                 ORDER BY c.seq",
+            [],
+            |r| {
+                Ok(OpenSeat {
+                    seat_id: r.get(0)?,
+                    lease_id: r.get(0)?,
+                    license_id: r.get(1)?,
+                    grant_id: None,
+                    plugin: r.get(2)?,
+                    digest: r.get(3)?,
+                    invocation_id: r.get(4)?,
+                })
+            },
+        )?);
+        Ok(seats)
+    }
+
+    /// The largest lease id and invocation id in the ledger.
+    pub fn last_ids(&self) -> Result<(u64, u64), StateError> {
+        self.conn()
+            .query_row(
+                "SELECT coalesce(max(lease_id), 0), coalesce(max(invocation_id), 0) FROM ledger",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(|e| self.err(e))
+    }
+}
+
+/// Brings a schema-1 database up to this build's schema in place: old
+/// ledger rows keep format 1 and verify as before.
+fn upgrade(conn: &Connection) -> rusqlite::Result<()> {
+    let columns: Vec<String> = conn
+        .prepare("SELECT name FROM pragma_table_info('ledger')")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (column, decl) in [
+        ("format", "INTEGER NOT NULL DEFAULT 1"),
+        ("seat_id", "INTEGER"),
+        ("grant_id", "TEXT"),
+        ("count", "INTEGER NOT NULL DEFAULT 1"),
+    ] {
+        if !columns.iter().any(|c| c == column) {
+            conn.execute_batch(&format!("ALTER TABLE ledger ADD COLUMN {column} {decl}"))?;
+        }
+    }
+    Ok(())
+}
+
+fn clamp(n: i64) -> u32 {
+    u32::try_from(n.max(0)).unwrap_or(u32::MAX)
+}
+
+/// How a ledger row moves the seats in use, as an SQL window sum: a seat is
+/// taken by a checkout and returned by a return row (or, in format 1, by the
+/// release or reclaim of its only lease).
+pub(crate) const SEAT_MOVE: &str = "sum(CASE WHEN kind = 'checkout' THEN 1 WHEN kind = 'return' THEN -1 \
+     WHEN kind IN ('release', 'reclaim') AND format = 1 THEN -1 ELSE 0 END)";
+
+fn add(c: &mut Counters, kind: EventKind, format: i64, n: u64) {
+    match kind {
+        EventKind::Checkout => c.checkouts += n,
+        EventKind::Retake => {
+            c.checkouts += n;
+            c.retakes += n;
+        }
+        EventKind::Release => {
+            c.releases += n;
+            if format == 1 {
+                c.returns.add(ReclaimReason::InvocationEnded, n);
+            }
+        }
+        EventKind::Reclaim(r) => {
+            c.reclaims.add(r, n);
+            if format == 1 {
+                c.returns.add(r, n);
+            }
+        }
+        EventKind::Return(r) => c.returns.add(r, n),
+        EventKind::Denial(d) => c.denials.add(d, n),
+        EventKind::Withheld => c.withheld += n,
+    }
+    let taken = c.checkouts.saturating_sub(c.retakes);
+    c.in_use = clamp(i64::try_from(taken.saturating_sub(c.returns.total())).unwrap_or(i64::MAX));
+}
+
+fn db_error(path: &Path, e: rusqlite::Error) -> StateError {
+    let path = path.to_path_buf();
+    let message = e.to_string();
+    match e.sqlite_error_code() {
+        Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => {
+            StateError::Corrupt { path, message }
+        }
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
+            StateError::Locked { path, message }
+        }
+        Some(ErrorCode::PermissionDenied | ErrorCode::ReadOnly | ErrorCode::CannotOpen) => {
+            StateError::Dir { path, message }
+        }
+        _ => StateError::Database { path, message },
+    }
+}
+
+#[cfg(test)]
+mod tests;

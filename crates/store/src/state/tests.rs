@@ -1,0 +1,458 @@
+//! State directory, grants, ledger and audit, without any WebAssembly.
+
+use super::*;
+use crate::ledger::SqliteLedger;
+use std::sync::Arc;
+use tollgate_license::issuer::{IssuerKey, LicenseTerms};
+use tollgate_license::ledger::{Ledger, UsageEvent};
+use tollgate_license::{Denial, ReclaimReason};
+
+const NOW: u64 = 1_800_000_000;
+
+pub(crate) fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "tollgate-state-{tag}-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn license(key: &IssuerKey, id: &str, seats: Seats, f: impl FnOnce(&mut LicenseTerms)) -> String {
+    let mut t = LicenseTerms::new(id, seats);
+    f(&mut t);
+    key.sign(t, NOW).expect("signs").to_file_text()
+}
+
+fn event(seq_hint: u64, kind: EventKind, lease: Option<u64>) -> UsageEvent {
+    UsageEvent {
+        lease_id: lease,
+        seat_id: lease,
+        grant_id: lease.map(|_| "g".into()),
+        ..UsageEvent::new(
+            kind,
+            NOW * 1000 + seq_hint,
+            "a".into(),
+            "p".into(),
+            "d".into(),
+            seq_hint,
+        )
+    }
+}
+
+#[test]
+fn install_requires_trust_and_adds_grants() {
+    let dir = temp_dir("install");
+    let state = State::open(&dir).expect("opens");
+    let key = IssuerKey::generate().expect("key");
+    let first = license(&key, "a", Seats::Counted(2), |_| {});
+    assert!(matches!(
+        state.install_text(&first, NOW),
+        Err(StateError::Issuer(IssuerError::Untrusted(_)))
+    ));
+    assert!(
+        state.grants().expect("grants").is_empty(),
+        "nothing changed"
+    );
+    assert!(
+        state
+            .trust(&key.public(), Some("acme"), NOW)
+            .expect("trust")
+    );
+    assert!(!state.trust(&key.public(), None, NOW).expect("trust again"));
+    let installed = state.install_text(&first, NOW).expect("installs");
+    assert!(installed.new);
+    assert!(
+        !state.install_text(&first, NOW).expect("again").new,
+        "same grant twice adds nothing"
+    );
+    state
+        .install_text(&license(&key, "a", Seats::Counted(3), |_| {}), NOW)
+        .expect("second grant");
+    let grants = state.seat_grants().expect("grants");
+    assert_eq!(grants["a"].len(), 2, "each grant keeps its own seats");
+    let status = state.status(NOW).expect("status");
+    assert_eq!(status[0].seats, Some(5));
+    assert_eq!(status[0].issued_by[&key.public().key_id()], Some(5));
+    assert_eq!(status[0].grants.len(), 2);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn grants_keep_their_own_windows_and_plugins() {
+    let dir = temp_dir("expiry");
+    let state = State::open(&dir).expect("opens");
+    let key = IssuerKey::generate().expect("key");
+    state.trust(&key.public(), None, NOW).expect("trust");
+    let text = license(&key, "a", Seats::Counted(2), |t| {
+        t.expires_at = Some(NOW + 10)
+    });
+    state.install_text(&text, NOW).expect("installs");
+    state
+        .install_text(
+            &license(&key, "a", Seats::Unlimited, |t| {
+                t.plugins = vec!["hello".into()];
+                t.expires_at = Some(NOW + 5);
+            }),
+            NOW,
+        )
+        .expect("installs");
+    let grants = state.seat_grants().expect("grants");
+    let bound: Vec<&Vec<String>> = grants["a"].iter().map(|g| &g.terms.plugins).collect();
+    assert!(
+        bound.contains(&&vec!["hello".to_string()]),
+        "the unrestricted grant leaves the other's plugin rule alone: {bound:?}"
+    );
+    assert_eq!(state.status(NOW).expect("status")[0].seats, None);
+    assert_eq!(state.status(NOW + 100).expect("status")[0].seats, Some(0));
+    assert!(matches!(
+        state.install_text(&text, NOW + 100),
+        Err(StateError::Issuer(IssuerError::Expired(_)))
+    ));
+    // A renewal whose window starts later is installed ahead of time.
+    let renewal = license(&key, "a", Seats::Counted(4), |t| {
+        t.not_before = Some(NOW + 1_000);
+    });
+    assert!(
+        state
+            .install_text(&renewal, NOW)
+            .expect("installs ahead")
+            .new
+    );
+    assert_eq!(
+        state.status(NOW + 100).expect("status")[0].seats,
+        Some(0),
+        "not yet"
+    );
+    assert_eq!(state.status(NOW + 1_000).expect("status")[0].seats, Some(4));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn revoke_and_reinstall() {
+    let dir = temp_dir("revoke");
+    let state = State::open(&dir).expect("opens");
+    let key = IssuerKey::generate().expect("key");
+    state.trust(&key.public(), None, NOW).expect("trust");
+    assert!(matches!(
+        state.revoke("a", NOW),
+        Err(StateError::UnknownLicense(_))
+    ));
+    state
+        .install_text(&license(&key, "a", Seats::Counted(1), |_| {}), NOW)
+        .expect("installs");
+    state.revoke("a", NOW).expect("revokes");
+    assert!(state.status(NOW).expect("status")[0].revoked);
+    let again = state
+        .install_text(&license(&key, "a", Seats::Counted(1), |_| {}), NOW)
+        .expect("installs");
+    assert!(again.revoked, "a new grant does not lift the revocation");
+    assert!(state.status(NOW).expect("status")[0].revoked);
+    assert!(state.unrevoke("a").expect("unrevokes"));
+    assert!(!state.status(NOW).expect("status")[0].revoked);
+    assert!(!state.unrevoke("a").expect("unrevokes"), "was not revoked");
+    let g = &again.grant.grant_id;
+    assert_eq!(state.revoke_grant(g, NOW).expect("revokes the grant"), "a");
+    let grants = state.seat_grants().expect("grants");
+    assert_eq!(grants["a"].iter().filter(|x| x.revoked).count(), 1);
+    assert!(matches!(
+        state.revoke_grant("no-such-grant", NOW),
+        Err(StateError::UnknownGrant(_))
+    ));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn ledger_commits_chain_and_counts() {
+    let dir = temp_dir("ledger");
+    let state = State::open(&dir).expect("opens");
+    {
+        let ledger = SqliteLedger::open(state.db_path()).expect("ledger");
+        ledger.record(event(1, EventKind::Checkout, Some(1)));
+        ledger.record(event(2, EventKind::Checkout, Some(2)));
+        ledger.record(event(3, EventKind::Release, Some(1)));
+        ledger.record(event(
+            4,
+            EventKind::Return(ReclaimReason::InvocationEnded),
+            Some(1),
+        ));
+        ledger.record(event(5, EventKind::Denial(Denial::Exhausted), None));
+        ledger.sync().expect("durable");
+        assert!(ledger.stats().commits >= 1 && ledger.stats().rows == 5);
+    }
+    // A second writer continues the chain after a restart.
+    {
+        let ledger = SqliteLedger::open(state.db_path()).expect("ledger");
+        ledger.record(event(
+            6,
+            EventKind::Reclaim(ReclaimReason::HostRestart),
+            Some(2),
+        ));
+        ledger.record(event(
+            7,
+            EventKind::Return(ReclaimReason::HostRestart),
+            Some(2),
+        ));
+        ledger.record(event(8, EventKind::Withheld, None));
+        ledger.sync().expect("durable");
+    }
+    let audit = state.audit().expect("audit");
+    assert!(audit.ok(), "{:?}", audit.problems);
+    assert_eq!((audit.rows, audit.head_seq), (8, 8));
+    let counters = state.ledger_counters().expect("counters");
+    let (c, per_plugin) = &counters["a"];
+    assert_eq!(
+        (c.checkouts, c.releases, c.peak, c.in_use, c.withheld),
+        (2, 1, 2, 0, 1)
+    );
+    assert_eq!(c.reclaims.get(ReclaimReason::HostRestart), 1);
+    assert_eq!(c.returns.total(), 2);
+    assert!(c.balanced(), "{c:?}");
+    assert_eq!(c.denials.get(Denial::Exhausted), 1);
+    assert_eq!(per_plugin["p"], *c);
+    assert_eq!(state.last_ids().expect("ids"), (2, 8));
+    let usage = state.usage(&UsageFilter::default()).expect("usage");
+    assert_eq!(usage.len(), 1);
+    assert_eq!(
+        (
+            usage[0].checkouts,
+            usage[0].releases,
+            usage[0].reclaims,
+            usage[0].denials
+        ),
+        (2, 1, 1, 1)
+    );
+    assert_eq!(usage[0].day, "2027-01-15");
+    let none = state
+        .usage(&UsageFilter {
+            plugin: Some("other".into()),
+            ..UsageFilter::default()
+        })
+        .expect("usage");
+    assert!(none.is_empty());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_call_waits_only_for_its_own_rows() {
+    let dir = temp_dir("own-rows");
+    let state = State::open(&dir).expect("opens");
+    let ledger = Arc::new(SqliteLedger::open(state.db_path()).expect("ledger"));
+    // Another connection holds the write lock, so no commit can finish.
+    let blocker = rusqlite::Connection::open(state.db_path()).expect("opens");
+    blocker
+        .execute_batch("BEGIN IMMEDIATE")
+        .expect("write lock");
+    // Invocation 1 records a row and waits for it: it cannot be committed
+    // while the lock is held.
+    ledger.record(event(1, EventKind::Checkout, Some(1)));
+    let waiting = {
+        let ledger = ledger.clone();
+        std::thread::spawn(move || ledger.sync_invocation(1))
+    };
+    // Invocation 2 recorded nothing: it is acknowledged at once, while
+    // invocation 1 is still waiting.
+    ledger.sync_invocation(2).expect("nothing to wait for");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(ledger.sync_invocation_async(2))
+        .expect("nothing to wait for");
+    assert!(
+        !waiting.is_finished(),
+        "invocation 1 was acknowledged uncommitted"
+    );
+    assert_eq!(ledger.stats().rows, 0);
+    blocker.execute_batch("ROLLBACK").expect("unlock");
+    waiting
+        .join()
+        .expect("joins")
+        .expect("durable once the lock is gone");
+    assert_eq!(ledger.stats().rows, 1);
+    // Once committed, asking again does not commit again.
+    let commits = ledger.stats().commits;
+    ledger.sync_invocation(1).expect("durable");
+    assert_eq!(ledger.stats().commits, commits);
+    // The async form waits for its own rows.
+    ledger.record(event(3, EventKind::Checkout, Some(3)));
+    rt.block_on(ledger.sync_invocation_async(3))
+        .expect("durable");
+    assert_eq!(ledger.stats().rows, 2);
+    drop(ledger);
+    assert_eq!(state.audit().expect("audit").rows, 2);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn open_leases_are_found() {
+    let dir = temp_dir("open");
+    let state = State::open(&dir).expect("opens");
+    let ledger = SqliteLedger::open(state.db_path()).expect("ledger");
+    ledger.record(event(1, EventKind::Checkout, Some(7)));
+    ledger.record(event(2, EventKind::Checkout, Some(8)));
+    ledger.record(event(
+        3,
+        EventKind::Reclaim(ReclaimReason::Trapped),
+        Some(7),
+    ));
+    ledger.record(event(4, EventKind::Return(ReclaimReason::Trapped), Some(7)));
+    // Seat 8's lease was sent back: the seat is still taken, no lease open.
+    ledger.record(event(5, EventKind::Release, Some(8)));
+    ledger.sync().expect("durable");
+    let open = state.open_seats().expect("open");
+    assert_eq!(
+        open.iter()
+            .map(|l| (l.seat_id, l.lease_id))
+            .collect::<Vec<_>>(),
+        vec![(8, None)]
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn tamper(state: &State, sql: &str) -> AuditReport {
+    state.conn().execute_batch(sql).expect("tamper");
+    state.audit().expect("audit runs")
+}
+
+#[test]
+fn audit_names_edited_inserted_and_deleted_rows() {
+    let dir = temp_dir("audit");
+    let state = State::open(&dir).expect("opens");
+    let ledger = Arc::new(SqliteLedger::open(state.db_path()).expect("ledger"));
+    for i in 1..=6 {
+        ledger.record(event(i, EventKind::Checkout, Some(i)));
+    }
+    ledger.sync().expect("durable");
+    drop(ledger);
+    assert!(state.audit().expect("audit").ok());
+    let edited = tamper(
+        &state,
+        "UPDATE ledger SET plugin = 'someone-else' WHERE seq = 3",
+    );
+    assert!(
+        edited
+            .problems
+            .iter()
+            .any(|p| p.contains("row 3 does not match")),
+        "{:?}",
+        edited.problems
+    );
+    tamper(&state, "UPDATE ledger SET plugin = 'p' WHERE seq = 3");
+    let deleted = tamper(&state, "DELETE FROM ledger WHERE seq = 4");
+    assert!(
+        deleted
+            .problems
+            .iter()
+            .any(|p| p.contains("rows 4..4 are missing")),
+        "{:?}",
+        deleted.problems
+    );
+    let inserted = tamper(
+        &state,
+        "INSERT INTO ledger (seq, at_ms, kind, reason, license_id, plugin, digest, lease_id, invocation_id, hash)
+         SELECT 4, at_ms, kind, reason, license_id, plugin, digest, 99, invocation_id, hash FROM ledger WHERE seq = 5",
+    );
+    assert!(
+        inserted
+            .problems
+            .iter()
+            .any(|p| p.contains("row 4 does not match")),
+        "{:?}",
+        inserted.problems
+    );
+    let truncated = tamper(&state, "DELETE FROM ledger WHERE seq >= 4");
+    assert!(
+        truncated
+            .problems
+            .iter()
+            .any(|p| p.contains("rows 4..6 are missing at the end")),
+        "{:?}",
+        truncated.problems
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn bad_state_dirs_and_databases_are_named() {
+    let dir = temp_dir("bad");
+    std::fs::create_dir_all(&dir).expect("dir");
+    // A file where the directory should be.
+    let file = dir.join("a-file");
+    std::fs::write(&file, "x").expect("write");
+    assert!(matches!(
+        State::open(&file.join("state")),
+        Err(StateError::Dir { .. })
+    ));
+    // A database file that is not a database.
+    let corrupt = dir.join("corrupt");
+    std::fs::create_dir_all(&corrupt).expect("dir");
+    std::fs::write(corrupt.join(DB_FILE), vec![0x42u8; 8192]).expect("write");
+    let err = State::open(&corrupt).expect_err("corrupt");
+    assert!(matches!(err, StateError::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains("move it aside"), "{err}");
+    // Written by a newer version.
+    let newer = dir.join("newer");
+    State::open(&newer).expect("opens");
+    connect(&newer.join(DB_FILE))
+        .expect("conn")
+        .pragma_update(None, "user_version", 99)
+        .expect("bump");
+    assert!(matches!(
+        State::open(&newer),
+        Err(StateError::NewerSchema { found: 99, .. })
+    ));
+    // One host per state directory.
+    let ok = State::open(&dir.join("ok")).expect("opens");
+    let lock = ok.lock_host().expect("first host");
+    assert!(matches!(ok.lock_host(), Err(StateError::HostRunning(_))));
+    drop(lock);
+    assert!(ok.lock_host().is_ok(), "lock released with the host");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A full disk (SQLite's page cap on the writer's connection: a real
+/// `SQLITE_FULL`, no mock) fails waiting calls and refuses new ones, loses
+/// no row, and commits again once there is room, without a restart.
+#[test]
+fn a_full_ledger_fails_closed_and_recovers_without_a_restart() {
+    let dir = temp_dir("full");
+    let state = State::open(&dir).expect("opens");
+    let ledger = SqliteLedger::open(state.db_path()).expect("ledger");
+    ledger.record(event(1, EventKind::Checkout, Some(1)));
+    ledger.sync_invocation(1).expect("durable");
+    assert!(ledger.ready().is_ok());
+    let size = std::fs::metadata(state.db_path()).expect("db").len();
+    ledger.limit_size(Some(size));
+    let mut recorded = 1u64;
+    let failure = (2..2_000u64).find_map(|i| {
+        ledger.record(event(i, EventKind::Withheld, None));
+        recorded += 1;
+        ledger.sync_invocation(i).err()
+    });
+    let failure = failure.expect("the full disk made a commit fail");
+    assert!(failure.0.contains("full"), "{failure}");
+    let refused = ledger.ready().expect_err("new calls are refused");
+    assert!(refused.0.contains("last commit failed"), "{refused}");
+    // A seat's return is never refused: rows still go in while it is full.
+    ledger.record(event(
+        9_999,
+        EventKind::Return(ReclaimReason::InvocationEnded),
+        Some(1),
+    ));
+    recorded += 1;
+    ledger.limit_size(None);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while ledger.sync().is_err() {
+        assert!(std::time::Instant::now() < deadline, "did not recover");
+        std::thread::yield_now();
+    }
+    assert!(ledger.ready().is_ok(), "calls are accepted again");
+    assert_eq!(ledger.stats().rows, recorded, "no row was lost");
+    drop(ledger);
+    let audit = state.audit().expect("audit");
+    assert!(audit.ok(), "{:?}", audit.problems);
+    assert_eq!(audit.rows, recorded);
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -1,7 +1,0 @@
-//! The `tollgate` command.
-
-mod cli;
-
-fn main() -> std::process::ExitCode {
-    cli::main()
-}
