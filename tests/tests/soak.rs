@@ -100,8 +100,8 @@ fn soak_mixed_guests_with_a_durable_ledger() {
                     let counter = match host.invoke(schedule(i), b"x y") {
                         Ok(_) => &ok,
                         Err(InvokeError::Unlicensed { .. }) => &unlicensed,
-                        Err(InvokeError::NotRecorded { reason, .. }) => {
-                            panic!("ledger failed: {reason}")
+                        Err(e @ InvokeError::NotRecorded { .. }) => {
+                            panic!("ledger failed: {e:?}")
                         }
                         Err(_) => &failed,
                     };

@@ -86,10 +86,47 @@ impl UsageEvent {
     }
 }
 
-/// A ledger could not make events durable.
-#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
-#[error("the usage ledger could not commit: {0}")]
-pub struct LedgerError(pub String);
+/// A ledger could not make events durable, or will not take new calls now.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LedgerError {
+    /// The store under the ledger failed; its error is the source.
+    #[error("the usage ledger could not {action}")]
+    Store {
+        /// What the ledger was doing ("commit", "open …").
+        action: String,
+        /// The store's error.
+        #[source]
+        source: Arc<dyn std::error::Error + Send + Sync>,
+    },
+    /// The last commit failed; new calls wait until one succeeds.
+    #[error("the usage ledger's last commit failed; calls resume once a commit succeeds")]
+    CommitFailing {
+        /// Why the last commit failed.
+        #[source]
+        source: Arc<dyn std::error::Error + Send + Sync>,
+    },
+    /// Too many rows wait for their commit.
+    #[error("{queued} usage rows wait for their commit (at most {limit}); retry shortly")]
+    Backlog {
+        /// Rows waiting.
+        queued: usize,
+        /// The most that may wait.
+        limit: usize,
+    },
+}
+
+impl LedgerError {
+    /// A store error met while doing `action`.
+    pub fn store(
+        action: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Store {
+            action: action.into(),
+            source: Arc::new(source),
+        }
+    }
+}
 
 /// Where usage events go.
 pub trait Ledger: Send + Sync {

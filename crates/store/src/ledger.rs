@@ -32,7 +32,7 @@ struct Pending {
     committed_seq: u64,
     /// Why the last commit failed, while commits fail; cleared by the next
     /// commit that succeeds.
-    failed: Option<String>,
+    failed: Option<Arc<rusqlite::Error>>,
     shutdown: bool,
     /// The last sequence number recorded for each invocation whose rows
     /// are not all committed yet.
@@ -89,11 +89,16 @@ pub(crate) fn connect(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
+/// The stored chain head is not a 32-byte hash.
+#[derive(Debug, thiserror::Error)]
+#[error("the stored chain head hash has {0} bytes, not 32; the database was altered")]
+struct ChainHeadError(usize);
+
 impl SqliteLedger {
     /// Starts the writer on the database at `path` (schema already created),
     /// continuing the chain from its stored head.
     pub fn open(path: &Path) -> Result<Self, LedgerError> {
-        let err = |e: rusqlite::Error| LedgerError(format!("{}: {e}", path.display()));
+        let err = |e: rusqlite::Error| LedgerError::store(format!("open {}", path.display()), e);
         let conn = connect(path).map_err(err)?;
         let (seq, hash): (u64, Vec<u8>) = conn
             .query_row("SELECT seq, hash FROM chain_head WHERE id = 1", [], |r| {
@@ -104,9 +109,12 @@ impl SqliteLedger {
                 e => Err(e),
             })
             .map_err(err)?;
-        let head: [u8; 32] = hash
-            .try_into()
-            .map_err(|_| LedgerError("chain head hash is not 32 bytes".into()))?;
+        let head: [u8; 32] = hash.try_into().map_err(|bytes: Vec<u8>| {
+            LedgerError::store(
+                format!("open {}", path.display()),
+                ChainHeadError(bytes.len()),
+            )
+        })?;
         let shared = Arc::new(Shared {
             pending: Mutex::new(Pending {
                 queue: Vec::new(),
@@ -128,7 +136,7 @@ impl SqliteLedger {
         let writer = std::thread::Builder::new()
             .name("tollgate-ledger".into())
             .spawn(move || write_loop(conn, head, &writer_shared))
-            .map_err(|e| LedgerError(format!("cannot start the ledger writer: {e}")))?;
+            .map_err(|e| LedgerError::store("start its writer thread", e))?;
         Ok(Self {
             shared,
             writer: Some(writer),
@@ -231,7 +239,7 @@ fn write_loop(mut conn: Connection, mut head: [u8; 32], shared: &Shared) {
                         "usage ledger commit failed: {e}; calls fail with ledger-unavailable until a commit succeeds"
                     );
                 }
-                p.failed = Some(e.to_string());
+                p.failed = Some(Arc::new(e));
                 let later = std::mem::take(&mut p.queue);
                 p.queue = batch;
                 p.queue.extend(later);
@@ -366,15 +374,13 @@ impl Ledger for SqliteLedger {
     fn ready(&self) -> Result<(), LedgerError> {
         let p = self.shared.lock();
         if let Some(e) = &p.failed {
-            return Err(LedgerError(format!(
-                "the last commit failed ({e}); calls resume once a commit succeeds"
-            )));
+            return Err(LedgerError::CommitFailing { source: e.clone() });
         }
         if p.queue.len() >= MAX_QUEUED_ROWS {
-            return Err(LedgerError(format!(
-                "{} usage rows wait for their commit (at most {MAX_QUEUED_ROWS}); retry shortly",
-                p.queue.len()
-            )));
+            return Err(LedgerError::Backlog {
+                queued: p.queue.len(),
+                limit: MAX_QUEUED_ROWS,
+            });
         }
         Ok(())
     }
@@ -436,7 +442,12 @@ fn committed(p: &Pending, target: u64) -> Option<Result<(), LedgerError>> {
     if p.committed_seq >= target {
         Some(Ok(()))
     } else {
-        p.failed.as_ref().map(|e| Err(LedgerError(e.clone())))
+        p.failed.as_ref().map(|e| {
+            Err(LedgerError::Store {
+                action: "commit".into(),
+                source: e.clone(),
+            })
+        })
     }
 }
 

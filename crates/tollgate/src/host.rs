@@ -5,7 +5,7 @@ use crate::license::ledger::{EventKind, Ledger, LedgerError, MemoryLedger, Usage
 use crate::license::{Clock, LicenseError, LicenseManager, ManagerStatus, SystemClock, Terms};
 use crate::runtime::{
     Allocator, COMPILE_CACHE_KEY_FILE, CompileCache, InvokeError, KEY_FILE_IN_CACHE, LoadError,
-    Plugin, PluginSpec, Runtime, RuntimeError,
+    Plugin, PluginSpec, RecordError, Runtime, RuntimeError,
 };
 use crate::store::SqliteLedger;
 use crate::store::state::{HostLock, InvocationIds, IssuerPin, State, StateError};
@@ -127,7 +127,7 @@ impl HostBuilder {
                     Some(state) => {
                         crate::store::files::create_dir(state).map_err(|e| StateError::Dir {
                             path: state.clone(),
-                            message: e.to_string(),
+                            source: e.into(),
                         })?;
                         state.join(COMPILE_CACHE_KEY_FILE)
                     }
@@ -337,7 +337,7 @@ fn acknowledged(
         Ok(()) => outcome,
         Err(e) => Err(InvokeError::NotRecorded {
             plugin: name.to_string(),
-            reason: e.0,
+            source: e.into(),
         }),
     }
 }
@@ -477,7 +477,7 @@ impl Host {
                     0,
                     Err(InvokeError::NotRecorded {
                         plugin: name.to_string(),
-                        reason: format!("no invocation id could be reserved: {e}"),
+                        source: RecordError::InvocationId(e),
                     }),
                 );
             }
@@ -495,7 +495,7 @@ impl Host {
                 invocation,
                 Err(InvokeError::NotRecorded {
                     plugin: name.to_string(),
-                    reason: e.0,
+                    source: e.into(),
                 }),
             );
         }

@@ -63,33 +63,34 @@ CREATE TABLE IF NOT EXISTS chain_head (id INTEGER PRIMARY KEY CHECK (id = 1), se
 pub enum StateError {
     /// The directory could not be created or used.
     #[error(
-        "cannot use state directory {path}: {message}; pass --state DIR (or set TOLLGATE_STATE) to a directory you can write"
+        "cannot use state directory {path}; pass --state DIR (or set TOLLGATE_STATE) to a directory you can write"
     )]
     Dir {
-        /// The directory.
+        /// The directory (or the file in it that failed).
         path: PathBuf,
-        /// What went wrong.
-        message: String,
+        /// What the file system or SQLite said.
+        #[source]
+        source: Cause,
     },
     /// The database is damaged or not a database.
     #[error(
-        "the state database {path} is damaged or not a tollgate database ({message}); move it aside and restore it from a backup"
+        "the state database {path} is damaged or not a tollgate database; move it aside and restore it from a backup"
     )]
     Corrupt {
         /// The database file.
         path: PathBuf,
         /// What SQLite said.
-        message: String,
+        #[source]
+        source: rusqlite::Error,
     },
     /// Another process holds the database locked.
-    #[error(
-        "the state database {path} is locked by another process ({message}); try again when it is done"
-    )]
+    #[error("the state database {path} is locked by another process; try again when it is done")]
     Locked {
         /// The database file.
         path: PathBuf,
         /// What SQLite said.
-        message: String,
+        #[source]
+        source: rusqlite::Error,
     },
     /// Written by a newer tollgate.
     #[error(
@@ -107,12 +108,13 @@ pub enum StateError {
     )]
     HostRunning(PathBuf),
     /// Any other database error.
-    #[error("state database {path}: {message}")]
+    #[error("the state database {path} failed")]
     Database {
         /// The database file.
         path: PathBuf,
         /// What SQLite said.
-        message: String,
+        #[source]
+        source: rusqlite::Error,
     },
     /// A license or key was rejected.
     #[error(transparent)]
@@ -129,6 +131,17 @@ pub enum StateError {
     /// An issuer scope was refused, or a grant is outside the scopes.
     #[error(transparent)]
     Scope(Box<ScopeError>),
+}
+
+/// What failed under [`StateError::Dir`]: the file system or SQLite.
+#[derive(Debug, thiserror::Error)]
+pub enum Cause {
+    /// A file-system error.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// An SQLite error.
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
 }
 
 impl From<ScopeError> for StateError {
@@ -272,7 +285,7 @@ impl State {
     pub fn open(dir: &Path) -> Result<Self, StateError> {
         let dir_err = |e: std::io::Error| StateError::Dir {
             path: dir.to_path_buf(),
-            message: e.to_string(),
+            source: e.into(),
         };
         crate::files::create_dir(dir).map_err(dir_err)?;
         let db = dir.join(DB_FILE);
@@ -346,7 +359,7 @@ impl State {
         let path = self.dir.join(LOCK_FILE);
         let file = crate::files::open_or_create(&path).map_err(|e| StateError::Dir {
             path: path.clone(),
-            message: e.to_string(),
+            source: e.into(),
         })?;
         match file.try_lock() {
             Ok(()) => Ok(HostLock { _file: file }),
@@ -355,7 +368,7 @@ impl State {
             }
             Err(std::fs::TryLockError::Error(e)) => Err(StateError::Dir {
                 path,
-                message: e.to_string(),
+                source: e.into(),
             }),
         }
     }
@@ -811,18 +824,20 @@ fn add(c: &mut Counters, kind: EventKind, format: i64, n: u64) {
 
 fn db_error(path: &Path, e: rusqlite::Error) -> StateError {
     let path = path.to_path_buf();
-    let message = e.to_string();
     match e.sqlite_error_code() {
         Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => {
-            StateError::Corrupt { path, message }
+            StateError::Corrupt { path, source: e }
         }
         Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
-            StateError::Locked { path, message }
+            StateError::Locked { path, source: e }
         }
         Some(ErrorCode::PermissionDenied | ErrorCode::ReadOnly | ErrorCode::CannotOpen) => {
-            StateError::Dir { path, message }
+            StateError::Dir {
+                path,
+                source: e.into(),
+            }
         }
-        _ => StateError::Database { path, message },
+        _ => StateError::Database { path, source: e },
     }
 }
 

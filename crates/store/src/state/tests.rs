@@ -4,7 +4,7 @@ use super::*;
 use crate::ledger::SqliteLedger;
 use std::sync::Arc;
 use tollgate_license::issuer::{IssuerKey, LicenseTerms};
-use tollgate_license::ledger::{Ledger, UsageEvent};
+use tollgate_license::ledger::{Ledger, LedgerError, UsageEvent};
 use tollgate_license::{Denial, ReclaimReason};
 
 const NOW: u64 = 1_800_000_000;
@@ -432,9 +432,20 @@ fn a_full_ledger_fails_closed_and_recovers_without_a_restart() {
         ledger.sync_invocation(i).err()
     });
     let failure = failure.expect("the full disk made a commit fail");
-    assert!(failure.0.contains("full"), "{failure}");
+    let cause = std::error::Error::source(&failure).map(ToString::to_string);
+    assert!(
+        cause.as_deref().is_some_and(|c| c.contains("full")),
+        "{failure:?}"
+    );
     let refused = ledger.ready().expect_err("new calls are refused");
-    assert!(refused.0.contains("last commit failed"), "{refused}");
+    assert!(
+        matches!(refused, LedgerError::CommitFailing { .. }),
+        "{refused:?}"
+    );
+    assert!(
+        refused.to_string().contains("last commit failed"),
+        "{refused}"
+    );
     // A seat's return is never refused: rows still go in while it is full.
     ledger.record(event(
         9_999,

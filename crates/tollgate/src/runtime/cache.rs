@@ -47,18 +47,48 @@ impl std::fmt::Debug for CompileCache {
     }
 }
 
+/// The compile cache or its key could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// A file or directory of the cache could not be created or read.
+    #[error(
+        "cannot use the compile cache {} (key file {}): {}; make it writable by the host's user only, or choose another `compile_cache`",
+        .dir.display(), .key_file.display(), .path.display()
+    )]
+    Unusable {
+        /// The cache directory.
+        dir: PathBuf,
+        /// The key file.
+        key_file: PathBuf,
+        /// The path that failed.
+        path: PathBuf,
+        /// What the file system said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The key file is not a key.
+    #[error(
+        "the compile cache key {} is damaged (not a `{KEY_HEADER}` file with a 32-byte secret); delete it and the cache entries of {}: the host makes a new key and compiles again",
+        .key_file.display(), .dir.display()
+    )]
+    DamagedKey {
+        /// The cache directory.
+        dir: PathBuf,
+        /// The key file.
+        key_file: PathBuf,
+    },
+}
+
 impl CompileCache {
     /// The cache in `dir` (created 0700 if missing), its entries keyed by the
     /// secret in `key_file` (created 0600 on first use).
-    pub fn open(dir: impl Into<PathBuf>, key_file: &Path) -> Result<Self, String> {
+    pub fn open(dir: impl Into<PathBuf>, key_file: &Path) -> Result<Self, CacheError> {
         let dir = dir.into();
-        let why = |what: &Path, e: std::io::Error| {
-            format!(
-                "cannot use the compile cache {} (key file {}): {}: {e}; make it writable by the host's user only, or choose another `compile_cache`",
-                dir.display(),
-                key_file.display(),
-                what.display()
-            )
+        let why = |what: &Path, source: std::io::Error| CacheError::Unusable {
+            dir: dir.clone(),
+            key_file: key_file.to_path_buf(),
+            path: what.to_path_buf(),
+            source,
         };
         files::create_dir(&dir).map_err(|e| why(&dir, e))?;
         let text = files::read_or_create(key_file, || {
@@ -74,12 +104,9 @@ impl CompileCache {
             .and_then(|t| t.lines().find_map(|l| l.strip_prefix("secret:")))
             .and_then(|s| B64.decode(s.trim()).ok())
             .and_then(|b| <[u8; 32]>::try_from(b).ok())
-            .ok_or_else(|| {
-                format!(
-                    "the compile cache key {} is damaged (not a `{KEY_HEADER}` file with a 32-byte secret); delete it and the cache entries of {}: the host makes a new key and compiles again",
-                    key_file.display(),
-                    dir.display()
-                )
+            .ok_or_else(|| CacheError::DamagedKey {
+                dir: dir.clone(),
+                key_file: key_file.to_path_buf(),
             })?;
         Ok(Self { dir, key })
     }

@@ -104,14 +104,13 @@ pub enum InvokeError {
         message: String,
     },
     /// The call's usage could not be made durable, so it is not acknowledged.
-    #[error(
-        "the usage of plugin {plugin}'s call could not be recorded ({reason}); its result is withheld"
-    )]
+    #[error("the usage of plugin {plugin}'s call could not be recorded; its result is withheld")]
     NotRecorded {
         /// The plugin.
         plugin: String,
-        /// What the ledger reported.
-        reason: String,
+        /// Why: the ledger, or the invocation ids, failed.
+        #[source]
+        source: RecordError,
     },
     /// The caller cancelled the call (e.g. an HTTP client disconnected); its
     /// seats came back as `store-dropped`.
@@ -421,3 +420,25 @@ fn trap_reason(err: &wasmtime::Error) -> String {
         None => "a host call failed or the plugin broke a rule of the component model".to_string(),
     }
 }
+
+/// Why a call's usage could not be recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// The usage ledger failed or refuses new calls.
+    #[error(transparent)]
+    Ledger(#[from] crate::license::ledger::LedgerError),
+    /// No invocation id could be reserved in the state directory.
+    #[error("no invocation id could be reserved")]
+    InvocationId(#[source] crate::store::StateError),
+}
+
+/// Two record errors are equal when they are of one kind and say the same,
+/// so [`InvokeError`] keeps its equality for tests and callers.
+impl PartialEq for RecordError {
+    fn eq(&self, other: &Self) -> bool {
+        std::mem::discriminant(self) == std::mem::discriminant(other)
+            && self.to_string() == other.to_string()
+    }
+}
+
+impl Eq for RecordError {}

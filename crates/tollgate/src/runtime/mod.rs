@@ -13,9 +13,9 @@ mod witsection;
 
 pub use witsection::SECTION as WIT_VERSION_SECTION;
 
-pub use cache::{CompileCache, KEY_FILE as COMPILE_CACHE_KEY_FILE, KEY_FILE_IN_CACHE};
+pub use cache::{CacheError, CompileCache, KEY_FILE as COMPILE_CACHE_KEY_FILE, KEY_FILE_IN_CACHE};
 
-pub use invocation::{InvokeError, MissingLicense};
+pub use invocation::{InvokeError, MissingLicense, RecordError};
 pub use plugin::{
     ComponentSource, Inspection, Limits, LoadError, Plugin, PluginSpec, PluginStats, Preopen,
     Sandbox, WIT_PACKAGE,
@@ -40,12 +40,13 @@ const POOL_KEEP_RESIDENT: usize = 4 << 20;
 /// Errors setting up the runtime itself.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
-    /// wasmtime refused the engine configuration or the linker setup.
-    #[error("could not set up the WebAssembly runtime: {0}")]
-    Setup(String),
+    /// wasmtime refused the engine configuration or the linker setup, or
+    /// the async runtime did not start.
+    #[error("could not set up the WebAssembly runtime")]
+    Setup(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The compile cache or its key could not be used.
-    #[error("{0}")]
-    CompileCache(String),
+    #[error(transparent)]
+    CompileCache(#[from] cache::CacheError),
 }
 
 /// The engine, the linker shared by every plugin, and the epoch ticker.
@@ -132,7 +133,7 @@ impl Runtime {
     /// A runtime with epoch interruption and the service-offer linker;
     /// compiled components are kept in `cache` when given.
     pub fn new(allocator: Allocator, cache: Option<CompileCache>) -> Result<Self, RuntimeError> {
-        let setup = |e: wasmtime::Error| RuntimeError::Setup(format!("{e:#}"));
+        let setup = |e: wasmtime::Error| RuntimeError::Setup(e.into());
         let mut config = Config::new();
         config.epoch_interruption(true);
         config.wasm_component_model(true);
@@ -187,7 +188,7 @@ impl Runtime {
             .thread_name("tollgate-io")
             .enable_all()
             .build()
-            .map_err(|e| RuntimeError::Setup(format!("cannot start the async runtime: {e}")))?;
+            .map_err(|e| RuntimeError::Setup(e.into()))?;
         let engine_id = cache::EngineId::of(&engine);
         Ok(Self {
             engine,
