@@ -6,6 +6,7 @@
 
 pub mod issuer;
 pub mod ledger;
+pub mod store;
 
 mod call;
 mod clock;

@@ -1,14 +1,14 @@
 //! [`Host`]: licenses plus plugins, the API an operator embeds.
 
-use crate::ReclaimReason;
-use crate::license::ledger::{EventKind, Ledger, LedgerError, MemoryLedger, UsageEvent};
+use crate::license::ledger::{Ledger, LedgerError, MemoryLedger};
+use crate::license::store::{InvocationIds, RecoverError, StoreError, apply, recover};
 use crate::license::{Clock, LicenseError, LicenseManager, ManagerStatus, SystemClock, Terms};
 use crate::runtime::{
     Allocator, COMPILE_CACHE_KEY_FILE, CompileCache, InvokeError, KEY_FILE_IN_CACHE, LoadError,
     Plugin, PluginSpec, RecordError, Runtime, RuntimeError,
 };
 use crate::store::SqliteLedger;
-use crate::store::state::{HostLock, InvocationIds, IssuerPin, State, StateError};
+use crate::store::state::{HostLock, IssuerPin, State, StateError};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -190,69 +190,6 @@ impl HostBuilder {
     }
 }
 
-/// Opens the license manager of a state directory: returns the seats a dead
-/// host left taken, puts the grants and revocations in force, and starts the
-/// counters (and lease ids) where the ledger left off.
-fn recover(
-    state: &State,
-    ledger: Arc<dyn Ledger>,
-    clock: Arc<dyn Clock>,
-) -> Result<Arc<LicenseManager>, HostError> {
-    let open = state.open_seats()?;
-    let reason = ReclaimReason::HostRestart;
-    for seat in &open {
-        let row = |kind, lease_id| UsageEvent {
-            lease_id,
-            seat_id: Some(seat.seat_id),
-            grant_id: seat.grant_id.as_deref().map(Arc::from),
-            ..UsageEvent::new(
-                kind,
-                clock.now_ms(),
-                seat.license_id.as_str().into(),
-                seat.plugin.as_str().into(),
-                seat.digest.as_str().into(),
-                seat.invocation_id,
-            )
-        };
-        if let Some(lease) = seat.lease_id {
-            ledger.record(row(EventKind::Reclaim(reason), Some(lease)));
-        }
-        ledger.record(row(EventKind::Return(reason), None));
-    }
-    ledger.sync()?;
-    if !open.is_empty() {
-        tracing::warn!(
-            "returned {} seat(s) left taken by a host that stopped during their calls",
-            open.len()
-        );
-    }
-    let (last_lease, _) = state.last_ids()?;
-    let licenses = Arc::new(LicenseManager::new(ledger, clock));
-    licenses.resume_lease_ids_after(last_lease);
-    let mut history = state.ledger_counters()?;
-    apply_state(state, &licenses)?;
-    for id in licenses.ids() {
-        if let Some((totals, per_plugin)) = history.remove(&id) {
-            licenses.seed(&id, totals, per_plugin)?;
-        }
-    }
-    Ok(licenses)
-}
-
-/// Puts the state directory's grants and revocations in force in `licenses`.
-fn apply_state(state: &State, licenses: &LicenseManager) -> Result<(), HostError> {
-    let revoked = state.revocations()?;
-    for (id, grants) in state.seat_grants()? {
-        licenses.set_grants(&id, grants)?;
-        if revoked.contains_key(&id) {
-            licenses.revoke(&id)?;
-        } else {
-            licenses.unrevoke(&id)?;
-        }
-    }
-    Ok(())
-}
-
 /// Errors from building or configuring a [`Host`].
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
@@ -271,6 +208,12 @@ pub enum HostError {
     /// The durable ledger failed.
     #[error(transparent)]
     Ledger(#[from] LedgerError),
+    /// The store's grants, revocations or history could not be read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The host could not resume from its store.
+    #[error(transparent)]
+    Recover(#[from] RecoverError),
     /// The operation needs a state directory and the host has none.
     #[error("this host has no state directory; start it with one to install licenses")]
     NoState,
@@ -567,7 +510,7 @@ impl Host {
     /// only the latter.
     pub fn reload_licenses(&self) -> Result<(), HostError> {
         if let Some(state) = &self.state {
-            apply_state(state, &self.licenses)?;
+            apply(state.as_ref(), &self.licenses)?;
         }
         self.licenses.sweep();
         Ok(())

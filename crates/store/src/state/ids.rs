@@ -5,8 +5,6 @@
 
 use super::{State, StateError};
 use rusqlite::{OptionalExtension, params};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 
 const TABLE: &str = "CREATE TABLE IF NOT EXISTS invocation_ids (
     id INTEGER PRIMARY KEY CHECK (id = 1), reserved_below INTEGER NOT NULL)";
@@ -59,87 +57,11 @@ impl State {
     }
 }
 
-/// Invocation ids reserved in the state database per block.
-const ID_BLOCK: u64 = 1 << 16;
-
-/// Hands out invocation ids that never repeat, also across restarts: from a
-/// counter, below a mark the state database holds (when there is one). The
-/// mark moves up a block at a time, half a block ahead of use, so a call
-/// writes nothing of its own; a restart starts past the mark, skipping the
-/// ids a block left unused.
-pub struct InvocationIds {
-    next: AtomicU64,
-    /// Ids below this are reserved; `u64::MAX` without a state directory.
-    reserved_below: AtomicU64,
-    state: Option<Arc<State>>,
-    /// Held while the mark is moved, so one write moves it per block.
-    reserving: Mutex<()>,
-}
-
-impl InvocationIds {
-    /// Ids from 1, for a host without a state directory.
-    pub fn in_memory() -> Self {
-        Self {
-            next: AtomicU64::new(1),
-            reserved_below: AtomicU64::new(u64::MAX),
-            state: None,
-            reserving: Mutex::new(()),
-        }
-    }
-
-    /// Ids past every id the state directory used or reserved before, with
-    /// a first block reserved.
-    pub fn durable(state: Arc<State>) -> Result<Self, StateError> {
-        let first = state.first_free_invocation_id()?;
-        let below = state.reserve_invocation_ids(first.saturating_add(ID_BLOCK))?;
-        Ok(Self {
-            next: AtomicU64::new(first),
-            reserved_below: AtomicU64::new(below),
-            state: Some(state),
-            reserving: Mutex::new(()),
-        })
-    }
-
-    /// The next id; fails only when the id is past the reserved mark and
-    /// the mark cannot be moved.
-    pub fn next(&self) -> Result<u64, StateError> {
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let Some(state) = &self.state else {
-            return Ok(id);
-        };
-        let below = self.reserved_below.load(Ordering::Acquire);
-        if id.saturating_add(ID_BLOCK / 2) == below {
-            // Half the block is used: reserve the next one now, so no call
-            // waits at the block's end. A failure is retried there.
-            if let Err(e) = self.reserve(state, below, below.saturating_add(ID_BLOCK)) {
-                tracing::warn!("reserving invocation ids failed, will retry: {e}");
-            }
-        }
-        if id >= self.reserved_below.load(Ordering::Acquire) {
-            self.reserve(state, id, id.saturating_add(ID_BLOCK))?;
-        }
-        Ok(id)
-    }
-
-    /// Moves the stored mark to `to`, unless it is past `id` already (one
-    /// write serves every call that finds the mark too low at once).
-    fn reserve(&self, state: &State, id: u64, to: u64) -> Result<(), StateError> {
-        let _one = self
-            .reserving
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if self.reserved_below.load(Ordering::Acquire) > id {
-            return Ok(());
-        }
-        let stored = state.reserve_invocation_ids(to)?;
-        self.reserved_below.fetch_max(stored, Ordering::AcqRel);
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+    use tollgate_license::store::{ID_BLOCK, InvocationIds};
 
     #[test]
     fn a_state_directory_without_a_mark_starts_past_its_ledger() {
@@ -219,7 +141,7 @@ mod tests {
         all.sort_unstable();
         all.dedup();
         assert_eq!(all.len(), 4 * per_thread);
-        assert!(ids.reserved_below.load(Ordering::Relaxed) > all[all.len() - 1]);
+        assert!(ids.reserved_below() > all[all.len() - 1]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -3,7 +3,7 @@
 
 mod anchor;
 mod ids;
-pub use ids::InvocationIds;
+
 mod reports;
 mod scopes;
 
@@ -162,8 +162,8 @@ pub(crate) struct EnforcedGrants {
     pub(crate) revoked: BTreeSet<String>,
 }
 
-/// Counters per license id, with per-plugin counters, read from the ledger.
-pub type LedgerCounters = BTreeMap<String, (Counters, BTreeMap<String, Counters>)>;
+use tollgate_license::store::{GrantStore, StoreError};
+pub use tollgate_license::store::{LedgerCounters, OpenSeat};
 
 /// A trusted issuer key.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -228,25 +228,6 @@ pub struct Installed {
     /// True when the license id is revoked: the grant is installed but gives
     /// no seat until `license unrevoke`.
     pub revoked: bool,
-}
-
-/// A seat a host took and never returned (the host died during the call).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OpenSeat {
-    /// The seat id (the id of its first lease).
-    pub seat_id: u64,
-    /// The lease the plugin still held on it, if any.
-    pub lease_id: Option<u64>,
-    /// Its license.
-    pub license_id: String,
-    /// The grant it was taken from (unknown for rows of format 1).
-    pub grant_id: Option<String>,
-    /// Its plugin.
-    pub plugin: String,
-    /// Its component digest.
-    pub digest: String,
-    /// Its invocation.
-    pub invocation_id: u64,
 }
 
 /// Held by a running host: one host per state directory.
@@ -767,6 +748,55 @@ impl State {
 
 /// Brings a schema-1 database up to this build's schema in place: old
 /// ledger rows keep format 1 and verify as before.
+impl From<StateError> for StoreError {
+    fn from(e: StateError) -> Self {
+        StoreError::new(e)
+    }
+}
+
+/// The state directory is the store of a single host.
+impl GrantStore for State {
+    fn seat_grants(&self) -> Result<BTreeMap<String, Vec<SeatGrant>>, StoreError> {
+        Ok(State::seat_grants(self)?)
+    }
+
+    fn revocations(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+        Ok(State::revocations(self)?)
+    }
+
+    fn open_seats(&self) -> Result<Vec<OpenSeat>, StoreError> {
+        Ok(State::open_seats(self)?)
+    }
+
+    fn last_lease_id(&self) -> Result<u64, StoreError> {
+        Ok(self.last_ids()?.0)
+    }
+
+    fn ledger_counters(&self) -> Result<LedgerCounters, StoreError> {
+        Ok(State::ledger_counters(self)?)
+    }
+
+    fn first_free_invocation_id(&self) -> Result<u64, StoreError> {
+        Ok(State::first_free_invocation_id(self)?)
+    }
+
+    fn reserve_invocation_ids(&self, below: u64) -> Result<u64, StoreError> {
+        Ok(State::reserve_invocation_ids(self, below)?)
+    }
+
+    fn revoke(&self, license_id: &str, now: u64) -> Result<(), StoreError> {
+        Ok(State::revoke(self, license_id, now)?)
+    }
+
+    fn unrevoke(&self, license_id: &str) -> Result<bool, StoreError> {
+        Ok(State::unrevoke(self, license_id)?)
+    }
+
+    fn revoke_grant(&self, grant_id: &str, now: u64) -> Result<String, StoreError> {
+        Ok(State::revoke_grant(self, grant_id, now)?)
+    }
+}
+
 fn upgrade(conn: &Connection) -> rusqlite::Result<()> {
     let columns: Vec<String> = conn
         .prepare("SELECT name FROM pragma_table_info('ledger')")?

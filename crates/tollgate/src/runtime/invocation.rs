@@ -429,7 +429,7 @@ pub enum RecordError {
     Ledger(#[from] crate::license::ledger::LedgerError),
     /// No invocation id could be reserved in the state directory.
     #[error("no invocation id could be reserved")]
-    InvocationId(#[source] crate::store::StateError),
+    InvocationId(#[source] crate::license::store::StoreError),
 }
 
 /// Two record errors are equal when they are of one kind and say the same,
