@@ -1,7 +1,7 @@
 //! What one call holds: the seats it took, kept until it ends, the leases
 //! its plugin holds on them, and its refusals, counted when it ends.
 
-use super::Timer;
+use super::clock::Timer;
 use super::pool::Seat;
 use super::{Denial, Entitlement, Holder, LicenseManager, ReclaimReason};
 use std::collections::{BTreeMap, BTreeSet};

@@ -51,3 +51,14 @@ impl Clock for ManualClock {
         self.ms.load(Ordering::SeqCst)
     }
 }
+
+/// Sleeps until a deadline: how an async wait for a seat ends in time. The
+/// core has no timer of its own; the runtime passes its (tokio's, in
+/// tollgate) to [`crate::CallSeats::acquire_async`].
+pub trait Timer: Send + Sync {
+    /// A future that completes at `deadline`.
+    fn sleep_until(
+        &self,
+        deadline: std::time::Instant,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+}

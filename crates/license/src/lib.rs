@@ -14,23 +14,13 @@ mod pool;
 mod reason;
 
 pub use call::{CallLicensing, CallLimits, CallSeats};
-pub use clock::{Clock, ManualClock, SystemClock};
+pub use clock::{Clock, ManualClock, SystemClock, Timer};
 pub use pool::{
     Counters, Grant, GrantStatus, Holder, LeaseEnding, LicenseStatus, Rules, Seat, SeatPool, Seats,
     Terms, within_window,
 };
 pub use reason::{Denial, ReasonCounts, ReclaimReason};
 
-/// Sleeps until a deadline: how an async wait for a seat ends in time. The
-/// core has no timer of its own; the runtime passes its (tokio's, in
-/// tollgate) to [`CallSeats::acquire_async`].
-pub trait Timer: Send + Sync {
-    /// A future that completes at `deadline`.
-    fn sleep_until(
-        &self,
-        deadline: std::time::Instant,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
-}
 
 use crate::ledger::{EventKind, Ledger, MemoryLedger, UsageEvent};
 use std::collections::{BTreeMap, BTreeSet};

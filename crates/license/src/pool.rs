@@ -2,7 +2,7 @@
 //! kept by its call until the call ends, revocation and expiry that end the
 //! seats of a grant, a fair FIFO wait queue, and counters.
 
-use super::Timer;
+use super::clock::Timer;
 use super::clock::Clock;
 use super::reason::{Denial, ReasonCounts, ReclaimReason};
 use crate::ledger::{EventKind, Ledger, UsageEvent};
