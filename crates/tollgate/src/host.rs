@@ -2,14 +2,19 @@
 
 use crate::license::ledger::{Ledger, LedgerError, MemoryLedger};
 use crate::license::store::{InvocationIds, RecoverError, StoreError, apply, recover};
-use crate::license::{Clock, LicenseError, LicenseManager, ManagerStatus, SystemClock, Terms};
+use crate::license::{
+    CallLimits, Clock, Entitlement, Holder, LicenseError, LicenseManager, ManagerStatus,
+    SystemClock, Terms, validate_id,
+};
+use crate::licensing::LicensedCall;
 use crate::runtime::{
-    Allocator, COMPILE_CACHE_KEY_FILE, CompileCache, InvokeError, KEY_FILE_IN_CACHE, LoadError,
-    Plugin, PluginSpec, RecordError, Runtime, RuntimeError,
+    Allocator, COMPILE_CACHE_KEY_FILE, CompileCache, InvokeError, Invoked, KEY_FILE_IN_CACHE,
+    LoadError, Plugin, PluginSpec, RecordError, Runtime, RuntimeError, validate_name,
 };
 use crate::store::SqliteLedger;
 use crate::store::state::{HostLock, IssuerPin, State, StateError};
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -269,22 +274,6 @@ pub struct Host {
     _lock: Option<HostLock>,
 }
 
-/// A call's outcome once its usage is durable; if the ledger could not
-/// commit, the result is withheld.
-fn acknowledged(
-    name: &str,
-    outcome: Result<Vec<u8>, InvokeError>,
-    synced: Result<(), crate::license::ledger::LedgerError>,
-) -> Result<Vec<u8>, InvokeError> {
-    match synced {
-        Ok(()) => outcome,
-        Err(e) => Err(InvokeError::NotRecorded {
-            plugin: name.to_string(),
-            source: e.into(),
-        }),
-    }
-}
-
 impl std::fmt::Debug for Host {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Host").finish_non_exhaustive()
@@ -379,13 +368,12 @@ impl Host {
 
     /// Like [`Host::invoke`], also returning the invocation id the ledger uses.
     pub fn invoke_call(&self, name: &str, input: &[u8]) -> (u64, Result<Vec<u8>, InvokeError>) {
-        let (invocation, outcome) = self.runtime.block_on(self.run_call(name, input));
+        let (invocation, invoked) = self.runtime.block_on(self.run_call(name, input));
         // Waiting for the commit on this thread is much quicker than being
         // woken through the blocking runtime (BENCHMARKS.md, case F). Only
         // this call's rows are waited for: a call that recorded none (a
         // plugin needing no license) answers at once.
-        let synced = self.licenses.ledger().sync_invocation(invocation);
-        (invocation, acknowledged(name, outcome, synced))
+        (invocation, invoked.and_then(Invoked::commit))
     }
 
     /// [`Host::invoke`] for async callers (on a tokio runtime). Dropping the
@@ -401,18 +389,18 @@ impl Host {
         name: &str,
         input: &[u8],
     ) -> (u64, Result<Vec<u8>, InvokeError>) {
-        let (invocation, outcome) = self.run_call(name, input).await;
-        let synced = self
-            .licenses
-            .ledger()
-            .sync_invocation_async(invocation)
-            .await;
-        (invocation, acknowledged(name, outcome, synced))
+        let (invocation, invoked) = self.run_call(name, input).await;
+        let outcome = match invoked {
+            Ok(invoked) => invoked.commit_async().await,
+            Err(e) => Err(e),
+        };
+        (invocation, outcome)
     }
 
-    /// Runs one call; its usage is recorded but not yet known to be durable.
-    /// A call that could not get an invocation id does not run and has id 0.
-    async fn run_call(&self, name: &str, input: &[u8]) -> (u64, Result<Vec<u8>, InvokeError>) {
+    /// Runs one call and ends it; its answer waits for its usage to be
+    /// committed. A call that could not get an invocation id does not run
+    /// and has id 0.
+    async fn run_call(&self, name: &str, input: &[u8]) -> (u64, Result<Invoked, InvokeError>) {
         let invocation = match self.invocations.next() {
             Ok(id) => id,
             Err(e) => {
@@ -442,11 +430,51 @@ impl Host {
                 }),
             );
         }
-        let outcome = self
+        let invoked = self
             .runtime
             .invoke(&plugin, &self.licenses, invocation, input)
             .await;
-        (invocation, outcome)
+        (invocation, Ok(invoked))
+    }
+
+    /// Opens the licensing of one call of an embedder's own component, run
+    /// in the embedder's own store (see [`crate::licensing`]): `plugin`
+    /// names it in the counters and the ledger, `component` is its bytes
+    /// (rules may name its sha256), and its result is delivered only if it
+    /// holds every id of `requires` to its end. The call gets an invocation
+    /// id of this host; it is refused, before it takes a seat, when its
+    /// usage could not be recorded.
+    pub fn open_call(
+        &self,
+        plugin: &str,
+        component: &[u8],
+        requires: &[&str],
+        limits: CallLimits,
+    ) -> Result<LicensedCall, HostError> {
+        if !validate_name(plugin) {
+            return Err(LoadError::InvalidName(plugin.to_string()).into());
+        }
+        for id in requires {
+            validate_id(id).map_err(|source| LoadError::InvalidLicenseId {
+                plugin: plugin.to_string(),
+                source,
+            })?;
+        }
+        self.licenses.ledger().ready()?;
+        let invocation = self.invocations.next()?;
+        let holder = Holder {
+            plugin: plugin.into(),
+            component_digest: format!("{:x}", Sha256::digest(component)).into(),
+            invocation,
+        };
+        let requires: Vec<String> = requires.iter().map(|id| id.to_string()).collect();
+        Ok(LicensedCall::open(
+            &self.licenses,
+            holder,
+            Arc::new(Entitlement::to(requires.iter().cloned())),
+            requires,
+            limits,
+        ))
     }
 
     /// Compiles component `bytes` and reports its interface and whether this

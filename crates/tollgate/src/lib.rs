@@ -6,12 +6,15 @@
 //! without the licenses its plugin requires. Start with [`Host`].
 //!
 //! This crate is the runtime: the wasmtime engine, linker and sandbox, one
-//! invocation per call, [`Host`] and the [`testing`] harness. The license
+//! invocation per call, [`Host`], the [`testing`] harness, and
+//! [`licensing`], the host side of the licensing interface for embedders
+//! who run plugins in a wasmtime store of their own. The license
 //! core ([`license`]) and the SQLite store ([`store`]) are their own crates,
 //! re-exported here so one dependency reaches all of them.
 #![deny(missing_docs)]
 
 mod host;
+pub mod licensing;
 pub mod runtime;
 pub mod testing;
 

@@ -11,7 +11,7 @@ wasmtime::component::bindgen!({
     },
     exports: { default: async },
     with: {
-        "tollgate:plugin/licensing.lease": super::licensing::LeaseRef,
+        "tollgate:plugin/licensing.lease": crate::licensing::LeaseRef,
     },
 });
 

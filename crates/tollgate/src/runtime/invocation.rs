@@ -1,42 +1,20 @@
-//! One call of a plugin: a fresh store, the call under limits, then every
-//! lease ended with its reason and the result released only if licensed.
+//! One call of a plugin: a fresh store, the call under limits, then the end
+//! of the call through [`crate::licensing::LicensedCall`]: every lease ended
+//! with its reason, and the result released only if licensed and only once
+//! its usage is durable.
 
 use super::Runtime;
 use super::plugin::Plugin;
 use super::sandbox::{InvocationState, LimitHit};
-use crate::license::{CallLimits, Denial, Holder, LicenseManager, ReclaimReason};
-use std::fmt;
+use crate::license::{CallLimits, Holder, LicenseManager, ReclaimReason};
+use crate::licensing::{
+    CallEnd, EndedCall, LicensedCall, MissingLicense, Withheld, list, unlicensed_code,
+};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use wasmtime::component::ResourceTableError;
 use wasmtime::{Store, Trap};
-
-/// A required license a call did not hold, and why, if it asked.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MissingLicense {
-    /// The required license id.
-    pub id: String,
-    /// Why the host refused it, if the plugin asked.
-    pub denial: Option<Denial>,
-}
-
-impl fmt::Display for MissingLicense {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.denial {
-            Some(d) => write!(f, "{} (its request was refused: {d})", self.id),
-            None => write!(f, "{} (never acquired)", self.id),
-        }
-    }
-}
-
-fn list(missing: &[MissingLicense]) -> String {
-    missing
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
-}
 
 /// Why a call's result did not reach the caller.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -137,16 +115,7 @@ impl InvokeError {
     pub fn code(&self) -> &'static str {
         match self {
             InvokeError::UnknownPlugin(_) => "unknown-plugin",
-            InvokeError::Unlicensed { missing, .. } => {
-                match missing.iter().find_map(|m| m.denial) {
-                    Some(Denial::NotEntitled) => "not-entitled",
-                    Some(Denial::Exhausted) => "exhausted",
-                    Some(Denial::TimedOut) => "seat-wait-timed-out",
-                    Some(Denial::Revoked) => "revoked",
-                    Some(Denial::Expired) => "expired",
-                    _ => "unlicensed",
-                }
-            }
+            InvokeError::Unlicensed { missing, .. } => unlicensed_code(missing),
             InvokeError::Trapped { .. } => "plugin-trap",
             InvokeError::MemoryLimit { .. } => "memory-limit",
             InvokeError::ResourceLimit { .. } => "resource-limit",
@@ -203,24 +172,61 @@ impl InvokeError {
     }
 }
 
-/// How the guest call itself ended, before the licensing check.
-enum CallEnd {
-    Returned(Result<Vec<u8>, String>),
-    Stopped(InvokeError, ReclaimReason),
+/// A call that has ended, its seats back, whose answer goes out once its
+/// usage is durable.
+#[must_use = "the answer goes out only through `commit`, once the call's usage is durable"]
+pub(crate) struct Invoked {
+    plugin: Arc<str>,
+    ended: EndedCall<Result<Vec<u8>, InvokeError>>,
+}
+
+impl Invoked {
+    /// The answer once the call's ledger rows are committed, blocking the
+    /// thread until they are.
+    pub(crate) fn commit(self) -> Result<Vec<u8>, InvokeError> {
+        let Invoked { plugin, ended } = self;
+        answer(&plugin, ended.commit())
+    }
+
+    /// Like [`Invoked::commit`], awaiting the commit.
+    pub(crate) async fn commit_async(self) -> Result<Vec<u8>, InvokeError> {
+        let Invoked { plugin, ended } = self;
+        answer(&plugin, ended.commit_async().await)
+    }
+}
+
+/// A committed call's answer, or why the licensing withheld it.
+fn answer(
+    plugin: &str,
+    committed: Result<Result<Vec<u8>, InvokeError>, Withheld>,
+) -> Result<Vec<u8>, InvokeError> {
+    match committed {
+        Ok(outcome) => outcome,
+        Err(Withheld::Unlicensed { missing, .. }) => Err(InvokeError::Unlicensed {
+            plugin: plugin.to_string(),
+            missing,
+        }),
+        Err(Withheld::NotRecorded { source, .. }) => Err(InvokeError::NotRecorded {
+            plugin: plugin.to_string(),
+            source: source.into(),
+        }),
+    }
 }
 
 impl Runtime {
-    /// Runs one call of `plugin` in a fresh store. The call yields to the
-    /// executor at every epoch tick and while it waits in a host call, so
-    /// its time limit holds there too; dropping the future stops the call
-    /// and its seats come back as `store-dropped`.
+    /// Runs one call of `plugin` in a fresh store and ends it: every lease
+    /// reclaimed with its reason, every seat returned, the result kept only
+    /// if licensed. The call yields to the executor at every epoch tick and
+    /// while it waits in a host call, so its time limit holds there too;
+    /// dropping the future stops the call and its seats come back as
+    /// `store-dropped`.
     pub(crate) async fn invoke(
         &self,
         plugin: &Plugin,
         licenses: &Arc<LicenseManager>,
         invocation: u64,
         input: &[u8],
-    ) -> Result<Vec<u8>, InvokeError> {
+    ) -> Invoked {
         let started = Instant::now();
         plugin.stats.invocations.fetch_add(1, Ordering::Relaxed);
         let holder = Holder {
@@ -228,14 +234,12 @@ impl Runtime {
             component_digest: plugin.digest.clone(),
             invocation,
         };
-        let licensing = licenses.call(
-            holder.clone(),
+        let licensing = LicensedCall::open(
+            licenses,
+            holder,
             plugin.entitlement.clone(),
-            CallLimits {
-                wait: plugin.limits.wait_for_seat,
-                max_leases: plugin.limits.max_leases,
-                max_acquires: plugin.limits.max_acquires,
-            },
+            plugin.requires.clone(),
+            CallLimits::from(&plugin.limits),
         );
         let state = InvocationState::new(plugin, invocation, licensing);
         let mut store = Store::new(&self.engine, state);
@@ -254,80 +258,37 @@ impl Runtime {
                 .await
         };
         let end = match tokio::time::timeout(plugin.limits.time, call).await {
-            Ok(Ok(returned)) => CallEnd::Returned(returned),
-            Err(_) => {
-                let e = InvokeError::TimedOut {
+            Ok(Ok(returned)) => CallEnd::Returned(returned_outcome(plugin, returned)),
+            Err(_) => CallEnd::Stopped {
+                reason: ReclaimReason::TimedOut,
+                report: Err(InvokeError::TimedOut {
                     plugin: plugin.name.to_string(),
                     limit: plugin.limits.time,
-                };
-                CallEnd::Stopped(e, ReclaimReason::TimedOut)
-            }
+                }),
+            },
             Ok(Err(err)) => {
                 // The full error, with the guest's backtrace and function
                 // names, only at debug level: a caller never sees it.
                 tracing::debug!(target: "tollgate::call", plugin = %plugin.name, invocation, "stopped: {err:?}");
-                let e = stopped_error(plugin, store.data().limiter.hit, &err);
-                CallEnd::Stopped(e, ReclaimReason::Trapped)
-            }
-        };
-
-        let state = store.data_mut();
-        let reason = match &end {
-            CallEnd::Returned(_) => ReclaimReason::InvocationEnded,
-            CallEnd::Stopped(_, reason) => *reason,
-        };
-        // Every seat the call took returns now; a required license counts
-        // only if the call held its seat to this moment from a grant still
-        // in force.
-        let ended = state.licensing.end(reason);
-        let missing: Vec<MissingLicense> = plugin
-            .requires
-            .iter()
-            .filter(|id| !ended.held_to_end.contains(*id))
-            .map(|id| MissingLicense {
-                id: id.clone(),
-                denial: ended.denied.get(id).copied(),
-            })
-            .collect();
-        let lease_ids = ended.leases;
-        drop(store);
-
-        let outcome = match end {
-            CallEnd::Stopped(e, _) => Err(e),
-            CallEnd::Returned(_) if !missing.is_empty() => {
-                for m in &missing {
-                    licenses.record_withheld(&holder, &m.id);
+                CallEnd::Stopped {
+                    reason: ReclaimReason::Trapped,
+                    report: Err(stopped_error(plugin, store.data().limiter.hit, &err)),
                 }
-                Err(InvokeError::Unlicensed {
-                    plugin: plugin.name.to_string(),
-                    missing,
-                })
             }
-            // The plugin's own error text is output too, and bounded alike.
-            CallEnd::Returned(Err(message)) if message.len() > plugin.limits.max_output_bytes => {
-                Err(InvokeError::OutputTooLarge {
-                    plugin: plugin.name.to_string(),
-                    size: message.len(),
-                    limit: plugin.limits.max_output_bytes,
-                })
-            }
-            CallEnd::Returned(Err(message)) => Err(InvokeError::Failed {
-                plugin: plugin.name.to_string(),
-                message,
-            }),
-            CallEnd::Returned(Ok(output)) if output.len() > plugin.limits.max_output_bytes => {
-                Err(InvokeError::OutputTooLarge {
-                    plugin: plugin.name.to_string(),
-                    size: output.len(),
-                    limit: plugin.limits.max_output_bytes,
-                })
-            }
-            CallEnd::Returned(Ok(output)) => Ok(output),
         };
-        let counter = match &outcome {
-            Ok(_) => &plugin.stats.ok,
-            Err(InvokeError::Unlicensed { .. }) => &plugin.stats.unlicensed,
-            Err(_) => &plugin.stats.failed,
+        let failure = match &end {
+            CallEnd::Returned(Ok(_)) | CallEnd::Stopped { report: Ok(_), .. } => None,
+            CallEnd::Returned(Err(e)) | CallEnd::Stopped { report: Err(e), .. } => Some(e.code()),
+        };
+
+        // No guest code runs past this point. Every seat the call took
+        // returns now; a required license counts only if the call held its
+        // seat to this moment from a grant still in force.
+        let ended = store.into_data().licensing.end(end);
+        let (counter, code) = match (ended.withheld(), failure) {
+            (Some(missing), _) => (&plugin.stats.unlicensed, unlicensed_code(missing)),
+            (None, None) => (&plugin.stats.ok, "ok"),
+            (None, Some(code)) => (&plugin.stats.failed, code),
         };
         counter.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
@@ -335,12 +296,39 @@ impl Runtime {
             plugin = %plugin.name,
             invocation,
             licenses = ?plugin.requires,
-            leases = ?lease_ids,
-            outcome = outcome.as_ref().map_or_else(InvokeError::code, |_| "ok"),
+            leases = ?ended.leases(),
+            outcome = code,
             duration_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
             "call"
         );
-        outcome
+        Invoked {
+            plugin: plugin.name.clone(),
+            ended,
+        }
+    }
+}
+
+/// What a call whose plugin returned delivers if it is licensed: its
+/// output, or its own error, each within its output limit (the error text
+/// is output too, and bounded alike).
+fn returned_outcome(
+    plugin: &Plugin,
+    returned: Result<Vec<u8>, String>,
+) -> Result<Vec<u8>, InvokeError> {
+    let limit = plugin.limits.max_output_bytes;
+    let too_large = |size| InvokeError::OutputTooLarge {
+        plugin: plugin.name.to_string(),
+        size,
+        limit,
+    };
+    match returned {
+        Err(message) if message.len() > limit => Err(too_large(message.len())),
+        Err(message) => Err(InvokeError::Failed {
+            plugin: plugin.name.to_string(),
+            message,
+        }),
+        Ok(output) if output.len() > limit => Err(too_large(output.len())),
+        Ok(output) => Ok(output),
     }
 }
 

@@ -2,10 +2,9 @@
 //! licensing interface, one pre-linked `InstancePre` per plugin, and a fresh
 //! `Store` per invocation with memory and time limits.
 
-mod bindings;
+pub(crate) mod bindings;
 mod cache;
 mod invocation;
-mod licensing;
 mod plugin;
 mod sandbox;
 mod stdio;
@@ -15,7 +14,10 @@ pub use witsection::SECTION as WIT_VERSION_SECTION;
 
 pub use cache::{CacheError, CompileCache, KEY_FILE as COMPILE_CACHE_KEY_FILE, KEY_FILE_IN_CACHE};
 
-pub use invocation::{InvokeError, MissingLicense, RecordError};
+pub use crate::licensing::MissingLicense;
+pub(crate) use invocation::Invoked;
+pub use invocation::{InvokeError, RecordError};
+pub(crate) use plugin::validate_name;
 pub use plugin::{
     ComponentSource, Inspection, Limits, LoadError, Plugin, PluginSpec, PluginStats, Preopen,
     Sandbox, WIT_PACKAGE,
@@ -177,11 +179,8 @@ impl Runtime {
         let engine = Engine::new(&config).map_err(setup)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(setup)?;
-        bindings::ServiceOffer::add_to_linker::<_, licensing::LicensingCtx>(
-            &mut linker,
-            InvocationState::licensing_view,
-        )
-        .map_err(setup)?;
+        crate::licensing::add_to_linker(&mut linker, InvocationState::licensing_view)
+            .map_err(setup)?;
         let ticker = Some(EpochTicker::start(engine.clone()));
         let blocking = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)

@@ -1,10 +1,9 @@
 //! Per-invocation store state: a deny-all WASI context, the licensing state,
 //! and the limiter that caps what the whole call may allocate.
 
-use super::licensing::LicensingView;
 use super::plugin::{Limits, Plugin};
 use super::stdio::PluginLog;
-use crate::license::CallSeats;
+use crate::licensing::{LicensedCall, LicensingView};
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
@@ -138,14 +137,14 @@ pub(crate) struct InvocationState {
     wasi: WasiCtx,
     table: ResourceTable,
     pub(crate) limiter: Limiter,
-    pub(crate) licensing: CallSeats,
+    pub(crate) licensing: LicensedCall,
 }
 
 impl InvocationState {
     /// A sandbox with only the plugin's configured directories and env
     /// vars (none by default), no network, no stdin, and stdout and stderr
     /// logged at debug level under the plugin's name and the invocation id.
-    pub(crate) fn new(plugin: &Plugin, invocation: u64, licensing: CallSeats) -> Self {
+    pub(crate) fn new(plugin: &Plugin, invocation: u64, licensing: LicensedCall) -> Self {
         let mut wasi = WasiCtx::builder();
         wasi.stdout(PluginLog::new(plugin.name.clone(), invocation, "stdout"))
             .stderr(PluginLog::new(plugin.name.clone(), invocation, "stderr"))
@@ -181,10 +180,7 @@ impl InvocationState {
     }
 
     pub(crate) fn licensing_view(&mut self) -> LicensingView<'_> {
-        LicensingView {
-            seats: &mut self.licensing,
-            table: &mut self.table,
-        }
+        LicensingView::new(&mut self.licensing, &mut self.table)
     }
 }
 
