@@ -115,7 +115,7 @@ fn admin_body_corpus() {
         let kind = match route % 3 {
             0 => AdminBody::License,
             1 => AdminBody::LoadPlugin,
-            _ => AdminBody::UsageTime,
+            _ => AdminBody::UsageQuery,
         };
         if let Err(e) = parse_admin_body(kind, body) {
             refused += 1;
