@@ -7,6 +7,7 @@ mod cache;
 mod invocation;
 mod licensing;
 mod plugin;
+mod resident;
 mod sandbox;
 mod stdio;
 mod witsection;
@@ -20,6 +21,7 @@ pub use plugin::{
     ComponentSource, Inspection, Limits, LoadError, Plugin, PluginSpec, PluginStats, Preopen,
     Sandbox, WIT_PACKAGE,
 };
+pub use resident::resident_memory_bytes;
 
 use sandbox::InvocationState;
 use std::sync::Arc;
