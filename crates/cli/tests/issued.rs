@@ -5,7 +5,7 @@
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
 
@@ -507,22 +507,36 @@ fn broken_state_is_named() {
     assert!(out.contains("locked by another process"), "{out}");
     db.execute_batch("ROLLBACK").expect("unlock");
     let _ = key;
-    // One host per state directory: a host holding a seat for 3 s keeps it.
-    std::fs::write(env.path("hold"), "3000").expect("input");
+    // One host per state directory: a second host is refused while one runs
+    // (this one holds a seat for 30 s, and is killed before).
+    std::fs::write(env.path("hold"), "30000").expect("input");
+    let opened = env.path("holder.acks");
     let mut running = env
         .command(&[
             "run",
             &guest("slow"),
             "--license",
             "t=1",
+            "--timeout",
+            "60s",
             "--input",
             &env.p("hold"),
+            "--ack-log",
+            &env.p("holder.acks"),
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn");
-    std::thread::sleep(Duration::from_millis(500));
+    // `run` opens its ack log once its host holds the state directory.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !opened.exists() {
+        if let Some(exit) = running.try_wait().expect("holder") {
+            panic!("the first host ended before it ran its call: {exit}");
+        }
+        assert!(Instant::now() < deadline, "the first host never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let out = env.expect(2, &["run", &guest("hello-licensed"), "--license", "t=1"]);
     assert!(out.contains("another tollgate host is running"), "{out}");
     let _ = running.kill();
@@ -569,6 +583,8 @@ fn kill_nine_loses_no_acknowledged_call_and_no_seat() {
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
         let wait_ms = 400 + (seed >> 33) % 600;
+        // Not a wait for anything: the kill lands at a random moment of the
+        // run, which is what this test is about.
         std::thread::sleep(Duration::from_millis(wait_ms));
         child.kill().expect("SIGKILL");
         let status = child.wait().expect("reaped");
