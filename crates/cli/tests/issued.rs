@@ -3,11 +3,15 @@
 //! rejected with nothing changed — and kill -9 recovery.
 
 use serde_json::Value;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
+/// User and group id of `nobody`, for checks that root would pass.
+const NOBODY: u32 = 65534;
 
 fn guest(name: &str) -> String {
     test_guests::path(name).to_owned()
@@ -480,23 +484,32 @@ fn broken_state_is_named() {
     std::fs::write(env.path("a-file"), "x").expect("write");
     let out = env.expect(2, &["status", "--state", &env.p("a-file/state")]);
     assert!(out.contains("cannot use state directory"), "{out}");
-    // A directory without permission (only meaningful when not root).
+    // A directory without permission. Root may use any directory, so a test
+    // run as root runs this host as user nobody.
     std::fs::create_dir_all(env.path("locked-dir")).expect("dir");
-    let probe = env.path("locked-dir/probe");
     std::fs::set_permissions(
         env.path("locked-dir"),
         std::os::unix::fs::PermissionsExt::from_mode(0o500),
     )
     .expect("chmod");
-    if std::fs::write(&probe, "").is_err() {
-        let out = env.expect(2, &["status", "--state", &env.p("locked-dir")]);
-        assert!(
-            out.contains("cannot use state directory") && out.contains("Permission denied"),
-            "{out}"
-        );
-    } else {
-        eprintln!("running as root: the permission case is covered by the not-a-directory case");
+    let mut status = env.command(&["status", "--state", &env.p("locked-dir")]);
+    let owner = std::fs::metadata(env.path("locked-dir"))
+        .expect("dir")
+        .uid();
+    if owner == 0 {
+        status.uid(NOBODY).gid(NOBODY);
     }
+    let o = status.output().expect("tollgate runs");
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(o.status.code(), Some(2), "{out}");
+    assert!(
+        out.contains("cannot use state directory") && out.contains("Permission denied"),
+        "{out}"
+    );
     // A database another process holds locked.
     env.expect(0, &["status"]);
     let db = rusqlite::Connection::open(env.path("state/tollgate.db")).expect("db");
