@@ -53,3 +53,19 @@ pub fn load_mix(host: &Host, plugins: &[(&str, &str)], limits: &tollgate::Limits
         host.load_plugin(spec).expect("guest loads");
     }
 }
+
+/// Longest [`wait_until`] waits before it fails the test.
+pub const WAIT_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Checks `condition` every millisecond until it holds; fails the test,
+/// naming `what` it waited for, if it does not hold within [`WAIT_LIMIT`].
+pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + WAIT_LIMIT;
+    while !condition() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waited {WAIT_LIMIT:?} in vain for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}

@@ -1,5 +1,7 @@
-//! Admin API request bodies: the first byte picks the route, the rest is
-//! the body. Every body is accepted or refused with a message.
+//! Admin API request inputs (license and plugin bodies, the usage query):
+//! the first byte picks the route, the rest is its input, read by the very
+//! function that route reads it with. Every input is accepted or refused
+//! with a message.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -12,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
     let kind = match route % 3 {
         0 => AdminBody::License,
         1 => AdminBody::LoadPlugin,
-        _ => AdminBody::UsageTime,
+        _ => AdminBody::UsageQuery,
     };
     if let Err(e) = parse_admin_body(kind, body) {
         assert!(!e.is_empty());

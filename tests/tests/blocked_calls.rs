@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 use tollgate::{Host, InvokeError, Limits, PluginSpec, ReclaimReason, Seats, Terms};
 use tollgate_tests as guests;
-use tollgate_tests::{assert_balanced, text};
+use tollgate_tests::{WAIT_LIMIT, assert_balanced, text, wait_until};
 
 const SEAT: &str = "seat";
 
@@ -23,6 +23,14 @@ fn load(host: &Host, name: &str, limits: Limits) {
             .limits(limits),
     )
     .expect("guest loads");
+}
+
+fn in_use(host: &Host) -> u32 {
+    host.licenses()
+        .describe(SEAT)
+        .expect("installed")
+        .counters
+        .in_use
 }
 
 fn waiting(host: &Host) -> usize {
@@ -68,16 +76,7 @@ fn time_limit_stops_a_plugin_waiting_in_line_for_a_seat() {
     load(&host, "waiter", waiter);
     std::thread::scope(|s| {
         let holder = s.spawn(|| host.invoke("holder", b"3000"));
-        while host
-            .licenses()
-            .describe(SEAT)
-            .expect("installed")
-            .counters
-            .in_use
-            == 0
-        {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_until("the holder to take the seat", || in_use(&host) == 1);
         let started = Instant::now();
         let err = host.invoke("waiter", b"1").expect_err("stopped");
         let took = started.elapsed();
@@ -115,8 +114,20 @@ fn dropping_an_async_call_leaves_the_queue_and_frees_its_seat() {
         let waiter = host.invoke_async("slow", b"1");
         tokio::pin!(holder, waiter);
         let both = async { tokio::join!(holder.as_mut(), waiter.as_mut()) };
-        let dropped = tokio::time::timeout(Duration::from_millis(300), both).await;
-        assert!(dropped.is_err(), "both calls were still running");
+        let queued = async {
+            let deadline = Instant::now() + WAIT_LIMIT;
+            while (in_use(&host), waiting(&host)) != (1, 1) {
+                assert!(
+                    Instant::now() < deadline,
+                    "the holder did not take the seat with the waiter in line"
+                );
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        tokio::select! {
+            _ = both => panic!("a call ended while the holder holds the seat for 30 s"),
+            () = queued => {}
+        }
     });
     // Both futures are gone: the holder's seat came back as store-dropped
     // and the waiter's place in line is free.

@@ -6,7 +6,7 @@ use tollgate::license::LicenseStatus;
 use tollgate::runtime::MissingLicense;
 use tollgate::{Denial, Host, InvokeError, Limits, PluginSpec, ReclaimReason, Seats, Terms};
 use tollgate_tests as guests;
-use tollgate_tests::{assert_balanced, text};
+use tollgate_tests::{assert_balanced, text, wait_until};
 
 const SEAT: &str = "seat";
 
@@ -595,9 +595,9 @@ fn slow_revoked_mid_call_is_withheld() {
     load(&host, "slow", guests::SLOW);
     std::thread::scope(|s| {
         let call = s.spawn(|| host.invoke("slow", b"2000"));
-        while seat(&host).counters.in_use == 0 {
-            std::thread::yield_now();
-        }
+        wait_until("the call to take its seat", || {
+            seat(&host).counters.in_use == 1
+        });
         assert_eq!(host.revoke_license(SEAT).expect("revokes"), 1);
         let err = call.join().expect("call thread").expect_err("withheld");
         assert!(err.is_unlicensed(), "{err}");

@@ -3,11 +3,15 @@
 //! rejected with nothing changed — and kill -9 recovery.
 
 use serde_json::Value;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
+/// User and group id of `nobody`, for checks that root would pass.
+const NOBODY: u32 = 65534;
 
 fn guest(name: &str) -> String {
     test_guests::path(name).to_owned()
@@ -480,23 +484,32 @@ fn broken_state_is_named() {
     std::fs::write(env.path("a-file"), "x").expect("write");
     let out = env.expect(2, &["status", "--state", &env.p("a-file/state")]);
     assert!(out.contains("cannot use state directory"), "{out}");
-    // A directory without permission (only meaningful when not root).
+    // A directory without permission. Root may use any directory, so a test
+    // run as root runs this host as user nobody.
     std::fs::create_dir_all(env.path("locked-dir")).expect("dir");
-    let probe = env.path("locked-dir/probe");
     std::fs::set_permissions(
         env.path("locked-dir"),
         std::os::unix::fs::PermissionsExt::from_mode(0o500),
     )
     .expect("chmod");
-    if std::fs::write(&probe, "").is_err() {
-        let out = env.expect(2, &["status", "--state", &env.p("locked-dir")]);
-        assert!(
-            out.contains("cannot use state directory") && out.contains("Permission denied"),
-            "{out}"
-        );
-    } else {
-        eprintln!("running as root: the permission case is covered by the not-a-directory case");
+    let mut status = env.command(&["status", "--state", &env.p("locked-dir")]);
+    let owner = std::fs::metadata(env.path("locked-dir"))
+        .expect("dir")
+        .uid();
+    if owner == 0 {
+        status.uid(NOBODY).gid(NOBODY);
     }
+    let o = status.output().expect("tollgate runs");
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(o.status.code(), Some(2), "{out}");
+    assert!(
+        out.contains("cannot use state directory") && out.contains("Permission denied"),
+        "{out}"
+    );
     // A database another process holds locked.
     env.expect(0, &["status"]);
     let db = rusqlite::Connection::open(env.path("state/tollgate.db")).expect("db");
@@ -507,22 +520,36 @@ fn broken_state_is_named() {
     assert!(out.contains("locked by another process"), "{out}");
     db.execute_batch("ROLLBACK").expect("unlock");
     let _ = key;
-    // One host per state directory: a host holding a seat for 3 s keeps it.
-    std::fs::write(env.path("hold"), "3000").expect("input");
+    // One host per state directory: a second host is refused while one runs
+    // (this one holds a seat for 30 s, and is killed before).
+    std::fs::write(env.path("hold"), "30000").expect("input");
+    let opened = env.path("holder.acks");
     let mut running = env
         .command(&[
             "run",
             &guest("slow"),
             "--license",
             "t=1",
+            "--timeout",
+            "60s",
             "--input",
             &env.p("hold"),
+            "--ack-log",
+            &env.p("holder.acks"),
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn");
-    std::thread::sleep(Duration::from_millis(500));
+    // `run` opens its ack log once its host holds the state directory.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !opened.exists() {
+        if let Some(exit) = running.try_wait().expect("holder") {
+            panic!("the first host ended before it ran its call: {exit}");
+        }
+        assert!(Instant::now() < deadline, "the first host never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let out = env.expect(2, &["run", &guest("hello-licensed"), "--license", "t=1"]);
     assert!(out.contains("another tollgate host is running"), "{out}");
     let _ = running.kill();
@@ -569,6 +596,8 @@ fn kill_nine_loses_no_acknowledged_call_and_no_seat() {
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
         let wait_ms = 400 + (seed >> 33) % 600;
+        // Not a wait for anything: the kill lands at a random moment of the
+        // run, which is what this test is about.
         std::thread::sleep(Duration::from_millis(wait_ms));
         child.kill().expect("SIGKILL");
         let status = child.wait().expect("reaped");

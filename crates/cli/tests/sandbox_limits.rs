@@ -2,7 +2,7 @@
 //! with several memories, instances, tables and resources, each within the
 //! old per-memory or per-table checks but over the call's limits together.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tollgate::{Host, InvokeError, Limits, PluginSpec, ReclaimReason, Seats, Terms};
 
 const SEAT: &str = "seat";
@@ -334,6 +334,7 @@ fn one_pooled_call_cannot_take_every_memory_slot() {
     std::thread::scope(|s| {
         // Spins, holding a seat and 4 memories, until its time limit.
         let spinner = s.spawn(|| host.invoke("fill", &[255]));
+        let deadline = Instant::now() + Duration::from_secs(30);
         while host
             .licenses()
             .describe(SEAT)
@@ -342,7 +343,8 @@ fn one_pooled_call_cannot_take_every_memory_slot() {
             .in_use
             == 0
         {
-            std::thread::yield_now();
+            assert!(Instant::now() < deadline, "the spinner never took its seat");
+            std::thread::sleep(Duration::from_millis(1));
         }
         let out = host
             .invoke("fill", &[2])

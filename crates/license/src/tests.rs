@@ -5,7 +5,7 @@ use crate::ledger::MemoryLedger;
 use proptest::prelude::*;
 use std::sync::Barrier;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn holder(plugin: &str, invocation: u64) -> Holder {
     Holder {
@@ -52,6 +52,19 @@ fn waiting_call(
         Arc::new(Entitlement::to(["a", "b", "c"])),
         limits(Some(wait)),
     )
+}
+
+/// Waits until at least `n` calls wait in line for license `id`, checking
+/// every millisecond; fails the test if they do not within 30 s.
+fn wait_for_waiters(m: &LicenseManager, id: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while m.describe(id).expect("installed").waiting < n {
+        assert!(
+            Instant::now() < deadline,
+            "{n} call(s) never waited in line for {id}"
+        );
+        thread::sleep(Duration::from_millis(1));
+    }
 }
 
 fn counters(m: &LicenseManager, id: &str) -> Counters {
@@ -535,17 +548,13 @@ fn a_waiter_that_cannot_be_served_does_not_block_one_that_can() {
             .acquire("a")
             .err()
     });
-    while m.describe("a").expect("installed").waiting < 1 {
-        thread::yield_now();
-    }
+    wait_for_waiters(&m, "a", 1);
     let q_waiter = thread::spawn(move || {
         waiting_call(&mq, "q", 4, Duration::from_secs(30))
             .acquire("a")
             .is_ok()
     });
-    while m.describe("a").expect("installed").waiting < 2 {
-        thread::yield_now();
-    }
+    wait_for_waiters(&m, "a", 2);
     held_by_q.end(ReclaimReason::InvocationEnded);
     assert!(
         q_waiter.join().expect("q"),
@@ -647,9 +656,7 @@ fn waiters_are_served_in_fifo_order() {
     let mut handles = Vec::new();
     for i in 1..=4u64 {
         // Queue them one after another so their FIFO order is known.
-        while m.describe("a").expect("installed").waiting < (i - 1) as usize {
-            thread::yield_now();
-        }
+        wait_for_waiters(&m, "a", (i - 1) as usize);
         let (m, order) = (m.clone(), order.clone());
         handles.push(thread::spawn(move || {
             let mut c = waiting_call(&m, "p", i, Duration::from_secs(30));
@@ -658,9 +665,7 @@ fn waiters_are_served_in_fifo_order() {
             c.end(ReclaimReason::InvocationEnded);
         }));
     }
-    while m.describe("a").expect("installed").waiting < 4 {
-        thread::yield_now();
-    }
+    wait_for_waiters(&m, "a", 4);
     // A newcomer without a wait may not jump the queue.
     assert_eq!(call(&m, "q", 9).acquire("a"), Err(Denial::Exhausted));
     first.end(ReclaimReason::InvocationEnded);
@@ -692,9 +697,7 @@ fn wait_times_out_and_revoke_wakes_waiters() {
                 .err()
         })
     };
-    while m.describe("a").expect("installed").waiting < 1 {
-        thread::yield_now();
-    }
+    wait_for_waiters(&m, "a", 1);
     m.revoke("a").expect("installed");
     assert_eq!(waiter.join().expect("waiter"), Some(Denial::Revoked));
     drop(held);

@@ -6,7 +6,7 @@ use crate::config::PluginConfig;
 use axum::Json;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, Query, Request, State as Extract};
+use axum::extract::{Path, RawQuery, Request, State as Extract};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -16,11 +16,12 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::sync::{Arc, PoisonError};
 use subtle::ConstantTimeEq;
+use tollgate_license::issuer::{MAX_LICENSE_BYTES, SignedLicense, parse_time};
 use tollgate_license::{Clock, SystemClock};
 use tollgate_store::state::UsageFilter;
 
-/// Largest license file accepted over the API.
-const MAX_LICENSE_BODY: usize = 64 * 1024;
+/// Largest license file accepted over the API: as large as from a file.
+const MAX_LICENSE_BODY: usize = MAX_LICENSE_BYTES as usize;
 /// Largest plugin load request (a small JSON object) accepted.
 const MAX_LOAD_BODY: usize = 64 * 1024;
 
@@ -140,15 +141,11 @@ async fn install(
         Ok(read) => read,
         Err(response) => return response,
     };
-    let Ok(text) = std::str::from_utf8(&body) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "bad-request",
-            "the body must be a license file (UTF-8 text)",
-        );
+    let text = match license_body(&body) {
+        Ok(text) => text.to_string(),
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad-request", e),
     };
     let host = server.host.clone();
-    let text = text.to_string();
     match blocking(move || host.install_license_text(&text)).await {
         Ok(installed) => {
             let status = if installed.new {
@@ -211,39 +208,56 @@ struct LoadRequest {
     may_use: Vec<String>,
 }
 
+/// Reads a `POST /v1/admin/licenses` body: the UTF-8 text of a license
+/// file that parses (installing it checks its signature and window).
+fn license_body(body: &[u8]) -> Result<&str, String> {
+    let text = std::str::from_utf8(body)
+        .map_err(|_| "the body must be a license file (UTF-8 text)".to_string())?;
+    SignedLicense::parse(text).map_err(|e| e.to_string())?;
+    Ok(text)
+}
+
+/// Reads a `POST /v1/admin/plugins` body.
 fn parse_load_request(body: &[u8]) -> Result<LoadRequest, String> {
     serde_json::from_slice(body).map_err(|e| {
         format!("expected {{\"name\", \"component\", \"requires\", \"may_use\"}}: {e}")
     })
 }
 
-/// An admin request body, as its route reads it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AdminBody {
-    /// `POST /v1/admin/licenses`: a `tollgate-license v1` file.
-    License,
-    /// `POST /v1/admin/plugins`: `{"name", "component", "requires", "may_use"}`.
-    LoadPlugin,
-    /// `since`/`until` of `GET /v1/admin/usage`: a time.
-    UsageTime,
+/// Reads the query string of `GET /v1/admin/usage`.
+fn usage_query(query: &[u8]) -> Result<UsageFilter, String> {
+    let q: UsageQuery = serde_urlencoded::from_bytes(query).map_err(|e| {
+        format!("the query takes since, until (times), license and plugin, each at most once: {e}")
+    })?;
+    let time = |t: Option<String>| t.as_deref().map(parse_time).transpose();
+    Ok(UsageFilter {
+        since: time(q.since)?,
+        until: time(q.until)?,
+        license: q.license,
+        plugin: q.plugin,
+    })
 }
 
-/// Parses `body` exactly as the admin route `kind` does before acting on
-/// it, and says what is wrong with it; for fuzzing and bad-input tests.
-pub fn parse_admin_body(kind: AdminBody, body: &[u8]) -> Result<(), String> {
-    if kind == AdminBody::License && body.len() > MAX_LICENSE_BODY {
-        return Err("a license file is at most 64 KiB".into());
-    }
-    if kind == AdminBody::LoadPlugin && body.len() > MAX_LOAD_BODY {
-        return Err("a plugin load request is at most 64 KiB".into());
-    }
-    let text = || std::str::from_utf8(body).map_err(|_| "the body is not UTF-8 text".to_string());
+/// An admin request input, as its route reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AdminBody {
+    /// The body of `POST /v1/admin/licenses`: a `tollgate-license v1` file.
+    License,
+    /// The body of `POST /v1/admin/plugins`: `{"name", "component", "requires", "may_use"}`.
+    LoadPlugin,
+    /// The query string of `GET /v1/admin/usage`: `since`, `until`, `license`, `plugin`.
+    UsageQuery,
+}
+
+/// Reads `input` with the very function the admin route `kind` reads it
+/// with before acting on it, and returns the refusal that route answers
+/// with (400 `bad-request`); for fuzzing and bad-input tests. Bodies over
+/// the route's size limit are refused earlier, while they are read (413).
+pub fn parse_admin_body(kind: AdminBody, input: &[u8]) -> Result<(), String> {
     match kind {
-        AdminBody::License => tollgate_license::issuer::SignedLicense::parse(text()?)
-            .map(drop)
-            .map_err(|e| e.to_string()),
-        AdminBody::LoadPlugin => parse_load_request(body).map(drop),
-        AdminBody::UsageTime => tollgate_license::issuer::parse_time(text()?).map(drop),
+        AdminBody::License => license_body(input).map(drop),
+        AdminBody::LoadPlugin => parse_load_request(input).map(drop),
+        AdminBody::UsageQuery => usage_query(input).map(drop),
     }
 }
 
@@ -345,7 +359,11 @@ struct UsageQuery {
     plugin: Option<String>,
 }
 
-async fn usage(Extract(server): Extract<Arc<Server>>, Query(q): Query<UsageQuery>) -> Response {
+async fn usage(Extract(server): Extract<Arc<Server>>, RawQuery(query): RawQuery) -> Response {
+    let filter = match usage_query(query.as_deref().unwrap_or("").as_bytes()) {
+        Ok(filter) => filter,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad-request", e),
+    };
     let Some(state) = server.host.state() else {
         return error(
             StatusCode::NOT_FOUND,
@@ -353,21 +371,7 @@ async fn usage(Extract(server): Extract<Arc<Server>>, Query(q): Query<UsageQuery
             "this host keeps no usage ledger",
         );
     };
-    let time = |t: &Option<String>| {
-        t.as_deref()
-            .map(tollgate_license::issuer::parse_time)
-            .transpose()
-    };
-    let (since, until) = match (time(&q.since), time(&q.until)) {
-        (Ok(s), Ok(u)) => (s, u),
-        (Err(e), _) | (_, Err(e)) => return error(StatusCode::BAD_REQUEST, "bad-request", e),
-    };
-    match state.usage(&UsageFilter {
-        since,
-        until,
-        license: q.license,
-        plugin: q.plugin,
-    }) {
+    match state.usage(&filter) {
         Ok(rows) => Json(rows).into_response(),
         Err(e) => state_error(e),
     }
@@ -378,3 +382,6 @@ async fn metrics(Extract(server): Extract<Arc<Server>>) -> Response {
     server.render_limits(&mut text);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
+
+#[cfg(test)]
+mod tests;

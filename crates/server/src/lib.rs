@@ -91,6 +91,35 @@ pub(crate) struct Server {
     allowed_hosts: Option<Vec<AllowedHost>>,
 }
 
+impl Server {
+    /// The server state for `host`, with the settings of `config`.
+    pub(crate) fn new(host: Arc<Host>, config: &Config) -> Self {
+        Self {
+            host,
+            plugins: RwLock::new(
+                config
+                    .plugins
+                    .iter()
+                    .map(|p| (p.name.clone(), p.clone()))
+                    .collect(),
+            ),
+            admin_token: config.admin_token.clone(),
+            metrics: Metrics::default(),
+            calls: Semaphore::new(config.max_concurrent_calls as usize),
+            draining: AtomicBool::new(false),
+            in_flight: Mutex::new(HashMap::new()),
+            next_call: AtomicU64::new(0),
+            read_timeout: config.read_timeout,
+            bodies: BodyBudget::new(config.max_buffered_request_bytes),
+            clients: Arc::new(ClientSlots::new(
+                config.max_connections_per_client,
+                config.trusted_proxies.clone(),
+            )),
+            allowed_hosts: config.allowed_hosts(),
+        }
+    }
+}
+
 /// The `Limits` and `Sandbox` a plugin's config asks for.
 pub(crate) fn spec_for(p: &PluginConfig) -> PluginSpec {
     let mut spec = PluginSpec::file(p.name.clone(), &p.component).limits(Limits {
@@ -176,29 +205,7 @@ pub fn build_host(config: &Config) -> Result<Host, ServeError> {
 /// flushes the ledger. `ready` gets the bound address.
 pub async fn serve(config: Config, ready: impl FnOnce(SocketAddr)) -> Result<(), ServeError> {
     let host = Arc::new(tokio::task::block_in_place(|| build_host(&config))?);
-    let server = Arc::new(Server {
-        host: host.clone(),
-        plugins: RwLock::new(
-            config
-                .plugins
-                .iter()
-                .map(|p| (p.name.clone(), p.clone()))
-                .collect(),
-        ),
-        admin_token: config.admin_token.clone(),
-        metrics: Metrics::default(),
-        calls: Semaphore::new(config.max_concurrent_calls as usize),
-        draining: AtomicBool::new(false),
-        in_flight: Mutex::new(HashMap::new()),
-        next_call: AtomicU64::new(0),
-        read_timeout: config.read_timeout,
-        bodies: BodyBudget::new(config.max_buffered_request_bytes),
-        clients: Arc::new(ClientSlots::new(
-            config.max_connections_per_client,
-            config.trusted_proxies.clone(),
-        )),
-        allowed_hosts: config.allowed_hosts(),
-    });
+    let server = Arc::new(Server::new(host.clone(), &config));
     let app = router(server.clone());
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

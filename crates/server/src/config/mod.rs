@@ -290,8 +290,15 @@ impl Config {
 
     /// Reads, parses and validates the config file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = read_limited(path).map_err(|p| ConfigError::new(path, vec![p]))?;
-        Self::parse(&text, path)
+        let bytes = read_limited(path).map_err(|p| ConfigError::new(path, vec![p]))?;
+        Self::from_bytes(&bytes, path)
+    }
+
+    /// Checks the bytes [`Config::load`] read from `path`: at most 1 MiB of
+    /// UTF-8 text, which is then parsed and validated.
+    pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Config, ConfigError> {
+        let text = config_text(bytes).map_err(|p| ConfigError::new(path, vec![p]))?;
+        Self::parse(text, path)
     }
 
     /// Parses and validates `text`; `path` names it in messages and anchors relative paths.
@@ -369,8 +376,8 @@ impl Config {
     }
 }
 
-/// Reads `path` as UTF-8 text of at most [`MAX_FILE_BYTES`].
-fn read_limited(path: &Path) -> Result<String, Problem> {
+/// Reads at most one byte more than [`MAX_FILE_BYTES`] from `path`.
+fn read_limited(path: &Path) -> Result<Vec<u8>, Problem> {
     let shown = path.display();
     let file = std::fs::File::open(path).map_err(|e| {
         Problem::outside(match e.kind() {
@@ -389,15 +396,20 @@ fn read_limited(path: &Path) -> Result<String, Problem> {
                 "cannot read the config file: {e}; check that {shown} is a readable file"
             ))
         })?;
+    Ok(bytes)
+}
+
+/// The config file's bytes as text: UTF-8, at most [`MAX_FILE_BYTES`].
+fn config_text(bytes: &[u8]) -> Result<&str, Problem> {
     if bytes.len() as u64 > MAX_FILE_BYTES {
         return Err(Problem::outside(format!(
             "the config file is larger than {} KiB; this is not a tollgate config file, or it should be split up",
             MAX_FILE_BYTES / 1024
         )));
     }
-    String::from_utf8(bytes).map_err(|e| {
-        let offset = e.utf8_error().valid_up_to();
-        let text = String::from_utf8_lossy(&e.as_bytes()[..offset]);
+    std::str::from_utf8(bytes).map_err(|e| {
+        let offset = e.valid_up_to();
+        let text = String::from_utf8_lossy(&bytes[..offset]);
         let (line, column) = document::line_column(&text, offset);
         Problem {
             line,

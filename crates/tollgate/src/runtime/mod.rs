@@ -6,6 +6,7 @@ pub(crate) mod bindings;
 mod cache;
 mod invocation;
 mod plugin;
+mod resident;
 mod sandbox;
 mod stdio;
 mod witsection;
@@ -22,6 +23,7 @@ pub use plugin::{
     ComponentSource, Inspection, Limits, LoadError, Plugin, PluginSpec, PluginStats, Preopen,
     Sandbox, WIT_PACKAGE,
 };
+pub use resident::resident_memory_bytes;
 
 use sandbox::InvocationState;
 use std::sync::Arc;
