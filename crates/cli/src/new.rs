@@ -76,277 +76,124 @@ fn check_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The files of a new project, as (relative path, contents).
-fn files(args: &NewArgs, sdk: Option<&Path>, host: Option<&Path>) -> Vec<(&'static str, String)> {
-    let name = &args.name;
-    let license = &args.license;
-    let file = name.replace('-', "_");
-    let run = format!("tollgate run {file}.wasm --license {license}=1 --input -");
-    match args.lang {
-        Lang::Rust => {
-            let sdk = sdk.map_or_else(String::new, |p| p.display().to_string());
-            let dev_dependency = host.map_or_else(String::new, |p| {
-                format!(
-                    "\n# `cargo test` runs tests/plugin.rs on this machine: it builds the plugin\n\
-                     # and calls it under the tollgate host with a license.\n\
-                     [target.'cfg(not(target_family = \"wasm\"))'.dev-dependencies]\n\
-                     tollgate = {{ path = {:?} }}\n",
-                    p.display().to_string()
-                )
-            });
-            let test_section = if host.is_some() {
-                "\n## Test it\n\n```sh\ncargo test\n```\n\n\
-                 `tests/plugin.rs` builds the plugin for wasm32-wasip2, loads it into a tollgate \
-                 host with one seat of the license (`tollgate::testing`), calls it and checks the \
-                 counters. The first run compiles the host (a few minutes).\n"
-            } else {
-                ""
-            };
-            let mut files = vec![
-                (
-                    "Cargo.toml",
-                    format!(
-                        r#"[package]
-name = "{name}"
-version = "0.1.0"
-edition = "2024"
-publish = false
+/// One file of a new project: where it goes and the template it is made from.
+type Template = (&'static str, &'static str);
 
-[lib]
-crate-type = ["cdylib"]
+/// The Rust project's files (`tests/plugin.rs` only with a host crate).
+const RUST: &[Template] = &[
+    (
+        "Cargo.toml",
+        include_str!("../templates/rust/Cargo.toml.tmpl"),
+    ),
+    ("src/lib.rs", include_str!("../templates/rust/src/lib.rs")),
+    ("README.md", include_str!("../templates/rust/README.md")),
+    (".gitignore", include_str!("../templates/rust/gitignore")),
+];
+/// The Rust project's test, run by `cargo test` under the host crate.
+const RUST_TEST: Template = (
+    "tests/plugin.rs",
+    include_str!("../templates/rust/tests/plugin.rs"),
+);
+/// `{{host_dev_dependency}}` in the Rust Cargo.toml when there is a host crate.
+const RUST_HOST_DEV_DEPENDENCY: &str = include_str!("../templates/rust/host-dev-dependency.toml");
+/// `{{test_section}}` in the Rust README when there is a host crate.
+const RUST_README_TEST: &str = include_str!("../templates/rust/README-test.md");
+/// The Python project's files, besides `wit/`.
+const PYTHON: &[Template] = &[
+    ("app.py", include_str!("../templates/python/app.py")),
+    (
+        "requirements.txt",
+        include_str!("../templates/python/requirements.txt"),
+    ),
+    ("build.sh", include_str!("../templates/python/build.sh")),
+    ("README.md", include_str!("../templates/python/README.md")),
+    (".gitignore", include_str!("../templates/python/gitignore")),
+];
+/// The JavaScript project's files, besides `wit/`.
+const JS: &[Template] = &[
+    ("plugin.js", include_str!("../templates/js/plugin.js")),
+    ("package.json", include_str!("../templates/js/package.json")),
+    ("README.md", include_str!("../templates/js/README.md")),
+    (".gitignore", include_str!("../templates/js/gitignore")),
+];
 
-[dependencies]
-tollgate-guest = {{ path = {sdk:?} }}
-{dev_dependency}
-[profile.release]
-opt-level = "s"
-lto = true
-codegen-units = 1
-panic = "abort"
-strip = "debuginfo"
-
-# A project of its own, even inside another cargo workspace.
-[workspace]
-"#
-                    ),
-                ),
-                (
-                    "src/lib.rs",
-                    format!(
-                        r#"//! {name}: a licensed tollgate plugin.
-
-/// Takes a seat of license `{license}` for the call; the seat goes back when
-/// `_seat` is dropped at the end of the function.
-fn serve(input: &[u8]) -> Result<Vec<u8>, String> {{
-    let _seat = tollgate_guest::acquire("{license}").map_err(|e| e.to_string())?;
-    let who = String::from_utf8_lossy(input);
-    Ok(format!("hello, {{}}! (from {name}, licensed by {license})", who.trim()).into_bytes())
-}}
-
-tollgate_guest::service!(serve);
-"#
-                    ),
-                ),
-                (
-                    "README.md",
-                    format!(
-                        "# {name}\n\nA licensed tollgate plugin in Rust, on the `tollgate-guest` SDK.\n\n\
-                         ```sh\nrustup target add wasm32-wasip2\n\
-                         cargo build --release --target wasm32-wasip2\n\
-                         cp target/wasm32-wasip2/release/{file}.wasm .\n\
-                         echo world | {run}\n```\n\n\
-                         It prints `hello, world! (from {name}, licensed by {license})`. Without \
-                         `--license {license}=1` the host refuses the seat and the call fails.\n\
-                         {test_section}"
-                    ),
-                ),
-                (".gitignore", gitignore(Lang::Rust).to_string()),
-            ];
-            if host.is_some() {
-                files.push(("tests/plugin.rs", rust_test(name, license)));
-            }
-            files
+/// Fills in a template's `{{key}}` placeholders from `values`, in one pass
+/// (a value is never scanned for placeholders). A placeholder alone on its
+/// line whose value is empty or ends in a newline stands for whole lines, so
+/// an empty one leaves no blank line. An unknown or unclosed placeholder is
+/// an error.
+fn render(template: &str, values: &[(&str, &str)]) -> anyhow::Result<String> {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(open) = rest.find("{{") {
+        let (before, tail) = rest.split_at(open);
+        let close = tail
+            .find("}}")
+            .context("unclosed placeholder: a {{ without its }}")?;
+        let key = &tail[2..close];
+        let value = values
+            .iter()
+            .find_map(|(k, v)| (*k == key).then_some(*v))
+            .with_context(|| format!("unknown placeholder {{{{{key}}}}}"))?;
+        out.push_str(before);
+        rest = &tail[close + 2..];
+        let alone = (out.is_empty() || out.ends_with('\n')) && rest.starts_with('\n');
+        if alone && (value.is_empty() || value.ends_with('\n')) {
+            rest = &rest[1..];
         }
-        Lang::Python => vec![
-            (
-                "app.py",
-                format!(
-                    r#""""{name}: a licensed tollgate plugin in Python."""
-
-from componentize_py_types import Err
-from wit_world import exports
-from wit_world.imports import licensing
-
-
-class Service(exports.Service):
-    def invoke(self, input: bytes) -> bytes:
-        try:
-            lease = licensing.acquire("{license}")
-        except Err as refused:
-            raise Err(f"license {license} was refused: {{refused.value!r}}")
-        try:
-            who = input.decode("utf-8", errors="replace").strip()
-            return f"hello, {{who}}! (from {name}, licensed by {license})".encode()
-        finally:
-            licensing.release(lease)
-"#
-                ),
-            ),
-            (
-                "requirements.txt",
-                format!("componentize-py=={COMPONENTIZE_PY}\n"),
-            ),
-            ("wit/tollgate.wit", WIT.to_string()),
-            (
-                "build.sh",
-                format!(
-                    "#!/usr/bin/env bash\n# Builds {file}.wasm from app.py against wit/ (world service-offer).\n\
-                     set -euo pipefail\ncd \"$(dirname \"${{BASH_SOURCE[0]}}\")\"\n\
-                     want=\"componentize-py {COMPONENTIZE_PY}\"\n\
-                     if command -v componentize-py >/dev/null 2>&1 && [ \"$(componentize-py --version)\" = \"$want\" ]; then\n\
-                     \x20   tool=componentize-py\n\
-                     else\n\
-                     \x20   [ -x .venv/bin/componentize-py ] || {{ python3 -m venv .venv && .venv/bin/pip install -q -r requirements.txt; }}\n\
-                     \x20   tool=.venv/bin/componentize-py\n\
-                     fi\n\
-                     \"$tool\" -d wit -w service-offer componentize app -o {file}.wasm\n"
-                ),
-            ),
-            (
-                "README.md",
-                format!(
-                    "# {name}\n\nA licensed tollgate plugin in Python (componentize-py {COMPONENTIZE_PY}).\n\n\
-                     ```sh\n./build.sh   # uses componentize-py {COMPONENTIZE_PY} from PATH, else installs it into .venv\n\
-                     echo world | {run}\n```\n"
-                ),
-            ),
-            (".gitignore", gitignore(Lang::Python).to_string()),
-        ],
-        Lang::Js => vec![
-            (
-                "plugin.js",
-                format!(
-                    r#"// {name}: a licensed tollgate plugin in JavaScript.
-import {{ acquire, release }} from 'tollgate:plugin/licensing@0.1.0';
-
-export const service = {{
-  // A thrown string becomes the call's error.
-  invoke(input) {{
-    let lease;
-    try {{
-      lease = acquire('{license}');
-    }} catch (err) {{
-      throw `license {license} was refused: ${{JSON.stringify(err && err.payload)}}`;
-    }}
-    try {{
-      const who = new TextDecoder().decode(input).trim();
-      return new TextEncoder().encode(`hello, ${{who}}! (from {name}, licensed by {license})`);
-    }} finally {{
-      release(lease);
-    }}
-  }},
-}};
-"#
-                ),
-            ),
-            (
-                "package.json",
-                format!(
-                    r#"{{
-  "name": "{name}",
-  "version": "0.1.0",
-  "private": true,
-  "type": "module",
-  "scripts": {{
-    "build": "componentize-js --wit wit --world-name service-offer --disable http fetch-event -o {file}.wasm plugin.js"
-  }},
-  "devDependencies": {{
-    "@bytecodealliance/componentize-js": "{COMPONENTIZE_JS}"
-  }}
-}}
-"#
-                ),
-            ),
-            ("wit/tollgate.wit", WIT.to_string()),
-            (
-                "README.md",
-                format!(
-                    "# {name}\n\nA licensed tollgate plugin in JavaScript (componentize-js {COMPONENTIZE_JS}).\n\n\
-                     ```sh\nnpm install\nnpm run build\necho world | {run}\n```\n"
-                ),
-            ),
-            (".gitignore", gitignore(Lang::Js).to_string()),
-        ],
+        out.push_str(value);
     }
+    out.push_str(rest);
+    Ok(out)
 }
 
-/// The Rust project's `cargo test`: builds the component, runs it licensed.
-fn rust_test(name: &str, license: &str) -> String {
-    let file = name.replace('-', "_");
-    format!(
-        r#"//! Runs {name} under a tollgate host with a license, as an operator would.
-#![cfg(not(target_family = "wasm"))]
-
-use std::path::PathBuf;
-use std::process::Command;
-use std::sync::OnceLock;
-use tollgate::testing::{{TestError, TestHost}};
-
-/// Builds the plugin for wasm32-wasip2 (once) and returns its component.
-fn component() -> &'static PathBuf {{
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT.get_or_init(|| {{
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        let status = Command::new(env!("CARGO"))
-            .current_dir(&dir)
-            .args(["build", "--release", "--target", "wasm32-wasip2"])
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "cargo build --release --target wasm32-wasip2 failed");
-        let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| dir.join("target"), PathBuf::from);
-        target.join("wasm32-wasip2/release/{file}.wasm")
-    }})
-}}
-
-#[test]
-fn greets_and_gives_its_seat_back() -> Result<(), TestError> {{
-    let host = TestHost::builder()
-        .license("{license}", 1)
-        .plugin("{name}", component(), &["{license}"])
-        .build()?;
-    assert_eq!(
-        host.call_text("{name}", "world")?,
-        "hello, world! (from {name}, licensed by {license})"
-    );
-    let seats = host.counters("{license}");
-    assert_eq!((seats.checkouts, seats.releases, seats.in_use), (1, 1, 0));
-    host.assert_balanced(); // every seat came back, none oversold
-    Ok(())
-}}
-
-#[test]
-fn without_a_free_seat_the_result_is_withheld() -> Result<(), TestError> {{
-    let host = TestHost::builder()
-        .license("{license}", 0)
-        .plugin("{name}", component(), &["{license}"])
-        .build()?;
-    let err = host.call("{name}", b"world").expect_err("no seat, no result");
-    assert!(err.is_unlicensed(), "{{err}}");
-    let seats = host.counters("{license}");
-    assert_eq!((seats.checkouts, seats.withheld), (0, 1));
-    host.assert_balanced();
-    Ok(())
-}}
-"#
-    )
+/// `path` as a TOML string, quotes and escapes included.
+fn toml_string(path: &Path) -> String {
+    toml::Value::String(path.display().to_string()).to_string()
 }
 
-fn gitignore(lang: Lang) -> &'static str {
-    match lang {
-        Lang::Rust => "target/\n*.wasm\n",
-        Lang::Python => ".venv/\n__pycache__/\n*.wasm\n",
-        Lang::Js => "node_modules/\n*.wasm\n",
+/// The files of a new project, as (relative path, contents).
+fn files(
+    args: &NewArgs,
+    sdk: Option<&Path>,
+    host: Option<&Path>,
+) -> anyhow::Result<Vec<(&'static str, String)>> {
+    let lib_name = args.name.replace('-', "_");
+    let sdk_path = sdk.map_or_else(String::new, toml_string);
+    let host_path = host.map_or_else(String::new, toml_string);
+    let mut values = vec![
+        ("name", args.name.as_str()),
+        ("lib_name", lib_name.as_str()),
+        ("license", args.license.as_str()),
+        ("sdk_path", sdk_path.as_str()),
+        ("host_path", host_path.as_str()),
+        ("componentize_py", COMPONENTIZE_PY),
+        ("componentize_js", COMPONENTIZE_JS),
+    ];
+    let (templates, test) = match args.lang {
+        Lang::Rust => (RUST, host.map(|_| RUST_TEST)),
+        Lang::Python => (PYTHON, None),
+        Lang::Js => (JS, None),
+    };
+    let (dev_dependency, test_section) = match test {
+        Some(_) => (
+            render(RUST_HOST_DEV_DEPENDENCY, &values)?,
+            render(RUST_README_TEST, &values)?,
+        ),
+        None => (String::new(), String::new()),
+    };
+    values.push(("host_dev_dependency", &dev_dependency));
+    values.push(("test_section", &test_section));
+    let mut files = Vec::new();
+    for (path, template) in templates.iter().chain(test.as_ref()) {
+        let text =
+            render(template, &values).with_context(|| format!("in the template of {path}"))?;
+        files.push((*path, text));
     }
+    if args.lang != Lang::Rust {
+        files.push(("wit/tollgate.wit", WIT.to_string()));
+    }
+    Ok(files)
 }
 
 pub(crate) fn run(args: NewArgs) -> Result<Exit, Failure> {
@@ -408,7 +255,7 @@ pub(crate) fn run(args: NewArgs) -> Result<Exit, Failure> {
             "note: the tollgate sources are not at {HOST_IN_TREE}, so the project gets no `cargo test`; pass --host-crate PATH to add one"
         );
     }
-    for (rel, text) in files(&args, sdk.as_deref(), host.as_deref()) {
+    for (rel, text) in files(&args, sdk.as_deref(), host.as_deref())? {
         let path = dir.join(rel);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)
@@ -460,5 +307,158 @@ mod tests {
             let err = check_name(bad).expect_err(bad);
             assert!(err.contains("not a valid plugin name"), "{err}");
         }
+    }
+
+    /// `tollgate new hello-x --lang LANG --license acme.pro`.
+    fn args(lang: Lang) -> NewArgs {
+        NewArgs {
+            name: "hello-x".into(),
+            lang,
+            dir: None,
+            license: "acme.pro".into(),
+            sdk: None,
+            host_crate: None,
+        }
+    }
+
+    /// The file at `path` among `files`.
+    fn file<'a>(files: &'a [(&str, String)], path: &str) -> &'a str {
+        files
+            .iter()
+            .find_map(|(p, text)| (*p == path).then_some(text.as_str()))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no {path} among {:?}",
+                    files.iter().map(|f| f.0).collect::<Vec<_>>()
+                )
+            })
+    }
+
+    #[test]
+    fn every_template_fills_every_placeholder() {
+        let sdk = Path::new("/sdk/tollgate-guest");
+        let host = Path::new("/src/crates/tollgate");
+        for (lang, host, paths) in [
+            (
+                Lang::Rust,
+                Some(host),
+                &[
+                    "Cargo.toml",
+                    "src/lib.rs",
+                    "README.md",
+                    ".gitignore",
+                    "tests/plugin.rs",
+                ][..],
+            ),
+            (
+                Lang::Rust,
+                None,
+                &["Cargo.toml", "src/lib.rs", "README.md", ".gitignore"],
+            ),
+            (
+                Lang::Python,
+                None,
+                &[
+                    "app.py",
+                    "requirements.txt",
+                    "build.sh",
+                    "README.md",
+                    ".gitignore",
+                    "wit/tollgate.wit",
+                ],
+            ),
+            (
+                Lang::Js,
+                None,
+                &[
+                    "plugin.js",
+                    "package.json",
+                    "README.md",
+                    ".gitignore",
+                    "wit/tollgate.wit",
+                ],
+            ),
+        ] {
+            let files = files(&args(lang), Some(sdk), host).expect("every template renders");
+            let made: Vec<&str> = files.iter().map(|f| f.0).collect();
+            assert_eq!(made, paths, "{lang:?}");
+            for (path, text) in &files {
+                assert!(
+                    !text.contains("{{"),
+                    "{lang:?} {path} kept a placeholder:\n{text}"
+                );
+            }
+            for path in ["Cargo.toml", "README.md"] {
+                let Some((_, text)) = files.iter().find(|f| f.0 == path) else {
+                    continue;
+                };
+                assert!(
+                    !text.contains("\n\n\n"),
+                    "{lang:?} {path} has a gap:\n{text}"
+                );
+                assert!(
+                    !text.ends_with("\n\n"),
+                    "{lang:?} {path} ends in a gap:\n{text}"
+                );
+            }
+            let readme = file(&files, "README.md");
+            assert!(readme.starts_with("# hello-x\n"), "{readme}");
+            assert!(
+                readme.contains("tollgate run hello_x.wasm --license acme.pro=1 --input -"),
+                "{readme}"
+            );
+            assert_eq!(readme.contains("cargo test"), host.is_some(), "{readme}");
+        }
+    }
+
+    #[test]
+    fn rust_manifest_is_toml_with_the_paths_given() {
+        let sdk = Path::new(r#"/odd "dir"\with\backslashes/tollgate-guest"#);
+        let host = Path::new("/src/crates/tollgate");
+        let with_host = files(&args(Lang::Rust), Some(sdk), Some(host)).expect("renders");
+        let manifest: toml::Table = toml::from_str(file(&with_host, "Cargo.toml")).expect("TOML");
+        assert_eq!(manifest["package"]["name"].as_str(), Some("hello-x"));
+        assert_eq!(
+            manifest["dependencies"]["tollgate-guest"]["path"].as_str(),
+            sdk.to_str()
+        );
+        let dev = &manifest["target"][r#"cfg(not(target_family = "wasm"))"#]["dev-dependencies"];
+        assert_eq!(dev["tollgate"]["path"].as_str(), host.to_str());
+
+        let no_host = files(&args(Lang::Rust), Some(sdk), None).expect("renders");
+        let manifest: toml::Table = toml::from_str(file(&no_host, "Cargo.toml")).expect("TOML");
+        assert!(manifest.get("target").is_none(), "{manifest}");
+    }
+
+    #[test]
+    fn js_package_is_json_naming_the_plugin() {
+        let files = files(&args(Lang::Js), None, None).expect("renders");
+        let package: serde_json::Value =
+            serde_json::from_str(file(&files, "package.json")).expect("JSON");
+        assert_eq!(package["name"], "hello-x");
+        assert_eq!(
+            package["devDependencies"]["@bytecodealliance/componentize-js"],
+            COMPONENTIZE_JS
+        );
+    }
+
+    #[test]
+    fn render_fills_in_one_pass_and_refuses_unknown_placeholders() {
+        let values = [
+            ("name", "x"),
+            ("lines", "a\nb\n"),
+            ("none", ""),
+            ("raw", "{{name}}"),
+        ];
+        assert_eq!(render("hi {{name}}!", &values).expect("renders"), "hi x!");
+        assert_eq!(render("{{raw}}", &values).expect("renders"), "{{name}}");
+        assert_eq!(
+            render("1\n{{lines}}\n2\n{{none}}\n3 {{none}}\n", &values).expect("renders"),
+            "1\na\nb\n2\n3 \n"
+        );
+        let err = render("a {{nmae}} b", &values).expect_err("unknown key");
+        assert_eq!(err.to_string(), "unknown placeholder {{nmae}}");
+        let err = render("a {{name", &values).expect_err("unclosed");
+        assert!(err.to_string().contains("unclosed placeholder"), "{err}");
     }
 }

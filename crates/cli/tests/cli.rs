@@ -3,6 +3,7 @@
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::{Command, Output};
+use tempfile::TempDir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
 
@@ -33,10 +34,9 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-fn temp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("tollgate-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir.join(name)
+/// A new temporary directory, removed when dropped.
+fn scratch() -> TempDir {
+    TempDir::new().expect("temporary directory")
 }
 
 fn summary(path: &PathBuf) -> Value {
@@ -73,9 +73,10 @@ fn assert_seats_back(s: &Value) {
 
 #[test]
 fn hello_prints_output_and_exits_zero() {
-    let input = temp("name.txt");
+    let tmp = scratch();
+    let input = tmp.path().join("name.txt");
     std::fs::write(&input, "cli").expect("write input");
-    let sum = temp("hello.json");
+    let sum = tmp.path().join("hello.json");
     let o = run_guest(
         "hello-licensed",
         &[
@@ -116,7 +117,8 @@ fn hello_prints_output_and_exits_zero() {
 
 #[test]
 fn stdin_input_and_repeat_with_concurrency() {
-    let sum = temp("repeat.json");
+    let tmp = scratch();
+    let sum = tmp.path().join("repeat.json");
     let mut child = Command::new(BIN)
         .args([
             "run",
@@ -162,6 +164,7 @@ fn stdin_input_and_repeat_with_concurrency() {
 
 #[test]
 fn every_guest_gets_its_exit_code() {
+    let tmp = scratch();
     let cases: &[(&str, &[&str], i32, &str)] = &[
         ("ids", &[], 0, "seat: seats=2 in-use=0->1 expires=never"),
         (
@@ -198,7 +201,7 @@ fn every_guest_gets_its_exit_code() {
         ("wrong-id", &[], 3, "did not hold seat (never acquired)"),
     ];
     for (name, extra, code, needle) in cases {
-        let sum = temp(&format!("{name}.json"));
+        let sum = tmp.path().join(format!("{name}.json"));
         let mut args = vec![
             "--license",
             "seat=2",
@@ -231,9 +234,10 @@ fn denied_license_exits_three() {
 
 #[test]
 fn bad_input_exits_two_with_a_clear_error() {
-    let text_file = temp("not-wasm.wasm");
+    let tmp = scratch();
+    let text_file = tmp.path().join("not-wasm.wasm");
     std::fs::write(&text_file, "hello, I am text").expect("write");
-    let core = temp("core.wasm");
+    let core = tmp.path().join("core.wasm");
     std::fs::write(&core, b"\0asm\x01\0\0\0").expect("write");
     let hello = guest("hello-licensed");
     let hello = hello.to_str().expect("utf-8");
@@ -362,8 +366,11 @@ fn demo_shows_the_whole_story() {
 fn run_leaks_nothing_of_a_withheld_call() {
     const SECRET: &str = "SECRET-7f3a9c";
     const FUNCTION: &str = "secret_function_7f3a9c";
+    let tmp = scratch();
     let blab = |action: &str, log: Option<&str>| {
-        let input = temp(&format!("blab-{}.txt", action.replace([' ', ':'], "-")));
+        let input = tmp
+            .path()
+            .join(format!("blab-{}.txt", action.replace([' ', ':'], "-")));
         std::fs::write(&input, action).expect("write input");
         let path = guest("blabber");
         let mut cmd = Command::new(BIN);
