@@ -1172,6 +1172,8 @@ fn suggestions_need_an_edit_distance_of_at_most_two() {
     assert_eq!(units::closest("require", keys), Some("requires"));
     assert_eq!(units::closest("time-limit", keys), Some("time_limit"));
     assert_eq!(units::closest("zzz", keys), None);
+    assert_eq!(units::closest("MEMROY", keys), Some("memory"), "any case");
+    assert_eq!(units::closest("rqeuires", keys), Some("requires"));
 }
 
 #[test]
