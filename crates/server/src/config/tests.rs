@@ -440,6 +440,45 @@ max_connections = 0
 }
 
 #[test]
+fn every_setting_has_its_checks() {
+    let dir = TempDir::new();
+    dir.file("token", "0123456789abcdef0123\n");
+    assert_problems(
+        "every_setting_wrong",
+        &dir,
+        r#"
+listen = "127.0.0.1:99999"
+state = 1
+compile_cache = ""
+admin_token = 16
+trusted_issuers = {}
+log_format = "Human"
+grace_period = "-1s"
+max_concurrent_calls = 1.5
+read_timeout = "2h"
+max_connections = 100001
+max_connections_per_client = true
+trusted_proxies = "10.0.0.0/8"
+write_timeout = 30
+max_buffered_request_bytes = 1024
+allowed_hosts = "localhost"
+"#,
+    );
+    // The later of two settings that exclude each other is reported, and
+    // neither is read.
+    assert_problems(
+        "admin_token_file_before_admin_token",
+        &dir,
+        "admin_token_file = \"nope\"\nadmin_token = \"short\"\n",
+    );
+    assert_problems(
+        "durations_over_1h",
+        &dir,
+        "read_timeout = \"61m\"\nwrite_timeout = \"1h 1s\"\n",
+    );
+}
+
+#[test]
 fn bad_plugin_values_are_reported() {
     let dir = TempDir::with_component();
     dir.file("a-file", "");
@@ -577,6 +616,31 @@ max_per_plugin = 2
         &dir,
         &format!(
             "{MINIMAL_PLUGIN}requires = [\"demo\"]\n[license.demo]\nmax_per_plugin = 0\nreserve = {{ hello = -1 }}\n"
+        ),
+    );
+}
+
+#[test]
+fn license_rule_values_are_checked() {
+    let dir = TempDir::with_component();
+    assert_problems(
+        "license_rule_types",
+        &dir,
+        &format!(
+            "{MINIMAL_PLUGIN}requires = [\"demo\", \"pro\"]\nmay_use = [\"x\"]\n\n[license.demo]\ninclude = \"hello\"\nexclude = [1]\nreserve = [\"hello\"]\nmax_per_plugin = \"2\"\n\n[license.pro]\ninclude = []\n\n[license.x]\nnotes = \"\"\nreserve = {{ hello = \"1\" }}\nexclude = [\"hello\"]\n"
+        ),
+    );
+    assert_problems(
+        "license_not_a_table",
+        &dir,
+        &format!("{MINIMAL_PLUGIN}may_use = [\"demo\"]\n[license]\ndemo = 3\n"),
+    );
+    // A plugin that requires the license but is left out of `include`.
+    assert_problems(
+        "license_include_leaves_out_a_requirer",
+        &dir,
+        &format!(
+            "{MINIMAL_PLUGIN}requires = [\"demo\"]\n\n[[plugin]]\nname = \"b\"\ncomponent = \"plugins/hello.wasm\"\nmay_use = [\"demo\"]\n\n[license.demo]\ninclude = [\"b\"]\nreserve = {{ hello = 99999999999 }}\nmax_per_plugin = 4294967296\n"
         ),
     );
 }
