@@ -307,6 +307,26 @@ fn the_bundled_example_parses_when_its_paths_exist() {
 }
 
 #[test]
+fn the_bundled_example_shows_every_key() {
+    let example = include_str!("example.toml");
+    // Set, as a section header, or quoted in a comment.
+    let written = |key: &str| {
+        example.contains(&format!("`{key} ="))
+            || example.lines().any(|line| {
+                let line = line.trim_start_matches(['#', ' ']);
+                line.starts_with(&format!("{key} ="))
+                    || line.starts_with(&format!("[{key}."))
+                    || line.starts_with(&format!("[[{key}]]"))
+            })
+    };
+    let missing: Vec<&str> = document::top_level_keys()
+        .chain(document::license_rule_keys())
+        .filter(|key| !written(key))
+        .collect();
+    assert!(missing.is_empty(), "example.toml lacks {missing:?}");
+}
+
+#[test]
 fn the_bundled_example_without_its_files_names_each_missing_one() {
     let dir = TempDir::new();
     assert_problems(
