@@ -16,26 +16,173 @@ use toml::de::{DeTable, DeValue};
 type Value<'i> = Spanned<DeValue<'i>>;
 type Key<'i> = Spanned<std::borrow::Cow<'i, str>>;
 
-const TOP_KEYS: &[&str] = &[
-    "listen",
-    "state",
+/// Every top-level setting, in the order the "known keys" hint lists them.
+/// Each row drives the unknown-key check and its did-you-mean, the type
+/// errors, the value checks and where the value goes in the [`Config`]:
+/// adding a setting is adding a row (and its field and default).
+const SETTINGS: &[Setting] = &[
+    Setting::text("listen", "a string like \"127.0.0.1:7878\"", |c, text| {
+        c.listen = units::socket_addr(text)?;
+        Ok(())
+    }),
+    Setting::path("state", |c, path| {
+        c.state = Some(path);
+        Ok(())
+    }),
+    Setting::text("admin_token", "a string", |c, text| {
+        super::check_token(text)?;
+        c.admin_token = Some(text.to_string());
+        Ok(())
+    }),
+    Setting::path("admin_token_file", |c, path| {
+        c.admin_token = Some(super::read_token_file(&path)?);
+        c.admin_token_file = Some(path);
+        Ok(())
+    }),
+    Setting::own("trusted_issuers", |checker, value, c| {
+        c.trusted_issuers = Some(checker.issuer_pins(value));
+    }),
+    Setting::text("log_format", "\"human\" or \"json\"", |c, text| {
+        c.log_format = units::log_format(text)?;
+        Ok(())
+    }),
+    Setting::duration("grace_period", None, |c| &mut c.grace_period),
+    Setting::path("compile_cache", |c, path| {
+        c.compile_cache = Some(path);
+        Ok(())
+    }),
+    Setting::count("max_concurrent_calls", MAX_CONCURRENT_CALLS, |c| {
+        &mut c.max_concurrent_calls
+    }),
+    Setting::duration("read_timeout", Some(MAX_READ_TIMEOUT), |c| {
+        &mut c.read_timeout
+    }),
+    Setting::count("max_connections", MAX_CONNECTIONS, |c| {
+        &mut c.max_connections
+    }),
+    Setting::count("max_connections_per_client", MAX_CONNECTIONS, |c| {
+        &mut c.max_connections_per_client
+    }),
+    Setting::own("trusted_proxies", |checker, value, c| {
+        c.trusted_proxies = checker.trusted_proxies(value);
+    }),
+    Setting::duration("write_timeout", Some(MAX_READ_TIMEOUT), |c| {
+        &mut c.write_timeout
+    }),
+    Setting::size("max_buffered_request_bytes", MIN_BUFFERED, 16 * GIB, |c| {
+        &mut c.max_buffered_request_bytes
+    }),
+    Setting::own("allowed_hosts", |checker, value, c| {
+        checker.allowed_hosts(value, c);
+    }),
+];
+
+/// Top-level keys that are sections with readers of their own, after the settings.
+const SECTIONS: &[&str] = &["plugin", "license"];
+
+/// Settings that may not both be set, with what to do about it: the later
+/// one is reported, and neither is read.
+const EXCLUSIVE: &[(&str, &str, &str)] = &[(
     "admin_token",
     "admin_token_file",
-    "trusted_issuers",
-    "log_format",
-    "grace_period",
-    "compile_cache",
-    "max_concurrent_calls",
-    "read_timeout",
-    "max_connections",
-    "max_connections_per_client",
-    "trusted_proxies",
-    "write_timeout",
-    "max_buffered_request_bytes",
-    "allowed_hosts",
-    "plugin",
-    "license",
-];
+    "keep only one (`admin_token_file` keeps the token out of the config)",
+)];
+
+/// The keys allowed at the top level: the settings, then the sections.
+pub(super) fn top_level_keys() -> impl Iterator<Item = &'static str> {
+    SETTINGS
+        .iter()
+        .map(|s| s.name)
+        .chain(SECTIONS.iter().copied())
+}
+
+/// The keys allowed in a `[license.<id>]` table.
+pub(super) fn license_rule_keys() -> impl Iterator<Item = &'static str> {
+    LICENSE_RULES.iter().map(|(name, _)| *name)
+}
+
+/// One top-level setting: its key and how its value is read.
+struct Setting {
+    /// The key in the file.
+    name: &'static str,
+    /// How the value is checked, and where it goes.
+    kind: Kind,
+}
+
+/// How a setting's value is checked and stored in the [`Config`].
+enum Kind {
+    /// A string that `set` checks and stores; `expected` names it in type errors.
+    Text {
+        expected: &'static str,
+        set: fn(&mut Config, &str) -> Result<(), String>,
+    },
+    /// A non-empty path string, resolved against the config file's
+    /// directory, that `set` checks and stores.
+    Path(fn(&mut Config, PathBuf) -> Result<(), String>),
+    /// A duration string; with a limit, above 0 and at most the limit.
+    Duration {
+        limit: Option<Duration>,
+        field: fn(&mut Config) -> &mut Duration,
+    },
+    /// A whole number from 1 to `max`.
+    Count {
+        max: i64,
+        field: fn(&mut Config) -> &mut u32,
+    },
+    /// A size string from `min` to `max` bytes.
+    Size {
+        min: u64,
+        max: u64,
+        field: fn(&mut Config) -> &mut usize,
+    },
+    /// A list whose entries are checked together, by a reader of its own.
+    Own(fn(&mut Checker<'_>, &Value<'_>, &mut Config)),
+}
+
+impl Setting {
+    const fn text(
+        name: &'static str,
+        expected: &'static str,
+        set: fn(&mut Config, &str) -> Result<(), String>,
+    ) -> Self {
+        let kind = Kind::Text { expected, set };
+        Self { name, kind }
+    }
+
+    const fn path(name: &'static str, set: fn(&mut Config, PathBuf) -> Result<(), String>) -> Self {
+        let kind = Kind::Path(set);
+        Self { name, kind }
+    }
+
+    const fn duration(
+        name: &'static str,
+        limit: Option<Duration>,
+        field: fn(&mut Config) -> &mut Duration,
+    ) -> Self {
+        let kind = Kind::Duration { limit, field };
+        Self { name, kind }
+    }
+
+    const fn count(name: &'static str, max: i64, field: fn(&mut Config) -> &mut u32) -> Self {
+        let kind = Kind::Count { max, field };
+        Self { name, kind }
+    }
+
+    const fn size(
+        name: &'static str,
+        min: u64,
+        max: u64,
+        field: fn(&mut Config) -> &mut usize,
+    ) -> Self {
+        let kind = Kind::Size { min, max, field };
+        Self { name, kind }
+    }
+
+    const fn own(name: &'static str, read: fn(&mut Checker<'_>, &Value<'_>, &mut Config)) -> Self {
+        let kind = Kind::Own(read);
+        Self { name, kind }
+    }
+}
 
 const PLUGIN_KEYS: &[&str] = &[
     "name",
@@ -53,7 +200,54 @@ const PLUGIN_KEYS: &[&str] = &[
 
 const DIR_KEYS: &[&str] = &["host", "guest", "mode"];
 
-const LICENSE_KEYS: &[&str] = &["include", "exclude", "reserve", "max_per_plugin"];
+/// The keys of a `[license.<id>]` table, in the order the "known keys" hint
+/// lists them. Each row drives the unknown-key check and its did-you-mean,
+/// and reads its value, with the type errors, into a [`RulesDraft`];
+/// [`Checker::license`] then checks the rules against each other and the
+/// plugins.
+const LICENSE_RULES: &[(&str, RuleReader)] = &[
+    ("include", |checker, value, place, names, draft| {
+        draft.include = checker.plugin_refs(value, "include", place, names);
+    }),
+    ("exclude", |checker, value, place, names, draft| {
+        draft.exclude = checker.plugin_refs(value, "exclude", place, names);
+    }),
+    ("reserve", |checker, value, place, names, draft| {
+        draft.reserve = checker.reservations(value, place, names);
+    }),
+    ("max_per_plugin", |checker, value, place, _, draft| {
+        draft.max_per_plugin = checker.max_per_plugin(value, place);
+    }),
+];
+
+/// Reads one key of a `[license.<id>]` table: the checker, the value, the
+/// place part of messages, the configured plugins, and the rules read so far.
+type RuleReader = fn(&mut Checker<'_>, &Value<'_>, &str, &Names<'_>, &mut RulesDraft);
+
+/// A `[license.<id>]` table's values as read, with where each plugin name is.
+#[derive(Default)]
+struct RulesDraft {
+    /// `include`: configured plugin names.
+    include: Vec<(String, Range<usize>)>,
+    /// `exclude`: configured plugin names.
+    exclude: Vec<(String, Range<usize>)>,
+    /// `reserve`: configured plugin names with their seats, where valid.
+    reserve: Vec<Reservation>,
+    /// `max_per_plugin`, where valid.
+    max_per_plugin: Option<u32>,
+}
+
+/// One entry of `reserve`.
+struct Reservation {
+    /// The plugin's name.
+    name: String,
+    /// Where the name is.
+    name_span: Range<usize>,
+    /// The seats, if a valid count.
+    seats: Option<u32>,
+    /// Where the seats are.
+    seats_span: Range<usize>,
+}
 
 const GIB: u64 = 1 << 30;
 /// Smallest `memory`: one WebAssembly page.
@@ -340,9 +534,8 @@ impl<'t> Checker<'t> {
         Some(self.dir.join(raw))
     }
 
-    /// A top-level whole number `key` from 1 to `max`, if set and valid.
-    fn count(&mut self, root: &DeTable<'_>, key: &str, max: i64) -> Option<u32> {
-        let value = root.get(key)?;
+    /// A top-level whole number `key` from 1 to `max`, if valid.
+    fn count(&mut self, value: &Value<'_>, key: &str, max: i64) -> Option<u32> {
         let n = self.integer(value, key, "")?;
         match u32::try_from(n) {
             Ok(n) if (1..=max).contains(&i64::from(n)) => Some(n),
@@ -498,27 +691,29 @@ impl<'t> Checker<'t> {
             plugins: Vec::new(),
             licenses: BTreeMap::new(),
         };
-        self.unknown_keys(root, TOP_KEYS, "");
-        let top = "";
-
-        if let Some(value) = root.get("listen")
-            && let Some(text) =
-                self.string(value, "listen", top, "a string like \"127.0.0.1:7878\"")
-        {
-            match units::socket_addr(text) {
-                Ok(addr) => config.listen = addr,
-                Err(why) => self.problem(value.span(), format!("`listen`: {why}")),
+        let known: Vec<&str> = top_level_keys().collect();
+        self.unknown_keys(root, &known, "");
+        let mut skipped = Vec::new();
+        for &(first, second, todo) in EXCLUSIVE {
+            if let (Some(a), Some(b)) = (root.get(first), root.get(second)) {
+                let later = if a.span().start > b.span().start {
+                    a
+                } else {
+                    b
+                };
+                self.problem(
+                    later.span(),
+                    format!("`{first}` and `{second}` are both set; {todo}"),
+                );
+                skipped.extend([first, second]);
             }
         }
-        if let Some(value) = root.get("state") {
-            config.state = self.path(value, "state", top);
-        }
-        if let Some(value) = root.get("compile_cache") {
-            config.compile_cache = self.path(value, "compile_cache", top);
-        }
-        self.admin_token(root, &mut config);
-        if let Some(value) = root.get("trusted_issuers") {
-            config.trusted_issuers = Some(self.issuer_pins(value));
+        for setting in SETTINGS {
+            if let Some(value) = root.get(setting.name)
+                && !skipped.contains(&setting.name)
+            {
+                self.setting(setting, value, &mut config);
+            }
         }
         // Host state no plugin directory may overlap; a state directory
         // taken from the environment is checked when the host starts.
@@ -536,41 +731,6 @@ impl<'t> Checker<'t> {
         if let Some(file) = &config.admin_token_file {
             self.protected.push((file.clone(), "the admin token file"));
         }
-        if let Some(value) = root.get("log_format")
-            && let Some(text) = self.string(value, "log_format", top, "\"human\" or \"json\"")
-        {
-            match units::log_format(text) {
-                Ok(format) => config.log_format = format,
-                Err(why) => self.problem(value.span(), format!("`log_format`: {why}")),
-            }
-        }
-        if let Some(value) = root.get("grace_period")
-            && let Some(d) = self.duration(value, "grace_period", top)
-        {
-            config.grace_period = d;
-        }
-        if let Some(n) = self.count(root, "max_concurrent_calls", MAX_CONCURRENT_CALLS) {
-            config.max_concurrent_calls = n;
-        }
-        if let Some(value) = root.get("read_timeout")
-            && let Some(d) = self.duration(value, "read_timeout", top)
-        {
-            if d.is_zero() || d > MAX_READ_TIMEOUT {
-                self.problem(
-                    value.span(),
-                    format!(
-                        "`read_timeout` is {}; use a duration above 0 and at most 1h",
-                        humantime::format_duration(d)
-                    ),
-                );
-            } else {
-                config.read_timeout = d;
-            }
-        }
-        if let Some(n) = self.count(root, "max_connections", MAX_CONNECTIONS) {
-            config.max_connections = n;
-        }
-        self.connection_limits(root, &mut config);
 
         let refs = match root.get("plugin") {
             Some(value) => self.plugins(value, &mut config),
@@ -583,74 +743,88 @@ impl<'t> Checker<'t> {
         config
     }
 
-    /// Reads the keys that bound what clients may hold: connections per
-    /// client, trusted proxies, the write timeout, buffered request bytes,
-    /// and the host names requests may name.
-    fn connection_limits(&mut self, root: &DeTable<'_>, config: &mut Config) {
-        if let Some(n) = self.count(root, "max_connections_per_client", MAX_CONNECTIONS) {
-            config.max_connections_per_client = n;
-        }
-        if let Some(value) = root.get("trusted_proxies") {
-            config.trusted_proxies = self
-                .strings(value, "trusted_proxies", "", "IP range", |text| {
-                    AddressRange::parse(text).map(|_| ())
-                })
-                .into_iter()
-                .filter_map(|(text, _)| AddressRange::parse(&text).ok())
-                .collect();
-        }
-        if let Some(value) = root.get("write_timeout")
-            && let Some(d) = self.duration(value, "write_timeout", "")
-        {
-            if d.is_zero() || d > MAX_READ_TIMEOUT {
-                self.problem(
-                    value.span(),
-                    format!(
-                        "`write_timeout` is {}; use a duration above 0 and at most 1h",
-                        humantime::format_duration(d)
-                    ),
-                );
-            } else {
-                config.write_timeout = d;
+    /// Reads one top-level setting as its row in [`SETTINGS`] says.
+    fn setting(&mut self, setting: &Setting, value: &Value<'_>, config: &mut Config) {
+        let key = setting.name;
+        let problem = match setting.kind {
+            Kind::Text { expected, set } => self
+                .string(value, key, "", expected)
+                .and_then(|text| set(config, text).err())
+                .map(|why| format!("`{key}`: {why}")),
+            Kind::Path(set) => self
+                .path(value, key, "")
+                .and_then(|path| set(config, path).err())
+                .map(|why| format!("`{key}`: {why}")),
+            Kind::Duration { limit, field } => match (self.duration(value, key, ""), limit) {
+                (Some(d), Some(limit)) if d.is_zero() || d > limit => Some(format!(
+                    "`{key}` is {}; use a duration above 0 and at most {}",
+                    humantime::format_duration(d),
+                    humantime::format_duration(limit)
+                )),
+                (Some(d), _) => {
+                    *field(config) = d;
+                    None
+                }
+                (None, _) => None,
+            },
+            Kind::Count { max, field } => {
+                if let Some(n) = self.count(value, key, max) {
+                    *field(config) = n;
+                }
+                None
             }
+            Kind::Size { min, max, field } => {
+                if let Some(bytes) = self.size(value, key, "", min, max) {
+                    *field(config) = bytes;
+                }
+                None
+            }
+            Kind::Own(read) => {
+                read(self, value, config);
+                None
+            }
+        };
+        if let Some(message) = problem {
+            self.problem(value.span(), message);
         }
-        if let Some(value) = root.get("max_buffered_request_bytes")
-            && let Some(bytes) = self.size(
-                value,
-                "max_buffered_request_bytes",
-                "",
-                MIN_BUFFERED,
-                16 * GIB,
-            )
-        {
-            config.max_buffered_request_bytes = bytes;
-        }
-        if let Some(value) = root.get("allowed_hosts") {
-            let hosts = self.strings(value, "allowed_hosts", "", "host name", |text| {
-                AllowedHost::parse(text).map(|_| ())
-            });
-            let parsed: Vec<AllowedHost> = hosts
+    }
+
+    /// Reads `trusted_proxies`: addresses and ranges.
+    fn trusted_proxies(&mut self, value: &Value<'_>) -> Vec<AddressRange> {
+        self.strings(value, "trusted_proxies", "", "IP range", |text| {
+            AddressRange::parse(text).map(|_| ())
+        })
+        .into_iter()
+        .filter_map(|(text, _)| AddressRange::parse(&text).ok())
+        .collect()
+    }
+
+    /// Reads `allowed_hosts`: host names, or `"*"` alone.
+    fn allowed_hosts(&mut self, value: &Value<'_>, config: &mut Config) {
+        let hosts = self.strings(value, "allowed_hosts", "", "host name", |text| {
+            AllowedHost::parse(text).map(|_| ())
+        });
+        let parsed: Vec<AllowedHost> = hosts
+            .iter()
+            .filter_map(|(text, _)| AllowedHost::parse(text).ok())
+            .collect();
+        if matches!(value.get_ref(), DeValue::Array(items) if items.is_empty()) {
+            self.problem(
+                value.span(),
+                "`allowed_hosts` is empty, so every request would be refused; list the host names clients use, or write [\"*\"] to allow any",
+            );
+        } else if parsed.contains(&AllowedHost::Any) && parsed.len() > 1 {
+            let span = hosts
                 .iter()
-                .filter_map(|(text, _)| AllowedHost::parse(text).ok())
-                .collect();
-            if matches!(value.get_ref(), DeValue::Array(items) if items.is_empty()) {
-                self.problem(
-                    value.span(),
-                    "`allowed_hosts` is empty, so every request would be refused; list the host names clients use, or write [\"*\"] to allow any",
-                );
-            } else if parsed.contains(&AllowedHost::Any) && parsed.len() > 1 {
-                let span = hosts
-                    .iter()
-                    .find(|(text, _)| text == "*")
-                    .map_or(value.span(), |(_, span)| span.clone());
-                self.problem(
-                    span,
-                    "`allowed_hosts` lists \"*\" (any host) beside other names; keep only \"*\" to turn the check off, or only the names",
-                );
-            }
-            if hosts.len() == parsed.len() {
-                config.allowed_hosts = Some(parsed);
-            }
+                .find(|(text, _)| text == "*")
+                .map_or(value.span(), |(_, span)| span.clone());
+            self.problem(
+                span,
+                "`allowed_hosts` lists \"*\" (any host) beside other names; keep only \"*\" to turn the check off, or only the names",
+            );
+        }
+        if hosts.len() == parsed.len() {
+            config.allowed_hosts = Some(parsed);
         }
     }
 
@@ -685,42 +859,6 @@ impl<'t> Checker<'t> {
                     units::show_size(budget as u64)
                 ),
             );
-        }
-    }
-
-    fn admin_token(&mut self, root: &DeTable<'_>, config: &mut Config) {
-        let token = root.get("admin_token");
-        let file = root.get("admin_token_file");
-        if let (Some(token), Some(file)) = (token, file) {
-            let later = if token.span().start > file.span().start {
-                token
-            } else {
-                file
-            };
-            self.problem(
-                later.span(),
-                "`admin_token` and `admin_token_file` are both set; keep only one (`admin_token_file` keeps the token out of the config)",
-            );
-            return;
-        }
-        if let Some(value) = token
-            && let Some(text) = self.string(value, "admin_token", "", "a string")
-        {
-            match super::check_token(text) {
-                Ok(()) => config.admin_token = Some(text.to_string()),
-                Err(why) => self.problem(value.span(), format!("`admin_token`: {why}")),
-            }
-        }
-        if let Some(value) = file
-            && let Some(path) = self.path(value, "admin_token_file", "")
-        {
-            match super::read_token_file(&path) {
-                Ok(token) => {
-                    config.admin_token = Some(token);
-                    config.admin_token_file = Some(path);
-                }
-                Err(why) => self.problem(value.span(), format!("`admin_token_file`: {why}")),
-            }
         }
     }
 
@@ -1201,20 +1339,19 @@ impl<'t> Checker<'t> {
             );
             return None;
         };
-        self.unknown_keys(table, LICENSE_KEYS, &place);
-        let mut rules = LicenseRules::default();
-        let mut include = Vec::new();
-        let mut exclude = Vec::new();
-        if let Some(value) = table.get("include") {
-            include = self.plugin_refs(value, "include", &place, names);
+        let known: Vec<&str> = license_rule_keys().collect();
+        self.unknown_keys(table, &known, &place);
+        let mut draft = RulesDraft::default();
+        for (name, read) in LICENSE_RULES {
+            if let Some(value) = table.get(*name) {
+                read(self, value, &place, names, &mut draft);
+            }
         }
-        if let Some(value) = table.get("exclude") {
-            exclude = self.plugin_refs(value, "exclude", &place, names);
-        }
-        let included: HashSet<&str> = include.iter().map(|(n, _)| n.as_str()).collect();
+
+        let included: HashSet<&str> = draft.include.iter().map(|(n, _)| n.as_str()).collect();
         let excluded: HashMap<&str, &Range<usize>> =
-            exclude.iter().map(|(n, s)| (n.as_str(), s)).collect();
-        for (name, span) in &exclude {
+            draft.exclude.iter().map(|(n, s)| (n.as_str(), s)).collect();
+        for (name, span) in &draft.exclude {
             if included.contains(name.as_str()) {
                 self.problem(
                     span.clone(),
@@ -1245,75 +1382,99 @@ impl<'t> Checker<'t> {
                 ),
             );
         }
-        if let Some(value) = table.get("max_per_plugin")
-            && let Some(n) = self.integer(value, "max_per_plugin", &place)
-        {
-            match u32::try_from(n) {
-                Ok(n) if n >= 1 => rules.max_per_plugin = Some(n),
-                _ => {
+        let mut rules = LicenseRules {
+            max_per_plugin: draft.max_per_plugin,
+            ..LicenseRules::default()
+        };
+        for entry in &draft.reserve {
+            let name = &entry.name;
+            if !allowed(name) {
+                self.problem(
+                    entry.name_span.clone(),
+                    format!("`reserve`{place} reserves seats for {name:?}, which these rules do not let use the license; remove the reservation or allow the plugin"),
+                );
+            }
+            let Some(n) = entry.seats else {
+                continue;
+            };
+            if let Some(max) = rules.max_per_plugin
+                && n > max
+            {
+                self.problem(
+                    entry.seats_span.clone(),
+                    format!("`reserve.{name}`{place} reserves {n} seats but `max_per_plugin` is {max}, so {} of them could never be used; lower one or raise the other", n - max),
+                );
+            }
+            rules.reserve.insert(name.clone(), n);
+        }
+        rules.include = draft.include.into_iter().map(|(n, _)| n).collect();
+        rules.exclude = draft.exclude.into_iter().map(|(n, _)| n).collect();
+        Some(rules)
+    }
+
+    /// Reads `max_per_plugin`: a number of seats from 1.
+    fn max_per_plugin(&mut self, value: &Value<'_>, place: &str) -> Option<u32> {
+        let n = self.integer(value, "max_per_plugin", place)?;
+        match u32::try_from(n) {
+            Ok(n) if n >= 1 => Some(n),
+            _ => {
+                self.problem(
+                    value.span(),
+                    format!(
+                        "`max_per_plugin`{place} is {n}; use a number from 1 to {} (to keep a plugin off this license, use `exclude`)",
+                        u32::MAX
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// Reads `reserve`: seats per configured plugin.
+    fn reservations(
+        &mut self,
+        value: &Value<'_>,
+        place: &str,
+        names: &Names<'_>,
+    ) -> Vec<Reservation> {
+        let DeValue::Table(reserve) = value.get_ref() else {
+            self.wrong_type(
+                value,
+                "reserve",
+                place,
+                "a table like { \"my-plugin\" = 2 }",
+            );
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (name_key, seats) in reserve.iter() {
+            let name = name_key.get_ref().as_ref();
+            if !names.set.contains(name) {
+                self.unknown_plugin(name_key.span(), name, "reserve", place, names);
+                continue;
+            }
+            let key = format!("reserve.{name}");
+            let seats_count = self.integer(seats, &key, place).and_then(|n| {
+                let count = u32::try_from(n).ok();
+                if count.is_none() {
                     self.problem(
-                        value.span(),
+                        seats.span(),
                         format!(
-                            "`max_per_plugin`{place} is {n}; use a number from 1 to {} (to keep a plugin off this license, use `exclude`)",
+                            "`{key}`{place} is {n}; use a number of seats from 0 to {}",
                             u32::MAX
                         ),
                     );
                 }
-            }
+                count
+            });
+            out.push(Reservation {
+                name: name.to_string(),
+                name_span: name_key.span(),
+                seats: seats_count,
+                seats_span: seats.span(),
+            });
         }
-        if let Some(value) = table.get("reserve") {
-            match value.get_ref() {
-                DeValue::Table(reserve) => {
-                    for (name_key, seats) in reserve.iter() {
-                        let name = name_key.get_ref().as_ref();
-                        if !names.set.contains(name) {
-                            self.unknown_plugin(name_key.span(), name, "reserve", &place, names);
-                            continue;
-                        }
-                        if !allowed(name) {
-                            self.problem(
-                                name_key.span(),
-                                format!("`reserve`{place} reserves seats for {name:?}, which these rules do not let use the license; remove the reservation or allow the plugin"),
-                            );
-                        }
-                        let key = format!("reserve.{name}");
-                        let Some(n) = self.integer(seats, &key, &place) else {
-                            continue;
-                        };
-                        let Ok(n) = u32::try_from(n) else {
-                            self.problem(
-                                seats.span(),
-                                format!(
-                                    "`{key}`{place} is {n}; use a number of seats from 0 to {}",
-                                    u32::MAX
-                                ),
-                            );
-                            continue;
-                        };
-                        if let Some(max) = rules.max_per_plugin
-                            && n > max
-                        {
-                            self.problem(
-                                seats.span(),
-                                format!("`{key}`{place} reserves {n} seats but `max_per_plugin` is {max}, so {} of them could never be used; lower one or raise the other", n - max),
-                            );
-                        }
-                        rules.reserve.insert(name.to_string(), n);
-                    }
-                }
-                _ => {
-                    self.wrong_type(
-                        value,
-                        "reserve",
-                        &place,
-                        "a table like { \"my-plugin\" = 2 }",
-                    );
-                }
-            }
-        }
-        rules.include = include.into_iter().map(|(n, _)| n).collect();
-        rules.exclude = exclude.into_iter().map(|(n, _)| n).collect();
-        Some(rules)
+        out
     }
 
     /// An array of names of loaded plugins.

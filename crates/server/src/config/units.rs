@@ -175,50 +175,26 @@ pub(super) fn did_you_mean<'a>(
 }
 
 /// The candidate closest to `word` within edit distance 2 (first one on ties).
+///
+/// The distance counts insertions, deletions, substitutions and swaps of
+/// neighbours (optimal string alignment), without regard to ASCII case.
 pub(super) fn closest<'a>(
     word: &str,
     candidates: impl IntoIterator<Item = &'a str>,
 ) -> Option<&'a str> {
     let mut best: Option<(usize, &str)> = None;
     let length = word.chars().count();
+    let lower = word.to_ascii_lowercase();
     for candidate in candidates {
         // The distance is at least the difference in length: skip far ones
         // without building a table as large as `word`.
         if length.abs_diff(candidate.chars().count()) > 2 {
             continue;
         }
-        let distance = edit_distance(word, candidate);
+        let distance = strsim::osa_distance(&lower, &candidate.to_ascii_lowercase());
         if distance <= 2 && distance < length.max(1) && best.is_none_or(|(d, _)| distance < d) {
             best = Some((distance, candidate));
         }
     }
     best.map(|(_, c)| c)
-}
-
-/// Edit distance counting insertions, deletions, substitutions and swaps of
-/// neighbours (optimal string alignment), case-insensitively.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let a: Vec<char> = a.chars().map(|c| c.to_ascii_lowercase()).collect();
-    let b: Vec<char> = b.chars().map(|c| c.to_ascii_lowercase()).collect();
-    let width = b.len() + 1;
-    let mut d = vec![0usize; (a.len() + 1) * width];
-    for i in 0..=a.len() {
-        d[i * width] = i;
-    }
-    for (j, cell) in d.iter_mut().enumerate().take(width) {
-        *cell = j;
-    }
-    for i in 1..=a.len() {
-        for j in 1..=b.len() {
-            let cost = usize::from(a[i - 1] != b[j - 1]);
-            let mut best = (d[(i - 1) * width + j] + 1)
-                .min(d[i * width + j - 1] + 1)
-                .min(d[(i - 1) * width + j - 1] + cost);
-            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
-                best = best.min(d[(i - 2) * width + j - 2] + 1);
-            }
-            d[i * width + j] = best;
-        }
-    }
-    d[a.len() * width + b.len()]
 }
