@@ -373,10 +373,6 @@ fn cache_entries(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 #[test]
 fn a_compile_cache_entry_the_host_did_not_write_is_compiled_again() {
     let root = std::env::temp_dir().join(format!("tollgate-anchor-cache-{}", std::process::id()));
@@ -407,7 +403,7 @@ fn a_compile_cache_entry_the_host_did_not_write_is_compiled_again() {
     assert_ne!(hello_out, other_out);
     let entries = cache_entries(&root.join("cache"));
     let named = |bytes: &[u8]| {
-        let name = format!("{}.cwasm", hex(&Sha256::digest(bytes)));
+        let name = format!("{}.cwasm", hex::encode(Sha256::digest(bytes)));
         entries
             .iter()
             .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy() == name))

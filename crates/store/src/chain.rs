@@ -95,10 +95,6 @@ mod tests {
     use super::*;
     use tollgate_license::{Denial, ReclaimReason};
 
-    fn hex(bytes: &[u8]) -> String {
-        bytes.iter().map(|b| format!("{b:02x}")).collect()
-    }
-
     fn sample(kind: EventKind) -> UsageEvent {
         UsageEvent {
             seq: 7,
@@ -135,16 +131,16 @@ mod tests {
         denial.count = 12_345;
         let v2_denial = row_hash_in(2, &GENESIS, &denial);
         assert_eq!(
-            v1.map(|h| hex(&h)).as_deref(),
+            v1.map(hex::encode).as_deref(),
             Some("9151780b228d46e5c89e7b5c19e6e521132b1202b4e2d49a5bb3b8032935fd43"),
             "format 1 row hash changed: old ledgers would no longer verify"
         );
         assert_eq!(
-            v2.map(|h| hex(&h)).as_deref(),
+            v2.map(hex::encode).as_deref(),
             Some("05ee9cfd027573d3368f2eb52ea8179742cb71cda84cc58c26b297e1af17b421")
         );
         assert_eq!(
-            v2_denial.map(|h| hex(&h)).as_deref(),
+            v2_denial.map(hex::encode).as_deref(),
             Some("082c2de2b2161382131b5f4a5637959445f78a5eb119c0a70f7b7e9b5e70fafc")
         );
         assert_eq!(row_hash_in(3, &prev, &denial), None);

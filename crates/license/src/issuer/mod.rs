@@ -118,13 +118,6 @@ pub fn parse_time(s: &str) -> Result<u64, String> {
         .map_err(|_| format!("{s:?} is before 1970"))
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
-
 fn random_bytes<const N: usize>() -> Result<[u8; N], IssuerError> {
     let mut buf = [0u8; N];
     getrandom::fill(&mut buf)
@@ -197,7 +190,7 @@ impl IssuerKey {
     pub fn sign(&self, mut terms: LicenseTerms, now: u64) -> Result<SignedLicense, IssuerError> {
         terms.issuer = self.public().key_id();
         if terms.grant.is_empty() {
-            terms.grant = hex(&random_bytes::<16>()?);
+            terms.grant = hex::encode(random_bytes::<16>()?);
         }
         if terms.issued_at == 0 {
             terms.issued_at = now;
@@ -220,7 +213,7 @@ pub struct IssuerPublicKey {
 impl IssuerPublicKey {
     /// A short id: the first 16 hex digits of the key's sha256.
     pub fn key_id(&self) -> String {
-        hex(&Sha256::digest(self.key.as_bytes())[..8])
+        hex::encode(&Sha256::digest(self.key.as_bytes())[..8])
     }
 
     /// The raw 32 bytes.

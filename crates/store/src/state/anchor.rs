@@ -14,10 +14,10 @@ use crate::files;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use hex::FromHex as _;
 use rusqlite::OptionalExtension;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 use tollgate_license::issuer::{IssuerPublicKey, SignedLicense, format_time};
@@ -112,28 +112,10 @@ fn describe_difference(extra: &[String], missing: &[String]) -> String {
     parts.join("; ")
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
-
-fn unhex32(text: &str) -> Option<[u8; 32]> {
-    if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
-}
-
 /// A short id of an Ed25519 public key: the first 16 hex digits of its
 /// sha256 (the same scheme as issuer key ids).
 fn key_id(key: &VerifyingKey) -> String {
-    hex(&Sha256::digest(key.as_bytes())[..8])
+    hex::encode(&Sha256::digest(key.as_bytes())[..8])
 }
 
 /// The Ed25519 key a host signs its ledger checkpoints with, kept in the
@@ -239,7 +221,7 @@ impl Checkpoint {
     fn body(seq: u64, hash: &[u8; 32], time: u64, host_key: &VerifyingKey) -> String {
         format!(
             "{CHECKPOINT_HEADER}\nseq: {seq}\nhash: {}\ntime: {}\nhost-key: {}\n",
-            hex(hash),
+            hex::encode(hash),
             format_time(time),
             B64.encode(host_key.as_bytes())
         )
@@ -281,7 +263,7 @@ impl Checkpoint {
 
     /// The row hash, hex.
     pub fn hash_hex(&self) -> String {
-        hex(&self.hash)
+        hex::encode(self.hash)
     }
 
     /// Whether the signature matches the contents under the key it names.
@@ -333,7 +315,8 @@ impl Checkpoint {
             .parse()
             .map_err(|_| format!("`seq` {seq:?} is not a row number"))?;
         let hash = field("hash")?;
-        let hash = unhex32(&hash).ok_or_else(|| format!("`hash` {hash:?} is not 64 hex digits"))?;
+        let hash = <[u8; 32]>::from_hex(&hash)
+            .map_err(|e| format!("`hash` {hash:?} is not 64 hex digits ({e})"))?;
         let time = field("time")?;
         let time = humantime::parse_rfc3339(&time)
             .ok()
@@ -484,7 +467,7 @@ impl State {
             )),
             Some(stored) if stored.as_slice() != checkpoint.hash => report.problems.push(format!(
                 "row {seq} has hash {}, not the {} the checkpoint made {made} records: the ledger up to row {seq} was rewritten since",
-                hex(&stored),
+                hex::encode(stored),
                 report.hash
             )),
             Some(_) => {}

@@ -222,12 +222,7 @@ impl EngineId {
         }
         let mut feed = Feed(Sha256::new());
         engine.precompile_compatibility_hash().hash(&mut feed);
-        let full: String = feed
-            .0
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let full = hex::encode(feed.0.finalize());
         let dir = format!("engine-{}", &full[..16]);
         Self { full, dir }
     }

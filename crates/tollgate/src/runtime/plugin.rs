@@ -425,7 +425,7 @@ impl Runtime {
                 });
             }
         }
-        let digest = hex(&Sha256::digest(&bytes));
+        let digest = hex::encode(Sha256::digest(&bytes));
         check_recorded_version(&name, &bytes)?;
         let (component, from_cache) = self.compile(&name, &digest, &bytes)?;
         check_wit_version(&name, &self.engine, &component)?;
@@ -573,7 +573,7 @@ impl Runtime {
     /// Compiles `bytes` and reports the component's interface and whether
     /// this host can run it (nothing is loaded).
     pub fn inspect(&self, bytes: &[u8]) -> Result<Inspection, LoadError> {
-        let sha256 = hex(&Sha256::digest(bytes));
+        let sha256 = hex::encode(Sha256::digest(bytes));
         let component =
             Component::from_binary(&self.engine, bytes).map_err(|e| LoadError::Malformed {
                 plugin: "inspected".into(),
@@ -602,10 +602,6 @@ impl Runtime {
             refused,
         })
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
