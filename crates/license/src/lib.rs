@@ -21,7 +21,6 @@ pub use pool::{
 };
 pub use reason::{Denial, ReasonCounts, ReclaimReason};
 
-
 use crate::ledger::{EventKind, Ledger, MemoryLedger, UsageEvent};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};

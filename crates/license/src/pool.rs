@@ -2,8 +2,8 @@
 //! kept by its call until the call ends, revocation and expiry that end the
 //! seats of a grant, a fair FIFO wait queue, and counters.
 
-use super::clock::Timer;
 use super::clock::Clock;
+use super::clock::Timer;
 use super::reason::{Denial, ReasonCounts, ReclaimReason};
 use crate::ledger::{EventKind, Ledger, UsageEvent};
 use serde::Serialize;
