@@ -231,6 +231,53 @@ fn disconnect_cancels_reload_keeps_serving_shutdown_drains() {
     );
 }
 
+/// SIGTERM with a call that outlives the grace period: the call is
+/// cancelled when the period ends (its client hears so), its seat comes
+/// back, and the server exits 0 with the ledger committed.
+#[test]
+fn shutdown_cancels_calls_still_running_when_the_grace_period_ends() {
+    let root = prepare("grace", "2");
+    let s = Server::start(&root, "500ms");
+    let base = s.base.clone();
+    let agent = s.agent.clone();
+    let in_flight = std::thread::spawn(move || {
+        let mut r = agent
+            .post(format!("{base}/v1/plugins/slow/invoke"))
+            .send(&b"60000"[..])
+            .expect("request");
+        (
+            r.status().as_u16(),
+            r.body_mut().read_to_string().expect("body"),
+        )
+    });
+    s.wait_in_use(1);
+    let started = Instant::now();
+    let status = s.terminate();
+    assert!(status.success(), "exit {status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the call was not cut short: {:?}",
+        started.elapsed()
+    );
+    let (st, body) = in_flight.join().expect("in flight");
+    assert_eq!((st, code(&body).as_str()), (500, "cancelled"), "{body}");
+    let log = std::fs::read_to_string(root.join("serve.log")).expect("log");
+    assert!(
+        log.contains("grace period over: cancelled 1 call(s)"),
+        "{log}"
+    );
+    assert!(!log.contains("still running at exit"), "{log}");
+
+    let status: Value =
+        serde_json::from_slice(&tg(&root, &["status", "--json"]).stdout).expect("status");
+    let c = &status[0]["counters"];
+    assert_eq!(c["in_use"], 0, "{c}");
+    assert_eq!(c["checkouts"], 1, "{c}");
+    assert_eq!(c["reclaims"]["store-dropped"], 1, "{c}");
+    assert!(tg(&root, &["audit", "verify"]).status.success());
+    let _ = std::fs::remove_dir_all(&root);
+}
+
 #[test]
 fn warm_compile_cache_serves_without_compiling() {
     let root = prepare("cache", "2");

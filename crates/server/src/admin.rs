@@ -82,12 +82,14 @@ fn state_error(e: impl std::fmt::Display) -> Response {
     error(StatusCode::BAD_REQUEST, "bad-request", e)
 }
 
-/// Runs blocking host work (compiling, SQLite) off the async workers; its
-/// error becomes a 400 naming the problem.
+/// Runs blocking host work (compiling, SQLite) off the async workers,
+/// tracked so shutdown waits for it even if its client has gone; its error
+/// becomes a 400 naming the problem.
 async fn blocking<T: Send + 'static, E: std::fmt::Display + Send + 'static>(
+    server: &Server,
     work: impl FnOnce() -> Result<T, E> + Send + 'static,
 ) -> Result<T, Response> {
-    match tokio::task::spawn_blocking(work).await {
+    match server.tasks.spawn_blocking(work).await {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(e)) => Err(state_error(e)),
         Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e)),
@@ -103,7 +105,7 @@ async fn status(Extract(server): Extract<Arc<Server>>) -> Response {
         },
         None => None,
     };
-    Json(json!({ "host": host, "licenses": issued, "draining": server.draining.load(std::sync::atomic::Ordering::SeqCst) }))
+    Json(json!({ "host": host, "licenses": issued, "draining": server.shutdown.is_cancelled() }))
         .into_response()
 }
 
@@ -149,7 +151,7 @@ async fn install(
     };
     let host = server.host.clone();
     let text = text.to_string();
-    match blocking(move || host.install_license_text(&text)).await {
+    match blocking(&server, move || host.install_license_text(&text)).await {
         Ok(installed) => {
             let status = if installed.new {
                 StatusCode::CREATED
@@ -172,7 +174,7 @@ async fn revoke(Extract(server): Extract<Arc<Server>>, Path(id): Path<String>) -
         );
     }
     let host = server.host.clone();
-    match blocking(move || host.revoke_license(&id)).await {
+    match blocking(&server, move || host.revoke_license(&id)).await {
         Ok(n) => Json(json!({ "revoked": true, "leases_reclaimed": n })).into_response(),
         Err(response) => response,
     }
@@ -274,7 +276,7 @@ async fn load(Extract(server): Extract<Arc<Server>>, headers: HeaderMap, body: B
     };
     let host = server.host.clone();
     let spec = spec_for(&config);
-    match blocking(move || host.load_plugin(spec)).await {
+    match blocking(&server, move || host.load_plugin(spec)).await {
         Ok(p) => {
             server
                 .plugins
@@ -309,7 +311,7 @@ async fn reload(Extract(server): Extract<Arc<Server>>, Path(name): Path<String>)
     };
     let host = server.host.clone();
     let spec = spec_for(&config);
-    match blocking(move || host.reload_plugin(spec)).await {
+    match blocking(&server, move || host.reload_plugin(spec)).await {
         Ok(p) => {
             Json(json!({ "name": p.name(), "digest": p.digest(), "from_cache": p.from_cache() }))
                 .into_response()
