@@ -96,12 +96,9 @@ fn healthz(stream: &mut TcpStream) -> Option<String> {
     read_response(stream)
 }
 
-/// One value of the `/metrics` text, by its full series name.
-fn metric(s: &Server, series: &str) -> Option<u64> {
-    let (st, text) = s.admin("GET", "/metrics", None, Some(TOKEN));
-    assert_eq!(st, 200, "{text}");
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+/// One value of `/metrics`, by name and labels.
+fn metric(s: &Server, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    s.metrics().value(name, labels)
 }
 
 /// Past `max_connections_per_client`, a client address gets 429 and a
@@ -148,12 +145,15 @@ fn connections_are_capped_per_client_address_except_trusted_proxies() {
     closed.shutdown(Shutdown::Both).expect("shutdown");
     drop(closed);
     let deadline = Instant::now() + Duration::from_secs(5);
+    let mut refused_while_waiting = 0.0;
     loop {
         let mut again = connect_from("127.0.0.1", &addr, None);
         let answer = healthz(&mut again);
         if status(&answer) == Some(200) {
             break;
         }
+        // Refused (a 429, or a reset if the request was sent after it).
+        refused_while_waiting += 1.0;
         assert!(
             Instant::now() < deadline,
             "no place came free after a close: {answer:?}"
@@ -170,18 +170,18 @@ fn connections_are_capped_per_client_address_except_trusted_proxies() {
             .as_bytes(),
         )
         .expect("metrics request");
-    let metrics = read_response(&mut other).expect("metrics");
-    let series = "tollgate_requests_refused_total{reason=\"connections-per-client\"}";
-    assert!(
-        metrics
-            .lines()
-            .find_map(|l| l
-                .strip_prefix(series)?
-                .strip_prefix(' ')?
-                .parse::<u64>()
-                .ok())
-            .is_some_and(|n| n >= 1),
-        "{metrics}"
+    let response = read_response(&mut other).expect("metrics");
+    let (_, text) = response.split_once("\r\n\r\n").expect("a body");
+    let metrics = Exposition::parse(text).unwrap_or_else(|e| panic!("{e} in\n{text}"));
+    // The third connection from 127.0.0.1, and each ask for a place made
+    // before the server saw the close.
+    assert_eq!(
+        metrics.value(
+            "tollgate_requests_refused_total",
+            &[("reason", "connections-per-client")]
+        ),
+        Some(1.0 + refused_while_waiting),
+        "{text}"
     );
     drop((held, proxied, other));
     assert!(s.terminate().success());
@@ -323,13 +323,15 @@ fn buffered_request_bodies_stay_within_their_bound() {
         .collect();
     let deadline = Instant::now() + Duration::from_secs(10);
     let (mut refused, mut held);
+    let bytes = |n: usize| Some(n as f64);
     loop {
         refused = metric(
             &s,
-            "tollgate_requests_refused_total{reason=\"body-budget\"}",
+            "tollgate_requests_refused_total",
+            &[("reason", "body-budget")],
         );
-        held = metric(&s, "tollgate_request_body_bytes_buffered");
-        if refused == Some(4) && held == Some(2 * BODY as u64) {
+        held = metric(&s, "tollgate_request_body_bytes_buffered", &[]);
+        if refused == Some(4.0) && held == bytes(2 * BODY) {
             break;
         }
         assert!(
@@ -340,8 +342,8 @@ fn buffered_request_bodies_stay_within_their_bound() {
         std::thread::yield_now();
     }
     assert_eq!(
-        metric(&s, "tollgate_request_body_bytes_buffered_peak"),
-        Some(2 * BODY as u64)
+        metric(&s, "tollgate_request_body_bytes_buffered_peak", &[]),
+        bytes(2 * BODY)
     );
     for c in &mut clients {
         // The refused ones may be closed already.
@@ -358,10 +360,13 @@ fn buffered_request_bodies_stay_within_their_bound() {
         assert!(a.contains("max_buffered_request_bytes"), "{a}");
         assert!(a.to_ascii_lowercase().contains("retry-after: 1"), "{a}");
     }
-    assert_eq!(metric(&s, "tollgate_request_body_bytes_buffered"), Some(0));
     assert_eq!(
-        metric(&s, "tollgate_request_body_bytes_buffered_peak"),
-        Some(2 * BODY as u64)
+        metric(&s, "tollgate_request_body_bytes_buffered", &[]),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(&s, "tollgate_request_body_bytes_buffered_peak", &[]),
+        bytes(2 * BODY)
     );
     assert!(s.terminate().success());
 }

@@ -376,7 +376,12 @@ async fn usage(Extract(server): Extract<Arc<Server>>, Query(q): Query<UsageQuery
 }
 
 async fn metrics(Extract(server): Extract<Arc<Server>>) -> Response {
-    let mut text = server.metrics.render(&server.host.status());
-    server.render_limits(&mut text);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+    match server.metrics.render() {
+        Ok(text) => ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response(),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("the metrics could not be written: {e}"),
+        ),
+    }
 }

@@ -32,7 +32,6 @@ use metrics::Metrics;
 use serde_json::json;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
@@ -91,7 +90,7 @@ pub(crate) struct Server {
     /// How long a request body may take to arrive.
     pub(crate) read_timeout: Duration,
     /// Bytes of request bodies held at once, over all requests.
-    pub(crate) bodies: BodyBudget,
+    pub(crate) bodies: Arc<BodyBudget>,
     /// Open connections per client address.
     clients: Arc<ClientSlots>,
     /// Host names requests must name; `None`: any.
@@ -183,6 +182,11 @@ pub fn build_host(config: &Config) -> Result<Host, ServeError> {
 /// flushes the ledger. `ready` gets the bound address.
 pub async fn serve(config: Config, ready: impl FnOnce(SocketAddr)) -> Result<(), ServeError> {
     let host = Arc::new(tokio::task::block_in_place(|| build_host(&config))?);
+    let bodies = Arc::new(BodyBudget::new(config.max_buffered_request_bytes));
+    let clients = Arc::new(ClientSlots::new(
+        config.max_connections_per_client,
+        config.trusted_proxies.clone(),
+    ));
     let server = Arc::new(Server {
         host: host.clone(),
         plugins: RwLock::new(
@@ -193,18 +197,15 @@ pub async fn serve(config: Config, ready: impl FnOnce(SocketAddr)) -> Result<(),
                 .collect(),
         ),
         admin_token: config.admin_token.clone(),
-        metrics: Metrics::default(),
+        metrics: Metrics::new(host.clone(), bodies.clone(), clients.clone()),
         calls: Semaphore::new(config.max_concurrent_calls as usize),
         shutdown: CancellationToken::new(),
         tasks: TaskTracker::new(),
         in_flight: TaskTracker::new(),
         cancel_calls: CancellationToken::new(),
         read_timeout: config.read_timeout,
-        bodies: BodyBudget::new(config.max_buffered_request_bytes),
-        clients: Arc::new(ClientSlots::new(
-            config.max_connections_per_client,
-            config.trusted_proxies.clone(),
-        )),
+        bodies,
+        clients,
         allowed_hosts: config.allowed_hosts(),
     });
     let app = router(server.clone());
@@ -558,36 +559,6 @@ pub(crate) async fn read_body<'a>(
                 humantime::format_duration(timeout)
             ),
         )),
-    }
-}
-
-impl Server {
-    /// Appends the gauges and counters of what clients hold to a metrics
-    /// text: buffered body bytes (now, peak, budget) and refusals.
-    pub(crate) fn render_limits(&self, out: &mut String) {
-        use std::fmt::Write as _;
-        let b = &self.bodies;
-        let _ = write!(
-            out,
-            "# HELP tollgate_request_body_bytes_buffered Bytes of request bodies held right now.\n\
-             # TYPE tollgate_request_body_bytes_buffered gauge\n\
-             tollgate_request_body_bytes_buffered {}\n\
-             # HELP tollgate_request_body_bytes_buffered_peak The most bytes of request bodies held at once since start.\n\
-             # TYPE tollgate_request_body_bytes_buffered_peak gauge\n\
-             tollgate_request_body_bytes_buffered_peak {}\n\
-             # HELP tollgate_request_body_bytes_budget The most bytes of request bodies held at once (`max_buffered_request_bytes`).\n\
-             # TYPE tollgate_request_body_bytes_budget gauge\n\
-             tollgate_request_body_bytes_budget {}\n\
-             # HELP tollgate_requests_refused_total Requests and connections refused to bound what clients hold, by reason.\n\
-             # TYPE tollgate_requests_refused_total counter\n\
-             tollgate_requests_refused_total{{reason=\"body-budget\"}} {}\n\
-             tollgate_requests_refused_total{{reason=\"connections-per-client\"}} {}\n",
-            b.used(),
-            b.peak(),
-            b.limit(),
-            b.refused.load(Ordering::Relaxed),
-            self.clients.refused.load(Ordering::Relaxed),
-        );
     }
 }
 
