@@ -144,22 +144,18 @@ fn connections_are_capped_per_client_address_except_trusted_proxies() {
     let closed = held.pop().expect("two held");
     closed.shutdown(Shutdown::Both).expect("shutdown");
     drop(closed);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut refused_while_waiting = 0.0;
-    loop {
+    let (mut answer, mut refused_while_waiting) = (None, 0.0);
+    let freed = wait_until(Duration::from_secs(5), || {
         let mut again = connect_from("127.0.0.1", &addr, None);
-        let answer = healthz(&mut again);
-        if status(&answer) == Some(200) {
-            break;
-        }
+        answer = healthz(&mut again);
         // Refused (a 429, or a reset if the request was sent after it).
-        refused_while_waiting += 1.0;
-        assert!(
-            Instant::now() < deadline,
-            "no place came free after a close: {answer:?}"
-        );
-        std::thread::yield_now();
-    }
+        let served = status(&answer) == Some(200);
+        if !served {
+            refused_while_waiting += 1.0;
+        }
+        served
+    });
+    assert!(freed, "no place came free after a close: {answer:?}");
     // Asked over the connection 127.0.0.2 keeps open: 127.0.0.1 may still
     // count the connection just closed until the server notices the close.
     other
@@ -321,26 +317,22 @@ fn buffered_request_bodies_stay_within_their_bound() {
             c
         })
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let (mut refused, mut held);
     let bytes = |n: usize| Some(n as f64);
-    loop {
+    let (mut refused, mut held) = (None, None);
+    let bounded = wait_until(Duration::from_secs(10), || {
         refused = metric(
             &s,
             "tollgate_requests_refused_total",
             &[("reason", "body-budget")],
         );
         held = metric(&s, "tollgate_request_body_bytes_buffered", &[]);
-        if refused == Some(4.0) && held == bytes(2 * BODY) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "expected 4 refused and {} bytes held, found {refused:?} refused, {held:?} held",
-            2 * BODY
-        );
-        std::thread::yield_now();
-    }
+        refused == Some(4.0) && held == bytes(2 * BODY)
+    });
+    assert!(
+        bounded,
+        "expected 4 refused and {} bytes held, found {refused:?} refused, {held:?} held",
+        2 * BODY
+    );
     assert_eq!(
         metric(&s, "tollgate_request_body_bytes_buffered_peak", &[]),
         bytes(2 * BODY)

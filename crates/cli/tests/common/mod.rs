@@ -272,15 +272,10 @@ impl Server {
     }
 
     pub fn wait_in_use(&self, want: u64) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.demo()["counters"]["in_use"].as_u64() != Some(want) {
-            assert!(
-                Instant::now() < deadline,
-                "in_use never became {want}: {}",
-                self.demo()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let became = wait_until(Duration::from_secs(10), || {
+            self.demo()["counters"]["in_use"].as_u64() == Some(want)
+        });
+        assert!(became, "in_use never became {want}: {}", self.demo());
     }
 
     /// `GET /metrics`, parsed.
@@ -300,6 +295,25 @@ impl Server {
                 .success()
         );
         self.child.wait().expect("exits")
+    }
+}
+
+/// How long [`wait_until`] pauses between two asks.
+const POLL_EVERY: Duration = Duration::from_millis(5);
+
+/// Asks `done` until it holds, for at most `within`; whether it came to
+/// hold. Between asks it pauses [`POLL_EVERY`], so that asking (often an
+/// HTTP request) leaves the server the CPU to get there.
+pub fn wait_until(within: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(POLL_EVERY);
     }
 }
 
