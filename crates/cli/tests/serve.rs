@@ -74,15 +74,36 @@ fn every_status_admin_auth_and_live_license_changes() {
             .is_some_and(|p| p.len() == 7),
         "{status}"
     );
-    let metrics = s.admin("GET", "/metrics", None, Some(TOKEN)).1;
-    for needle in [
-        "tollgate_invocations_total{plugin=\"hello\",outcome=\"ok\"} 1",
-        "tollgate_seats_in_use{license=\"demo\"} 0",
-        "tollgate_denials_total{license=\"demo\",reason=\"exhausted\"}",
-        "tollgate_reclaims_total{license=\"demo\",reason=\"timed-out\"} 1",
-        "tollgate_invoke_duration_seconds_count{plugin=\"hello\"}",
-    ] {
-        assert!(metrics.contains(needle), "{needle} missing in\n{metrics}");
+    let metrics = s.metrics();
+    let checks: [(&str, &[(&str, &str)], f64); 5] = [
+        (
+            "tollgate_invocations_total",
+            &[("plugin", "hello"), ("outcome", "ok")],
+            1.0,
+        ),
+        ("tollgate_seats_in_use", &[("license", "demo")], 0.0),
+        (
+            "tollgate_denials_total",
+            &[("license", "demo"), ("reason", "exhausted")],
+            1.0,
+        ),
+        (
+            "tollgate_reclaims_total",
+            &[("license", "demo"), ("reason", "timed-out")],
+            1.0,
+        ),
+        (
+            "tollgate_invoke_duration_seconds_count",
+            &[("plugin", "hello")],
+            2.0,
+        ),
+    ];
+    for (name, labels, want) in checks {
+        assert_eq!(
+            metrics.value(name, labels),
+            Some(want),
+            "{name}{labels:?} in {metrics:?}"
+        );
     }
     let usage: Value = serde_json::from_str(
         &s.admin("GET", "/v1/admin/usage?plugin=hello", None, Some(TOKEN))
@@ -139,6 +160,157 @@ fn every_status_admin_auth_and_live_license_changes() {
     assert_eq!((st, code(&body).as_str()), (403, "revoked"), "{body}");
     assert_eq!(s.demo()["counters"]["in_use"], 0);
     assert!(s.terminate().success());
+}
+
+/// After a known run of calls (licensed, withheld, refused for want of a
+/// seat, and one whose client hung up), `/metrics` declares every family
+/// with its type and counts exactly those calls.
+#[test]
+fn metrics_count_exactly_the_calls_made() {
+    let root = prepare("metrics", "1");
+    let s = Server::start(&root, "5s");
+    for n in 0..3 {
+        let (st, body, _) = s.invoke("hello", format!("{n}").as_bytes());
+        assert_eq!(st, 200, "{body}");
+    }
+    for _ in 0..2 {
+        let (st, body, _) = s.invoke("freeloader", b"x");
+        assert_eq!((st, code(&body).as_str()), (403, "unlicensed"), "{body}");
+    }
+    // A call holds the only seat until its client hangs up; meanwhile two
+    // calls are refused.
+    let mut holder = TcpStream::connect(s.base.trim_start_matches("http://")).expect("connect");
+    write!(
+        holder,
+        "POST /v1/plugins/slow/invoke HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\r\n60000"
+    )
+    .expect("send");
+    s.wait_in_use(1);
+    for _ in 0..2 {
+        let (st, body, _) = s.invoke("hello", b"x");
+        assert_eq!((st, code(&body).as_str()), (503, "exhausted"), "{body}");
+    }
+    drop(holder);
+    s.wait_in_use(0);
+
+    let m = s.metrics();
+    for (family, kind) in [
+        ("tollgate_invocations_total", "counter"),
+        ("tollgate_invoke_duration_seconds", "histogram"),
+        ("tollgate_seats_in_use", "gauge"),
+        ("tollgate_seats_issued", "gauge"),
+        ("tollgate_checkouts_total", "counter"),
+        ("tollgate_releases_total", "counter"),
+        ("tollgate_withheld_total", "counter"),
+        ("tollgate_denials_total", "counter"),
+        ("tollgate_reclaims_total", "counter"),
+        ("tollgate_request_body_bytes_buffered", "gauge"),
+        ("tollgate_request_body_bytes_buffered_peak", "gauge"),
+        ("tollgate_request_body_bytes_budget", "gauge"),
+        ("tollgate_requests_refused_total", "counter"),
+    ] {
+        assert_eq!(m.type_of(family), Some(kind), "{family} in {m:?}");
+    }
+    let calls = |plugin: &str, outcome: &str| {
+        m.value(
+            "tollgate_invocations_total",
+            &[("plugin", plugin), ("outcome", outcome)],
+        )
+    };
+    assert_eq!(calls("hello", "ok"), Some(3.0));
+    assert_eq!(calls("hello", "exhausted"), Some(2.0));
+    assert_eq!(calls("freeloader", "unlicensed"), Some(2.0));
+    // The call whose client hung up never finished: it is not counted.
+    assert_eq!(m.series("tollgate_invocations_total").len(), 3, "{m:?}");
+    let latency = |series: &str, labels: &[(&str, &str)]| m.value(series, labels);
+    assert_eq!(
+        latency(
+            "tollgate_invoke_duration_seconds_count",
+            &[("plugin", "hello")]
+        ),
+        Some(5.0)
+    );
+    assert_eq!(
+        latency(
+            "tollgate_invoke_duration_seconds_bucket",
+            &[("plugin", "hello"), ("le", "+Inf")]
+        ),
+        Some(5.0)
+    );
+    assert_eq!(
+        latency(
+            "tollgate_invoke_duration_seconds_count",
+            &[("plugin", "freeloader")]
+        ),
+        Some(2.0)
+    );
+    let demo = |name: &str| m.value(name, &[("license", "demo")]);
+    assert_eq!(demo("tollgate_seats_issued"), Some(1.0));
+    assert_eq!(demo("tollgate_seats_in_use"), Some(0.0));
+    // Three licensed calls and the one that held the seat.
+    assert_eq!(demo("tollgate_checkouts_total"), Some(4.0));
+    assert_eq!(demo("tollgate_releases_total"), Some(3.0));
+    // The freeloader's calls, and the two refused a seat: all four ran
+    // without the license they require.
+    assert_eq!(demo("tollgate_withheld_total"), Some(4.0));
+    let by_reason =
+        |name: &str, reason: &str| m.value(name, &[("license", "demo"), ("reason", reason)]);
+    assert_eq!(by_reason("tollgate_denials_total", "exhausted"), Some(2.0));
+    assert_eq!(
+        m.series("tollgate_denials_total")
+            .iter()
+            .map(|(_, v)| v)
+            .sum::<f64>(),
+        2.0,
+        "no other denial: {m:?}"
+    );
+    assert_eq!(
+        by_reason("tollgate_reclaims_total", "store-dropped"),
+        Some(1.0)
+    );
+    assert_eq!(
+        m.series("tollgate_reclaims_total")
+            .iter()
+            .map(|(_, v)| v)
+            .sum::<f64>(),
+        1.0,
+        "no other reclaim: {m:?}"
+    );
+    assert_eq!(
+        m.value(
+            "tollgate_requests_refused_total",
+            &[("reason", "body-budget")]
+        ),
+        Some(0.0)
+    );
+    assert!(s.terminate().success());
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// The exposition parser the metrics tests rely on: it reads label values
+/// with escapes and refuses what a scraper would.
+#[test]
+fn exposition_parser_reads_escapes_and_refuses_untyped_or_repeated_samples() {
+    let text = "# HELP a_total A.\n# TYPE a_total counter\na_total{x=\"q\\\"\\\\,\\n\",y=\"2\"} 7\n\
+                # TYPE h histogram\nh_bucket{le=\"+Inf\"} 3\nh_count 3\n";
+    let parsed = Exposition::parse(text).expect("parses");
+    assert_eq!(parsed.type_of("a_total"), Some("counter"));
+    assert_eq!(
+        parsed.value("a_total", &[("x", "q\"\\,\n"), ("y", "2")]),
+        Some(7.0)
+    );
+    assert_eq!(parsed.value("a_total", &[("y", "2")]), None);
+    assert_eq!(parsed.value("h_bucket", &[("le", "+Inf")]), Some(3.0));
+    for bad in [
+        "a_total 1\n",
+        "# TYPE a counter\na 1\na 2\n",
+        "# TYPE a counter\n# TYPE a gauge\n",
+        "# TYPE a counter\na{x=\"1} 1\n",
+        "# TYPE a counter\na one\n",
+        "# TYPE g gauge\ng_count 1\n",
+    ] {
+        assert!(Exposition::parse(bad).is_err(), "{bad:?} parsed");
+    }
 }
 
 #[test]
@@ -229,6 +401,53 @@ fn disconnect_cancels_reload_keeps_serving_shutdown_drains() {
         usage[0]["releases"], 1,
         "the drained call's release was committed: {usage}"
     );
+}
+
+/// SIGTERM with a call that outlives the grace period: the call is
+/// cancelled when the period ends (its client hears so), its seat comes
+/// back, and the server exits 0 with the ledger committed.
+#[test]
+fn shutdown_cancels_calls_still_running_when_the_grace_period_ends() {
+    let root = prepare("grace", "2");
+    let s = Server::start(&root, "500ms");
+    let base = s.base.clone();
+    let agent = s.agent.clone();
+    let in_flight = std::thread::spawn(move || {
+        let mut r = agent
+            .post(format!("{base}/v1/plugins/slow/invoke"))
+            .send(&b"60000"[..])
+            .expect("request");
+        (
+            r.status().as_u16(),
+            r.body_mut().read_to_string().expect("body"),
+        )
+    });
+    s.wait_in_use(1);
+    let started = Instant::now();
+    let status = s.terminate();
+    assert!(status.success(), "exit {status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the call was not cut short: {:?}",
+        started.elapsed()
+    );
+    let (st, body) = in_flight.join().expect("in flight");
+    assert_eq!((st, code(&body).as_str()), (500, "cancelled"), "{body}");
+    let log = std::fs::read_to_string(root.join("serve.log")).expect("log");
+    assert!(
+        log.contains("grace period over: cancelled 1 call(s)"),
+        "{log}"
+    );
+    assert!(!log.contains("still running at exit"), "{log}");
+
+    let status: Value =
+        serde_json::from_slice(&tg(&root, &["status", "--json"]).stdout).expect("status");
+    let c = &status[0]["counters"];
+    assert_eq!(c["in_use"], 0, "{c}");
+    assert_eq!(c["checkouts"], 1, "{c}");
+    assert_eq!(c["reclaims"]["store-dropped"], 1, "{c}");
+    assert!(tg(&root, &["audit", "verify"]).status.success());
+    let _ = std::fs::remove_dir_all(&root);
 }
 
 #[test]

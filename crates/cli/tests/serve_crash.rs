@@ -23,7 +23,9 @@ fn client(base: &str, plugin: &str, input: &[u8], stop: &AtomicBool, acked: &Mut
         .into();
     let url = format!("{base}/v1/plugins/{plugin}/invoke");
     while !stop.load(Ordering::Relaxed) {
-        // A killed server refuses or drops the connection: keep going.
+        // A killed server refuses or drops the connection: keep going,
+        // after a pause (a back-off, not a wait for anything) so the
+        // loop does not spin while the server is down.
         let Ok(mut r) = agent.post(&url).send(input) else {
             std::thread::sleep(Duration::from_millis(5));
             continue;
@@ -143,6 +145,8 @@ fn kill_nine_under_http_load_loses_no_acknowledged_call() {
             seed = seed
                 .wrapping_mul(6_364_136_223_846_793_005)
                 .wrapping_add(1_442_695_040_888_963_407);
+            // The kill comes at a random moment under load: the wait is
+            // what the test varies, not a wait for something to happen.
             std::thread::sleep(Duration::from_millis(300 + (seed >> 33) % 700));
             s.child.kill().expect("SIGKILL");
             let status = s.child.wait().expect("reaped");

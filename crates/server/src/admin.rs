@@ -83,12 +83,14 @@ fn state_error(e: impl std::fmt::Display) -> Response {
     error(StatusCode::BAD_REQUEST, "bad-request", e)
 }
 
-/// Runs blocking host work (compiling, SQLite) off the async workers; its
-/// error becomes a 400 naming the problem.
+/// Runs blocking host work (compiling, SQLite) off the async workers,
+/// tracked so shutdown waits for it even if its client has gone; its error
+/// becomes a 400 naming the problem.
 async fn blocking<T: Send + 'static, E: std::fmt::Display + Send + 'static>(
+    server: &Server,
     work: impl FnOnce() -> Result<T, E> + Send + 'static,
 ) -> Result<T, Response> {
-    match tokio::task::spawn_blocking(work).await {
+    match server.tasks.spawn_blocking(work).await {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(e)) => Err(state_error(e)),
         Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e)),
@@ -104,7 +106,7 @@ async fn status(Extract(server): Extract<Arc<Server>>) -> Response {
         },
         None => None,
     };
-    Json(json!({ "host": host, "licenses": issued, "draining": server.draining.load(std::sync::atomic::Ordering::SeqCst) }))
+    Json(json!({ "host": host, "licenses": issued, "draining": server.shutdown.is_cancelled() }))
         .into_response()
 }
 
@@ -146,7 +148,7 @@ async fn install(
         Err(e) => return error(StatusCode::BAD_REQUEST, "bad-request", e),
     };
     let host = server.host.clone();
-    match blocking(move || host.install_license_text(&text)).await {
+    match blocking(&server, move || host.install_license_text(&text)).await {
         Ok(installed) => {
             let status = if installed.new {
                 StatusCode::CREATED
@@ -169,7 +171,7 @@ async fn revoke(Extract(server): Extract<Arc<Server>>, Path(id): Path<String>) -
         );
     }
     let host = server.host.clone();
-    match blocking(move || host.revoke_license(&id)).await {
+    match blocking(&server, move || host.revoke_license(&id)).await {
         Ok(n) => Json(json!({ "revoked": true, "leases_reclaimed": n })).into_response(),
         Err(response) => response,
     }
@@ -288,7 +290,7 @@ async fn load(Extract(server): Extract<Arc<Server>>, headers: HeaderMap, body: B
     };
     let host = server.host.clone();
     let spec = spec_for(&config);
-    match blocking(move || host.load_plugin(spec)).await {
+    match blocking(&server, move || host.load_plugin(spec)).await {
         Ok(p) => {
             server
                 .plugins
@@ -323,7 +325,7 @@ async fn reload(Extract(server): Extract<Arc<Server>>, Path(name): Path<String>)
     };
     let host = server.host.clone();
     let spec = spec_for(&config);
-    match blocking(move || host.reload_plugin(spec)).await {
+    match blocking(&server, move || host.reload_plugin(spec)).await {
         Ok(p) => {
             Json(json!({ "name": p.name(), "digest": p.digest(), "from_cache": p.from_cache() }))
                 .into_response()
@@ -378,9 +380,14 @@ async fn usage(Extract(server): Extract<Arc<Server>>, RawQuery(query): RawQuery)
 }
 
 async fn metrics(Extract(server): Extract<Arc<Server>>) -> Response {
-    let mut text = server.metrics.render(&server.host.status());
-    server.render_limits(&mut text);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+    match server.metrics.render() {
+        Ok(text) => ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response(),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("the metrics could not be written: {e}"),
+        ),
+    }
 }
 
 #[cfg(test)]

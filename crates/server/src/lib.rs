@@ -27,16 +27,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use conn::{BodyBudget, ClientSlots, HostRefusal, Reservation, TimedWrites};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use metrics::Metrics;
 use serde_json::json;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tollgate::runtime::{Allocator, InvokeError, Limits, PluginSpec, Preopen, Sandbox};
 use tollgate::{Host, HostError};
 use tollgate_license::Rules;
@@ -78,13 +78,19 @@ pub(crate) struct Server {
     pub(crate) admin_token: Option<String>,
     pub(crate) metrics: Metrics,
     calls: Semaphore,
-    pub(crate) draining: AtomicBool,
-    in_flight: Mutex<HashMap<u64, Arc<Notify>>>,
-    next_call: AtomicU64,
+    /// Cancelled when the server starts shutting down: it drains.
+    pub(crate) shutdown: CancellationToken,
+    /// Connections, the license refresh and blocking admin work: all that
+    /// may hold the host.
+    pub(crate) tasks: TaskTracker,
+    /// Plugin calls running now.
+    in_flight: TaskTracker,
+    /// Cancelled when the grace period is over: calls still running end.
+    cancel_calls: CancellationToken,
     /// How long a request body may take to arrive.
     pub(crate) read_timeout: Duration,
     /// Bytes of request bodies held at once, over all requests.
-    pub(crate) bodies: BodyBudget,
+    pub(crate) bodies: Arc<BodyBudget>,
     /// Open connections per client address.
     clients: Arc<ClientSlots>,
     /// Host names requests must name; `None`: any.
@@ -94,8 +100,13 @@ pub(crate) struct Server {
 impl Server {
     /// The server state for `host`, with the settings of `config`.
     pub(crate) fn new(host: Arc<Host>, config: &Config) -> Self {
+        let bodies = Arc::new(BodyBudget::new(config.max_buffered_request_bytes));
+        let clients = Arc::new(ClientSlots::new(
+            config.max_connections_per_client,
+            config.trusted_proxies.clone(),
+        ));
         Self {
-            host,
+            host: host.clone(),
             plugins: RwLock::new(
                 config
                     .plugins
@@ -104,17 +115,15 @@ impl Server {
                     .collect(),
             ),
             admin_token: config.admin_token.clone(),
-            metrics: Metrics::default(),
+            metrics: Metrics::new(host, bodies.clone(), clients.clone()),
             calls: Semaphore::new(config.max_concurrent_calls as usize),
-            draining: AtomicBool::new(false),
-            in_flight: Mutex::new(HashMap::new()),
-            next_call: AtomicU64::new(0),
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            in_flight: TaskTracker::new(),
+            cancel_calls: CancellationToken::new(),
             read_timeout: config.read_timeout,
-            bodies: BodyBudget::new(config.max_buffered_request_bytes),
-            clients: Arc::new(ClientSlots::new(
-                config.max_connections_per_client,
-                config.trusted_proxies.clone(),
-            )),
+            bodies,
+            clients,
             allowed_hosts: config.allowed_hosts(),
         }
     }
@@ -216,47 +225,44 @@ pub async fn serve(config: Config, ready: impl FnOnce(SocketAddr)) -> Result<(),
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "listening");
     ready(addr);
-    tokio::spawn(refresh_licenses(Arc::downgrade(&host)));
-    let connections = accept_until_signal(listener, app, &server, &config).await;
+    server
+        .tasks
+        .spawn(refresh_licenses(host.clone(), server.shutdown.clone()));
+    accept_until_signal(listener, app, &server, &config).await;
     let grace = config.grace_period;
     tracing::info!("shutting down: no new connections; calls in flight have {grace:?}");
-    server.draining.store(true, Ordering::SeqCst);
-    let late = Arc::downgrade(&server);
-    tokio::spawn(async move {
-        tokio::time::sleep(grace).await;
-        if let Some(server) = late.upgrade() {
-            let n = server.cancel_all();
-            if n > 0 {
-                tracing::warn!("grace period over: cancelled {n} call(s); their seats come back");
-            }
+    // Idle connections close now, busy ones after their response; the
+    // license refresh stops and `/readyz` answers 503.
+    server.shutdown.cancel();
+    server.tasks.close();
+    if tokio::time::timeout(grace, server.tasks.wait())
+        .await
+        .is_err()
+    {
+        let n = server.in_flight.len();
+        server.cancel_calls.cancel();
+        if n > 0 {
+            tracing::warn!("grace period over: cancelled {n} call(s); their seats come back");
         }
-    });
-    // Idle connections close now; busy ones after their response.
-    connections.shutdown().await;
+    }
+    // Cancelled calls unwind and their connections close; then nothing
+    // else holds the host, and dropping it commits what the ledger holds.
+    let unwound = tokio::time::timeout(UNWIND, server.tasks.wait())
+        .await
+        .is_ok();
     drop(server);
-    // Connections cancelled at the end of the grace period may still be
-    // unwinding; once the last one lets go, dropping the host commits what
-    // the ledger holds.
-    let mut host = host;
-    let deadline = tokio::time::Instant::now() + grace + std::time::Duration::from_secs(5);
-    loop {
-        match Arc::try_unwrap(host) {
-            Ok(h) => {
-                tokio::task::block_in_place(|| drop(h));
-                break;
+    match Arc::try_unwrap(host) {
+        Ok(host) => tokio::task::block_in_place(|| drop(host)),
+        Err(host) => {
+            // Work still running past the deadline: commit what is
+            // recorded; its leases end with the process.
+            if let Err(e) = host.licenses().ledger().sync() {
+                tracing::error!("final ledger commit failed: {e}");
             }
-            Err(still) if tokio::time::Instant::now() < deadline => {
-                host = still;
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            }
-            Err(still) => {
-                // Calls still running past the deadline: commit what is
-                // recorded; their leases end with the process.
-                if let Err(e) = still.licenses().ledger().sync() {
-                    tracing::error!("final ledger commit failed: {e}");
-                }
+            if unwound {
+                tracing::warn!("the host was still in use at exit");
+            } else {
                 tracing::warn!("calls still running at exit");
-                break;
             }
         }
     }
@@ -264,20 +270,25 @@ pub async fn serve(config: Config, ready: impl FnOnce(SocketAddr)) -> Result<(),
     Ok(())
 }
 
+/// How long cancelled calls have to unwind after the grace period.
+const UNWIND: Duration = Duration::from_secs(5);
+
 /// How often a running server reads grants and revocations again.
 const REFRESH_EVERY: Duration = Duration::from_secs(1);
 
 /// Every [`REFRESH_EVERY`], puts in force what `tollgate license …` changed
 /// on the state directory (a revocation reaches the running host within two
-/// ticks) and ends the seats of grants that expired. Stops with the host.
-async fn refresh_licenses(host: std::sync::Weak<Host>) {
+/// ticks) and ends the seats of grants that expired. Stops at `shutdown`,
+/// after the refresh under way if there is one.
+async fn refresh_licenses(host: Arc<Host>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(REFRESH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
-        let Some(host) = host.upgrade() else {
-            return;
-        };
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let host = host.clone();
         match tokio::task::spawn_blocking(move || host.reload_licenses()).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!("reading licenses from the state directory failed: {e}"),
@@ -290,15 +301,14 @@ async fn refresh_licenses(host: std::sync::Weak<Host>) {
 /// `max_connections` at once and `max_connections_per_client` from one
 /// client address (beyond it: 429 and closed), each given `read_timeout` to
 /// send a request head (and closed after as long idle), and closed when the
-/// client takes none of its response for `write_timeout`. Returns the
-/// connections still open.
+/// client takes none of its response for `write_timeout`. Each connection
+/// is a task in `server.tasks` that ends gracefully at `server.shutdown`.
 async fn accept_until_signal(
     listener: tokio::net::TcpListener,
     app: Router,
     server: &Server,
     config: &Config,
-) -> GracefulShutdown {
-    let connections = GracefulShutdown::new();
+) {
     let open = Arc::new(Semaphore::new(config.max_connections as usize));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -342,16 +352,24 @@ async fn accept_until_signal(
         };
         let io = TokioIo::new(TimedWrites::new(stream, config.write_timeout));
         let conn = http.serve_connection(io, TowerToHyperService::new(app.clone()));
-        let conn = connections.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
+        let shutdown = server.shutdown.clone();
+        server.tasks.spawn(async move {
+            let mut conn = std::pin::pin!(conn);
+            let ended = tokio::select! {
+                ended = conn.as_mut() => ended,
+                () = shutdown.cancelled() => {
+                    // Idle: closed now; busy: closed after its response.
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = ended {
                 tracing::debug!(%peer, "connection ended: {e}");
             }
             drop(slot);
             drop(permit);
         });
     }
-    connections
 }
 
 async fn shutdown_signal() {
@@ -421,7 +439,7 @@ async fn allowed_host(
 }
 
 async fn readyz(Extract(server): Extract<Arc<Server>>) -> Response {
-    if server.draining.load(Ordering::SeqCst) {
+    if server.shutdown.is_cancelled() {
         error(
             StatusCode::SERVICE_UNAVAILABLE,
             "draining",
@@ -551,65 +569,6 @@ pub(crate) async fn read_body<'a>(
     }
 }
 
-/// Keeps a call listed as in flight (so the end of the grace period can
-/// cancel it) until its handler finishes or is dropped.
-struct InFlight {
-    server: Arc<Server>,
-    id: u64,
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.server
-            .in_flight
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&self.id);
-    }
-}
-
-impl Server {
-    /// Appends the gauges and counters of what clients hold to a metrics
-    /// text: buffered body bytes (now, peak, budget) and refusals.
-    pub(crate) fn render_limits(&self, out: &mut String) {
-        use std::fmt::Write as _;
-        let b = &self.bodies;
-        let _ = write!(
-            out,
-            "# HELP tollgate_request_body_bytes_buffered Bytes of request bodies held right now.\n\
-             # TYPE tollgate_request_body_bytes_buffered gauge\n\
-             tollgate_request_body_bytes_buffered {}\n\
-             # HELP tollgate_request_body_bytes_buffered_peak The most bytes of request bodies held at once since start.\n\
-             # TYPE tollgate_request_body_bytes_buffered_peak gauge\n\
-             tollgate_request_body_bytes_buffered_peak {}\n\
-             # HELP tollgate_request_body_bytes_budget The most bytes of request bodies held at once (`max_buffered_request_bytes`).\n\
-             # TYPE tollgate_request_body_bytes_budget gauge\n\
-             tollgate_request_body_bytes_budget {}\n\
-             # HELP tollgate_requests_refused_total Requests and connections refused to bound what clients hold, by reason.\n\
-             # TYPE tollgate_requests_refused_total counter\n\
-             tollgate_requests_refused_total{{reason=\"body-budget\"}} {}\n\
-             tollgate_requests_refused_total{{reason=\"connections-per-client\"}} {}\n",
-            b.used(),
-            b.peak(),
-            b.limit(),
-            b.refused.load(Ordering::Relaxed),
-            self.clients.refused.load(Ordering::Relaxed),
-        );
-    }
-
-    fn cancel_all(&self) -> usize {
-        let calls = self
-            .in_flight
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        for cancel in calls.values() {
-            // A stored permit, so a call about to start is cancelled too.
-            cancel.notify_one();
-        }
-        calls.len()
-    }
-}
-
 async fn invoke(
     Extract(server): Extract<Arc<Server>>,
     Path(name): Path<String>,
@@ -656,24 +615,15 @@ async fn invoke(
         Ok(read) => read,
         Err(response) => return response,
     };
-    let id = server.next_call.fetch_add(1, Ordering::Relaxed);
-    let cancel = Arc::new(Notify::new());
-    server
-        .in_flight
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .insert(id, cancel.clone());
-    let _listed = InFlight {
-        server: server.clone(),
-        id,
-    };
+    // Counted in flight until the handler finishes or is dropped.
+    let _in_flight = server.in_flight.token();
     let started = Instant::now();
     // The call runs in this handler: if the client goes away the handler is
     // dropped, and with it the call and its store, which gives the seats
     // back as `store-dropped`.
     let (invocation, result) = tokio::select! {
         call = server.host.invoke_call_async(&name, &input) => (Some(call.0), call.1),
-        () = cancel.notified() => (None, Err(InvokeError::Cancelled { plugin: name.clone() })),
+        () = server.cancel_calls.cancelled() => (None, Err(InvokeError::Cancelled { plugin: name.clone() })),
     };
     let outcome = result.as_ref().map_or_else(InvokeError::code, |_| "ok");
     server.metrics.observe(&name, outcome, started.elapsed());

@@ -1,163 +1,369 @@
-//! Prometheus text exposition of calls, latency, seats, denials and reclaims.
+//! `GET /metrics`: a `prometheus-client` registry in the Prometheus text
+//! format. Calls and their latency are recorded per plugin as calls end;
+//! seats, leases, denials and reclaims per license, and what clients hold
+//! of the server, are read from the host and the server at each scrape.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::{Mutex, PoisonError};
+use crate::conn::{BodyBudget, ClientSlots};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tollgate::HostStatus;
+use tollgate::Host;
+
+/// The `Content-Type` of the exposition.
+pub(crate) const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
 /// Upper bounds of the latency histogram buckets, in seconds.
 const BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
-#[derive(Default)]
-struct Histogram {
-    counts: [u64; BUCKETS.len()],
-    count: u64,
-    sum: f64,
+/// Labels of one series of finished calls.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    plugin: String,
+    outcome: String,
 }
 
-/// Per-plugin call counts by outcome and a latency histogram.
-#[derive(Default)]
+/// Labels of one plugin's latency histogram.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginLabels {
+    plugin: String,
+}
+
+/// A latency histogram with [`BUCKETS`].
+fn latency_histogram() -> Histogram {
+    Histogram::new(BUCKETS)
+}
+
+/// The server's metrics: what it records as calls end, and collectors that
+/// read the rest at each scrape.
 pub(crate) struct Metrics {
-    calls: Mutex<BTreeMap<(String, &'static str), u64>>,
-    latency: Mutex<BTreeMap<String, Histogram>>,
-}
-
-/// Escapes a Prometheus label value.
-fn label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+    registry: Registry,
+    calls: Family<CallLabels, Counter>,
+    latency: Family<PluginLabels, Histogram, fn() -> Histogram>,
 }
 
 impl Metrics {
-    /// Records one finished call.
-    pub(crate) fn observe(&self, plugin: &str, outcome: &'static str, took: Duration) {
-        *self
-            .calls
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry((plugin.to_string(), outcome))
-            .or_default() += 1;
-        let secs = took.as_secs_f64();
-        let mut latency = self.latency.lock().unwrap_or_else(PoisonError::into_inner);
-        let h = latency.entry(plugin.to_string()).or_default();
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            if secs <= *bound {
-                h.counts[i] += 1;
-            }
+    /// Metrics of a server running `host`, with its body budget and
+    /// connection slots.
+    pub(crate) fn new(host: Arc<Host>, bodies: Arc<BodyBudget>, clients: Arc<ClientSlots>) -> Self {
+        let mut registry = Registry::with_prefix("tollgate");
+        let calls = Family::<CallLabels, Counter>::default();
+        let latency: Family<PluginLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "invocations",
+            "Plugin calls over HTTP by outcome",
+            calls.clone(),
+        );
+        registry.register_with_unit(
+            "invoke_duration",
+            "Latency of plugin calls over HTTP",
+            Unit::Seconds,
+            latency.clone(),
+        );
+        registry.register_collector(Box::new(LicenseCounters { host }));
+        registry.register_collector(Box::new(ClientLimits { bodies, clients }));
+        Self {
+            registry,
+            calls,
+            latency,
         }
-        h.count += 1;
-        h.sum += secs;
     }
 
-    /// The text exposition, with license counters from `status`.
-    pub(crate) fn render(&self, status: &HostStatus) -> String {
+    /// Records one finished call.
+    pub(crate) fn observe(&self, plugin: &str, outcome: &str, took: Duration) {
+        self.calls
+            .get_or_create(&CallLabels {
+                plugin: plugin.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .inc();
+        self.latency
+            .get_or_create(&PluginLabels {
+                plugin: plugin.to_string(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    /// The text exposition.
+    pub(crate) fn render(&self) -> Result<String, fmt::Error> {
         let mut out = String::new();
-        out.push_str("# HELP tollgate_invocations_total Plugin calls over HTTP by outcome.\n# TYPE tollgate_invocations_total counter\n");
-        for ((plugin, outcome), n) in self
-            .calls
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-        {
-            let _ = writeln!(
-                out,
-                "tollgate_invocations_total{{plugin=\"{}\",outcome=\"{outcome}\"}} {n}",
-                label(plugin)
-            );
-        }
-        out.push_str("# HELP tollgate_invoke_duration_seconds Latency of plugin calls over HTTP.\n# TYPE tollgate_invoke_duration_seconds histogram\n");
-        for (plugin, h) in self
-            .latency
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-        {
-            let p = label(plugin);
-            for (bound, n) in BUCKETS.iter().zip(h.counts) {
-                let _ = writeln!(
-                    out,
-                    "tollgate_invoke_duration_seconds_bucket{{plugin=\"{p}\",le=\"{bound}\"}} {n}"
-                );
-            }
-            let _ = writeln!(
-                out,
-                "tollgate_invoke_duration_seconds_bucket{{plugin=\"{p}\",le=\"+Inf\"}} {}",
-                h.count
-            );
-            let _ = writeln!(
-                out,
-                "tollgate_invoke_duration_seconds_sum{{plugin=\"{p}\"}} {}",
-                h.sum
-            );
-            let _ = writeln!(
-                out,
-                "tollgate_invoke_duration_seconds_count{{plugin=\"{p}\"}} {}",
-                h.count
-            );
-        }
-        let gauges = [
-            ("tollgate_seats_in_use", "gauge", "Seats held right now."),
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+/// Writes one family of counters read at scrape time: each label set with
+/// its value. (The registry ends the help of what it holds with a period;
+/// so does every `help` given here.)
+fn counters<L: EncodeLabelSet>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (L, u64)>,
+) -> fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, value) in samples {
+        ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// Writes one family of gauges read at scrape time: each label set with
+/// its value.
+fn gauges<L: EncodeLabelSet>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (L, u64)>,
+) -> fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, value) in samples {
+        ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// Writes one gauge without labels.
+fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: usize) -> fmt::Result {
+    ConstGauge::new(value).encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)
+}
+
+/// The license manager's counters per license id, read at each scrape.
+struct LicenseCounters {
+    host: Arc<Host>,
+}
+
+impl fmt::Debug for LicenseCounters {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LicenseCounters").finish_non_exhaustive()
+    }
+}
+
+impl Collector for LicenseCounters {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let status = self.host.licenses().status();
+        let licenses = &status.licenses;
+        let id = |l: &tollgate_license::LicenseStatus| [("license", l.id.clone())];
+        gauges(
+            &mut encoder,
+            "seats_in_use",
+            "Seats held right now.",
+            licenses
+                .iter()
+                .map(|l| (id(l), u64::from(l.counters.in_use))),
+        )?;
+        gauges(
+            &mut encoder,
+            "seats_issued",
+            "Seats of the license (absent when unlimited).",
+            licenses
+                .iter()
+                .filter_map(|l| Some((id(l), u64::from(l.seats.limit()?)))),
+        )?;
+        counters(
+            &mut encoder,
+            "checkouts",
+            "Leases handed to plugins.",
+            licenses.iter().map(|l| (id(l), l.counters.checkouts)),
+        )?;
+        counters(
+            &mut encoder,
+            "releases",
+            "Leases sent back by plugins.",
+            licenses.iter().map(|l| (id(l), l.counters.releases)),
+        )?;
+        counters(
+            &mut encoder,
+            "withheld",
+            "Calls withheld for lacking the license.",
+            licenses.iter().map(|l| (id(l), l.counters.withheld)),
+        )?;
+        counters(
+            &mut encoder,
+            "denials",
+            "Seat requests refused, by reason.",
+            licenses.iter().flat_map(|l| {
+                l.counters.denials.iter().map(|(reason, n)| {
+                    (
+                        [
+                            ("license", l.id.clone()),
+                            ("reason", reason.as_str().into()),
+                        ],
+                        n,
+                    )
+                })
+            }),
+        )?;
+        counters(
+            &mut encoder,
+            "reclaims",
+            "Seats taken back by the host, by reason.",
+            licenses.iter().flat_map(|l| {
+                l.counters.reclaims.iter().map(|(reason, n)| {
+                    (
+                        [
+                            ("license", l.id.clone()),
+                            ("reason", reason.as_str().into()),
+                        ],
+                        n,
+                    )
+                })
+            }),
+        )
+    }
+}
+
+/// What clients hold of the server: buffered request bodies and the
+/// requests and connections refused to bound them, read at each scrape.
+struct ClientLimits {
+    bodies: Arc<BodyBudget>,
+    clients: Arc<ClientSlots>,
+}
+
+impl fmt::Debug for ClientLimits {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientLimits").finish_non_exhaustive()
+    }
+}
+
+impl Collector for ClientLimits {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let b = &self.bodies;
+        gauge(
+            &mut encoder,
+            "request_body_bytes_buffered",
+            "Bytes of request bodies held right now.",
+            b.used(),
+        )?;
+        gauge(
+            &mut encoder,
+            "request_body_bytes_buffered_peak",
+            "The most bytes of request bodies held at once since start.",
+            b.peak(),
+        )?;
+        gauge(
+            &mut encoder,
+            "request_body_bytes_budget",
+            "The most bytes of request bodies held at once (`max_buffered_request_bytes`).",
+            b.limit(),
+        )?;
+        counters(
+            &mut encoder,
+            "requests_refused",
+            "Requests and connections refused to bound what clients hold, by reason.",
+            [
+                (
+                    [("reason", "body-budget")],
+                    b.refused.load(Ordering::Relaxed),
+                ),
+                (
+                    [("reason", "connections-per-client")],
+                    self.clients.refused.load(Ordering::Relaxed),
+                ),
+            ],
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tollgate_license::{Seats, Terms};
+
+    /// The value of the sample named `series` (name and labels as written).
+    fn sample(text: &str, series: &str) -> Option<String> {
+        text.lines()
+            .find_map(|l| Some(l.strip_prefix(series)?.strip_prefix(' ')?.to_string()))
+    }
+
+    #[test]
+    fn calls_and_client_limits_are_exposed_under_their_names() {
+        let host = Host::builder()
+            .trial_license("demo", Terms::new(Seats::Counted(3)))
+            .trial_license("open", Terms::new(Seats::Unlimited))
+            .build()
+            .expect("host");
+        let bodies = Arc::new(BodyBudget::new(1000));
+        let clients = Arc::new(ClientSlots::new(1, Vec::new()));
+        let metrics = Metrics::new(Arc::new(host), bodies.clone(), clients.clone());
+        metrics.observe("hello", "ok", Duration::from_millis(2));
+        metrics.observe("hello", "ok", Duration::from_millis(300));
+        metrics.observe("hello", "unlicensed", Duration::from_millis(7));
+        let ip = std::net::IpAddr::from([127, 0, 0, 1]);
+        let _slot = clients.enter(ip).expect("first");
+        assert!(clients.enter(ip).is_err());
+        let text = metrics.render().expect("renders");
+        for (series, value) in [
             (
-                "tollgate_seats_issued",
-                "gauge",
-                "Seats of the license (absent when unlimited).",
+                "tollgate_invocations_total{plugin=\"hello\",outcome=\"ok\"}",
+                "2",
             ),
             (
-                "tollgate_checkouts_total",
-                "counter",
-                "Leases handed to plugins.",
+                "tollgate_invocations_total{plugin=\"hello\",outcome=\"unlicensed\"}",
+                "1",
             ),
             (
-                "tollgate_releases_total",
-                "counter",
-                "Leases sent back by plugins.",
+                "tollgate_invoke_duration_seconds_bucket{plugin=\"hello\",le=\"0.005\"}",
+                "1",
             ),
             (
-                "tollgate_withheld_total",
-                "counter",
-                "Calls withheld for lacking the license.",
+                "tollgate_invoke_duration_seconds_bucket{plugin=\"hello\",le=\"0.01\"}",
+                "2",
             ),
-        ];
-        for (name, kind, help) in gauges {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for l in &status.licenses.licenses {
-                let c = &l.counters;
-                let value = match name {
-                    "tollgate_seats_in_use" => Some(u64::from(c.in_use)),
-                    "tollgate_seats_issued" => l.seats.limit().map(u64::from),
-                    "tollgate_checkouts_total" => Some(c.checkouts),
-                    "tollgate_releases_total" => Some(c.releases),
-                    _ => Some(c.withheld),
-                };
-                if let Some(v) = value {
-                    let _ = writeln!(out, "{name}{{license=\"{}\"}} {v}", label(&l.id));
-                }
-            }
+            (
+                "tollgate_invoke_duration_seconds_bucket{plugin=\"hello\",le=\"+Inf\"}",
+                "3",
+            ),
+            (
+                "tollgate_invoke_duration_seconds_count{plugin=\"hello\"}",
+                "3",
+            ),
+            ("tollgate_seats_issued{license=\"demo\"}", "3"),
+            ("tollgate_seats_in_use{license=\"open\"}", "0"),
+            (
+                "tollgate_denials_total{license=\"demo\",reason=\"exhausted\"}",
+                "0",
+            ),
+            ("tollgate_request_body_bytes_budget", "1000"),
+            (
+                "tollgate_requests_refused_total{reason=\"connections-per-client\"}",
+                "1",
+            ),
+            (
+                "tollgate_requests_refused_total{reason=\"body-budget\"}",
+                "0",
+            ),
+        ] {
+            assert_eq!(
+                sample(&text, series).as_deref(),
+                Some(value),
+                "{series} in\n{text}"
+            );
         }
-        out.push_str("# HELP tollgate_denials_total Seat requests refused, by reason.\n# TYPE tollgate_denials_total counter\n");
-        for l in &status.licenses.licenses {
-            for (reason, n) in l.counters.denials.iter() {
-                let _ = writeln!(
-                    out,
-                    "tollgate_denials_total{{license=\"{}\",reason=\"{reason}\"}} {n}",
-                    label(&l.id)
-                );
-            }
+        assert_eq!(
+            sample(&text, "tollgate_seats_issued{license=\"open\"}"),
+            None,
+            "an unlimited license has no issued seats: {text}"
+        );
+        for family in [
+            "# TYPE tollgate_invocations_total counter",
+            "# TYPE tollgate_invoke_duration_seconds histogram",
+            "# TYPE tollgate_seats_in_use gauge",
+            "# TYPE tollgate_denials_total counter",
+            "# TYPE tollgate_request_body_bytes_buffered gauge",
+        ] {
+            assert!(text.lines().any(|l| l == family), "{family} in\n{text}");
         }
-        out.push_str("# HELP tollgate_reclaims_total Seats taken back by the host, by reason.\n# TYPE tollgate_reclaims_total counter\n");
-        for l in &status.licenses.licenses {
-            for (reason, n) in l.counters.reclaims.iter() {
-                let _ = writeln!(
-                    out,
-                    "tollgate_reclaims_total{{license=\"{}\",reason=\"{reason}\"}} {n}",
-                    label(&l.id)
-                );
-            }
-        }
-        out
     }
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -271,15 +272,17 @@ impl Server {
     }
 
     pub fn wait_in_use(&self, want: u64) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.demo()["counters"]["in_use"].as_u64() != Some(want) {
-            assert!(
-                Instant::now() < deadline,
-                "in_use never became {want}: {}",
-                self.demo()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let became = wait_until(Duration::from_secs(10), || {
+            self.demo()["counters"]["in_use"].as_u64() == Some(want)
+        });
+        assert!(became, "in_use never became {want}: {}", self.demo());
+    }
+
+    /// `GET /metrics`, parsed.
+    pub fn metrics(&self) -> Exposition {
+        let (status, text) = self.admin("GET", "/metrics", None, Some(TOKEN));
+        assert_eq!(status, 200, "{text}");
+        Exposition::parse(&text).unwrap_or_else(|e| panic!("{e} in\n{text}"))
     }
 
     pub fn terminate(mut self) -> std::process::ExitStatus {
@@ -293,6 +296,142 @@ impl Server {
         );
         self.child.wait().expect("exits")
     }
+}
+
+/// How long [`wait_until`] pauses between two asks.
+const POLL_EVERY: Duration = Duration::from_millis(5);
+
+/// Asks `done` until it holds, for at most `within`; whether it came to
+/// hold. Between asks it pauses [`POLL_EVERY`], so that asking (often an
+/// HTTP request) leaves the server the CPU to get there.
+pub fn wait_until(within: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(POLL_EVERY);
+    }
+}
+
+/// A Prometheus text exposition (format 0.0.4), parsed: the declared type
+/// of each family and the value of each sample.
+#[derive(Debug)]
+pub struct Exposition {
+    /// Family name to its `# TYPE`.
+    types: HashMap<String, String>,
+    /// Sample name and labels to its value.
+    samples: HashMap<(String, BTreeMap<String, String>), f64>,
+}
+
+impl Exposition {
+    /// Parses `text`, refusing a sample whose family has no `# TYPE` line
+    /// before it, a family typed twice, a series given twice, and lines
+    /// that are not comments, `# HELP`, `# TYPE` or samples.
+    pub fn parse(text: &str) -> Result<Exposition, String> {
+        let mut types = HashMap::new();
+        let mut samples = HashMap::new();
+        for (n, line) in text.lines().enumerate() {
+            let at = |what: &str| format!("line {}: {what}: {line:?}", n + 1);
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').ok_or_else(|| at("no type"))?;
+                if !["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind) {
+                    return Err(at("unknown type"));
+                }
+                if types.insert(name.to_string(), kind.to_string()).is_some() {
+                    return Err(at("family typed twice"));
+                }
+                continue;
+            }
+            if line.starts_with('#') || line.is_empty() {
+                continue;
+            }
+            let (series, value) = line.rsplit_once(' ').ok_or_else(|| at("no value"))?;
+            let value = match value {
+                "+Inf" => f64::INFINITY,
+                "-Inf" => f64::NEG_INFINITY,
+                v => v.parse::<f64>().map_err(|_| at("bad value"))?,
+            };
+            let (name, labels) = match series.split_once('{') {
+                None => (series, BTreeMap::new()),
+                Some((name, labels)) => {
+                    let labels = labels
+                        .strip_suffix('}')
+                        .ok_or_else(|| at("labels not closed"))?;
+                    (name, parse_labels(labels).map_err(|e| at(&e))?)
+                }
+            };
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| {
+                    let base = name.strip_suffix(suffix)?;
+                    (types.get(base).map(String::as_str) == Some("histogram")).then_some(base)
+                })
+                .unwrap_or(name);
+            if !types.contains_key(family) {
+                return Err(at("sample before its family's # TYPE"));
+            }
+            if samples.insert((name.to_string(), labels), value).is_some() {
+                return Err(at("series given twice"));
+            }
+        }
+        Ok(Exposition { types, samples })
+    }
+
+    /// The `# TYPE` of the family `name`.
+    pub fn type_of(&self, name: &str) -> Option<&str> {
+        self.types.get(name).map(String::as_str)
+    }
+
+    /// The value of the sample `name` with exactly `labels`.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let labels = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.samples.get(&(name.to_string(), labels)).copied()
+    }
+
+    /// The samples named `name`, each as its labels and value.
+    pub fn series(&self, name: &str) -> Vec<(&BTreeMap<String, String>, f64)> {
+        self.samples
+            .iter()
+            .filter(|((n, _), _)| n == name)
+            .map(|((_, labels), v)| (labels, *v))
+            .collect()
+    }
+}
+
+/// `k="v",k2="v2"` (values with `\\`, `\"` and `\n` escapes) as a map.
+fn parse_labels(text: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut labels = BTreeMap::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        let (key, after) = rest.split_once("=\"").ok_or("a label without =\"")?;
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let end = loop {
+            match chars.next() {
+                Some((i, '"')) => break i,
+                Some((_, '\\')) => match chars.next() {
+                    Some((_, 'n')) => value.push('\n'),
+                    Some((_, c @ ('\\' | '"'))) => value.push(c),
+                    _ => return Err("a bad escape in a label value".into()),
+                },
+                Some((_, c)) => value.push(c),
+                None => return Err("a label value not closed".into()),
+            }
+        };
+        if labels.insert(key.to_string(), value).is_some() {
+            return Err(format!("label {key} given twice"));
+        }
+        rest = &after[end + 1..];
+        rest = rest.strip_prefix(',').unwrap_or(rest);
+    }
+    Ok(labels)
 }
 
 /// Copies a directory tree (files and subdirectories).
