@@ -16,7 +16,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::sync::{Arc, PoisonError};
 use subtle::ConstantTimeEq;
-use tollgate_license::{Clock, SystemClock};
+use tollgate_license::{Clock, LicenseId, PluginName, SystemClock};
 use tollgate_store::state::UsageFilter;
 
 /// Largest license file accepted over the API.
@@ -203,12 +203,12 @@ async fn plugin(Extract(server): Extract<Arc<Server>>, Path(name): Path<String>)
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct LoadRequest {
-    name: String,
+    name: PluginName,
     component: std::path::PathBuf,
     #[serde(default)]
-    requires: Vec<String>,
+    requires: Vec<LicenseId>,
     #[serde(default)]
-    may_use: Vec<String>,
+    may_use: Vec<LicenseId>,
 }
 
 fn parse_load_request(body: &[u8]) -> Result<LoadRequest, String> {
@@ -266,10 +266,10 @@ async fn load(Extract(server): Extract<Arc<Server>>, headers: HeaderMap, body: B
         Err(e) => return error(StatusCode::BAD_REQUEST, "bad-request", e),
     };
     let config = PluginConfig {
-        name: req.name.clone(),
+        name: req.name.to_string(),
         component: req.component,
-        requires: req.requires,
-        may_use: req.may_use,
+        requires: req.requires.into_iter().map(String::from).collect(),
+        may_use: req.may_use.into_iter().map(String::from).collect(),
         ..PluginConfig::defaults(&req.name)
     };
     let host = server.host.clone();
@@ -377,4 +377,25 @@ async fn metrics(Extract(server): Extract<Arc<Server>>) -> Response {
     let mut text = server.metrics.render(&server.host.status());
     server.render_limits(&mut text);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_load_request_names_a_bad_name_or_id_by_its_rule() {
+        let refused =
+            |body: &str| parse_admin_body(AdminBody::LoadPlugin, body.as_bytes()).expect_err(body);
+        let why = refused(r#"{"name": "Hello", "component": "/p/h.wasm"}"#);
+        assert!(
+            why.contains("invalid plugin name \"Hello\": it contains 'H'"),
+            "{why}"
+        );
+        let why = refused(r#"{"name": "h", "component": "/p/h.wasm", "may_use": ["bad id"]}"#);
+        assert!(
+            why.contains("invalid license id \"bad id\": it contains ' '"),
+            "{why}"
+        );
+    }
 }

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use tollgate_license::{LicenseId, PluginName};
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
@@ -813,8 +814,8 @@ impl<'t> Checker<'t> {
         if let Some(value) = table.get("name") {
             let place = format!(" in [[plugin]] #{}", index + 1);
             if let Some(text) = self.string(value, "name", &place, "a string") {
-                match units::plugin_name(text) {
-                    Ok(()) => valid_name = true,
+                match text.parse::<PluginName>() {
+                    Ok(_) => valid_name = true,
                     Err(why) => self.problem(value.span(), format!("`name`{place}: {why}")),
                 }
                 name = Some((text.to_string(), value.span()));
@@ -858,7 +859,9 @@ impl<'t> Checker<'t> {
         ] {
             if let Some(value) = table.get(key) {
                 *target = self
-                    .strings(value, key, &place, "license id", units::license_id)
+                    .strings(value, key, &place, "license id", |id| {
+                        id.parse::<LicenseId>().map(drop).map_err(|e| e.to_string())
+                    })
                     .into_iter()
                     .map(|(id, _)| id)
                     .collect();
@@ -1163,7 +1166,7 @@ impl<'t> Checker<'t> {
             if let Some(rules) = self.license(key, rules, &names, plugins) {
                 config.licenses.insert(id.to_string(), rules);
             }
-            if units::license_id(id).is_ok() && !used_ids.contains(id) {
+            if id.parse::<LicenseId>().is_ok() && !used_ids.contains(id) {
                 let hint = did_you_mean(id, used_ids.iter().copied());
                 let todo = if hint.is_empty() {
                     "; list it in a plugin's `requires` or `may_use`, or remove these rules"
@@ -1188,7 +1191,7 @@ impl<'t> Checker<'t> {
     ) -> Option<LicenseRules> {
         let id = key.get_ref().as_ref();
         let place = format!(" in [license.{}]", quoted(id));
-        if let Err(why) = units::license_id(id) {
+        if let Err(why) = id.parse::<LicenseId>() {
             self.problem(key.span(), format!("[license.{id:?}]: {why}"));
         }
         let DeValue::Table(table) = value.get_ref() else {

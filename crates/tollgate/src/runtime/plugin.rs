@@ -3,7 +3,7 @@
 use super::Runtime;
 use super::bindings::ServiceOfferPre;
 use super::sandbox::InvocationState;
-use crate::license::{Entitlement, LicenseError, validate_id};
+use crate::license::{Entitlement, InvalidLicenseId, InvalidPluginName, LicenseId, PluginName};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -170,21 +170,19 @@ impl PluginSpec {
 /// Why a plugin could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    /// The plugin name is unusable.
-    #[error(
-        "invalid plugin name {0:?}: use 1-64 characters from a-z, 0-9, '-', '_', starting with a letter or digit"
-    )]
-    InvalidName(String),
+    /// The plugin name is not a valid [`PluginName`].
+    #[error(transparent)]
+    InvalidName(#[from] InvalidPluginName),
     /// A plugin with this name is already loaded.
     #[error("a plugin named {0:?} is already loaded; unload it first or pick another name")]
     DuplicateName(String),
-    /// A license id in the manifest is invalid.
+    /// A license id in the manifest is not a valid [`LicenseId`].
     #[error("plugin {plugin}: {source}")]
     InvalidLicenseId {
         /// The plugin.
         plugin: String,
         /// What is wrong.
-        source: LicenseError,
+        source: InvalidLicenseId,
     },
     /// The component file could not be read.
     #[error("plugin {plugin}: cannot read {path}: {source}")]
@@ -347,16 +345,6 @@ impl Plugin {
     }
 }
 
-/// Checks a plugin name: 1–64 of `[a-z0-9_-]`, starting alphanumeric.
-pub(crate) fn validate_name(name: &str) -> bool {
-    let b = name.as_bytes();
-    !b.is_empty()
-        && b.len() <= 64
-        && b[0].is_ascii_alphanumeric()
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-' || *c == b'_')
-}
-
 fn read_component(plugin: &str, path: &Path) -> Result<Vec<u8>, LoadError> {
     let read_err = |source| LoadError::Read {
         plugin: plugin.to_string(),
@@ -388,11 +376,9 @@ impl Runtime {
             limits,
             sandbox,
         } = spec;
-        if !validate_name(&name) {
-            return Err(LoadError::InvalidName(name));
-        }
+        let name = PluginName::try_from(name)?.into_string();
         for id in requires.iter().chain(&may_use) {
-            validate_id(id).map_err(|source| LoadError::InvalidLicenseId {
+            LicenseId::try_from(id.as_str()).map_err(|source| LoadError::InvalidLicenseId {
                 plugin: name.clone(),
                 source,
             })?;
@@ -606,19 +592,4 @@ impl Runtime {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn plugin_names() {
-        for ok in ["a", "hello-licensed", "x_1", "9lives"] {
-            assert!(validate_name(ok), "{ok}");
-        }
-        for bad in ["", "-a", "A", "a/b", "../x", "a b", &"a".repeat(65)] {
-            assert!(!validate_name(bad), "{bad}");
-        }
-    }
 }
