@@ -112,11 +112,8 @@ pub(crate) fn spec_for(p: &PluginConfig) -> PluginSpec {
                 writable: d.writable,
             })
             .collect(),
-        env: p
-            .env
-            .iter()
-            .filter_map(|k| std::env::var(k).ok().map(|v| (k.clone(), v)))
-            .collect(),
+        env: Vec::new(),
+        pass_env: p.env.clone(),
     };
     spec
 }

@@ -426,6 +426,12 @@ impl Host {
             .cloned()
     }
 
+    /// The spec plugin `name` was loaded from: its component, licenses,
+    /// limits and sandbox, e.g. to report its settings or to reload it.
+    pub fn plugin_spec(&self, name: &str) -> Option<PluginSpec> {
+        self.plugin(name).map(|p| p.spec().clone())
+    }
+
     /// Calls plugin `name` with `input`. The output is returned only if the
     /// call held every license its plugin requires, and only once the call's
     /// usage events are durable. Blocks the thread; from async code use

@@ -233,9 +233,9 @@ impl Runtime {
             holder.clone(),
             plugin.entitlement.clone(),
             CallLimits {
-                wait: plugin.limits.wait_for_seat,
-                max_leases: plugin.limits.max_leases,
-                max_acquires: plugin.limits.max_acquires,
+                wait: plugin.spec.limits.wait_for_seat,
+                max_leases: plugin.spec.limits.max_leases,
+                max_acquires: plugin.spec.limits.max_acquires,
             },
         );
         let state = InvocationState::new(plugin, invocation, licensing);
@@ -243,7 +243,7 @@ impl Runtime {
         // wasmtime reads the instance, memory and table counts when the
         // limiter is installed.
         store.limiter(|s| &mut s.limiter);
-        store.set_max_component_handles(plugin.limits.max_resources);
+        store.set_max_component_handles(plugin.spec.limits.max_resources);
         store.set_epoch_deadline(1);
         store.epoch_deadline_async_yield_and_update(1);
 
@@ -254,12 +254,12 @@ impl Runtime {
                 .call_invoke(&mut store, input)
                 .await
         };
-        let end = match tokio::time::timeout(plugin.limits.time, call).await {
+        let end = match tokio::time::timeout(plugin.spec.limits.time, call).await {
             Ok(Ok(returned)) => CallEnd::Returned(returned),
             Err(_) => {
                 let e = InvokeError::TimedOut {
                     plugin: plugin.name.to_string(),
-                    limit: plugin.limits.time,
+                    limit: plugin.spec.limits.time,
                 };
                 CallEnd::Stopped(e, ReclaimReason::TimedOut)
             }
@@ -282,6 +282,7 @@ impl Runtime {
         // in force.
         let ended = state.licensing.end(reason);
         let missing: Vec<MissingLicense> = plugin
+            .spec
             .requires
             .iter()
             .filter(|id| !ended.held_to_end.contains(*id))
@@ -305,22 +306,24 @@ impl Runtime {
                 })
             }
             // The plugin's own error text is output too, and bounded alike.
-            CallEnd::Returned(Err(message)) if message.len() > plugin.limits.max_output_bytes => {
+            CallEnd::Returned(Err(message))
+                if message.len() > plugin.spec.limits.max_output_bytes =>
+            {
                 Err(InvokeError::OutputTooLarge {
                     plugin: plugin.name.to_string(),
                     size: message.len(),
-                    limit: plugin.limits.max_output_bytes,
+                    limit: plugin.spec.limits.max_output_bytes,
                 })
             }
             CallEnd::Returned(Err(message)) => Err(InvokeError::Failed {
                 plugin: plugin.name.to_string(),
                 message,
             }),
-            CallEnd::Returned(Ok(output)) if output.len() > plugin.limits.max_output_bytes => {
+            CallEnd::Returned(Ok(output)) if output.len() > plugin.spec.limits.max_output_bytes => {
                 Err(InvokeError::OutputTooLarge {
                     plugin: plugin.name.to_string(),
                     size: output.len(),
-                    limit: plugin.limits.max_output_bytes,
+                    limit: plugin.spec.limits.max_output_bytes,
                 })
             }
             CallEnd::Returned(Ok(output)) => Ok(output),
@@ -335,7 +338,7 @@ impl Runtime {
             target: "tollgate::call",
             plugin = %plugin.name,
             invocation,
-            licenses = ?plugin.requires,
+            licenses = ?plugin.spec.requires,
             leases = ?lease_ids,
             outcome = outcome.as_ref().map_or_else(InvokeError::code, |_| "ok"),
             duration_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
@@ -349,7 +352,7 @@ impl Runtime {
 /// ran into, or a trap described in fixed words.
 fn stopped_error(plugin: &Plugin, hit: Option<LimitHit>, err: &wasmtime::Error) -> InvokeError {
     let name = plugin.name.to_string();
-    let limits = &plugin.limits;
+    let limits = &plugin.spec.limits;
     let resource = |resource, limit| InvokeError::ResourceLimit {
         plugin: name.clone(),
         resource,

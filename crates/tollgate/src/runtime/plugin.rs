@@ -6,6 +6,7 @@ use super::sandbox::InvocationState;
 use crate::license::{Entitlement, InvalidLicenseId, InvalidPluginName, LicenseId, PluginName};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -75,24 +76,36 @@ impl Default for Limits {
 }
 
 /// Where a plugin's component comes from.
-#[derive(Clone, Debug)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum ComponentSource {
-    /// A `.wasm` file.
+    /// A `.wasm` file, read again when the plugin is reloaded.
     File(PathBuf),
-    /// Component bytes in memory.
-    Bytes(Vec<u8>),
+    /// Component bytes in memory, kept (shared, not copied) with the loaded
+    /// plugin's spec.
+    Bytes(Arc<[u8]>),
 }
 
-/// What an operator says about a plugin: its name, component, licenses and limits.
-#[derive(Clone, Debug)]
+impl std::fmt::Debug for ComponentSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::File(path) => f.debug_tuple("File").field(path).finish(),
+            Self::Bytes(bytes) => write!(f, "Bytes({} bytes)", bytes.len()),
+        }
+    }
+}
+
+/// What an operator says about a plugin: its name, component, licenses and
+/// limits. A loaded [`Plugin`] keeps the spec it was loaded from.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PluginSpec {
-    /// Unique name on this host.
+    /// Unique name on this host, a [`PluginName`]; checked when loaded.
     pub name: String,
     /// The component.
     pub component: ComponentSource,
-    /// License ids every call must hold, or its result is withheld.
+    /// License ids every call must hold, or its result is withheld; each a
+    /// [`LicenseId`], checked when loaded.
     pub requires: Vec<String>,
-    /// Further license ids the plugin may ask for.
+    /// Further license ids the plugin may ask for; checked when loaded.
     pub may_use: Vec<String>,
     /// Per-invocation limits.
     pub limits: Limits,
@@ -118,6 +131,10 @@ pub struct Sandbox {
     pub dirs: Vec<Preopen>,
     /// Environment variables, name and value.
     pub env: Vec<(String, String)>,
+    /// Names of this process's environment variables passed through, with
+    /// the values they have when the plugin is loaded (or reloaded); unset
+    /// ones are left out.
+    pub pass_env: Vec<String>,
 }
 
 impl PluginSpec {
@@ -127,7 +144,7 @@ impl PluginSpec {
     }
 
     /// A plugin named `name` from component `bytes`.
-    pub fn bytes(name: impl Into<String>, bytes: impl Into<Vec<u8>>) -> Self {
+    pub fn bytes(name: impl Into<String>, bytes: impl Into<Arc<[u8]>>) -> Self {
         Self::new(name, ComponentSource::Bytes(bytes.into()))
     }
 
@@ -287,16 +304,17 @@ pub struct PluginStats {
     pub failed: AtomicU64,
 }
 
-/// A loaded plugin: manifest, digest and its pre-linked instance.
+/// A loaded plugin: the spec it was loaded from, digest and its pre-linked
+/// instance.
 pub struct Plugin {
     pub(crate) name: Arc<str>,
     pub(crate) digest: Arc<str>,
-    pub(crate) requires: Vec<String>,
+    pub(crate) spec: PluginSpec,
+    /// The sandbox's environment: its variables, then those passed through.
+    pub(crate) env: Vec<(String, String)>,
     pub(crate) entitlement: Arc<Entitlement>,
-    pub(crate) limits: Limits,
     pub(crate) pre: ServiceOfferPre<InvocationState>,
     pub(crate) stats: PluginStats,
-    pub(crate) sandbox: Sandbox,
     pub(crate) from_cache: bool,
 }
 
@@ -319,9 +337,14 @@ impl Plugin {
         &self.digest
     }
 
+    /// The spec it was loaded from.
+    pub fn spec(&self) -> &PluginSpec {
+        &self.spec
+    }
+
     /// The license ids every call must hold.
     pub fn requires(&self) -> &[String] {
-        &self.requires
+        &self.spec.requires
     }
 
     /// The license ids it may ask for.
@@ -331,7 +354,7 @@ impl Plugin {
 
     /// Its limits.
     pub fn limits(&self) -> &Limits {
-        &self.limits
+        &self.spec.limits
     }
 
     /// Whether its compiled form came from the compile cache.
@@ -368,24 +391,16 @@ const CORE_MODULE_HEADER: [u8; 8] = *b"\0asm\x01\0\0\0";
 impl Runtime {
     /// Checks, compiles and pre-links a plugin.
     pub fn load(&self, spec: PluginSpec) -> Result<Plugin, LoadError> {
-        let PluginSpec {
-            name,
-            component,
-            requires,
-            may_use,
-            limits,
-            sandbox,
-        } = spec;
-        let name = PluginName::try_from(name)?.into_string();
-        for id in requires.iter().chain(&may_use) {
+        let name = PluginName::try_from(spec.name.as_str())?.into_string();
+        for id in spec.requires.iter().chain(&spec.may_use) {
             LicenseId::try_from(id.as_str()).map_err(|source| LoadError::InvalidLicenseId {
                 plugin: name.clone(),
                 source,
             })?;
         }
-        let bytes = match component {
-            ComponentSource::File(path) => read_component(&name, &path)?,
-            ComponentSource::Bytes(bytes) => bytes,
+        let bytes = match &spec.component {
+            ComponentSource::File(path) => Cow::Owned(read_component(&name, path)?),
+            ComponentSource::Bytes(bytes) => Cow::Borrowed(&**bytes),
         };
         if bytes.starts_with(&CORE_MODULE_HEADER) {
             return Err(LoadError::CoreModule { plugin: name });
@@ -397,7 +412,7 @@ impl Runtime {
                 reason: reason.to_string(),
             });
         }
-        for dir in &sandbox.dirs {
+        for dir in &spec.sandbox.dirs {
             if !dir.host.is_dir() {
                 return Err(LoadError::Sandbox {
                     plugin: name,
@@ -426,14 +441,19 @@ impl Runtime {
             plugin: name.clone(),
             reason: format!("{e:#}"),
         })?;
-        let entitlement = Entitlement::to(requires.iter().chain(&may_use).cloned());
+        let entitlement = Entitlement::to(spec.requires.iter().chain(&spec.may_use).cloned());
+        let passed = spec
+            .sandbox
+            .pass_env
+            .iter()
+            .filter_map(|key| std::env::var(key).ok().map(|value| (key.clone(), value)));
+        let env = spec.sandbox.env.iter().cloned().chain(passed).collect();
         Ok(Plugin {
             name: name.into(),
             digest: digest.into(),
-            requires,
+            spec,
+            env,
             entitlement: Arc::new(entitlement),
-            limits,
-            sandbox,
             pre,
             stats: PluginStats::default(),
             from_cache,
@@ -575,7 +595,7 @@ impl Runtime {
             .map(|(n, _)| n.to_string())
             .collect();
         let refused = self
-            .load(PluginSpec::bytes("inspected", bytes.to_vec()))
+            .load(PluginSpec::bytes("inspected", bytes))
             .err()
             .map(|e| e.to_string());
         Ok(Inspection {
