@@ -13,6 +13,9 @@ use std::time::Duration;
 use tollgate::license::{LicenseId, PluginName};
 use tollgate::{Host, InvokeError, Limits, PluginSpec, Seats, Terms};
 
+/// Bytes in a MiB, the unit of `--memory-mib`.
+const MIB: usize = 1 << 20;
+
 /// Arguments of `tollgate run`.
 #[derive(Debug, Args)]
 #[command(after_help = "\
@@ -64,12 +67,12 @@ pub(crate) struct RunArgs {
     name: Option<PluginName>,
 
     /// Memory limit per call, in MiB.
-    #[arg(long, default_value_t = 64, value_name = "MIB")]
+    #[arg(long, default_value_t = Limits::default().memory_bytes / MIB, value_name = "MIB")]
     memory_mib: usize,
 
     /// Time limit per call (e.g. 500ms, 5s).
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-    timeout: Duration,
+    #[arg(long, default_value_t = Limits::default().time.into())]
+    timeout: humantime::Duration,
 
     /// Wait this long for a free seat instead of refusing at once (e.g. 100ms).
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -200,18 +203,12 @@ pub(crate) fn run(args: RunArgs) -> Result<Exit, Failure> {
         }
     }
     let name = plugin_name(&args)?;
-    let mut spec = PluginSpec::file(name.clone(), &args.plugin).limits(Limits {
-        memory_bytes: args.memory_mib.saturating_mul(1024 * 1024),
-        time: args.timeout,
-        wait_for_seat: args.wait,
-        ..Limits::default()
-    });
-    for id in requires {
-        spec = spec.requires(id);
-    }
-    for id in &args.allow {
-        spec = spec.may_use(id.as_str());
-    }
+    let mut spec = PluginSpec::file(name.clone(), &args.plugin);
+    spec.limits.memory_bytes = args.memory_mib.saturating_mul(MIB);
+    spec.limits.time = args.timeout.into();
+    spec.limits.wait_for_seat = args.wait;
+    spec.requires = requires.into_iter().map(String::from).collect();
+    spec.may_use = args.allow.iter().map(ToString::to_string).collect();
     host.load_plugin(spec).map_err(Failure::usage)?;
     let ack_log = match &args.ack_log {
         None => None,

@@ -21,7 +21,9 @@ const MAX_COMPONENT_BYTES: u64 = 256 * 1024 * 1024;
 
 /// Limits applied to each invocation of a plugin. Every limit counts the
 /// whole call: all of its core instances, memories and tables together,
-/// however many the component declares.
+/// however many the component declares. [`Limits::default`] is the one
+/// source of the default values: the config file, the admin API and
+/// `tollgate run` take theirs from it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Limits {
     /// Most linear memory, in bytes, of all the call's memories together.
@@ -30,6 +32,10 @@ pub struct Limits {
     pub time: Duration,
     /// How long `acquire` may wait for a seat; `None`: refuse at once.
     pub wait_for_seat: Option<Duration>,
+    /// Largest input a caller may send, in bytes. `tollgate serve` refuses a
+    /// larger request body (413) before reading it; [`crate::Host::invoke`]
+    /// passes whatever its caller gives.
+    pub max_input_bytes: usize,
     /// Largest output returned to the caller, in bytes.
     pub max_output_bytes: usize,
     /// Most leases one invocation may hold at once.
@@ -57,6 +63,7 @@ impl Default for Limits {
             memory_bytes: 64 * 1024 * 1024,
             time: Duration::from_secs(5),
             wait_for_seat: None,
+            max_input_bytes: 1024 * 1024,
             max_output_bytes: 16 * 1024 * 1024,
             max_leases: 1024,
             max_acquires: 10_000,
@@ -95,7 +102,8 @@ impl std::fmt::Debug for ComponentSource {
 }
 
 /// What an operator says about a plugin: its name, component, licenses and
-/// limits. A loaded [`Plugin`] keeps the spec it was loaded from.
+/// limits. The config file, the admin API and `tollgate run` all build one;
+/// a loaded [`Plugin`] keeps the spec it was loaded from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PluginSpec {
     /// Unique name on this host, a [`PluginName`]; checked when loaded.
