@@ -434,6 +434,9 @@ fn prober_sees_only_what_it_is_given() {
     std::fs::create_dir_all(&dir).expect("dir");
     std::fs::write(dir.join("hello.txt"), "from the host").expect("write");
     let host = host_with(Seats::Counted(1));
+    // Passed through: PATH with the value it has when the plugin loads; a
+    // variable this process does not have is left out.
+    let path = std::env::var("PATH").expect("tests run with a PATH");
     let sandbox = |writable| Sandbox {
         dirs: vec![Preopen {
             host: dir.clone(),
@@ -441,6 +444,7 @@ fn prober_sees_only_what_it_is_given() {
             writable,
         }],
         env: vec![("GREETING".into(), "hi".into())],
+        pass_env: vec!["PATH".into(), "TOLLGATE_TEST_NEVER_SET".into()],
     };
     host.load_plugin(
         PluginSpec::file("ro", guests::PROBER)
@@ -460,7 +464,11 @@ fn prober_sees_only_what_it_is_given() {
         out.contains("write: denied (PermissionDenied)"),
         "read-only preopen: {out}"
     );
-    assert!(out.contains("vars: GREETING=hi"), "{out}");
+    assert!(
+        out.contains(&format!("vars: GREETING=hi,PATH={path}")),
+        "{out}"
+    );
+    assert!(!out.contains("TOLLGATE_TEST_NEVER_SET"), "{out}");
     assert!(
         out.contains("file: denied (NotFound)"),
         "/etc/passwd still out of reach: {out}"
@@ -483,7 +491,7 @@ fn prober_sees_only_what_it_is_given() {
             guest: "/x".into(),
             writable: false,
         }],
-        env: vec![],
+        ..Sandbox::default()
     }));
     assert!(
         missing

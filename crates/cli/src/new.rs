@@ -5,6 +5,7 @@ use super::{Exit, Failure};
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use std::path::{Path, PathBuf};
+use tollgate::license::{LicenseId, PluginName};
 
 /// The WIT contract, copied into Python and JavaScript projects.
 const WIT: &str = include_str!("../../../wit/tollgate.wit");
@@ -62,18 +63,17 @@ pub(crate) struct NewArgs {
     host_crate: Option<PathBuf>,
 }
 
-/// A valid plugin name also makes a valid crate, package and file name.
-fn check_name(name: &str) -> Result<(), String> {
-    let first_ok = name.chars().next().is_some_and(|c| c.is_ascii_lowercase());
-    let rest_ok = name
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
-    if name.len() > 64 || !first_ok || !rest_ok {
-        return Err(format!(
-            "{name:?} is not a valid plugin name: use 1-64 of a-z, 0-9, '-' and '_', starting with a letter (e.g. hello-world)"
-        ));
+/// A plugin name (see [`PluginName`]) that also names the project's
+/// package: Cargo refuses a package name starting with a digit.
+fn check_name(name: &str) -> anyhow::Result<PluginName> {
+    let name: PluginName = name.parse()?;
+    if name.starts_with(|c: char| c.is_ascii_digit()) {
+        anyhow::bail!(
+            "plugin name {:?} starts with a digit, which a package name may not; start it with a letter (e.g. hello-world)",
+            name.as_str()
+        );
     }
-    Ok(())
+    Ok(name)
 }
 
 /// One file of a new project: where it goes and the template it is made from.
@@ -197,8 +197,9 @@ fn files(
 }
 
 pub(crate) fn run(args: NewArgs) -> Result<Exit, Failure> {
-    check_name(&args.name).map_err(|e| Failure::usage(anyhow::anyhow!(e)))?;
-    tollgate::license::validate_id(&args.license)
+    check_name(&args.name).map_err(Failure::usage)?;
+    args.license
+        .parse::<LicenseId>()
         .map_err(|e| Failure::usage(anyhow::anyhow!("--license: {e}")))?;
     let dir = args
         .dir
@@ -290,23 +291,16 @@ mod tests {
 
     #[test]
     fn names() {
-        for ok in ["a", "hello", "hello-world", "x_1"] {
-            assert!(check_name(ok).is_ok(), "{ok}");
+        for ok in ["a", "hello", "hello-world", "x_1", "x9"] {
+            assert_eq!(check_name(ok).expect(ok), ok);
         }
-        for bad in [
-            "",
-            "1a",
-            "-a",
-            "A",
-            "a/b",
-            "../x",
-            "a b",
-            "a.b",
-            &"a".repeat(65),
-        ] {
-            let err = check_name(bad).expect_err(bad);
-            assert!(err.contains("not a valid plugin name"), "{err}");
+        for bad in ["", "-a", "A", "a/b", "../x", "a b", "a.b", &"a".repeat(65)] {
+            let err = check_name(bad).expect_err(bad).to_string();
+            assert!(err.starts_with("invalid plugin name"), "{err}");
         }
+        // A plugin name, but not a package name.
+        let err = check_name("1a").expect_err("1a").to_string();
+        assert!(err.contains("starts with a digit"), "{err}");
     }
 
     /// `tollgate new hello-x --lang LANG --license acme.pro`.

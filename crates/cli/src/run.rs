@@ -10,7 +10,11 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+use tollgate::license::{LicenseId, PluginName};
 use tollgate::{Host, InvokeError, Limits, PluginSpec, Seats, Terms};
+
+/// Bytes in a MiB, the unit of `--memory-mib`.
+const MIB: usize = 1 << 20;
 
 /// Arguments of `tollgate run`.
 #[derive(Debug, Args)]
@@ -32,15 +36,15 @@ pub(crate) struct RunArgs {
 
     /// License the plugin must hold on every call; repeatable. Default: every --license id.
     #[arg(long = "requires", value_name = "ID")]
-    requires: Vec<String>,
+    requires: Vec<LicenseId>,
 
     /// License the plugin may use without requiring it; repeatable.
     #[arg(long = "allow", value_name = "ID")]
-    allow: Vec<String>,
+    allow: Vec<LicenseId>,
 
     /// Install an in-memory license: ID=SEATS or ID=unlimited; repeatable.
     #[arg(long = "license", value_name = "ID=SEATS", value_parser = parse_license)]
-    licenses: Vec<(String, Seats)>,
+    licenses: Vec<(LicenseId, Seats)>,
 
     /// Input bytes for the plugin: a file, or - for standard input. Default: empty.
     #[arg(long, value_name = "FILE|-")]
@@ -60,15 +64,15 @@ pub(crate) struct RunArgs {
 
     /// Name the plugin is loaded under. Default: from the file name.
     #[arg(long)]
-    name: Option<String>,
+    name: Option<PluginName>,
 
     /// Memory limit per call, in MiB.
-    #[arg(long, default_value_t = 64, value_name = "MIB")]
+    #[arg(long, default_value_t = Limits::default().memory_bytes / MIB, value_name = "MIB")]
     memory_mib: usize,
 
     /// Time limit per call (e.g. 500ms, 5s).
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-    timeout: Duration,
+    #[arg(long, default_value_t = Limits::default().time.into())]
+    timeout: humantime::Duration,
 
     /// Wait this long for a free seat instead of refusing at once (e.g. 100ms).
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -84,18 +88,20 @@ pub(crate) struct RunArgs {
     ack_log: Option<PathBuf>,
 }
 
-fn parse_license(s: &str) -> Result<(String, Seats), String> {
+fn parse_license(s: &str) -> Result<(LicenseId, Seats), String> {
     let (id, seats) = s
         .split_once('=')
         .ok_or_else(|| format!("{s:?} is not ID=SEATS (for example demo=2 or demo=unlimited)"))?;
-    tollgate::license::validate_id(id).map_err(|e| e.to_string())?;
+    let id: LicenseId = id
+        .parse()
+        .map_err(|e: tollgate::license::InvalidLicenseId| e.to_string())?;
     let seats = match seats {
         "unlimited" => Seats::Unlimited,
         n => Seats::Counted(n.parse().map_err(|_| {
             format!("seat count {n:?} in {s:?} is not a whole number from 0 to 4294967295 or 'unlimited'")
         })?),
     };
-    Ok((id.to_string(), seats))
+    Ok((id, seats))
 }
 
 fn read_input(input: Option<&str>) -> Result<Vec<u8>, Failure> {
@@ -115,9 +121,10 @@ fn read_input(input: Option<&str>) -> Result<Vec<u8>, Failure> {
     }
 }
 
-fn plugin_name(args: &RunArgs) -> String {
+/// `--name`, or a plugin name made from the file name.
+fn plugin_name(args: &RunArgs) -> Result<PluginName, Failure> {
     if let Some(name) = &args.name {
-        return name.clone();
+        return Ok(name.clone());
     }
     let stem = args
         .plugin
@@ -138,11 +145,15 @@ fn plugin_name(args: &RunArgs) -> String {
         .chars()
         .take(64)
         .collect();
-    if name.is_empty() {
-        "plugin".to_string()
-    } else {
-        name
-    }
+    let name = if name.is_empty() { "plugin" } else { &name };
+    name.parse()
+        .with_context(|| {
+            format!(
+                "cannot name the plugin after {}; pass --name",
+                args.plugin.display()
+            )
+        })
+        .map_err(Failure::usage)
 }
 
 /// Tallies of outcomes across calls.
@@ -162,8 +173,8 @@ pub(crate) fn run(args: RunArgs) -> Result<Exit, Failure> {
             return Err(Failure::usage(anyhow!("--license {id} is given twice")));
         }
         builder = match &args.state {
-            Some(_) => builder.trial_license(id.clone(), Terms::new(*seats)),
-            None => builder.license(id.clone(), Terms::new(*seats)),
+            Some(_) => builder.trial_license(id.as_str(), Terms::new(*seats)),
+            None => builder.license(id.as_str(), Terms::new(*seats)),
         };
     }
     if let Some(dir) = &args.state {
@@ -174,13 +185,13 @@ pub(crate) fn run(args: RunArgs) -> Result<Exit, Failure> {
         .context("starting the host")
         .map_err(Failure::usage)?;
     let installed: BTreeSet<String> = host.licenses().ids().into_iter().collect();
-    let requires: Vec<String> = if args.requires.is_empty() {
+    let requires: Vec<LicenseId> = if args.requires.is_empty() {
         trials.iter().cloned().collect()
     } else {
         args.requires.clone()
     };
     for id in &requires {
-        if !installed.contains(id) {
+        if !installed.contains(id.as_str()) {
             return Err(Failure::usage(anyhow!(
                 "the plugin requires license {id:?} but none is installed; add --license {id}=SEATS{}",
                 if args.state.is_some() {
@@ -191,19 +202,13 @@ pub(crate) fn run(args: RunArgs) -> Result<Exit, Failure> {
             )));
         }
     }
-    let name = plugin_name(&args);
-    let mut spec = PluginSpec::file(name.clone(), &args.plugin).limits(Limits {
-        memory_bytes: args.memory_mib.saturating_mul(1024 * 1024),
-        time: args.timeout,
-        wait_for_seat: args.wait,
-        ..Limits::default()
-    });
-    for id in &requires {
-        spec = spec.requires(id.clone());
-    }
-    for id in &args.allow {
-        spec = spec.may_use(id.clone());
-    }
+    let name = plugin_name(&args)?;
+    let mut spec = PluginSpec::file(name.clone(), &args.plugin);
+    spec.limits.memory_bytes = args.memory_mib.saturating_mul(MIB);
+    spec.limits.time = args.timeout.into();
+    spec.limits.wait_for_seat = args.wait;
+    spec.requires = requires.into_iter().map(String::from).collect();
+    spec.may_use = args.allow.iter().map(ToString::to_string).collect();
     host.load_plugin(spec).map_err(Failure::usage)?;
     let ack_log = match &args.ack_log {
         None => None,

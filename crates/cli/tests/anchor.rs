@@ -468,7 +468,7 @@ fn plugin_dirs_may_not_reach_host_state() {
                 guest: "/d".into(),
                 writable: true,
             }],
-            env: Vec::new(),
+            ..Sandbox::default()
         })
     };
     let cases = [

@@ -216,7 +216,7 @@ fn new_refuses_bad_names_and_non_empty_dirs() {
     for bad in ["../escape", "Hello", "a/b", ""] {
         let o = tollgate(&["new", bad, "--dir", "/nonexistent/never"]);
         assert_eq!(o.status.code(), Some(2), "{bad}: {}", out(&o));
-        assert!(out(&o).contains("not a valid plugin name"), "{}", out(&o));
+        assert!(out(&o).contains("invalid plugin name"), "{}", out(&o));
     }
     let taken = scratch();
     let dir = taken.path();

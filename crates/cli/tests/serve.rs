@@ -351,6 +351,13 @@ fn disconnect_cancels_reload_keeps_serving_shutdown_drains() {
         }
         assert_eq!(load.join().expect("load"), 0, "calls failed during reload");
     });
+    // Reloaded, it keeps the limits its [[plugin]] gave it (64-byte requests).
+    let (st, body, _) = s.invoke("hello", &[b'x'; 65]);
+    assert_eq!(
+        (st, code(&body).as_str()),
+        (413, "request-too-large"),
+        "{body}"
+    );
     let (st, _) = s.admin("DELETE", "/v1/admin/plugins/trapper", None, Some(TOKEN));
     assert_eq!(st, 204);
     assert_eq!(s.invoke("trapper", b"").0, 404);

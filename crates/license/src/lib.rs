@@ -6,6 +6,7 @@
 
 pub mod issuer;
 pub mod ledger;
+pub mod names;
 pub mod store;
 
 mod call;
@@ -15,6 +16,7 @@ mod reason;
 
 pub use call::{CallLicensing, CallLimits, CallSeats};
 pub use clock::{Clock, ManualClock, SystemClock, Timer};
+pub use names::{InvalidLicenseId, InvalidPluginName, LicenseId, PluginName};
 pub use pool::{
     Counters, Grant, GrantStatus, Holder, LeaseEnding, LicenseStatus, Rules, Seat, SeatPool, Seats,
     Terms, within_window,
@@ -43,15 +45,8 @@ pub struct LicenseInfo {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum LicenseError {
     /// The id is not a valid license id.
-    #[error(
-        "invalid license id {id:?}: {why}; use 1-128 characters from a-z, A-Z, 0-9, '.', '_', '-', ':'"
-    )]
-    InvalidId {
-        /// The offending id.
-        id: String,
-        /// What is wrong with it.
-        why: &'static str,
-    },
+    #[error(transparent)]
+    InvalidId(#[from] InvalidLicenseId),
     /// No license with this id is installed.
     #[error("no license {0:?} is installed on this host; install it first")]
     Unknown(String),
@@ -63,29 +58,6 @@ pub enum LicenseError {
         /// The grant id asked for.
         grant: String,
     },
-}
-
-/// Checks that a license id is usable: 1–128 of `[A-Za-z0-9._:-]`.
-pub fn validate_id(id: &str) -> Result<(), LicenseError> {
-    let bad = |why| {
-        Err(LicenseError::InvalidId {
-            id: id.to_string(),
-            why,
-        })
-    };
-    if id.is_empty() {
-        return bad("it is empty");
-    }
-    if id.len() > 128 {
-        return bad("it is longer than 128 bytes");
-    }
-    if !id
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
-    {
-        return bad("it contains a character outside the allowed set");
-    }
-    Ok(())
 }
 
 /// Which license ids a plugin may ask for.
@@ -189,7 +161,7 @@ impl LicenseManager {
         grants: Vec<Grant>,
         ledger: Arc<dyn Ledger>,
     ) -> Result<(), LicenseError> {
-        validate_id(id)?;
+        LicenseId::try_from(id)?;
         let mut pools = self.pools.write().unwrap_or_else(PoisonError::into_inner);
         if let Some(pool) = pools.get(id) {
             pool.set_grants(grants);

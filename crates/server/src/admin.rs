@@ -1,8 +1,7 @@
 //! The admin API: bearer token (compared in constant time), licenses,
 //! plugins, status, usage and metrics.
 
-use super::{Server, error, read_body, spec_for};
-use crate::config::PluginConfig;
+use super::{Server, error, read_body};
 use axum::Json;
 use axum::Router;
 use axum::body::Body;
@@ -14,10 +13,11 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
 use subtle::ConstantTimeEq;
+use tollgate::PluginSpec;
 use tollgate_license::issuer::{MAX_LICENSE_BYTES, SignedLicense, parse_time};
-use tollgate_license::{Clock, SystemClock};
+use tollgate_license::{Clock, LicenseId, PluginName, SystemClock};
 use tollgate_store::state::UsageFilter;
 
 /// Largest license file accepted over the API: as large as from a file.
@@ -198,16 +198,27 @@ async fn plugin(Extract(server): Extract<Arc<Server>>, Path(name): Path<String>)
     }
 }
 
-/// Body of `POST /v1/admin/plugins`.
+/// Body of `POST /v1/admin/plugins`: the plugin's name, component and
+/// licenses; its limits are [`tollgate::Limits::default`].
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct LoadRequest {
-    name: String,
+    name: PluginName,
     component: std::path::PathBuf,
     #[serde(default)]
-    requires: Vec<String>,
+    requires: Vec<LicenseId>,
     #[serde(default)]
-    may_use: Vec<String>,
+    may_use: Vec<LicenseId>,
+}
+
+impl LoadRequest {
+    /// The spec the host loads.
+    fn into_spec(self) -> PluginSpec {
+        let mut spec = PluginSpec::file(self.name, self.component);
+        spec.requires = self.requires.into_iter().map(String::from).collect();
+        spec.may_use = self.may_use.into_iter().map(String::from).collect();
+        spec
+    }
 }
 
 /// Reads a `POST /v1/admin/licenses` body: the UTF-8 text of a license
@@ -281,42 +292,21 @@ async fn load(Extract(server): Extract<Arc<Server>>, headers: HeaderMap, body: B
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, "bad-request", e),
     };
-    let config = PluginConfig {
-        name: req.name.clone(),
-        component: req.component,
-        requires: req.requires,
-        may_use: req.may_use,
-        ..PluginConfig::defaults(&req.name)
-    };
     let host = server.host.clone();
-    let spec = spec_for(&config);
+    let spec = req.into_spec();
     match blocking(&server, move || host.load_plugin(spec)).await {
-        Ok(p) => {
-            server
-                .plugins
-                .write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(config.name.clone(), config);
-            (
-                StatusCode::CREATED,
-                Json(
-                    json!({ "name": p.name(), "digest": p.digest(), "from_cache": p.from_cache() }),
-                ),
-            )
-                .into_response()
-        }
+        Ok(p) => (
+            StatusCode::CREATED,
+            Json(json!({ "name": p.name(), "digest": p.digest(), "from_cache": p.from_cache() })),
+        )
+            .into_response(),
         Err(response) => response,
     }
 }
 
 async fn reload(Extract(server): Extract<Arc<Server>>, Path(name): Path<String>) -> Response {
-    let Some(config) = server
-        .plugins
-        .read()
-        .unwrap_or_else(PoisonError::into_inner)
-        .get(&name)
-        .cloned()
-    else {
+    // The spec it was loaded with: the component file is read again.
+    let Some(spec) = server.host.plugin_spec(&name) else {
         return error(
             StatusCode::NOT_FOUND,
             "unknown-plugin",
@@ -324,7 +314,6 @@ async fn reload(Extract(server): Extract<Arc<Server>>, Path(name): Path<String>)
         );
     };
     let host = server.host.clone();
-    let spec = spec_for(&config);
     match blocking(&server, move || host.reload_plugin(spec)).await {
         Ok(p) => {
             Json(json!({ "name": p.name(), "digest": p.digest(), "from_cache": p.from_cache() }))
@@ -335,11 +324,6 @@ async fn reload(Extract(server): Extract<Arc<Server>>, Path(name): Path<String>)
 }
 
 async fn unload(Extract(server): Extract<Arc<Server>>, Path(name): Path<String>) -> Response {
-    server
-        .plugins
-        .write()
-        .unwrap_or_else(PoisonError::into_inner)
-        .remove(&name);
     if server.host.unload_plugin(&name) {
         StatusCode::NO_CONTENT.into_response()
     } else {

@@ -17,7 +17,7 @@ mod metrics;
 
 pub use admin::{AdminBody, parse_admin_body};
 
-use crate::config::{AllowedHost, Config, PluginConfig};
+use crate::config::{AllowedHost, Config};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, Request, State as Extract};
@@ -30,14 +30,13 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use metrics::Metrics;
 use serde_json::json;
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tollgate::runtime::{Allocator, InvokeError, Limits, PluginSpec, Preopen, Sandbox};
+use tollgate::runtime::{Allocator, InvokeError};
 use tollgate::{Host, HostError};
 use tollgate_license::Rules;
 use tollgate_store::state::State;
@@ -74,7 +73,6 @@ pub enum ServeError {
 /// Shared state of the running server.
 pub(crate) struct Server {
     pub(crate) host: Arc<Host>,
-    pub(crate) plugins: RwLock<HashMap<String, PluginConfig>>,
     pub(crate) admin_token: Option<String>,
     pub(crate) metrics: Metrics,
     calls: Semaphore,
@@ -107,13 +105,6 @@ impl Server {
         ));
         Self {
             host: host.clone(),
-            plugins: RwLock::new(
-                config
-                    .plugins
-                    .iter()
-                    .map(|p| (p.name.clone(), p.clone()))
-                    .collect(),
-            ),
             admin_token: config.admin_token.clone(),
             metrics: Metrics::new(host, bodies.clone(), clients.clone()),
             calls: Semaphore::new(config.max_concurrent_calls as usize),
@@ -129,36 +120,6 @@ impl Server {
     }
 }
 
-/// The `Limits` and `Sandbox` a plugin's config asks for.
-pub(crate) fn spec_for(p: &PluginConfig) -> PluginSpec {
-    let mut spec = PluginSpec::file(p.name.clone(), &p.component).limits(Limits {
-        memory_bytes: p.memory_bytes,
-        time: p.time_limit,
-        wait_for_seat: p.wait_for_seat,
-        max_output_bytes: p.max_response_bytes,
-        ..Limits::default()
-    });
-    spec.requires = p.requires.clone();
-    spec.may_use = p.may_use.clone();
-    spec.sandbox = Sandbox {
-        dirs: p
-            .dirs
-            .iter()
-            .map(|d| Preopen {
-                host: d.host.clone(),
-                guest: d.guest.clone(),
-                writable: d.writable,
-            })
-            .collect(),
-        env: p
-            .env
-            .iter()
-            .filter_map(|k| std::env::var(k).ok().map(|v| (k.clone(), v)))
-            .collect(),
-    };
-    spec
-}
-
 /// Builds the host a config describes: state, compile cache, pooling
 /// allocator sized from the config, license rules, and every plugin.
 pub fn build_host(config: &Config) -> Result<Host, ServeError> {
@@ -167,12 +128,11 @@ pub fn build_host(config: &Config) -> Result<Host, ServeError> {
         .compile_cache
         .clone()
         .unwrap_or_else(|| state_dir.join("compile-cache"));
-    let specs: Vec<PluginSpec> = config.plugins.iter().map(spec_for).collect();
     // One slot set per call that may run at once, each as large as the
     // most any configured plugin may take in one call (see `Runtime::new`).
     let allocator = Allocator::pooling(
         config.max_concurrent_calls,
-        specs.iter().map(|spec| &spec.limits),
+        config.plugins.iter().map(|spec| &spec.limits),
     );
     let mut builder = Host::builder()
         .state(state_dir)
@@ -197,14 +157,14 @@ pub fn build_host(config: &Config) -> Result<Host, ServeError> {
             tracing::warn!("rules for license {id} wait: no license {id} is installed yet");
         }
     }
-    for (p, spec) in config.plugins.iter().zip(specs) {
+    for spec in &config.plugins {
         let plugin = host
-            .load_plugin(spec)
+            .load_plugin(spec.clone())
             .map_err(|source| ServeError::Plugin {
-                plugin: p.name.clone(),
+                plugin: spec.name.clone(),
                 source,
             })?;
-        tracing::info!(plugin = %p.name, digest = plugin.digest(), from_cache = plugin.from_cache(), "plugin loaded");
+        tracing::info!(plugin = %spec.name, digest = plugin.digest(), from_cache = plugin.from_cache(), "plugin loaded");
     }
     Ok(host)
 }
@@ -576,11 +536,9 @@ async fn invoke(
     body: Body,
 ) -> Response {
     let Some(limit) = server
-        .plugins
-        .read()
-        .unwrap_or_else(PoisonError::into_inner)
-        .get(&name)
-        .map(|p| p.max_request_bytes)
+        .host
+        .plugin(&name)
+        .map(|p| p.limits().max_input_bytes)
     else {
         return error(
             StatusCode::NOT_FOUND,

@@ -3,13 +3,13 @@
 use crate::license::ledger::{Ledger, LedgerError, MemoryLedger};
 use crate::license::store::{InvocationIds, RecoverError, StoreError, apply, recover};
 use crate::license::{
-    CallLimits, Clock, Entitlement, Holder, LicenseError, LicenseManager, ManagerStatus,
-    SystemClock, Terms, validate_id,
+    CallLimits, Clock, Entitlement, Holder, LicenseError, LicenseId, LicenseManager, ManagerStatus,
+    PluginName, SystemClock, Terms,
 };
 use crate::licensing::LicensedCall;
 use crate::runtime::{
     Allocator, COMPILE_CACHE_KEY_FILE, CompileCache, InvokeError, Invoked, KEY_FILE_IN_CACHE,
-    LoadError, Plugin, PluginSpec, RecordError, Runtime, RuntimeError, validate_name,
+    LoadError, Plugin, PluginSpec, RecordError, Runtime, RuntimeError,
 };
 use crate::store::SqliteLedger;
 use crate::store::state::{HostLock, IssuerPin, State, StateError};
@@ -358,6 +358,12 @@ impl Host {
             .cloned()
     }
 
+    /// The spec plugin `name` was loaded from: its component, licenses,
+    /// limits and sandbox, e.g. to report its settings or to reload it.
+    pub fn plugin_spec(&self, name: &str) -> Option<PluginSpec> {
+        self.plugin(name).map(|p| p.spec().clone())
+    }
+
     /// Calls plugin `name` with `input`. The output is returned only if the
     /// call held every license its plugin requires, and only once the call's
     /// usage events are durable. Blocks the thread; from async code use
@@ -451,11 +457,9 @@ impl Host {
         requires: &[&str],
         limits: CallLimits,
     ) -> Result<LicensedCall, HostError> {
-        if !validate_name(plugin) {
-            return Err(LoadError::InvalidName(plugin.to_string()).into());
-        }
+        let plugin = PluginName::try_from(plugin).map_err(LoadError::from)?;
         for id in requires {
-            validate_id(id).map_err(|source| LoadError::InvalidLicenseId {
+            LicenseId::try_from(*id).map_err(|source| LoadError::InvalidLicenseId {
                 plugin: plugin.to_string(),
                 source,
             })?;
@@ -463,7 +467,7 @@ impl Host {
         self.licenses.ledger().ready()?;
         let invocation = self.invocations.next()?;
         let holder = Holder {
-            plugin: plugin.into(),
+            plugin: plugin.as_str().into(),
             component_digest: format!("{:x}", Sha256::digest(component)).into(),
             invocation,
         };

@@ -90,7 +90,7 @@ impl TestHostBuilder {
 
     /// Loads component `bytes` as plugin `name`, requiring `requires`.
     pub fn plugin_bytes(self, name: &str, bytes: impl Into<Vec<u8>>, requires: &[&str]) -> Self {
-        self.plugin_spec(requiring(PluginSpec::bytes(name, bytes), requires))
+        self.plugin_spec(requiring(PluginSpec::bytes(name, bytes.into()), requires))
     }
 
     /// Loads a plugin described in full (limits, sandbox, allowed ids).

@@ -5,7 +5,8 @@
 //! the terms (see [`LicenseTerms::canonical`]), so a changed term, a changed or
 //! truncated signature, or another key all fail verification.
 
-use crate::{Seats, validate_id};
+use crate::Seats;
+use crate::names::{InvalidLicenseId, InvalidPluginName, LicenseId, PluginName};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
@@ -70,6 +71,17 @@ pub enum IssuerError {
         line: usize,
         /// What is wrong.
         message: String,
+    },
+    /// The `license-id` is not a valid license id.
+    #[error(transparent)]
+    LicenseId(#[from] InvalidLicenseId),
+    /// A `plugin` rule is neither a component digest nor a valid plugin name.
+    #[error("plugin rule {rule:?} is not sha256:<64 lowercase hex>, nor a plugin name: {source}")]
+    PluginRule {
+        /// The rule as written.
+        rule: String,
+        /// Why it is not a plugin name.
+        source: InvalidPluginName,
     },
     /// A required field is missing.
     #[error("the license has no `{0}:` line")]
@@ -315,7 +327,7 @@ impl LicenseTerms {
 
     fn check(&self) -> Result<(), IssuerError> {
         let bad = |message: String| IssuerError::Syntax { line: 0, message };
-        validate_id(&self.license_id).map_err(|e| bad(e.to_string()))?;
+        LicenseId::try_from(self.license_id.as_str())?;
         if self.grant.len() != 32 || !self.grant.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(bad("grant must be 32 hex digits".into()));
         }
@@ -328,24 +340,24 @@ impl LicenseTerms {
             return Err(bad(format!("more than {MAX_PLUGIN_RULES} plugin rules")));
         }
         for p in &self.plugins {
-            let ok = match p.strip_prefix("sha256:") {
+            match p.strip_prefix("sha256:") {
                 Some(d) => {
-                    d.len() == 64
-                        && d.bytes()
+                    if d.len() != 64
+                        || !d
+                            .bytes()
                             .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+                    {
+                        return Err(bad(format!(
+                            "plugin rule {p:?} is neither a plugin name nor sha256:<64 lowercase hex>"
+                        )));
+                    }
                 }
                 None => {
-                    !p.is_empty()
-                        && p.len() <= 64
-                        && p.bytes().all(|b| {
-                            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
-                        })
+                    PluginName::try_from(p.as_str()).map_err(|source| IssuerError::PluginRule {
+                        rule: p.clone(),
+                        source,
+                    })?;
                 }
-            };
-            if !ok {
-                return Err(bad(format!(
-                    "plugin rule {p:?} is neither a plugin name nor sha256:<64 lowercase hex>"
-                )));
             }
         }
         if let Some(c) = &self.customer

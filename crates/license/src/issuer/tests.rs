@@ -235,10 +235,29 @@ fn times_parse() {
 fn bad_terms_are_not_signed() {
     let key = IssuerKey::generate().expect("key");
     let mut t = LicenseTerms::new("bad id", Seats::Counted(1));
-    assert!(key.sign(t.clone(), NOW).is_err());
+    assert!(matches!(
+        key.sign(t.clone(), NOW),
+        Err(IssuerError::LicenseId(e)) if e.given() == "bad id"
+    ));
     t.license_id = "ok".into();
-    t.plugins = vec!["Bad/Name".into()];
-    assert!(key.sign(t.clone(), NOW).is_err());
+    // A plugin rule is a plugin name by the one rule, which refuses a
+    // leading '-' or '_' too.
+    for bad in ["Bad/Name", "-lead", "_lead"] {
+        t.plugins = vec![bad.into()];
+        match key.sign(t.clone(), NOW) {
+            Err(IssuerError::PluginRule { rule, source }) => {
+                assert_eq!((rule.as_str(), source.given()), (bad, bad));
+            }
+            other => panic!("{bad}: {other:?}"),
+        }
+    }
+    t.plugins = vec![format!("sha256:{}", "AB".repeat(32))];
+    assert!(matches!(
+        key.sign(t.clone(), NOW),
+        Err(IssuerError::Syntax { .. })
+    ));
+    t.plugins = vec!["9lives".into(), format!("sha256:{}", "ab".repeat(32))];
+    assert!(key.sign(t.clone(), NOW).is_ok());
     t.plugins = vec![];
     t.not_before = Some(10);
     t.expires_at = Some(5);

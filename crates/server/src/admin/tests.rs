@@ -8,6 +8,8 @@ use axum::http::{Method, Uri};
 use http_body_util::BodyExt;
 use std::path::PathBuf;
 use tollgate::Host;
+use tollgate::Limits;
+use tollgate::runtime::ComponentSource;
 use tower::ServiceExt;
 
 const TOKEN: &str = "admin-token-of-the-route-tests";
@@ -128,4 +130,36 @@ async fn routes_refuse_bad_input_in_the_words_of_the_fuzzed_parsers() {
             "too few refused {kind:?} inputs reached their route: {sent:?}"
         );
     }
+}
+
+#[test]
+fn a_load_request_becomes_a_spec_with_the_default_limits() {
+    let body = br#"{"name": "hello", "component": "/p/hello.wasm", "requires": ["demo"], "may_use": ["extra.v1"]}"#;
+    let spec = parse_load_request(body).expect("valid").into_spec();
+    assert_eq!(spec.name, "hello");
+    assert_eq!(
+        spec.component,
+        ComponentSource::File("/p/hello.wasm".into())
+    );
+    assert_eq!(
+        (spec.requires, spec.may_use),
+        (vec!["demo".to_string()], vec!["extra.v1".to_string()])
+    );
+    assert_eq!(spec.limits, Limits::default());
+}
+
+#[test]
+fn a_load_request_names_a_bad_name_or_id_by_its_rule() {
+    let refused =
+        |body: &str| parse_admin_body(AdminBody::LoadPlugin, body.as_bytes()).expect_err(body);
+    let why = refused(r#"{"name": "Hello", "component": "/p/h.wasm"}"#);
+    assert!(
+        why.contains("invalid plugin name \"Hello\": it contains 'H'"),
+        "{why}"
+    );
+    let why = refused(r#"{"name": "h", "component": "/p/h.wasm", "may_use": ["bad id"]}"#);
+    assert!(
+        why.contains("invalid license id \"bad id\": it contains ' '"),
+        "{why}"
+    );
 }

@@ -2,14 +2,14 @@
 //! collecting every [`Problem`] with its position.
 
 use super::units::{self, did_you_mean};
-use super::{
-    AddressRange, AllowedHost, Config, DEFAULT_LISTEN, DirConfig, LicenseRules, LogFormat,
-    PluginConfig, Problem,
-};
+use super::{AddressRange, AllowedHost, Config, DEFAULT_LISTEN, LicenseRules, LogFormat, Problem};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use tollgate::PluginSpec;
+use tollgate::runtime::Preopen;
+use tollgate_license::{LicenseId, PluginName};
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
@@ -844,7 +844,7 @@ impl<'t> Checker<'t> {
             _ => None,
         });
         for (plugin, (item, table)) in config.plugins.iter().zip(tables) {
-            if plugin.max_request_bytes <= budget {
+            if plugin.limits.max_input_bytes <= budget {
                 continue;
             }
             let span = table
@@ -855,7 +855,7 @@ impl<'t> Checker<'t> {
                 format!(
                     "`max_request_bytes` in [[plugin]] {} is {}, over `max_buffered_request_bytes` ({}), so its largest requests would always be refused; lower it or raise `max_buffered_request_bytes`",
                     quoted(&plugin.name),
-                    units::show_size(plugin.max_request_bytes as u64),
+                    units::show_size(plugin.limits.max_input_bytes as u64),
                     units::show_size(budget as u64)
                 ),
             );
@@ -945,14 +945,14 @@ impl<'t> Checker<'t> {
         span: Range<usize>,
         table: &DeTable<'_>,
         index: usize,
-    ) -> (PluginConfig, Option<(String, Range<usize>)>) {
+    ) -> (PluginSpec, Option<(String, Range<usize>)>) {
         let mut name = None;
         let mut valid_name = false;
         if let Some(value) = table.get("name") {
             let place = format!(" in [[plugin]] #{}", index + 1);
             if let Some(text) = self.string(value, "name", &place, "a string") {
-                match units::plugin_name(text) {
-                    Ok(()) => valid_name = true,
+                match text.parse::<PluginName>() {
+                    Ok(_) => valid_name = true,
                     Err(why) => self.problem(value.span(), format!("`name`{place}: {why}")),
                 }
                 name = Some((text.to_string(), value.span()));
@@ -985,10 +985,10 @@ impl<'t> Checker<'t> {
             }
         };
 
-        let mut plugin = PluginConfig {
-            component: component.unwrap_or_default(),
-            ..PluginConfig::defaults(&name.as_ref().map(|(n, _)| n.clone()).unwrap_or_default())
-        };
+        let mut plugin = PluginSpec::file(
+            name.as_ref().map(|(n, _)| n.clone()).unwrap_or_default(),
+            component.unwrap_or_default(),
+        );
 
         for (key, target) in [
             ("requires", &mut plugin.requires),
@@ -996,7 +996,9 @@ impl<'t> Checker<'t> {
         ] {
             if let Some(value) = table.get(key) {
                 *target = self
-                    .strings(value, key, &place, "license id", units::license_id)
+                    .strings(value, key, &place, "license id", |id| {
+                        id.parse::<LicenseId>().map(drop).map_err(|e| e.to_string())
+                    })
                     .into_iter()
                     .map(|(id, _)| id)
                     .collect();
@@ -1005,17 +1007,17 @@ impl<'t> Checker<'t> {
         if let Some(value) = table.get("memory")
             && let Some(bytes) = self.size(value, "memory", &place, MIN_MEMORY, MAX_MEMORY)
         {
-            plugin.memory_bytes = bytes;
+            plugin.limits.memory_bytes = bytes;
         }
         if let Some(value) = table.get("max_request_bytes")
             && let Some(bytes) = self.size(value, "max_request_bytes", &place, 1, MAX_MEMORY)
         {
-            plugin.max_request_bytes = bytes;
+            plugin.limits.max_input_bytes = bytes;
         }
         if let Some(value) = table.get("max_response_bytes")
             && let Some(bytes) = self.size(value, "max_response_bytes", &place, 1, MAX_MEMORY)
         {
-            plugin.max_response_bytes = bytes;
+            plugin.limits.max_output_bytes = bytes;
         }
         if let Some(value) = table.get("time_limit")
             && let Some(limit) = self.duration(value, "time_limit", &place)
@@ -1026,14 +1028,14 @@ impl<'t> Checker<'t> {
                     format!("`time_limit`{place} must be more than 0 and at most 1h"),
                 );
             } else {
-                plugin.time_limit = limit;
+                plugin.limits.time = limit;
             }
         }
         if let Some(value) = table.get("wait_for_seat") {
-            plugin.wait_for_seat = self.wait_for_seat(value, &place);
+            plugin.limits.wait_for_seat = self.wait_for_seat(value, &place);
         }
         if let Some(value) = table.get("dirs") {
-            plugin.dirs = self.dirs(value, &place);
+            plugin.sandbox.dirs = self.dirs(value, &place);
         }
         if let Some(value) = table.get("env") {
             for (name, span) in self.strings(value, "env", &place, "variable name", units::env_name)
@@ -1047,7 +1049,7 @@ impl<'t> Checker<'t> {
                     );
                     continue;
                 }
-                plugin.env.push(name);
+                plugin.sandbox.pass_env.push(name);
             }
         }
         (plugin, name)
@@ -1110,7 +1112,7 @@ impl<'t> Checker<'t> {
         Some(wait)
     }
 
-    fn dirs(&mut self, value: &Value<'_>, place: &str) -> Vec<DirConfig> {
+    fn dirs(&mut self, value: &Value<'_>, place: &str) -> Vec<Preopen> {
         let DeValue::Array(items) = value.get_ref() else {
             self.wrong_type(
                 value,
@@ -1120,7 +1122,7 @@ impl<'t> Checker<'t> {
             );
             return Vec::new();
         };
-        let mut dirs: Vec<DirConfig> = Vec::new();
+        let mut dirs: Vec<Preopen> = Vec::new();
         let mut guests: HashSet<String> = HashSet::new();
         for (index, item) in items.iter().enumerate() {
             let DeValue::Table(table) = item.get_ref() else {
@@ -1181,7 +1183,7 @@ impl<'t> Checker<'t> {
                 };
             }
             if let (Some(host), Some(guest), Some(writable)) = (host, guest, writable) {
-                dirs.push(DirConfig {
+                dirs.push(Preopen {
                     host,
                     guest,
                     writable,
@@ -1301,7 +1303,7 @@ impl<'t> Checker<'t> {
             if let Some(rules) = self.license(key, rules, &names, plugins) {
                 config.licenses.insert(id.to_string(), rules);
             }
-            if units::license_id(id).is_ok() && !used_ids.contains(id) {
+            if id.parse::<LicenseId>().is_ok() && !used_ids.contains(id) {
                 let hint = did_you_mean(id, used_ids.iter().copied());
                 let todo = if hint.is_empty() {
                     "; list it in a plugin's `requires` or `may_use`, or remove these rules"
@@ -1326,7 +1328,7 @@ impl<'t> Checker<'t> {
     ) -> Option<LicenseRules> {
         let id = key.get_ref().as_ref();
         let place = format!(" in [license.{}]", quoted(id));
-        if let Err(why) = units::license_id(id) {
+        if let Err(why) = id.parse::<LicenseId>() {
             self.problem(key.span(), format!("[license.{id:?}]: {why}"));
         }
         let DeValue::Table(table) = value.get_ref() else {

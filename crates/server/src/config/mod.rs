@@ -21,6 +21,7 @@ use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use tollgate::PluginSpec;
 
 /// Largest config file accepted, in bytes.
 const MAX_FILE_BYTES: u64 = 1024 * 1024;
@@ -81,8 +82,10 @@ pub struct Config {
     /// Host names a request may name in `Host` (`allowed_hosts`); `None`:
     /// the default for `listen` (see [`Config::allowed_hosts`]).
     pub allowed_hosts: Option<Vec<AllowedHost>>,
-    /// The plugins to load, in file order (`[[plugin]]`).
-    pub plugins: Vec<PluginConfig>,
+    /// The plugins to load, in file order (`[[plugin]]`): each a spec with
+    /// its component file resolved against the config file's directory and
+    /// [`tollgate::Limits::default`] for every key left out.
+    pub plugins: Vec<PluginSpec>,
     /// Rules per license id (`[license.<id>]`).
     pub licenses: BTreeMap<String, LicenseRules>,
 }
@@ -130,63 +133,6 @@ pub enum LogFormat {
     Human,
     /// One JSON object per line (`"json"`).
     Json,
-}
-
-/// One `[[plugin]]`: its component, licenses and limits.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PluginConfig {
-    /// Unique name: 1-64 of `[a-z0-9_-]`, starting with a letter or digit.
-    pub name: String,
-    /// The component file, resolved against the config file's directory.
-    pub component: PathBuf,
-    /// License ids every call must hold.
-    pub requires: Vec<String>,
-    /// Further license ids the plugin may ask for.
-    pub may_use: Vec<String>,
-    /// Most linear memory per call, in bytes (`memory`).
-    pub memory_bytes: usize,
-    /// Most wall time per call.
-    pub time_limit: Duration,
-    /// How long `acquire` waits for a free seat; `None`: refuse at once.
-    pub wait_for_seat: Option<Duration>,
-    /// Host directories the plugin sees.
-    pub dirs: Vec<DirConfig>,
-    /// Names of host environment variables passed through.
-    pub env: Vec<String>,
-    /// Largest request body accepted, in bytes.
-    pub max_request_bytes: usize,
-    /// Largest response returned, in bytes.
-    pub max_response_bytes: usize,
-}
-
-impl PluginConfig {
-    /// A plugin named `name` with every default (and no component yet).
-    pub fn defaults(name: &str) -> Self {
-        Self {
-            name: name.to_string(),
-            component: PathBuf::new(),
-            requires: Vec::new(),
-            may_use: Vec::new(),
-            memory_bytes: 64 << 20,
-            time_limit: Duration::from_secs(5),
-            wait_for_seat: None,
-            dirs: Vec::new(),
-            env: Vec::new(),
-            max_request_bytes: 1 << 20,
-            max_response_bytes: 16 << 20,
-        }
-    }
-}
-
-/// A host directory preopened for a plugin.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DirConfig {
-    /// The host directory, resolved against the config file's directory.
-    pub host: PathBuf,
-    /// Absolute path the plugin sees it at.
-    pub guest: String,
-    /// Whether the plugin may write (`mode = "rw"`).
-    pub writable: bool,
 }
 
 /// Rules for one license id (`[license.<id>]`).

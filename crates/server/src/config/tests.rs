@@ -10,6 +10,8 @@ use super::*;
 use std::collections::HashMap;
 use std::fs;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use tollgate::Limits;
+use tollgate::runtime::{ComponentSource, Preopen};
 
 /// A directory under the system temp dir, removed on drop.
 struct TempDir(PathBuf);
@@ -152,20 +154,15 @@ fn a_plugin_with_only_name_and_component_gets_default_limits() {
     let config = ok(&dir, MINIMAL_PLUGIN);
     assert_eq!(
         config.plugins,
-        vec![PluginConfig {
-            name: "hello".into(),
-            component: dir.path().join("plugins/hello.wasm"),
-            requires: vec![],
-            may_use: vec![],
-            memory_bytes: 64 << 20,
-            time_limit: Duration::from_secs(5),
-            wait_for_seat: None,
-            dirs: vec![],
-            env: vec![],
-            max_request_bytes: 1 << 20,
-            max_response_bytes: 16 << 20,
-        }]
+        [PluginSpec::file(
+            "hello",
+            dir.path().join("plugins/hello.wasm")
+        )]
     );
+    let plugin = &config.plugins[0];
+    assert_eq!(plugin.limits, Limits::default());
+    assert!(plugin.requires.is_empty() && plugin.may_use.is_empty());
+    assert!(plugin.sandbox.dirs.is_empty() && plugin.sandbox.pass_env.is_empty());
 }
 
 #[test]
@@ -233,31 +230,38 @@ exclude = ["other_2"]
     assert_eq!(hello.name, "hello");
     assert_eq!(hello.requires, ["demo", "acme:pro"]);
     assert_eq!(hello.may_use, ["extra.v1"]);
-    assert_eq!(hello.memory_bytes, 128 << 20);
-    assert_eq!(hello.time_limit, Duration::from_millis(250));
-    assert_eq!(hello.wait_for_seat, Some(Duration::from_secs(2)));
     assert_eq!(
-        hello.dirs,
+        hello.limits,
+        Limits {
+            memory_bytes: 128 << 20,
+            time: Duration::from_millis(250),
+            wait_for_seat: Some(Duration::from_secs(2)),
+            max_input_bytes: 2000,
+            max_output_bytes: 1 << 30,
+            ..Limits::default()
+        }
+    );
+    assert_eq!(
+        hello.sandbox.dirs,
         [
-            DirConfig {
+            Preopen {
                 host: dir.path().join("data"),
                 guest: "/data".into(),
                 writable: false
             },
-            DirConfig {
+            Preopen {
                 host: dir.path().join("out"),
                 guest: "/out".into(),
                 writable: true
             },
         ]
     );
-    assert_eq!(hello.env, ["LANG", "_X1"]);
-    assert_eq!(hello.max_request_bytes, 2000);
-    assert_eq!(hello.max_response_bytes, 1 << 30);
+    assert!(hello.sandbox.env.is_empty());
+    assert_eq!(hello.sandbox.pass_env, ["LANG", "_X1"]);
 
     let other = &config.plugins[1];
     assert_eq!(other.name, "other_2");
-    assert_eq!(other.wait_for_seat, None);
+    assert_eq!(other.limits.wait_for_seat, None);
 
     assert_eq!(config.licenses.len(), 2);
     let demo = &config.licenses["demo"];
@@ -299,9 +303,9 @@ fn the_bundled_example_parses_when_its_paths_exist() {
     assert_eq!(names, ["hello", "hello-batch"]);
     assert_eq!(
         config.plugins[0].component,
-        dir.path().join("plugins/hello_licensed.wasm")
+        ComponentSource::File(dir.path().join("plugins/hello_licensed.wasm"))
     );
-    assert_eq!(config.plugins[0].dirs.len(), 2);
+    assert_eq!(config.plugins[0].sandbox.dirs.len(), 2);
     assert!(config.licenses.contains_key("demo"));
     assert!(config.licenses.contains_key("acme:pro"));
 }
@@ -529,15 +533,21 @@ fn time_limit_and_memory_bounds() {
     let dir = TempDir::with_component();
     let with = |extra: &str| format!("{MINIMAL_PLUGIN}{extra}\n");
     assert_eq!(
-        ok(&dir, &with("time_limit = \"1h\"")).plugins[0].time_limit,
+        ok(&dir, &with("time_limit = \"1h\"")).plugins[0]
+            .limits
+            .time,
         Duration::from_secs(3600)
     );
     assert_eq!(
-        ok(&dir, &with("memory = \"4GiB\"")).plugins[0].memory_bytes,
+        ok(&dir, &with("memory = \"4GiB\"")).plugins[0]
+            .limits
+            .memory_bytes,
         4 << 30
     );
     assert_eq!(
-        ok(&dir, &with("memory = \"64 kib\"")).plugins[0].memory_bytes,
+        ok(&dir, &with("memory = \"64 kib\"")).plugins[0]
+            .limits
+            .memory_bytes,
         64 << 10
     );
     assert_problems("time_limit_over_1h", &dir, &with("time_limit = \"61m\""));
@@ -835,7 +845,7 @@ fn load_reads_the_file() {
     let config = Config::load(&path).expect("valid");
     assert_eq!(
         config.plugins[0].component,
-        dir.path().join("plugins/hello.wasm")
+        ComponentSource::File(dir.path().join("plugins/hello.wasm"))
     );
 }
 
@@ -932,17 +942,8 @@ fn suggestions_need_an_edit_distance_of_at_most_two() {
 }
 
 #[test]
-fn names_ids_and_variables_follow_their_rules() {
-    assert!(units::plugin_name("a").is_ok());
-    assert!(units::plugin_name("0-a_b").is_ok());
-    assert!(units::plugin_name(&"a".repeat(64)).is_ok());
-    assert!(units::plugin_name(&"a".repeat(65)).is_err());
-    assert!(units::plugin_name("-a").is_err());
-    assert!(units::plugin_name("").is_err());
-    assert!(units::license_id("acme:pro.v1_2-x").is_ok());
-    assert!(units::license_id(&"A".repeat(128)).is_ok());
-    assert!(units::license_id(&"A".repeat(129)).is_err());
-    assert!(units::license_id("a/b").is_err());
+fn variable_names_follow_their_rule() {
+    // Plugin names and license ids follow `tollgate_license::names`.
     assert!(units::env_name("_A1").is_ok());
     assert!(units::env_name("A-B").is_err());
     assert!(units::env_name("").is_err());

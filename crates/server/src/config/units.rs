@@ -98,53 +98,6 @@ pub(super) fn duration(text: &str) -> Result<Duration, String> {
     })
 }
 
-/// Checks a plugin name: 1-64 of `[a-z0-9_-]`, starting with a letter or digit.
-pub(super) fn plugin_name(name: &str) -> Result<(), String> {
-    let rule = "use 1-64 characters from a-z, 0-9, '-' and '_', starting with a letter or digit";
-    if name.is_empty() {
-        return Err(format!("the plugin name is empty; {rule}"));
-    }
-    if name.len() > 64 {
-        return Err(format!(
-            "plugin name {name:?} is {} characters long; {rule}",
-            name.chars().count()
-        ));
-    }
-    if let Some(bad) = name
-        .chars()
-        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-' || *c == '_'))
-    {
-        return Err(format!("plugin name {name:?} contains {bad:?}; {rule}"));
-    }
-    if name.starts_with(['-', '_']) {
-        return Err(format!(
-            "plugin name {name:?} starts with {:?}; {rule}",
-            &name[..1]
-        ));
-    }
-    Ok(())
-}
-
-/// Checks a license id: 1-128 of `[A-Za-z0-9._:-]`.
-pub(super) fn license_id(id: &str) -> Result<(), String> {
-    let rule = "use 1-128 characters from A-Z, a-z, 0-9, '.', '_', ':' and '-'";
-    if id.is_empty() {
-        return Err(format!("the license id is empty; {rule}"));
-    }
-    if id.len() > 128 {
-        return Err(format!(
-            "license id {id:?} is longer than 128 characters; {rule}"
-        ));
-    }
-    if let Some(bad) = id
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || "._:-".contains(*c)))
-    {
-        return Err(format!("license id {id:?} contains {bad:?}; {rule}"));
-    }
-    Ok(())
-}
-
 /// Checks an environment variable name: `[A-Za-z_][A-Za-z0-9_]*`.
 pub(super) fn env_name(name: &str) -> Result<(), String> {
     let rule = "use letters, digits and '_', not starting with a digit";

@@ -238,15 +238,15 @@ impl Runtime {
             licenses,
             holder,
             plugin.entitlement.clone(),
-            plugin.requires.clone(),
-            CallLimits::from(&plugin.limits),
+            plugin.spec.requires.clone(),
+            CallLimits::from(&plugin.spec.limits),
         );
         let state = InvocationState::new(plugin, invocation, licensing);
         let mut store = Store::new(&self.engine, state);
         // wasmtime reads the instance, memory and table counts when the
         // limiter is installed.
         store.limiter(|s| &mut s.limiter);
-        store.set_max_component_handles(plugin.limits.max_resources);
+        store.set_max_component_handles(plugin.spec.limits.max_resources);
         store.set_epoch_deadline(1);
         store.epoch_deadline_async_yield_and_update(1);
 
@@ -257,13 +257,13 @@ impl Runtime {
                 .call_invoke(&mut store, input)
                 .await
         };
-        let end = match tokio::time::timeout(plugin.limits.time, call).await {
+        let end = match tokio::time::timeout(plugin.spec.limits.time, call).await {
             Ok(Ok(returned)) => CallEnd::Returned(returned_outcome(plugin, returned)),
             Err(_) => CallEnd::Stopped {
                 reason: ReclaimReason::TimedOut,
                 report: Err(InvokeError::TimedOut {
                     plugin: plugin.name.to_string(),
-                    limit: plugin.limits.time,
+                    limit: plugin.spec.limits.time,
                 }),
             },
             Ok(Err(err)) => {
@@ -295,7 +295,7 @@ impl Runtime {
             target: "tollgate::call",
             plugin = %plugin.name,
             invocation,
-            licenses = ?plugin.requires,
+            licenses = ?plugin.spec.requires,
             leases = ?ended.leases(),
             outcome = code,
             duration_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
@@ -315,7 +315,7 @@ fn returned_outcome(
     plugin: &Plugin,
     returned: Result<Vec<u8>, String>,
 ) -> Result<Vec<u8>, InvokeError> {
-    let limit = plugin.limits.max_output_bytes;
+    let limit = plugin.spec.limits.max_output_bytes;
     let too_large = |size| InvokeError::OutputTooLarge {
         plugin: plugin.name.to_string(),
         size,
@@ -336,7 +336,7 @@ fn returned_outcome(
 /// ran into, or a trap described in fixed words.
 fn stopped_error(plugin: &Plugin, hit: Option<LimitHit>, err: &wasmtime::Error) -> InvokeError {
     let name = plugin.name.to_string();
-    let limits = &plugin.limits;
+    let limits = &plugin.spec.limits;
     let resource = |resource, limit| InvokeError::ResourceLimit {
         plugin: name.clone(),
         resource,

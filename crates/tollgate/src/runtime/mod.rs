@@ -18,7 +18,6 @@ pub use cache::{CacheError, CompileCache, KEY_FILE as COMPILE_CACHE_KEY_FILE, KE
 pub use crate::licensing::MissingLicense;
 pub(crate) use invocation::Invoked;
 pub use invocation::{InvokeError, RecordError};
-pub(crate) use plugin::validate_name;
 pub use plugin::{
     ComponentSource, Inspection, Limits, LoadError, Plugin, PluginSpec, PluginStats, Preopen,
     Sandbox, WIT_PACKAGE,

@@ -3,9 +3,10 @@
 use super::Runtime;
 use super::bindings::ServiceOfferPre;
 use super::sandbox::InvocationState;
-use crate::license::{Entitlement, LicenseError, validate_id};
+use crate::license::{Entitlement, InvalidLicenseId, InvalidPluginName, LicenseId, PluginName};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -20,7 +21,9 @@ const MAX_COMPONENT_BYTES: u64 = 256 * 1024 * 1024;
 
 /// Limits applied to each invocation of a plugin. Every limit counts the
 /// whole call: all of its core instances, memories and tables together,
-/// however many the component declares.
+/// however many the component declares. [`Limits::default`] is the one
+/// source of the default values: the config file, the admin API and
+/// `tollgate run` take theirs from it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Limits {
     /// Most linear memory, in bytes, of all the call's memories together.
@@ -29,6 +32,10 @@ pub struct Limits {
     pub time: Duration,
     /// How long `acquire` may wait for a seat; `None`: refuse at once.
     pub wait_for_seat: Option<Duration>,
+    /// Largest input a caller may send, in bytes. `tollgate serve` refuses a
+    /// larger request body (413) before reading it; [`crate::Host::invoke`]
+    /// passes whatever its caller gives.
+    pub max_input_bytes: usize,
     /// Largest output returned to the caller, in bytes.
     pub max_output_bytes: usize,
     /// Most leases one invocation may hold at once.
@@ -56,6 +63,7 @@ impl Default for Limits {
             memory_bytes: 64 * 1024 * 1024,
             time: Duration::from_secs(5),
             wait_for_seat: None,
+            max_input_bytes: 1024 * 1024,
             max_output_bytes: 16 * 1024 * 1024,
             max_leases: 1024,
             max_acquires: 10_000,
@@ -75,24 +83,37 @@ impl Default for Limits {
 }
 
 /// Where a plugin's component comes from.
-#[derive(Clone, Debug)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum ComponentSource {
-    /// A `.wasm` file.
+    /// A `.wasm` file, read again when the plugin is reloaded.
     File(PathBuf),
-    /// Component bytes in memory.
-    Bytes(Vec<u8>),
+    /// Component bytes in memory, kept (shared, not copied) with the loaded
+    /// plugin's spec.
+    Bytes(Arc<[u8]>),
 }
 
-/// What an operator says about a plugin: its name, component, licenses and limits.
-#[derive(Clone, Debug)]
+impl std::fmt::Debug for ComponentSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::File(path) => f.debug_tuple("File").field(path).finish(),
+            Self::Bytes(bytes) => write!(f, "Bytes({} bytes)", bytes.len()),
+        }
+    }
+}
+
+/// What an operator says about a plugin: its name, component, licenses and
+/// limits. The config file, the admin API and `tollgate run` all build one;
+/// a loaded [`Plugin`] keeps the spec it was loaded from.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PluginSpec {
-    /// Unique name on this host.
+    /// Unique name on this host, a [`PluginName`]; checked when loaded.
     pub name: String,
     /// The component.
     pub component: ComponentSource,
-    /// License ids every call must hold, or its result is withheld.
+    /// License ids every call must hold, or its result is withheld; each a
+    /// [`LicenseId`], checked when loaded.
     pub requires: Vec<String>,
-    /// Further license ids the plugin may ask for.
+    /// Further license ids the plugin may ask for; checked when loaded.
     pub may_use: Vec<String>,
     /// Per-invocation limits.
     pub limits: Limits,
@@ -118,6 +139,10 @@ pub struct Sandbox {
     pub dirs: Vec<Preopen>,
     /// Environment variables, name and value.
     pub env: Vec<(String, String)>,
+    /// Names of this process's environment variables passed through, with
+    /// the values they have when the plugin is loaded (or reloaded); unset
+    /// ones are left out.
+    pub pass_env: Vec<String>,
 }
 
 impl PluginSpec {
@@ -127,7 +152,7 @@ impl PluginSpec {
     }
 
     /// A plugin named `name` from component `bytes`.
-    pub fn bytes(name: impl Into<String>, bytes: impl Into<Vec<u8>>) -> Self {
+    pub fn bytes(name: impl Into<String>, bytes: impl Into<Arc<[u8]>>) -> Self {
         Self::new(name, ComponentSource::Bytes(bytes.into()))
     }
 
@@ -170,21 +195,19 @@ impl PluginSpec {
 /// Why a plugin could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    /// The plugin name is unusable.
-    #[error(
-        "invalid plugin name {0:?}: use 1-64 characters from a-z, 0-9, '-', '_', starting with a letter or digit"
-    )]
-    InvalidName(String),
+    /// The plugin name is not a valid [`PluginName`].
+    #[error(transparent)]
+    InvalidName(#[from] InvalidPluginName),
     /// A plugin with this name is already loaded.
     #[error("a plugin named {0:?} is already loaded; unload it first or pick another name")]
     DuplicateName(String),
-    /// A license id in the manifest is invalid.
+    /// A license id in the manifest is not a valid [`LicenseId`].
     #[error("plugin {plugin}: {source}")]
     InvalidLicenseId {
         /// The plugin.
         plugin: String,
         /// What is wrong.
-        source: LicenseError,
+        source: InvalidLicenseId,
     },
     /// The component file could not be read.
     #[error("plugin {plugin}: cannot read {path}: {source}")]
@@ -289,16 +312,17 @@ pub struct PluginStats {
     pub failed: AtomicU64,
 }
 
-/// A loaded plugin: manifest, digest and its pre-linked instance.
+/// A loaded plugin: the spec it was loaded from, digest and its pre-linked
+/// instance.
 pub struct Plugin {
     pub(crate) name: Arc<str>,
     pub(crate) digest: Arc<str>,
-    pub(crate) requires: Vec<String>,
+    pub(crate) spec: PluginSpec,
+    /// The sandbox's environment: its variables, then those passed through.
+    pub(crate) env: Vec<(String, String)>,
     pub(crate) entitlement: Arc<Entitlement>,
-    pub(crate) limits: Limits,
     pub(crate) pre: ServiceOfferPre<InvocationState>,
     pub(crate) stats: PluginStats,
-    pub(crate) sandbox: Sandbox,
     pub(crate) from_cache: bool,
 }
 
@@ -321,9 +345,14 @@ impl Plugin {
         &self.digest
     }
 
+    /// The spec it was loaded from.
+    pub fn spec(&self) -> &PluginSpec {
+        &self.spec
+    }
+
     /// The license ids every call must hold.
     pub fn requires(&self) -> &[String] {
-        &self.requires
+        &self.spec.requires
     }
 
     /// The license ids it may ask for.
@@ -333,7 +362,7 @@ impl Plugin {
 
     /// Its limits.
     pub fn limits(&self) -> &Limits {
-        &self.limits
+        &self.spec.limits
     }
 
     /// Whether its compiled form came from the compile cache.
@@ -345,16 +374,6 @@ impl Plugin {
     pub fn stats(&self) -> &PluginStats {
         &self.stats
     }
-}
-
-/// Checks a plugin name: 1–64 of `[a-z0-9_-]`, starting alphanumeric.
-pub(crate) fn validate_name(name: &str) -> bool {
-    let b = name.as_bytes();
-    !b.is_empty()
-        && b.len() <= 64
-        && b[0].is_ascii_alphanumeric()
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-' || *c == b'_')
 }
 
 fn read_component(plugin: &str, path: &Path) -> Result<Vec<u8>, LoadError> {
@@ -380,26 +399,16 @@ const CORE_MODULE_HEADER: [u8; 8] = *b"\0asm\x01\0\0\0";
 impl Runtime {
     /// Checks, compiles and pre-links a plugin.
     pub fn load(&self, spec: PluginSpec) -> Result<Plugin, LoadError> {
-        let PluginSpec {
-            name,
-            component,
-            requires,
-            may_use,
-            limits,
-            sandbox,
-        } = spec;
-        if !validate_name(&name) {
-            return Err(LoadError::InvalidName(name));
-        }
-        for id in requires.iter().chain(&may_use) {
-            validate_id(id).map_err(|source| LoadError::InvalidLicenseId {
+        let name = PluginName::try_from(spec.name.as_str())?.into_string();
+        for id in spec.requires.iter().chain(&spec.may_use) {
+            LicenseId::try_from(id.as_str()).map_err(|source| LoadError::InvalidLicenseId {
                 plugin: name.clone(),
                 source,
             })?;
         }
-        let bytes = match component {
-            ComponentSource::File(path) => read_component(&name, &path)?,
-            ComponentSource::Bytes(bytes) => bytes,
+        let bytes = match &spec.component {
+            ComponentSource::File(path) => Cow::Owned(read_component(&name, path)?),
+            ComponentSource::Bytes(bytes) => Cow::Borrowed(&**bytes),
         };
         if bytes.starts_with(&CORE_MODULE_HEADER) {
             return Err(LoadError::CoreModule { plugin: name });
@@ -411,7 +420,7 @@ impl Runtime {
                 reason: reason.to_string(),
             });
         }
-        for dir in &sandbox.dirs {
+        for dir in &spec.sandbox.dirs {
             if !dir.host.is_dir() {
                 return Err(LoadError::Sandbox {
                     plugin: name,
@@ -440,14 +449,19 @@ impl Runtime {
             plugin: name.clone(),
             reason: format!("{e:#}"),
         })?;
-        let entitlement = Entitlement::to(requires.iter().chain(&may_use).cloned());
+        let entitlement = Entitlement::to(spec.requires.iter().chain(&spec.may_use).cloned());
+        let passed = spec
+            .sandbox
+            .pass_env
+            .iter()
+            .filter_map(|key| std::env::var(key).ok().map(|value| (key.clone(), value)));
+        let env = spec.sandbox.env.iter().cloned().chain(passed).collect();
         Ok(Plugin {
             name: name.into(),
             digest: digest.into(),
-            requires,
+            spec,
+            env,
             entitlement: Arc::new(entitlement),
-            limits,
-            sandbox,
             pre,
             stats: PluginStats::default(),
             from_cache,
@@ -589,7 +603,7 @@ impl Runtime {
             .map(|(n, _)| n.to_string())
             .collect();
         let refused = self
-            .load(PluginSpec::bytes("inspected", bytes.to_vec()))
+            .load(PluginSpec::bytes("inspected", bytes))
             .err()
             .map(|e| e.to_string());
         Ok(Inspection {
@@ -601,20 +615,5 @@ impl Runtime {
             recorded_wit_version: super::witsection::recorded_version(bytes),
             refused,
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn plugin_names() {
-        for ok in ["a", "hello-licensed", "x_1", "9lives"] {
-            assert!(validate_name(ok), "{ok}");
-        }
-        for bad in ["", "-a", "A", "a/b", "../x", "a b", &"a".repeat(65)] {
-            assert!(!validate_name(bad), "{bad}");
-        }
     }
 }

@@ -151,10 +151,10 @@ impl InvocationState {
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false);
-        for (key, value) in &plugin.sandbox.env {
+        for (key, value) in &plugin.env {
             wasi.env(key, value);
         }
-        for dir in &plugin.sandbox.dirs {
+        for dir in &plugin.spec.sandbox.dirs {
             let perms = if dir.writable {
                 FsPerms::ReadWrite
             } else {
@@ -170,11 +170,11 @@ impl InvocationState {
         let mut table = ResourceTable::new();
         // Leases, WASI streams, open files and every other host resource of
         // the call; past this, creating one more fails the host call.
-        table.set_max_capacity(plugin.limits.max_resources);
+        table.set_max_capacity(plugin.spec.limits.max_resources);
         Self {
             wasi,
             table,
-            limiter: Limiter::new(&plugin.limits),
+            limiter: Limiter::new(&plugin.spec.limits),
             licensing,
         }
     }
