@@ -184,19 +184,59 @@ impl Setting {
     }
 }
 
-const PLUGIN_KEYS: &[&str] = &[
-    "name",
-    "component",
-    "requires",
-    "may_use",
-    "memory",
-    "time_limit",
-    "wait_for_seat",
-    "dirs",
-    "env",
-    "max_request_bytes",
-    "max_response_bytes",
+/// The keys of a `[[plugin]]` table besides `name` and `component` (which
+/// [`Checker::plugin`] reads first, as the plugin's identity), in the order
+/// the "known keys" hint lists them. Each row drives the unknown-key check
+/// and its did-you-mean, and reads its value, with its problems, into the
+/// plugin's [`PluginSpec`]; an absent key keeps the spec's default.
+const PLUGIN_SETTINGS: &[(&str, PluginReader)] = &[
+    ("requires", |checker, value, place, spec| {
+        spec.requires = checker.license_ids(value, "requires", place);
+    }),
+    ("may_use", |checker, value, place, spec| {
+        spec.may_use = checker.license_ids(value, "may_use", place);
+    }),
+    ("memory", |checker, value, place, spec| {
+        if let Some(bytes) = checker.size(value, "memory", place, MIN_MEMORY, MAX_MEMORY) {
+            spec.limits.memory_bytes = bytes;
+        }
+    }),
+    ("time_limit", |checker, value, place, spec| {
+        if let Some(limit) = checker.time_limit(value, place) {
+            spec.limits.time = limit;
+        }
+    }),
+    ("wait_for_seat", |checker, value, place, spec| {
+        spec.limits.wait_for_seat = checker.wait_for_seat(value, place);
+    }),
+    ("dirs", |checker, value, place, spec| {
+        spec.sandbox.dirs = checker.dirs(value, place);
+    }),
+    ("env", |checker, value, place, spec| {
+        spec.sandbox.pass_env = checker.pass_env(value, place);
+    }),
+    ("max_request_bytes", |checker, value, place, spec| {
+        if let Some(bytes) = checker.size(value, "max_request_bytes", place, 1, MAX_MEMORY) {
+            spec.limits.max_input_bytes = bytes;
+        }
+    }),
+    ("max_response_bytes", |checker, value, place, spec| {
+        if let Some(bytes) = checker.size(value, "max_response_bytes", place, 1, MAX_MEMORY) {
+            spec.limits.max_output_bytes = bytes;
+        }
+    }),
 ];
+
+/// Reads one key of a `[[plugin]]` table: the checker, the value, the place
+/// part of messages, and the spec read so far.
+type PluginReader = fn(&mut Checker<'_>, &Value<'_>, &str, &mut PluginSpec);
+
+/// Every key of a `[[plugin]]` table, in the order the hint lists them.
+pub(super) fn plugin_keys() -> impl Iterator<Item = &'static str> {
+    ["name", "component"]
+        .into_iter()
+        .chain(PLUGIN_SETTINGS.iter().map(|(name, _)| *name))
+}
 
 const DIR_KEYS: &[&str] = &["host", "guest", "mode"];
 
@@ -235,6 +275,15 @@ struct RulesDraft {
     reserve: Vec<Reservation>,
     /// `max_per_plugin`, where valid.
     max_per_plugin: Option<u32>,
+}
+
+/// What a configured path must name.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Want {
+    /// A file, such as a plugin's component.
+    File,
+    /// A directory, such as a preopened host directory.
+    Dir,
 }
 
 /// One entry of `reserve`.
@@ -964,7 +1013,8 @@ impl<'t> Checker<'t> {
             Some((n, _)) if valid_name => format!(" in [[plugin]] {n:?}"),
             _ => format!(" in [[plugin]] #{}", index + 1),
         };
-        self.unknown_keys(table, PLUGIN_KEYS, &place);
+        let known: Vec<&str> = plugin_keys().collect();
+        self.unknown_keys(table, &known, &place);
         if table.get("name").is_none() {
             self.problem(
                 span.clone(),
@@ -989,97 +1039,94 @@ impl<'t> Checker<'t> {
             name.as_ref().map(|(n, _)| n.clone()).unwrap_or_default(),
             component.unwrap_or_default(),
         );
-
-        for (key, target) in [
-            ("requires", &mut plugin.requires),
-            ("may_use", &mut plugin.may_use),
-        ] {
-            if let Some(value) = table.get(key) {
-                *target = self
-                    .strings(value, key, &place, "license id", |id| {
-                        id.parse::<LicenseId>().map(drop).map_err(|e| e.to_string())
-                    })
-                    .into_iter()
-                    .map(|(id, _)| id)
-                    .collect();
-            }
-        }
-        if let Some(value) = table.get("memory")
-            && let Some(bytes) = self.size(value, "memory", &place, MIN_MEMORY, MAX_MEMORY)
-        {
-            plugin.limits.memory_bytes = bytes;
-        }
-        if let Some(value) = table.get("max_request_bytes")
-            && let Some(bytes) = self.size(value, "max_request_bytes", &place, 1, MAX_MEMORY)
-        {
-            plugin.limits.max_input_bytes = bytes;
-        }
-        if let Some(value) = table.get("max_response_bytes")
-            && let Some(bytes) = self.size(value, "max_response_bytes", &place, 1, MAX_MEMORY)
-        {
-            plugin.limits.max_output_bytes = bytes;
-        }
-        if let Some(value) = table.get("time_limit")
-            && let Some(limit) = self.duration(value, "time_limit", &place)
-        {
-            if limit.is_zero() || limit > MAX_TIME_LIMIT {
-                self.problem(
-                    value.span(),
-                    format!("`time_limit`{place} must be more than 0 and at most 1h"),
-                );
-            } else {
-                plugin.limits.time = limit;
-            }
-        }
-        if let Some(value) = table.get("wait_for_seat") {
-            plugin.limits.wait_for_seat = self.wait_for_seat(value, &place);
-        }
-        if let Some(value) = table.get("dirs") {
-            plugin.sandbox.dirs = self.dirs(value, &place);
-        }
-        if let Some(value) = table.get("env") {
-            for (name, span) in self.strings(value, "env", &place, "variable name", units::env_name)
-            {
-                if name.starts_with("TOLLGATE_ADMIN_TOKEN") {
-                    self.problem(
-                        span,
-                        format!(
-                            "`env`{place} passes {name} through, which would hand the admin token to the plugin; remove it"
-                        ),
-                    );
-                    continue;
-                }
-                plugin.sandbox.pass_env.push(name);
+        for (key, read) in PLUGIN_SETTINGS {
+            if let Some(value) = table.get(*key) {
+                read(self, value, &place, &mut plugin);
             }
         }
         (plugin, name)
     }
 
-    fn component(&mut self, value: &Value<'_>, place: &str) -> Option<PathBuf> {
-        let path = self.path(value, "component", place)?;
-        match std::fs::metadata(&path) {
-            Ok(m) if m.is_file() => Some(path),
-            Ok(_) => {
-                self.problem(
-                    value.span(),
-                    format!(
-                        "`component`{place}: {} is not a file; point it to the plugin's .wasm component",
-                        path.display()
-                    ),
-                );
-                None
-            }
-            Err(e) => {
-                self.problem(
-                    value.span(),
-                    format!(
-                        "`component`{place}: cannot read {}: {e}; build the plugin or fix the path (relative paths start at the config file's directory)",
-                        path.display()
-                    ),
-                );
-                None
-            }
+    /// An array of license ids; returns the valid ones.
+    fn license_ids(&mut self, value: &Value<'_>, key: &str, place: &str) -> Vec<String> {
+        self.strings(value, key, place, "license id", |id| {
+            id.parse::<LicenseId>().map(drop).map_err(|e| e.to_string())
+        })
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect()
+    }
+
+    /// A call's time limit: more than 0 and at most [`MAX_TIME_LIMIT`].
+    fn time_limit(&mut self, value: &Value<'_>, place: &str) -> Option<Duration> {
+        let limit = self.duration(value, "time_limit", place)?;
+        if limit.is_zero() || limit > MAX_TIME_LIMIT {
+            self.problem(
+                value.span(),
+                format!("`time_limit`{place} must be more than 0 and at most 1h"),
+            );
+            return None;
         }
+        Some(limit)
+    }
+
+    /// The host variables a plugin's sandbox passes through, never the
+    /// admin token.
+    fn pass_env(&mut self, value: &Value<'_>, place: &str) -> Vec<String> {
+        let mut names = Vec::new();
+        for (name, span) in self.strings(value, "env", place, "variable name", units::env_name) {
+            if name.starts_with("TOLLGATE_ADMIN_TOKEN") {
+                self.problem(
+                    span,
+                    format!(
+                        "`env`{place} passes {name} through, which would hand the admin token to the plugin; remove it"
+                    ),
+                );
+                continue;
+            }
+            names.push(name);
+        }
+        names
+    }
+
+    fn component(&mut self, value: &Value<'_>, place: &str) -> Option<PathBuf> {
+        self.existing(value, "component", place, Want::File)
+    }
+
+    /// A path that must name an existing file or directory; reports it
+    /// with what to do if it does not.
+    fn existing(
+        &mut self,
+        value: &Value<'_>,
+        key: &str,
+        place: &str,
+        want: Want,
+    ) -> Option<PathBuf> {
+        let path = self.path(value, key, place)?;
+        let (wanted, verb, todo) = match want {
+            Want::File => (
+                "a file; point it to the plugin's .wasm component",
+                "read",
+                "build the plugin",
+            ),
+            Want::Dir => (
+                "a directory; point it to a directory",
+                "use",
+                "create the directory",
+            ),
+        };
+        let why = match std::fs::metadata(&path) {
+            Ok(m) if m.is_file() == (want == Want::File) && m.is_dir() == (want == Want::Dir) => {
+                return Some(path);
+            }
+            Ok(_) => format!("{} is not {wanted}", path.display()),
+            Err(e) => format!(
+                "cannot {verb} {}: {e}; {todo} or fix the path (relative paths start at the config file's directory)",
+                path.display()
+            ),
+        };
+        self.problem(value.span(), format!("`{key}`{place}: {why}"));
+        None
     }
 
     fn wait_for_seat(&mut self, value: &Value<'_>, place: &str) -> Option<Duration> {
@@ -1215,30 +1262,7 @@ impl<'t> Checker<'t> {
     }
 
     fn host_dir(&mut self, value: &Value<'_>, place: &str) -> Option<PathBuf> {
-        let path = self.path(value, "host", place)?;
-        match std::fs::metadata(&path) {
-            Ok(m) if m.is_dir() => Some(path),
-            Ok(_) => {
-                self.problem(
-                    value.span(),
-                    format!(
-                        "`host`{place}: {} is not a directory; point it to a directory",
-                        path.display()
-                    ),
-                );
-                None
-            }
-            Err(e) => {
-                self.problem(
-                    value.span(),
-                    format!(
-                        "`host`{place}: cannot use {}: {e}; create the directory or fix the path (relative paths start at the config file's directory)",
-                        path.display()
-                    ),
-                );
-                None
-            }
-        }
+        self.existing(value, "host", place, Want::Dir)
     }
 
     fn guest_dir(

@@ -324,6 +324,7 @@ fn the_bundled_example_shows_every_key() {
             })
     };
     let missing: Vec<&str> = document::top_level_keys()
+        .chain(document::plugin_keys())
         .chain(document::license_rule_keys())
         .filter(|key| !written(key))
         .collect();
