@@ -163,6 +163,42 @@ fn json(value: &impl serde::Serialize) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Prints `rows` as JSON, or as a table under `columns` (a header and
+/// its width each: negative aligns right, 0 for the last, unpadded), or
+/// `empty` when there are none.
+fn listing<T: serde::Serialize>(
+    rows: &[T],
+    as_json: bool,
+    empty: &str,
+    columns: &[(&str, isize)],
+    cells: impl Fn(&T) -> Vec<String>,
+) -> Result<(), Failure> {
+    if as_json {
+        return json(&rows);
+    }
+    if rows.is_empty() {
+        println!("{empty}");
+        return Ok(());
+    }
+    let line = |texts: Vec<String>| {
+        let padded: Vec<String> = columns
+            .iter()
+            .zip(texts)
+            .map(|(&(_, width), text)| match width {
+                0 => text,
+                w if w < 0 => format!("{text:>0$}", w.unsigned_abs()),
+                w => format!("{text:<0$}", w.unsigned_abs()),
+            })
+            .collect();
+        println!("{}", padded.join(" "));
+    };
+    line(columns.iter().map(|(name, _)| name.to_string()).collect());
+    for row in rows {
+        line(cells(row));
+    }
+    Ok(())
+}
+
 fn seats(s: Option<u32>) -> String {
     s.map_or_else(|| "unlimited".to_string(), |n| n.to_string())
 }
@@ -227,22 +263,20 @@ pub(crate) fn trust(cmd: TrustCommand) -> Result<Exit, Failure> {
             state,
         } => {
             let issuers = state.open()?.trusted().map_err(Failure::usage)?;
-            if as_json {
-                json(&issuers)?;
-            } else if issuers.is_empty() {
-                println!("no trusted issuers; add one with `tollgate trust add ISSUER.pub`");
-            } else {
-                println!("{:<18} {:<22} {:<20} SCOPE", "KEY", "ADDED", "NAME");
-                for i in issuers {
-                    println!(
-                        "{:<18} {:<22} {:<20} {}",
-                        i.key_id,
+            listing(
+                &issuers,
+                as_json,
+                "no trusted issuers; add one with `tollgate trust add ISSUER.pub`",
+                &[("KEY", 18), ("ADDED", 22), ("NAME", 20), ("SCOPE", 0)],
+                |i| {
+                    vec![
+                        i.key_id.clone(),
                         format_time(i.added_at),
-                        i.name.unwrap_or_default(),
-                        i.scope.join(" ")
-                    );
-                }
-            }
+                        i.name.clone().unwrap_or_default(),
+                        i.scope.join(" "),
+                    ]
+                },
+            )?;
             Ok(Exit::Ok)
         }
     }
@@ -291,27 +325,29 @@ pub(crate) fn license(cmd: LicenseCommand) -> Result<Exit, Failure> {
             state,
         } => {
             let grants = state.open()?.grants().map_err(Failure::usage)?;
-            if as_json {
-                json(&grants)?;
-            } else if grants.is_empty() {
-                println!("no licenses installed; install one with `tollgate license install FILE`");
-            } else {
-                println!(
-                    "{:<24} {:>9} {:<18} {:<22} {:<20} GRANT",
-                    "LICENSE", "SEATS", "ISSUER", "EXPIRES", "CUSTOMER"
-                );
-                for g in grants {
-                    println!(
-                        "{:<24} {:>9} {:<18} {:<22} {:<20} {}",
-                        g.license_id,
+            listing(
+                &grants,
+                as_json,
+                "no licenses installed; install one with `tollgate license install FILE`",
+                &[
+                    ("LICENSE", 24),
+                    ("SEATS", -9),
+                    ("ISSUER", 18),
+                    ("EXPIRES", 22),
+                    ("CUSTOMER", 20),
+                    ("GRANT", 0),
+                ],
+                |g| {
+                    vec![
+                        g.license_id.clone(),
                         seats(g.seats),
-                        g.issuer,
+                        g.issuer.clone(),
                         when(g.expires_at),
-                        g.customer.unwrap_or_default(),
-                        g.grant_id
-                    );
-                }
-            }
+                        g.customer.clone().unwrap_or_default(),
+                        g.grant_id.clone(),
+                    ]
+                },
+            )?;
             Ok(Exit::Ok)
         }
         LicenseCommand::Revoke {
@@ -419,12 +455,13 @@ pub(crate) fn status(args: StatusArgs) -> Result<Exit, Failure> {
             c.withheld,
             when(r.expires_at)
         );
-        for g in &r.grants {
-            let state = if g.revoked {
+        for report in &r.grants {
+            let g = &report.grant;
+            let state = if report.revoked {
                 "revoked"
-            } else if g.left_out {
+            } else if report.left_out {
                 "left out (issuer scopes)"
-            } else if g.in_force {
+            } else if report.in_force {
                 "in force"
             } else if g.not_before.is_some_and(|t| now() < t) {
                 "not yet"
@@ -441,7 +478,7 @@ pub(crate) fn status(args: StatusArgs) -> Result<Exit, Failure> {
                 g.grant_id,
                 g.issuer,
                 seats(g.seats),
-                g.in_use,
+                report.in_use,
                 when(g.not_before),
                 when(g.expires_at),
             );

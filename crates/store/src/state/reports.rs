@@ -34,21 +34,13 @@ pub struct LicenseReport {
     pub conflicts: Vec<ScopeProblem>,
 }
 
-/// One grant of a license, as `status` shows it.
+/// One grant of a license, as `status` shows it: the grant as installed,
+/// and its state now.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct GrantReport {
-    /// The grant id.
-    pub grant_id: String,
-    /// The issuer key id.
-    pub issuer: String,
-    /// Seats (`None`: unlimited).
-    pub seats: Option<u32>,
-    /// Window start, unix seconds.
-    pub not_before: Option<u64>,
-    /// Window end, unix seconds.
-    pub expires_at: Option<u64>,
-    /// Plugins it entitles (empty: any).
-    pub plugins: Vec<String>,
+    /// The grant as installed.
+    #[serde(flatten)]
+    pub grant: super::Grant,
     /// Revoked alone or with its license id.
     pub revoked: bool,
     /// Gives seats now: not revoked, inside its window, not left out by
@@ -181,12 +173,7 @@ impl State {
                     revoked: revoked_now,
                     in_use: u32::try_from(held.get(&g.grant_id).copied().unwrap_or(0).max(0))
                         .unwrap_or(u32::MAX),
-                    grant_id: g.grant_id.clone(),
-                    issuer: g.issuer.clone(),
-                    seats: g.seats,
-                    not_before: g.not_before,
-                    expires_at: g.expires_at,
-                    plugins: g.plugins.clone(),
+                    grant: g.clone(),
                 });
             let entry = issued.entry(g.license_id.clone()).or_default();
             let seats = entry.entry(g.issuer.clone()).or_insert(Some(0));
