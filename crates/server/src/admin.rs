@@ -20,10 +20,12 @@ use tollgate_license::issuer::{MAX_LICENSE_BYTES, SignedLicense, parse_time};
 use tollgate_license::{Clock, LicenseId, PluginName, SystemClock};
 use tollgate_store::state::UsageFilter;
 
-/// Largest license file accepted over the API: as large as from a file.
-const MAX_LICENSE_BODY: usize = MAX_LICENSE_BYTES as usize;
-/// Largest plugin load request (a small JSON object) accepted.
-const MAX_LOAD_BODY: usize = 64 * 1024;
+/// Largest license file accepted over the API (as large as from a file),
+/// and how a refusal names it.
+const LICENSE_BODY: (usize, &str) = (MAX_LICENSE_BYTES as usize, "the limit for a license file");
+/// Largest plugin load request (a small JSON object) accepted, and how a
+/// refusal names it.
+const LOAD_BODY: (usize, &str) = (64 * 1024, "the limit for a plugin load request");
 
 pub(super) fn routes(server: Arc<Server>) -> Router<Arc<Server>> {
     Router::new()
@@ -130,22 +132,13 @@ async fn install(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let (body, _buffered) = match read_body(
-        &headers,
-        body,
-        MAX_LICENSE_BODY,
-        server.read_timeout,
-        &server.bodies,
-        || "the limit for a license file".into(),
-    )
+    let text = match parsed_body(&server, &headers, body, LICENSE_BODY, |body| {
+        license_body(body).map(str::to_string)
+    })
     .await
     {
-        Ok(read) => read,
+        Ok(text) => text,
         Err(response) => return response,
-    };
-    let text = match license_body(&body) {
-        Ok(text) => text.to_string(),
-        Err(e) => return error(StatusCode::BAD_REQUEST, "bad-request", e),
     };
     let host = server.host.clone();
     match blocking(&server, move || host.install_license_text(&text)).await {
@@ -274,23 +267,32 @@ pub fn parse_admin_body(kind: AdminBody, input: &[u8]) -> Result<(), String> {
     }
 }
 
-async fn load(Extract(server): Extract<Arc<Server>>, headers: HeaderMap, body: Body) -> Response {
-    let (body, _buffered) = match read_body(
-        &headers,
+/// Reads an admin request's body within `limit` (`whose` names it in the
+/// refusal) and the server's body budget, and parses it with `parse`; a
+/// refusal is the response to send.
+async fn parsed_body<T>(
+    server: &Server,
+    headers: &HeaderMap,
+    body: Body,
+    (limit, whose): (usize, &str),
+    parse: impl FnOnce(&[u8]) -> Result<T, String>,
+) -> Result<T, Response> {
+    let (body, _buffered) = read_body(
+        headers,
         body,
-        MAX_LOAD_BODY,
+        limit,
         server.read_timeout,
         &server.bodies,
-        || "the limit for a plugin load request".into(),
+        || whose.into(),
     )
-    .await
-    {
-        Ok(read) => read,
+    .await?;
+    parse(&body).map_err(|e| error(StatusCode::BAD_REQUEST, "bad-request", e))
+}
+
+async fn load(Extract(server): Extract<Arc<Server>>, headers: HeaderMap, body: Body) -> Response {
+    let req = match parsed_body(&server, &headers, body, LOAD_BODY, parse_load_request).await {
+        Ok(req) => req,
         Err(response) => return response,
-    };
-    let req = match parse_load_request(&body) {
-        Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "bad-request", e),
     };
     let host = server.host.clone();
     let spec = req.into_spec();

@@ -112,11 +112,7 @@ fn counters<L: EncodeLabelSet>(
     help: &str,
     samples: impl IntoIterator<Item = (L, u64)>,
 ) -> fmt::Result {
-    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-    for (labels, value) in samples {
-        ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
-    }
-    Ok(())
+    family(encoder, name, help, samples, ConstCounter::<u64>::new)
 }
 
 /// Writes one family of gauges read at scrape time: each label set with
@@ -127,9 +123,21 @@ fn gauges<L: EncodeLabelSet>(
     help: &str,
     samples: impl IntoIterator<Item = (L, u64)>,
 ) -> fmt::Result {
-    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    family(encoder, name, help, samples, ConstGauge::<u64>::new)
+}
+
+/// Writes one family of metrics of the kind `metric` makes from a value.
+fn family<L: EncodeLabelSet, M: EncodeMetric>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (L, u64)>,
+    metric: fn(u64) -> M,
+) -> fmt::Result {
+    let kind = metric(0).metric_type();
+    let mut family = encoder.encode_descriptor(name, help, None, kind)?;
     for (labels, value) in samples {
-        ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+        metric(value).encode(family.encode_family(&labels)?)?;
     }
     Ok(())
 }

@@ -49,38 +49,36 @@ impl Limiter {
         }
     }
 
-    /// Allows growing one item from `current` to `desired` if the call's
-    /// total stays within `cap`, and counts it. A growth past the item's own
-    /// `maximum` fails in wasmtime whatever the limiter says, so it is
-    /// refused here without being counted or taken for the call's cap.
+    /// Allows growing one memory (`kind` [`LimitHit::Memory`]) or table
+    /// ([`LimitHit::TableElements`]) from `current` to `desired` if the
+    /// call's total of that kind stays within its cap, and counts it; a
+    /// growth refused for the cap is remembered as `hit`. A growth past the
+    /// item's own `maximum` fails in wasmtime whatever the limiter says, so
+    /// it is refused here without being counted or taken for the call's cap.
     ///
     /// A growth allowed here but then failed by the system (out of memory)
     /// stays counted: the call is charged for more than it got, never less.
     fn grow(
-        used: &mut usize,
-        cap: usize,
+        &mut self,
+        kind: LimitHit,
         current: usize,
         desired: usize,
         maximum: Option<usize>,
-    ) -> Result<(), bool> {
+    ) -> bool {
         if maximum.is_some_and(|max| desired > max) {
-            return Err(false);
+            return false;
         }
+        let (used, cap) = match kind {
+            LimitHit::TableElements => (&mut self.table_used, self.table_elements),
+            LimitHit::Memory => (&mut self.memory_used, self.memory_bytes),
+        };
         let total = used.saturating_add(desired.saturating_sub(current));
         if total > cap {
-            return Err(true);
+            self.hit.get_or_insert(kind);
+            return false;
         }
         *used = total;
-        Ok(())
-    }
-
-    /// Whether a growth may go ahead; one refused for the call's cap (not
-    /// for the item's own maximum) is remembered as `hit`.
-    fn allow(&mut self, grown: Result<(), bool>, hit: LimitHit) -> bool {
-        if grown == Err(true) {
-            self.hit.get_or_insert(hit);
-        }
-        grown.is_ok()
+        true
     }
 }
 
@@ -93,14 +91,7 @@ impl ResourceLimiter for Limiter {
     ) -> wasmtime::Result<bool> {
         // Also called with `current == 0` when a memory is created, so its
         // initial size counts too.
-        let grown = Self::grow(
-            &mut self.memory_used,
-            self.memory_bytes,
-            current,
-            desired,
-            maximum,
-        );
-        Ok(self.allow(grown, LimitHit::Memory))
+        Ok(self.grow(LimitHit::Memory, current, desired, maximum))
     }
 
     fn table_growing(
@@ -109,14 +100,7 @@ impl ResourceLimiter for Limiter {
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let grown = Self::grow(
-            &mut self.table_used,
-            self.table_elements,
-            current,
-            desired,
-            maximum,
-        );
-        Ok(self.allow(grown, LimitHit::TableElements))
+        Ok(self.grow(LimitHit::TableElements, current, desired, maximum))
     }
 
     fn instances(&self) -> usize {
