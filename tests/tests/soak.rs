@@ -91,7 +91,7 @@ fn soak_mixed_guests_with_a_durable_ledger() {
                     if i >= calls || started.elapsed() > budget {
                         break;
                     }
-                    if i % every == 0 {
+                    if i.is_multiple_of(every) {
                         let bytes = resident_memory_bytes().expect("resident memory is reported");
                         samples.lock().expect("samples").push((i, bytes / 1024));
                     }

@@ -238,13 +238,19 @@ fn serve(root: &Path, settings: &str, open_umask: bool) -> Result<Server, String
     );
     std::fs::write(root.join("tollgate.toml"), config).expect("config");
     let command = if open_umask {
-        let mut c = Command::new("sh");
-        c.args(["-c", "umask 000 && exec \"$0\" \"$@\"", BIN]);
-        c
+        tollgate_under_open_umask()
     } else {
         Command::new(BIN)
     };
     Server::spawn(root, command, &[])
+}
+
+/// The tollgate binary, run through a shell that first sets umask 000: what
+/// it creates is private only if it makes it so itself.
+fn tollgate_under_open_umask() -> Command {
+    let mut command = Command::new("sh");
+    command.args(["-c", "umask 000 && exec \"$0\" \"$@\"", BIN]);
+    command
 }
 
 #[test]
@@ -503,8 +509,7 @@ fn state_files_are_private_whatever_the_umask() {
     std::fs::create_dir_all(&root).expect("scratch");
     let p = |n: &str| root.join(n).to_string_lossy().into_owned();
     let open_umask = |args: &[&str]| {
-        let out = Command::new("sh")
-            .args(["-c", "umask 000 && exec \"$0\" \"$@\"", BIN])
+        let out = tollgate_under_open_umask()
             .args(args)
             .env("TOLLGATE_STATE", root.join("state"))
             .output()

@@ -12,6 +12,9 @@ mod common;
 
 use common::*;
 
+/// A metric's name, labels and the value it must have.
+type Sample<'a> = (&'a str, &'a [(&'a str, &'a str)], f64);
+
 #[test]
 fn every_status_admin_auth_and_live_license_changes() {
     let root = prepare("status", "1");
@@ -75,7 +78,7 @@ fn every_status_admin_auth_and_live_license_changes() {
         "{status}"
     );
     let metrics = s.metrics();
-    let checks: [(&str, &[(&str, &str)], f64); 5] = [
+    let checks: [Sample; 5] = [
         (
             "tollgate_invocations_total",
             &[("plugin", "hello"), ("outcome", "ok")],
