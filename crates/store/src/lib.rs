@@ -9,6 +9,8 @@
 pub mod chain;
 pub mod files;
 pub mod ledger;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod state;
 
 pub use ledger::{CommitStats, SqliteLedger};

@@ -1,0 +1,234 @@
+//! The shared store on PostgreSQL: several hosts, one seat pool.
+//!
+//! Every host connects to one database. Schema migrations are embedded and
+//! run at connect, under an advisory lock so that hosts starting together
+//! migrate once; a database whose schema is newer than this build knows is
+//! refused. Seats are shared through *batches* ([`seats`]): a host leases
+//! some seats of a grant for a while and hands them out without a round
+//! trip per call.
+
+pub mod seats;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use std::time::Duration;
+use tokio_postgres::NoTls;
+
+/// The migrations, in order: migration `i` takes the schema from version
+/// `i` to `i + 1`. Append only; never edit one that has shipped.
+const MIGRATIONS: &[&str] = &[
+    // 1: grants as the seat pool sees them, and the seat batches of hosts.
+    "CREATE TABLE grants (
+         grant_id TEXT PRIMARY KEY,
+         license_id TEXT NOT NULL,
+         seats INTEGER CHECK (seats >= 0),
+         not_before BIGINT,
+         expires_at BIGINT
+     );
+     CREATE INDEX grants_license ON grants (license_id);
+     CREATE SEQUENCE fencing_tokens;
+     CREATE TABLE seat_batches (
+         grant_id TEXT NOT NULL REFERENCES grants ON DELETE CASCADE,
+         host_id TEXT NOT NULL,
+         seats INTEGER NOT NULL CHECK (seats >= 0),
+         token BIGINT NOT NULL,
+         expires_at TIMESTAMPTZ NOT NULL,
+         PRIMARY KEY (grant_id, host_id)
+     );
+     CREATE TABLE seat_batch_log (
+         token BIGINT PRIMARY KEY,
+         grant_id TEXT NOT NULL,
+         host_id TEXT NOT NULL,
+         seats INTEGER NOT NULL,
+         granted_at TIMESTAMPTZ NOT NULL,
+         expires_at TIMESTAMPTZ NOT NULL
+     );
+     CREATE INDEX seat_batch_log_grant ON seat_batch_log (grant_id, granted_at);",
+];
+
+/// The schema version this build writes and understands.
+pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
+
+/// Key of the advisory lock held while migrating.
+const MIGRATION_LOCK: i64 = 0x746f_6c6c_6761_7465; // "tollgate"
+
+/// What went wrong with the shared store.
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    /// The store URL does not parse.
+    #[error(
+        "the store URL is not a PostgreSQL connection string: {source}; write postgres://USER@HOST:PORT/DB (a password belongs in a password file, not the URL)"
+    )]
+    Url {
+        /// What the parser said.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// No connection could be had from the pool.
+    #[error("cannot connect to the shared store: {source}")]
+    Connect {
+        /// Why.
+        #[source]
+        source: deadpool_postgres::PoolError,
+    },
+    /// A statement failed.
+    #[error("the shared store failed to {action}: {source}")]
+    Query {
+        /// What was being done.
+        action: &'static str,
+        /// What PostgreSQL said.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// The database's schema is newer than this build.
+    #[error(
+        "the shared store's schema is version {found}, newer than this tollgate knows ({known}); upgrade tollgate on this host"
+    )]
+    SchemaTooNew {
+        /// The database's version.
+        found: i32,
+        /// This build's version.
+        known: i32,
+    },
+    /// The pool could not be built.
+    #[error("cannot set up the connection pool: {0}")]
+    Pool(#[from] deadpool_postgres::BuildError),
+    /// A grant the operation names is not in the store.
+    #[error("grant {0} is not in the shared store")]
+    UnknownGrant(String),
+}
+
+impl PgError {
+    /// Wraps a statement's error with what was being done.
+    pub(crate) fn query(action: &'static str) -> impl FnOnce(tokio_postgres::Error) -> Self {
+        move |source| Self::Query { action, source }
+    }
+}
+
+/// A connection pool to the shared store, its schema migrated.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Pool,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore").finish_non_exhaustive()
+    }
+}
+
+impl PgStore {
+    /// Connects to the database at `url` with up to `max_connections`
+    /// connections, and migrates its schema.
+    pub async fn connect(url: &str, max_connections: usize) -> Result<Self, PgError> {
+        let mut config: tokio_postgres::Config =
+            url.parse().map_err(|source| PgError::Url { source })?;
+        config.connect_timeout(Duration::from_secs(5));
+        config.application_name("tollgate");
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(max_connections.max(1))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(Duration::from_secs(10)))
+            .create_timeout(Some(Duration::from_secs(5)))
+            .build()?;
+        let store = Self { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// A connection from the pool.
+    pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, PgError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|source| PgError::Connect { source })
+    }
+
+    /// The schema version of the database.
+    pub async fn schema_version(&self) -> Result<i32, PgError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one("SELECT max(version) FROM tollgate_schema", &[])
+            .await
+            .map_err(PgError::query("read the schema version"))?;
+        Ok(row.get::<_, Option<i32>>(0).unwrap_or(0))
+    }
+
+    /// Runs the migrations the database lacks, one transaction in all,
+    /// under an advisory lock.
+    async fn migrate(&self) -> Result<(), PgError> {
+        let mut client = self.client().await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(PgError::query("begin the migration"))?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(PgError::query("lock the schema for migration"))?;
+        tx.batch_execute("CREATE TABLE IF NOT EXISTS tollgate_schema (version INTEGER NOT NULL)")
+            .await
+            .map_err(PgError::query("create the schema table"))?;
+        let found: i32 = tx
+            .query_one("SELECT coalesce(max(version), 0) FROM tollgate_schema", &[])
+            .await
+            .map_err(PgError::query("read the schema version"))?
+            .get(0);
+        if found > SCHEMA_VERSION {
+            return Err(PgError::SchemaTooNew {
+                found,
+                known: SCHEMA_VERSION,
+            });
+        }
+        for (from, sql) in MIGRATIONS.iter().enumerate().skip(found.max(0) as usize) {
+            tx.batch_execute(sql)
+                .await
+                .map_err(PgError::query("migrate the schema"))?;
+            let to = i32::try_from(from + 1).unwrap_or(i32::MAX);
+            tx.execute("INSERT INTO tollgate_schema (version) VALUES ($1)", &[&to])
+                .await
+                .map_err(PgError::query("record the schema version"))?;
+        }
+        tx.commit()
+            .await
+            .map_err(PgError::query("commit the migration"))
+    }
+
+    /// Adds grant `grant_id` of `license_id` with `seats` (`None`:
+    /// unlimited) and its window (unix seconds), or updates it.
+    pub async fn put_grant(
+        &self,
+        grant_id: &str,
+        license_id: &str,
+        seats: Option<u32>,
+        window: (Option<u64>, Option<u64>),
+    ) -> Result<(), PgError> {
+        let client = self.client().await?;
+        let seats = seats.map(|n| i32::try_from(n).unwrap_or(i32::MAX));
+        let secs = |t: Option<u64>| t.map(|t| i64::try_from(t).unwrap_or(i64::MAX));
+        client
+            .execute(
+                "INSERT INTO grants (grant_id, license_id, seats, not_before, expires_at)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (grant_id) DO UPDATE SET seats = $3, not_before = $4, expires_at = $5",
+                &[
+                    &grant_id,
+                    &license_id,
+                    &seats,
+                    &secs(window.0),
+                    &secs(window.1),
+                ],
+            )
+            .await
+            .map_err(PgError::query("store a grant"))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,123 @@
+//! Seat batches: how hosts share a grant's seats exactly.
+//!
+//! A host leases a *batch* of a grant's seats for a time to live, and
+//! hands them to its calls without asking the database again. The one
+//! invariant, checked in one transaction with the grant's row locked and
+//! judged by the database's clock: the unexpired batches of a grant never
+//! sum above its seats. Each lease is a new *fencing token*, logged with
+//! its size and window, so the ledger's rows can be replayed against the
+//! batches they were taken under.
+//!
+//! A batch is valid on the database's clock until its `expires_at`, which
+//! is counted from the start of the transaction that granted it; a host
+//! counts its own deadline from a monotonic reading taken *before* it
+//! asked, less a margin, so it stops using the seats no later than the
+//! database frees them.
+
+use super::{PgError, PgStore};
+use std::time::Duration;
+use tokio_postgres::IsolationLevel;
+
+/// What the store granted a host: its batch of one grant's seats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Batch {
+    /// Seats in the batch (at most what was asked for).
+    pub seats: u32,
+    /// The fencing token of this lease; every ledger row taken under it
+    /// carries it.
+    pub token: i64,
+    /// Whether the grant is unlimited (the batch is then as large as asked).
+    pub unlimited: bool,
+}
+
+/// The second statement of a lease, run after the grant's row is locked
+/// (so, at READ COMMITTED, with a snapshot that sees every batch committed
+/// before the lock was had): sizes the batch from the seats the others'
+/// live batches leave, stores it under a new token and logs it.
+const LEASE: &str = "
+WITH others AS (
+    SELECT coalesce(sum(seats), 0)::bigint AS taken FROM seat_batches
+    WHERE grant_id = $1 AND host_id <> $2 AND expires_at > clock_timestamp()
+), granted AS (
+    SELECT CASE WHEN $4::bigint IS NULL THEN $3::bigint
+                ELSE least($3::bigint, greatest($4::bigint - taken, 0)) END::integer AS seats,
+           nextval('fencing_tokens') AS token,
+           now() + make_interval(secs => $5::float8) AS expires_at
+    FROM others
+), stored AS (
+    INSERT INTO seat_batches (grant_id, host_id, seats, token, expires_at)
+    SELECT $1, $2, seats, token, expires_at FROM granted
+    ON CONFLICT (grant_id, host_id) DO UPDATE
+        SET seats = EXCLUDED.seats, token = EXCLUDED.token, expires_at = EXCLUDED.expires_at
+), logged AS (
+    INSERT INTO seat_batch_log (token, grant_id, host_id, seats, granted_at, expires_at)
+    SELECT token, $1, $2, seats, clock_timestamp(), expires_at FROM granted
+)
+SELECT seats, token FROM granted";
+
+impl PgStore {
+    /// Sets `host_id`'s batch of grant `grant_id` to `want` seats, or to as
+    /// many as the other hosts' live batches leave, valid for `ttl` on the
+    /// database's clock. Asking for fewer seats than held shrinks the
+    /// batch (the host must have stopped using the others); asking for 0
+    /// keeps nothing but a token.
+    pub async fn lease_batch(
+        &self,
+        grant_id: &str,
+        host_id: &str,
+        want: u32,
+        ttl: Duration,
+    ) -> Result<Batch, PgError> {
+        let mut client = self.client().await?;
+        let tx = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::ReadCommitted)
+            .start()
+            .await
+            .map_err(PgError::query("begin a seat lease"))?;
+        let grant = tx
+            .query_opt(
+                "SELECT seats FROM grants WHERE grant_id = $1 FOR UPDATE",
+                &[&grant_id],
+            )
+            .await
+            .map_err(PgError::query("lock a grant"))?
+            .ok_or_else(|| PgError::UnknownGrant(grant_id.to_string()))?;
+        let seats: Option<i32> = grant.get(0);
+        let row = tx
+            .query_one(
+                LEASE,
+                &[
+                    &grant_id,
+                    &host_id,
+                    &i64::from(want),
+                    &seats.map(i64::from),
+                    &ttl.as_secs_f64(),
+                ],
+            )
+            .await
+            .map_err(PgError::query("lease seats"))?;
+        tx.commit()
+            .await
+            .map_err(PgError::query("commit a seat lease"))?;
+        Ok(Batch {
+            seats: u32::try_from(row.get::<_, i32>(0)).unwrap_or(0),
+            token: row.get(1),
+            unlimited: seats.is_none(),
+        })
+    }
+
+    /// Gives `host_id`'s batch of `grant_id` back (a host shutting down, or
+    /// one with no call on the grant).
+    pub async fn return_batch(&self, grant_id: &str, host_id: &str) -> Result<(), PgError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "DELETE FROM seat_batches WHERE grant_id = $1 AND host_id = $2",
+                &[&grant_id, &host_id],
+            )
+            .await
+            .map_err(PgError::query("return a seat batch"))?;
+        Ok(())
+    }
+}

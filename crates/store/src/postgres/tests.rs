@@ -1,0 +1,187 @@
+//! Against a real PostgreSQL server, started for each test.
+
+use super::seats::Batch;
+use super::*;
+use std::collections::BTreeMap;
+use test_postgres::TestPostgres;
+
+const LONG: Duration = Duration::from_secs(3600);
+
+async fn store(pg: &TestPostgres) -> PgStore {
+    PgStore::connect(&pg.url(), 16).await.expect("connects")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_run_once_and_a_newer_schema_is_refused() {
+    let pg = TestPostgres::start();
+    let first = store(&pg).await;
+    // A second host connecting finds the schema in place.
+    let second = store(&pg).await;
+    assert_eq!(
+        first.schema_version().await.expect("version"),
+        SCHEMA_VERSION
+    );
+    assert_eq!(
+        second.schema_version().await.expect("version"),
+        SCHEMA_VERSION
+    );
+    let client = first.client().await.expect("client");
+    let rows = client
+        .query("SELECT version FROM tollgate_schema ORDER BY version", &[])
+        .await
+        .expect("versions");
+    let versions: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(versions, (1..=SCHEMA_VERSION).collect::<Vec<_>>());
+
+    client
+        .execute(
+            "INSERT INTO tollgate_schema (version) VALUES ($1)",
+            &[&(SCHEMA_VERSION + 1)],
+        )
+        .await
+        .expect("newer");
+    let refused = PgStore::connect(&pg.url(), 4).await.expect_err("too new");
+    assert!(
+        matches!(refused, PgError::SchemaTooNew { found, known } if found == SCHEMA_VERSION + 1 && known == SCHEMA_VERSION),
+        "{refused}"
+    );
+    assert!(
+        refused.to_string().contains("upgrade tollgate"),
+        "{refused}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_url_or_unknown_grant_is_named() {
+    let bad = PgStore::connect("postgres://host:notaport/db", 1)
+        .await
+        .expect_err("bad url");
+    assert!(matches!(bad, PgError::Url { .. }), "{bad}");
+    let pg = TestPostgres::start();
+    let s = store(&pg).await;
+    let unknown = s
+        .lease_batch("no-such-grant", "h1", 1, LONG)
+        .await
+        .expect_err("unknown grant");
+    assert!(matches!(unknown, PgError::UnknownGrant(ref g) if g == "no-such-grant"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_of_a_grant_never_sum_above_its_seats() {
+    let pg = TestPostgres::start();
+    let s = store(&pg).await;
+    s.put_grant("g5", "demo", Some(5), (None, None))
+        .await
+        .expect("grant");
+    let lease = |host: &'static str, want: u32, ttl: Duration| {
+        let s = s.clone();
+        async move { s.lease_batch("g5", host, want, ttl).await.expect("lease") }
+    };
+    let a = lease("a", 3, LONG).await;
+    assert_eq!(a.seats, 3);
+    assert!(!a.unlimited);
+    // b gets what a leaves.
+    assert_eq!(lease("b", 4, LONG).await.seats, 2);
+    // a shrinks; then b can grow.
+    assert_eq!(lease("a", 1, LONG).await.seats, 1);
+    assert_eq!(lease("b", 4, LONG).await.seats, 4);
+    assert_eq!(lease("c", 5, LONG).await.seats, 0);
+    // A batch leased with no time to live is expired at once: its seats
+    // are free again for the others.
+    assert_eq!(lease("a", 1, Duration::ZERO).await.seats, 1);
+    assert_eq!(lease("c", 5, LONG).await.seats, 1);
+    // Returning a batch frees its seats.
+    s.return_batch("g5", "b").await.expect("return");
+    assert_eq!(lease("c", 5, LONG).await.seats, 5);
+    // Every lease has its own token.
+    let t1 = lease("d", 0, LONG).await.token;
+    let t2 = lease("d", 0, LONG).await.token;
+    assert!(t2 > t1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unlimited_grant_gives_what_is_asked() {
+    let pg = TestPostgres::start();
+    let s = store(&pg).await;
+    s.put_grant("u", "demo", None, (None, None))
+        .await
+        .expect("grant");
+    for host in ["a", "b", "c"] {
+        let b: Batch = s.lease_batch("u", host, 1000, LONG).await.expect("lease");
+        assert_eq!((b.seats, b.unlimited), (1000, true));
+    }
+}
+
+/// Many hosts lease, renew, shrink and let batches lapse at once; the log
+/// of every lease, replayed in the order the leases took the grant's lock,
+/// never shows the live batches above the seats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_leases_never_overcommit_when_replayed() {
+    const SEATS: i64 = 5;
+    let pg = TestPostgres::start();
+    let s = store(&pg).await;
+    s.put_grant("g", "demo", Some(5), (None, None))
+        .await
+        .expect("grant");
+    let mut tasks = Vec::new();
+    for h in 0..8u32 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let host = format!("host-{h}");
+            let mut granted = 0u32;
+            for i in 0..60u32 {
+                // A fixed mix per host: growing, shrinking, short and
+                // long lives, lapsing.
+                let want = (h + i * 7) % 6;
+                let ttl = match (h + i) % 3 {
+                    0 => Duration::ZERO,
+                    1 => Duration::from_millis(20),
+                    _ => Duration::from_secs(30),
+                };
+                granted += s
+                    .lease_batch("g", &host, want, ttl)
+                    .await
+                    .expect("lease")
+                    .seats;
+            }
+            granted
+        }));
+    }
+    let mut granted = 0;
+    for t in tasks {
+        granted += t.await.expect("task");
+    }
+    assert!(granted > 0, "no lease got a seat");
+
+    let client = s.client().await.expect("client");
+    let log = client
+        .query(
+            "SELECT host_id, seats, extract(epoch FROM granted_at)::float8,
+                    extract(epoch FROM expires_at)::float8
+             FROM seat_batch_log WHERE grant_id = 'g' ORDER BY granted_at, token",
+            &[],
+        )
+        .await
+        .expect("log");
+    assert_eq!(log.len(), 8 * 60);
+    // Each host's batch is its latest lease; at each lease's moment, the
+    // live ones must fit. (Between leases batches only expire.)
+    let mut live: BTreeMap<String, (i64, f64)> = BTreeMap::new();
+    let mut peak = 0;
+    for row in &log {
+        let (host, seats, at, until): (String, i32, f64, f64) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        live.insert(host, (i64::from(seats), until));
+        let in_force: i64 = live
+            .values()
+            .filter(|(_, until)| *until > at)
+            .map(|(n, _)| n)
+            .sum();
+        assert!(
+            in_force <= SEATS,
+            "over-committed at {at}: {in_force} seats live in {live:?}"
+        );
+        peak = peak.max(in_force);
+    }
+    assert_eq!(peak, SEATS, "the grant was never fully used");
+}

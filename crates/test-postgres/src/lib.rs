@@ -1,0 +1,258 @@
+//! A throwaway PostgreSQL server for tests: `initdb` into a temporary
+//! directory, a server on a free loopback port with its durability on
+//! (`fsync`, `synchronous_commit`), stopped and removed when dropped.
+//!
+//! The server binaries are found in `TOLLGATE_PG_BIN`, else through
+//! `pg_config --bindir`, else in Debian's `/usr/lib/postgresql/*/bin`. A
+//! test that needs PostgreSQL and finds none fails with what to install:
+//! it never passes without having run.
+//!
+//! Run as root (as in CI), the server runs as the `postgres` user, since
+//! PostgreSQL refuses to run as root.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+/// Why a throwaway server could not be had.
+#[derive(Debug)]
+pub struct Unavailable(pub String);
+
+impl std::fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "no PostgreSQL server for the tests: {}; install PostgreSQL 15 (Debian: apt-get install postgresql) or point TOLLGATE_PG_BIN at its bin directory",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for Unavailable {}
+
+/// A running throwaway server; stopped (immediately) and removed on drop.
+pub struct TestPostgres {
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    port: u16,
+    /// The user the server runs as, when started by root.
+    run_as: Option<String>,
+}
+
+impl TestPostgres {
+    /// Starts a new server, or panics naming why none could be started.
+    pub fn start() -> Self {
+        Self::try_start().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Starts a new server.
+    pub fn try_start() -> Result<Self, Unavailable> {
+        let bin = find_bin()?;
+        let run_as = is_root().then(|| "postgres".to_string());
+        let dir = tempfile::Builder::new()
+            .prefix("tollgate-pg-")
+            .tempdir()
+            .map_err(|e| Unavailable(format!("cannot make a temporary directory: {e}")))?;
+        if let Some(user) = &run_as {
+            let chown = Command::new("chown")
+                .args(["-R", user])
+                .arg(dir.path())
+                .output();
+            check("chown", chown)?;
+        }
+        let data = dir.path().join("data");
+        let initdb = as_user(&run_as, &bin.join("initdb"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"])
+            .output();
+        check("initdb", initdb)?;
+        let mut server = Self {
+            bin,
+            dir,
+            port: 0,
+            run_as,
+        };
+        // A port found free may be taken before the server binds it: try
+        // a few.
+        let mut last = None;
+        for _ in 0..5 {
+            server.port = free_port()?;
+            match server.start_server() {
+                Ok(()) => return Ok(server),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| Unavailable("the server did not start".into())))
+    }
+
+    /// The connection URL of database `postgres` as user `postgres`.
+    pub fn url(&self) -> String {
+        self.url_of("postgres")
+    }
+
+    /// The connection URL of database `db`.
+    pub fn url_of(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// The port it listens on (loopback).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Stops the server (fast shutdown); [`TestPostgres::restart`] starts
+    /// it again on the same port and data.
+    pub fn stop(&self) {
+        let out = self.pg_ctl(&["stop", "-m", "fast", "-w"]).output();
+        if let Err(e) = check("pg_ctl stop", out) {
+            panic!("{e}");
+        }
+    }
+
+    /// Starts the stopped server again on the same port and data.
+    pub fn restart(&self) {
+        self.start_server().unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// The server's postmaster process id.
+    pub fn pid(&self) -> u32 {
+        let pidfile = self.dir.path().join("data/postmaster.pid");
+        std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|t| t.lines().next().and_then(|l| l.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("no pid in {}", pidfile.display()))
+    }
+
+    fn start_server(&self) -> Result<(), Unavailable> {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=on -c synchronous_commit=on -c max_connections=200",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = self.dir.path().join("server.log");
+        let out = self
+            .pg_ctl(&["start", "-w", "-t", "60", "-o", &options, "-l"])
+            .arg(&log)
+            .output();
+        check("pg_ctl start", out).map_err(|e| {
+            let tail = std::fs::read_to_string(&log).unwrap_or_default();
+            Unavailable(format!("{}; server log:\n{tail}", e.0))
+        })?;
+        wait_accepting(self.port)
+    }
+
+    fn pg_ctl(&self, args: &[&str]) -> Command {
+        let mut c = as_user(&self.run_as, &self.bin.join("pg_ctl"));
+        c.arg("-D").arg(self.dir.path().join("data")).args(args);
+        c
+    }
+}
+
+impl Drop for TestPostgres {
+    fn drop(&mut self) {
+        // Immediate: the data goes with the directory anyway.
+        let _ = self.pg_ctl(&["stop", "-m", "immediate", "-w"]).output();
+    }
+}
+
+/// Waits until the server accepts TCP connections on `port`.
+fn wait_accepting(port: u16) -> Result<(), Unavailable> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(Unavailable(format!(
+                "the server did not accept connections on port {port} within 30 s"
+            )));
+        }
+        std::thread::yield_now();
+    }
+}
+
+fn free_port() -> Result<u16, Unavailable> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| Unavailable(format!("no free loopback port: {e}")))
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// `program`, run as `user` when there is one.
+fn as_user(user: &Option<String>, program: &Path) -> Command {
+    match user {
+        Some(user) => {
+            let mut c = Command::new("runuser");
+            c.args(["-u", user, "--"]).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
+fn check(what: &str, out: std::io::Result<Output>) -> Result<(), Unavailable> {
+    match out {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => Err(Unavailable(format!(
+            "{what} failed ({}): {}{}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ))),
+        Err(e) => Err(Unavailable(format!("cannot run {what}: {e}"))),
+    }
+}
+
+/// The directory of `initdb` and `pg_ctl`.
+fn find_bin() -> Result<PathBuf, Unavailable> {
+    if let Some(dir) = std::env::var_os("TOLLGATE_PG_BIN") {
+        return Ok(PathBuf::from(dir));
+    }
+    if let Ok(o) = Command::new("pg_config").arg("--bindir").output()
+        && o.status.success()
+    {
+        let dir = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+        if dir.join("initdb").exists() {
+            return Ok(dir);
+        }
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.path().join("bin"))
+                .filter(|bin| bin.join("initdb").exists())
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found
+        .pop()
+        .ok_or_else(|| Unavailable("initdb was not found".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_starts_answers_and_restarts() {
+        let pg = TestPostgres::start();
+        let alive = || std::net::TcpStream::connect(("127.0.0.1", pg.port())).is_ok();
+        assert!(alive());
+        pg.stop();
+        assert!(!alive());
+        pg.restart();
+        assert!(alive());
+        assert!(pg.pid() > 0);
+    }
+}
