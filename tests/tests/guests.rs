@@ -430,8 +430,11 @@ fn prober() {
 #[test]
 fn prober_sees_only_what_it_is_given() {
     use tollgate::runtime::{Preopen, Sandbox};
-    let dir = std::env::temp_dir().join(format!("tollgate-preopen-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
+    let scratch = tempfile::Builder::new()
+        .prefix("tollgate-preopen-")
+        .tempdir()
+        .expect("dir");
+    let dir = scratch.path();
     std::fs::write(dir.join("hello.txt"), "from the host").expect("write");
     let host = host_with(Seats::Counted(1));
     // Passed through: PATH with the value it has when the plugin loads; a
@@ -439,7 +442,7 @@ fn prober_sees_only_what_it_is_given() {
     let path = std::env::var("PATH").expect("tests run with a PATH");
     let sandbox = |writable| Sandbox {
         dirs: vec![Preopen {
-            host: dir.clone(),
+            host: dir.to_path_buf(),
             guest: "/data".into(),
             writable,
         }],
@@ -500,7 +503,6 @@ fn prober_sees_only_what_it_is_given() {
             .contains("is not a directory")
     );
     assert_balanced(&host);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Loading the guest at `path` fails with a message naming the plugin's WIT

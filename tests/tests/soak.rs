@@ -29,10 +29,13 @@ fn soak_mixed_guests_with_a_durable_ledger() {
     let calls = env_u64("TOLLGATE_SOAK_CALLS", 6_000);
     let budget = Duration::from_secs(env_u64("TOLLGATE_SOAK_SECS", 240));
     let threads = env_u64("TOLLGATE_SOAK_THREADS", 2) as usize;
-    let dir = std::env::temp_dir().join(format!("tollgate-soak-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let scratch = tempfile::Builder::new()
+        .prefix("tollgate-soak-")
+        .tempdir()
+        .expect("scratch dir");
+    let dir = scratch.path();
     {
-        let state = State::open(&dir).expect("state");
+        let state = State::open(dir).expect("state");
         let key = IssuerKey::generate().expect("key");
         let now = SystemClock.now_secs();
         state.trust(&key.public(), None, now).expect("trust");
@@ -43,7 +46,7 @@ fn soak_mixed_guests_with_a_durable_ledger() {
                 .expect("install");
         }
     }
-    let host = Host::builder().state(&dir).build().expect("host");
+    let host = Host::builder().state(dir).build().expect("host");
     let limits = Limits {
         memory_bytes: 8 << 20,
         time: Duration::from_millis(30),
@@ -171,6 +174,4 @@ fn soak_mixed_guests_with_a_durable_ledger() {
         second <= first + first / 4 + 16 * 1024,
         "memory kept growing: {first} KiB -> {second} KiB"
     );
-    drop(host);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -166,7 +166,12 @@ fn case_b(plan: &Plan) {
 /// Cold start: load + first call compiling from `.wasm`, against load +
 /// first call from the precompiled compile cache.
 fn case_a(plan: &Plan) {
-    let dir = std::env::temp_dir().join(format!("tollgate-bench-cache-{}", std::process::id()));
+    let scratch = tempfile::Builder::new()
+        .prefix("tollgate-bench-cache-")
+        .tempdir()
+        .expect("scratch dir");
+    // Removed before each cold start.
+    let dir = scratch.path().join("cache");
     let mut guests = vec!["hello-licensed"];
     let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../target/other-languages/hello_python.wasm");
@@ -223,7 +228,6 @@ fn case_a(plan: &Plan) {
             "cached ≥ 10× faster",
         );
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Where B's difference comes from: the licensed component doing the same
@@ -417,7 +421,6 @@ fn case_e(plan: &Plan) {
 }
 
 fn durable_host(dir: &std::path::Path) -> Host {
-    let _ = std::fs::remove_dir_all(dir);
     let state = State::open(dir).expect("state");
     let key = IssuerKey::generate().expect("key");
     let now = SystemClock.now_secs();
@@ -435,8 +438,11 @@ fn durable_host(dir: &std::path::Path) -> Host {
 }
 
 fn case_f(plan: &Plan) {
-    let dir = std::env::temp_dir().join(format!("tollgate-bench-{}", std::process::id()));
-    let durable = durable_host(&dir);
+    let dir = tempfile::Builder::new()
+        .prefix("tollgate-bench-")
+        .tempdir()
+        .expect("scratch dir");
+    let durable = durable_host(dir.path());
     let memory = host(Allocator::OnDemand);
     let input = b"work:16 the quick brown fox jumps over the lazy dog";
     for t in [1, 2] {
@@ -470,8 +476,6 @@ fn case_f(plan: &Plan) {
             "< 1 fsync/call",
         );
     }
-    drop(durable);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 fn rss_bytes() -> u64 {
@@ -628,13 +632,11 @@ fn case_g(plan: &Plan) {
 }
 
 fn http_case(plan: &Plan, label: &str, place: &std::path::Path, clients: usize) {
-    let dir = place.join(format!(
-        "tollgate-bench-g-{label}-{clients}-{}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("bench dir");
-    let base = start_server(&dir);
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("tollgate-bench-g-{label}-{clients}-"))
+        .tempdir_in(place)
+        .expect("bench dir");
+    let base = start_server(dir.path());
     // Warm both plugins and the connections' first-call paths.
     http_load(&base, "licensed", clients, Duration::from_millis(200));
     http_load(&base, "bare", clients, Duration::from_millis(200));
@@ -648,7 +650,6 @@ fn http_case(plan: &Plan, label: &str, place: &std::path::Path, clients: usize) 
             "G {only} alone, {clients} clients, {label}: {:.0} requests/s",
             median(rates)
         );
-        let _ = std::fs::remove_dir_all(&dir);
         return;
     }
     let (mut rates, mut p99s) = ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()]);
@@ -679,7 +680,6 @@ fn http_case(plan: &Plan, label: &str, place: &std::path::Path, clients: usize) 
         format!("{:.3}", lp / bp),
         "report",
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// One benchmark case.

@@ -100,10 +100,11 @@ fn recompute_chain(conn: &Connection) {
 
 #[test]
 fn checkpoints_catch_a_cut_tail_and_a_recomputed_chain() {
-    let root = prepare("anchor-cp", "2");
+    let scratch = prepare("anchor-cp", "2");
+    let root = scratch.path();
     let p = |n: &str| root.join(n).to_string_lossy().into_owned();
-    record_calls(&root, 1, 10);
-    let made = tg(&root, &["audit", "checkpoint", "--out", &p("cp")]);
+    record_calls(root, 1, 10);
+    let made = tg(root, &["audit", "checkpoint", "--out", &p("cp")]);
     assert!(made.status.success(), "{}", text(&made));
     let cp = std::fs::read_to_string(root.join("cp")).expect("checkpoint");
     assert!(
@@ -119,14 +120,14 @@ fn checkpoints_catch_a_cut_tail_and_a_recomputed_chain() {
     };
     assert_eq!((mode("cp"), mode("state/host.key")), (0o600, 0o600));
     // Printed to stdout without --out, in the same format.
-    let printed = tg(&root, &["audit", "checkpoint"]);
+    let printed = tg(root, &["audit", "checkpoint"]);
     assert!(
         String::from_utf8_lossy(&printed.stdout).starts_with("tollgate-checkpoint v1\nseq: 20\n")
     );
 
     // The ledger grows: it still extends the checkpoint.
-    record_calls(&root, 11, 5);
-    let ok = tg(&root, &["audit", "verify", "--checkpoint", &p("cp")]);
+    record_calls(root, 11, 5);
+    let ok = tg(root, &["audit", "verify", "--checkpoint", &p("cp")]);
     assert!(ok.status.success(), "{}", text(&ok));
     assert!(text(&ok).contains("checkpoint verified"), "{}", text(&ok));
     let pristine = root.join("pristine");
@@ -134,20 +135,20 @@ fn checkpoints_catch_a_cut_tail_and_a_recomputed_chain() {
 
     // Attack 1: cut the tail (rows 8..30) and move the chain head back.
     {
-        let conn = db(&root);
+        let conn = db(root);
         conn.execute_batch(
             "DELETE FROM ledger WHERE seq > 7;
              UPDATE chain_head SET seq = 7, hash = (SELECT hash FROM ledger WHERE seq = 7);",
         )
         .expect("truncate");
     }
-    let plain = tg(&root, &["audit", "verify"]);
+    let plain = tg(root, &["audit", "verify"]);
     assert!(
         plain.status.success(),
         "the chain alone cannot show a cut tail: {}",
         text(&plain)
     );
-    let anchored = tg(&root, &["audit", "verify", "--checkpoint", &p("cp")]);
+    let anchored = tg(root, &["audit", "verify", "--checkpoint", &p("cp")]);
     assert_eq!(anchored.status.code(), Some(5), "{}", text(&anchored));
     assert!(
         text(&anchored).contains("chain head is at row 7, behind the checkpoint's row 20"),
@@ -156,7 +157,7 @@ fn checkpoints_catch_a_cut_tail_and_a_recomputed_chain() {
     );
     let as_json: Value = serde_json::from_slice(
         &tg(
-            &root,
+            root,
             &["audit", "verify", "--json", "--checkpoint", &p("cp")],
         )
         .stdout,
@@ -176,7 +177,7 @@ fn checkpoints_catch_a_cut_tail_and_a_recomputed_chain() {
     std::fs::remove_dir_all(root.join("state")).expect("reset");
     copy_dir(&pristine, &root.join("state"));
     {
-        let conn = db(&root);
+        let conn = db(root);
         conn.execute(
             "UPDATE ledger SET plugin = 'someone-else' WHERE seq = 3",
             [],
@@ -184,9 +185,9 @@ fn checkpoints_catch_a_cut_tail_and_a_recomputed_chain() {
         .expect("edit");
         recompute_chain(&conn);
     }
-    let plain = tg(&root, &["audit", "verify"]);
+    let plain = tg(root, &["audit", "verify"]);
     assert!(plain.status.success(), "{}", text(&plain));
-    let anchored = tg(&root, &["audit", "verify", "--checkpoint", &p("cp")]);
+    let anchored = tg(root, &["audit", "verify", "--checkpoint", &p("cp")]);
     assert_eq!(anchored.status.code(), Some(5), "{}", text(&anchored));
     assert!(
         text(&anchored).contains("row 20 has hash") && text(&anchored).contains("was rewritten"),
@@ -195,12 +196,13 @@ fn checkpoints_catch_a_cut_tail_and_a_recomputed_chain() {
     );
 
     // A checkpoint of another host is reported as such.
-    let other = prepare("anchor-cp-other", "1");
-    let foreign = tg(&other, &["audit", "checkpoint", "--out", &p("foreign")]);
+    let other_scratch = prepare("anchor-cp-other", "1");
+    let other = other_scratch.path();
+    let foreign = tg(other, &["audit", "checkpoint", "--out", &p("foreign")]);
     assert!(foreign.status.success(), "{}", text(&foreign));
     std::fs::remove_dir_all(root.join("state")).expect("reset");
     copy_dir(&pristine, &root.join("state"));
-    let out = tg(&root, &["audit", "verify", "--checkpoint", &p("foreign")]);
+    let out = tg(root, &["audit", "verify", "--checkpoint", &p("foreign")]);
     assert_eq!(out.status.code(), Some(5), "{}", text(&out));
     assert!(
         text(&out).contains("signed by another host key"),
@@ -209,7 +211,7 @@ fn checkpoints_catch_a_cut_tail_and_a_recomputed_chain() {
     );
     // An edited checkpoint does not verify.
     std::fs::write(root.join("edited"), cp.replace("seq: 20", "seq: 2")).expect("edit");
-    let out = tg(&root, &["audit", "verify", "--checkpoint", &p("edited")]);
+    let out = tg(root, &["audit", "verify", "--checkpoint", &p("edited")]);
     assert_eq!(out.status.code(), Some(5), "{}", text(&out));
     assert!(
         text(&out).contains("checkpoint file was altered"),
@@ -217,14 +219,12 @@ fn checkpoints_catch_a_cut_tail_and_a_recomputed_chain() {
         text(&out)
     );
     // A broken chain gets no checkpoint.
-    db(&root)
+    db(root)
         .execute("UPDATE ledger SET plugin = 'x' WHERE seq = 2", [])
         .expect("edit");
-    let refused = tg(&root, &["audit", "checkpoint"]);
+    let refused = tg(root, &["audit", "checkpoint"]);
     assert_eq!(refused.status.code(), Some(5), "{}", text(&refused));
     assert!(refused.stdout.is_empty());
-    let _ = std::fs::remove_dir_all(&root);
-    let _ = std::fs::remove_dir_all(&other);
 }
 
 /// Writes a small config for `root` (state `state`, plugin `hello`) with
@@ -255,11 +255,12 @@ fn tollgate_under_open_umask() -> Command {
 
 #[test]
 fn a_grant_edited_in_the_database_is_refused() {
-    let root = prepare("anchor-grant", "1");
-    db(&root)
+    let scratch = prepare("anchor-grant", "1");
+    let root = scratch.path();
+    db(root)
         .execute("UPDATE grants SET seats = NULL", [])
         .expect("tamper");
-    let status = tg(&root, &["status", "--json"]);
+    let status = tg(root, &["status", "--json"]);
     assert_eq!(status.status.code(), Some(2), "{}", text(&status));
     let message = text(&status);
     assert!(
@@ -268,14 +269,13 @@ fn a_grant_edited_in_the_database_is_refused() {
         ),
         "{message}"
     );
-    let refused = serve(&root, "", false)
+    let refused = serve(root, "", false)
         .err()
         .expect("serve refuses to start");
     assert!(
         refused.contains("column `seats` says unlimited"),
         "{refused}"
     );
-    let _ = std::fs::remove_dir_all(&root);
 }
 
 fn issuer_id(root: &Path, keys: &str) -> (String, String) {
@@ -292,10 +292,11 @@ fn issuer_id(root: &Path, keys: &str) -> (String, String) {
 
 #[test]
 fn pinned_issuers_refuse_a_database_that_trusts_other_keys() {
-    let root = prepare("anchor-pin", "1");
-    let (id, public) = issuer_id(&root, "keys");
+    let scratch = prepare("anchor-pin", "1");
+    let root = scratch.path();
+    let (id, public) = issuer_id(root, "keys");
     for pin in [&id, &public] {
-        let server = serve(&root, &format!("trusted_issuers = [{pin:?}]"), false)
+        let server = serve(root, &format!("trusted_issuers = [{pin:?}]"), false)
             .expect("the pinned key is the trusted one");
         assert_eq!(server.invoke("hello", b"x").0, 200);
         assert!(server.terminate().success());
@@ -303,13 +304,13 @@ fn pinned_issuers_refuse_a_database_that_trusts_other_keys() {
     // Someone with write access to the database trusts a key of their own.
     let p = |n: &str| root.join(n).to_string_lossy().into_owned();
     assert!(
-        tg(&root, &["issuer", "keygen", "--out", &p("intruder")])
+        tg(root, &["issuer", "keygen", "--out", &p("intruder")])
             .status
             .success()
     );
     assert!(
         tg(
-            &root,
+            root,
             &[
                 "trust",
                 "add",
@@ -321,8 +322,8 @@ fn pinned_issuers_refuse_a_database_that_trusts_other_keys() {
         .status
         .success()
     );
-    let (intruder, _) = issuer_id(&root, "intruder");
-    let refused = serve(&root, &format!("trusted_issuers = [{id:?}]"), false)
+    let (intruder, _) = issuer_id(root, "intruder");
+    let refused = serve(root, &format!("trusted_issuers = [{id:?}]"), false)
         .err()
         .expect("refused");
     assert!(
@@ -333,13 +334,13 @@ fn pinned_issuers_refuse_a_database_that_trusts_other_keys() {
     );
     // A pinned key the database lacks is named too.
     assert!(
-        tg(&root, &["issuer", "keygen", "--out", &p("absent")])
+        tg(root, &["issuer", "keygen", "--out", &p("absent")])
             .status
             .success()
     );
-    let (absent, _) = issuer_id(&root, "absent");
+    let (absent, _) = issuer_id(root, "absent");
     let refused = serve(
-        &root,
+        root,
         &format!("trusted_issuers = [{id:?}, {intruder:?}, {absent:?}]"),
         false,
     )
@@ -363,7 +364,6 @@ fn pinned_issuers_refuse_a_database_that_trusts_other_keys() {
         "{}",
         text(&check)
     );
-    let _ = std::fs::remove_dir_all(&root);
 }
 
 fn cache_entries(dir: &Path) -> Vec<PathBuf> {
@@ -381,8 +381,11 @@ fn cache_entries(dir: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn a_compile_cache_entry_the_host_did_not_write_is_compiled_again() {
-    let root = std::env::temp_dir().join(format!("tollgate-anchor-cache-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
+    let scratch = tempfile::Builder::new()
+        .prefix("tollgate-anchor-cache-")
+        .tempdir()
+        .expect("scratch");
+    let root = scratch.path();
     let host = || {
         Host::builder()
             .state(root.join("state"))
@@ -450,13 +453,15 @@ fn a_compile_cache_entry_the_host_did_not_write_is_compiled_again() {
     assert!(!a.from_cache());
     assert_eq!(h.invoke("hello", b"x").expect("runs"), hello_out);
     drop(h);
-    let _ = std::fs::remove_dir_all(&root);
 }
 
 #[test]
 fn plugin_dirs_may_not_reach_host_state() {
-    let root = std::env::temp_dir().join(format!("tollgate-anchor-dirs-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
+    let scratch = tempfile::Builder::new()
+        .prefix("tollgate-anchor-dirs-")
+        .tempdir()
+        .expect("scratch");
+    let root = scratch.path();
     for d in ["data", "secrets", "cache"] {
         std::fs::create_dir_all(root.join(d)).expect("dir");
     }
@@ -479,7 +484,7 @@ fn plugin_dirs_may_not_reach_host_state() {
     };
     let cases = [
         (root.join("state"), "the state directory"),
-        (root.clone(), "the state directory"),
+        (root.to_path_buf(), "the state directory"),
         (root.join("cache"), "the compile cache"),
         (root.join("data/../cache"), "the compile cache"),
         (root.join("secrets"), "the admin token file"),
@@ -499,14 +504,15 @@ fn plugin_dirs_may_not_reach_host_state() {
     host.load_plugin(with_dir("fine", root.join("data")))
         .expect("a directory apart from host state loads");
     drop(host);
-    let _ = std::fs::remove_dir_all(&root);
 }
 
 #[test]
 fn state_files_are_private_whatever_the_umask() {
-    let root = std::env::temp_dir().join(format!("tollgate-anchor-umask-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
-    std::fs::create_dir_all(&root).expect("scratch");
+    let scratch = tempfile::Builder::new()
+        .prefix("tollgate-anchor-umask-")
+        .tempdir()
+        .expect("scratch");
+    let root = scratch.path();
     let p = |n: &str| root.join(n).to_string_lossy().into_owned();
     let open_umask = |args: &[&str]| {
         let out = tollgate_under_open_umask()
@@ -517,14 +523,14 @@ fn state_files_are_private_whatever_the_umask() {
         assert!(out.status.success(), "{args:?}: {}", text(&out));
     };
     assert!(
-        tg(&root, &["issuer", "keygen", "--out", &p("keys")])
+        tg(root, &["issuer", "keygen", "--out", &p("keys")])
             .status
             .success()
     );
     open_umask(&["trust", "add", &p("keys/issuer.pub")]);
     assert!(
         tg(
-            &root,
+            root,
             &[
                 "issuer",
                 "sign",
@@ -544,7 +550,7 @@ fn state_files_are_private_whatever_the_umask() {
     open_umask(&["license", "install", &p("demo.license")]);
     open_umask(&["audit", "checkpoint"]);
     std::fs::write(root.join("admin.token"), TOKEN).expect("token");
-    let server = serve(&root, "", true).expect("serves");
+    let server = serve(root, "", true).expect("serves");
     assert_eq!(server.invoke("hello", b"x").0, 200);
     let mut modes = Vec::new();
     let mut walk = vec![root.join("state")];
@@ -559,7 +565,7 @@ fn state_files_are_private_whatever_the_umask() {
             );
         }
         let name = path
-            .strip_prefix(&root)
+            .strip_prefix(root)
             .expect("inside")
             .display()
             .to_string();
@@ -590,7 +596,6 @@ fn state_files_are_private_whatever_the_umask() {
         .map(|(n, mode, _)| format!("{n} {mode:o}"))
         .collect();
     assert!(loose.is_empty(), "not private under umask 000: {loose:?}");
-    let _ = std::fs::remove_dir_all(&root);
 }
 
 /// Issue 13, hole 2: a grant row another issuer's key got into the database
@@ -599,14 +604,15 @@ fn state_files_are_private_whatever_the_umask() {
 /// decides, and the host says why.
 #[test]
 fn a_running_host_gives_no_seat_for_an_id_two_issuers_grant() {
-    let root = prepare("anchor-scope", "1");
+    let scratch = prepare("anchor-scope", "1");
+    let root = scratch.path();
     let p = |n: &str| root.join(n).to_string_lossy().into_owned();
-    let server = serve(&root, "", false).expect("serves");
+    let server = serve(root, "", false).expect("serves");
     assert_eq!(server.invoke("hello", b"x").0, 200);
     // A second issuer, trusted, signs `demo` with more seats; its grant is
     // installed in a scratch state directory and its row copied over.
     let ok = |args: &[&str]| {
-        let out = tg(&root, args);
+        let out = tg(root, args);
         assert!(out.status.success(), "{args:?}: {}", text(&out));
     };
     ok(&["issuer", "keygen", "--out", &p("rival")]);
@@ -637,7 +643,7 @@ fn a_running_host_gives_no_seat_for_an_id_two_issuers_grant() {
         "--state",
         &p("scratch"),
     ]);
-    let conn = db(&root);
+    let conn = db(root);
     conn.execute("ATTACH DATABASE ?1 AS s", [p("scratch/tollgate.db")])
         .expect("attach");
     conn.execute("INSERT INTO grants SELECT * FROM s.grants", [])
@@ -672,5 +678,4 @@ fn a_running_host_gives_no_seat_for_an_id_two_issuers_grant() {
         1,
         "logged once, not at every reload: {log}"
     );
-    let _ = std::fs::remove_dir_all(&root);
 }

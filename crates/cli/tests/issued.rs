@@ -19,20 +19,20 @@ fn guest(name: &str) -> String {
 
 /// A scratch directory with a state directory and an issuer key.
 struct Env {
-    root: PathBuf,
+    root: tempfile::TempDir,
 }
 
 impl Env {
     fn new(tag: &str) -> Self {
-        let root =
-            std::env::temp_dir().join(format!("tollgate-issued-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        std::fs::create_dir_all(&root).expect("scratch dir");
+        let root = tempfile::Builder::new()
+            .prefix(&format!("tollgate-issued-{tag}-"))
+            .tempdir()
+            .expect("scratch dir");
         Self { root }
     }
 
     fn path(&self, name: &str) -> PathBuf {
-        self.root.join(name)
+        self.root.path().join(name)
     }
 
     fn p(&self, name: &str) -> String {
@@ -99,12 +99,6 @@ impl Env {
         args.extend_from_slice(extra);
         self.expect(0, &args);
         out
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.root);
     }
 }
 
@@ -482,7 +476,13 @@ fn broken_state_is_named() {
     let out = env.expect(2, &["status", "--state", &env.p("a-file/state")]);
     assert!(out.contains("cannot use state directory"), "{out}");
     // A directory without permission. Root may use any directory, so a test
-    // run as root runs this host as user nobody.
+    // run as root runs this host as user nobody, who must get through the
+    // scratch dir (made 0700) for the refusal to come from this directory.
+    std::fs::set_permissions(
+        env.root.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
     std::fs::create_dir_all(env.path("locked-dir")).expect("dir");
     std::fs::set_permissions(
         env.path("locked-dir"),

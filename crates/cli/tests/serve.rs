@@ -17,8 +17,9 @@ type Sample<'a> = (&'a str, &'a [(&'a str, &'a str)], f64);
 
 #[test]
 fn every_status_admin_auth_and_live_license_changes() {
-    let root = prepare("status", "1");
-    let s = Server::start(&root, "5s");
+    let scratch = prepare("status", "1");
+    let root = scratch.path();
+    let s = Server::start(root, "5s");
     assert_eq!(
         s.invoke("hello", b"world"),
         (200, "hello, world! (licensed by demo)".into(), None)
@@ -119,7 +120,7 @@ fn every_status_admin_auth_and_live_license_changes() {
     let p = |n: &str| root.join(n).to_string_lossy().into_owned();
     assert!(
         tg(
-            &root,
+            root,
             &[
                 "issuer",
                 "sign",
@@ -170,8 +171,9 @@ fn every_status_admin_auth_and_live_license_changes() {
 /// with its type and counts exactly those calls.
 #[test]
 fn metrics_count_exactly_the_calls_made() {
-    let root = prepare("metrics", "1");
-    let s = Server::start(&root, "5s");
+    let scratch = prepare("metrics", "1");
+    let root = scratch.path();
+    let s = Server::start(root, "5s");
     for n in 0..3 {
         let (st, body, _) = s.invoke("hello", format!("{n}").as_bytes());
         assert_eq!(st, 200, "{body}");
@@ -287,7 +289,6 @@ fn metrics_count_exactly_the_calls_made() {
         Some(0.0)
     );
     assert!(s.terminate().success());
-    let _ = std::fs::remove_dir_all(&root);
 }
 
 /// The exposition parser the metrics tests rely on: it reads label values
@@ -318,8 +319,9 @@ fn exposition_parser_reads_escapes_and_refuses_untyped_or_repeated_samples() {
 
 #[test]
 fn disconnect_cancels_reload_keeps_serving_shutdown_drains() {
-    let root = prepare("lifecycle", "4");
-    let s = Server::start(&root, "10s");
+    let scratch = prepare("lifecycle", "4");
+    let root = scratch.path();
+    let s = Server::start(root, "10s");
 
     // A client that hangs up mid-call cancels it and its seat comes back at
     // once, even though the plugin is blocked in a host call (a 60 s sleep).
@@ -388,7 +390,7 @@ fn disconnect_cancels_reload_keeps_serving_shutdown_drains() {
 
     // Nothing lost: every seat is free and the acknowledged call is in the ledger.
     let status: Value =
-        serde_json::from_slice(&tg(&root, &["status", "--json"]).stdout).expect("status");
+        serde_json::from_slice(&tg(root, &["status", "--json"]).stdout).expect("status");
     let c = &status[0]["counters"];
     let reclaims: u64 = c["reclaims"]
         .as_object()
@@ -402,9 +404,9 @@ fn disconnect_cancels_reload_keeps_serving_shutdown_drains() {
         Some(c["releases"].as_u64().unwrap_or(0) + reclaims),
         "{c}"
     );
-    assert!(tg(&root, &["audit", "verify"]).status.success());
+    assert!(tg(root, &["audit", "verify"]).status.success());
     let usage: Value = serde_json::from_slice(
-        &tg(&root, &["usage", "--format", "json", "--plugin", "slow"]).stdout,
+        &tg(root, &["usage", "--format", "json", "--plugin", "slow"]).stdout,
     )
     .expect("usage");
     assert_eq!(
@@ -418,8 +420,9 @@ fn disconnect_cancels_reload_keeps_serving_shutdown_drains() {
 /// back, and the server exits 0 with the ledger committed.
 #[test]
 fn shutdown_cancels_calls_still_running_when_the_grace_period_ends() {
-    let root = prepare("grace", "2");
-    let s = Server::start(&root, "500ms");
+    let scratch = prepare("grace", "2");
+    let root = scratch.path();
+    let s = Server::start(root, "500ms");
     let base = s.base.clone();
     let agent = s.agent.clone();
     let in_flight = std::thread::spawn(move || {
@@ -451,19 +454,19 @@ fn shutdown_cancels_calls_still_running_when_the_grace_period_ends() {
     assert!(!log.contains("still running at exit"), "{log}");
 
     let status: Value =
-        serde_json::from_slice(&tg(&root, &["status", "--json"]).stdout).expect("status");
+        serde_json::from_slice(&tg(root, &["status", "--json"]).stdout).expect("status");
     let c = &status[0]["counters"];
     assert_eq!(c["in_use"], 0, "{c}");
     assert_eq!(c["checkouts"], 1, "{c}");
     assert_eq!(c["reclaims"]["store-dropped"], 1, "{c}");
-    assert!(tg(&root, &["audit", "verify"]).status.success());
-    let _ = std::fs::remove_dir_all(&root);
+    assert!(tg(root, &["audit", "verify"]).status.success());
 }
 
 #[test]
 fn warm_compile_cache_serves_without_compiling() {
-    let root = prepare("cache", "2");
-    let cold = Server::start(&root, "1s");
+    let scratch = prepare("cache", "2");
+    let root = scratch.path();
+    let cold = Server::start(root, "1s");
     let plugins = cold.json("/v1/admin/plugins");
     let hello = plugins
         .as_array()
@@ -477,7 +480,7 @@ fn warm_compile_cache_serves_without_compiling() {
         "the first start compiles: {plugins}"
     );
     assert!(cold.terminate().success());
-    let warm = Server::start(&root, "1s");
+    let warm = Server::start(root, "1s");
     let plugins = warm.json("/v1/admin/plugins");
     assert!(
         plugins
@@ -493,7 +496,7 @@ fn warm_compile_cache_serves_without_compiling() {
         std::fs::write(&entry, b"not a compiled component").expect("damage");
     }
     assert!(warm.terminate().success());
-    let again = Server::start(&root, "1s");
+    let again = Server::start(root, "1s");
     let plugins = again.json("/v1/admin/plugins");
     let hello = plugins
         .as_array()
@@ -513,7 +516,6 @@ fn warm_compile_cache_serves_without_compiling() {
         .expect("log");
     assert!(log.contains("ignoring compile cache entry"), "{log}");
     assert!(again.terminate().success());
-    let _ = std::fs::remove_dir_all(&root);
 }
 
 fn walk(dir: &std::path::Path) -> Vec<PathBuf> {

@@ -131,8 +131,9 @@ fn garbage(seed: &mut u64, len: usize) -> Vec<u8> {
 
 #[test]
 fn malformed_and_oversized_requests_change_nothing() {
-    let root = prepare("bad-http", "2");
-    let s = Server::start_with(&root, "2s", READ_TIMEOUT);
+    let scratch = prepare("bad-http", "2");
+    let root = scratch.path();
+    let s = Server::start_with(root, "2s", READ_TIMEOUT);
     still_serving(&s);
     let first = snapshot(&s);
     assert_eq!(
@@ -603,8 +604,9 @@ fn malformed_and_oversized_requests_change_nothing() {
 /// `read_timeout`.
 #[test]
 fn connections_over_the_limit_wait_for_a_free_one() {
-    let root = prepare("max-conns", "2");
-    let s = Server::start_with(&root, "2s", "read_timeout = \"2s\"\nmax_connections = 3");
+    let scratch = prepare("max-conns", "2");
+    let root = scratch.path();
+    let s = Server::start_with(root, "2s", "read_timeout = \"2s\"\nmax_connections = 3");
     let addr = s.base.trim_start_matches("http://").to_string();
     // Three idle connections take every place (keep-alive after one call
     // each, so they are accepted and served, then idle).

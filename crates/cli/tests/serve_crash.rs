@@ -127,13 +127,14 @@ fn kill_nine_under_http_load_loses_no_acknowledged_call() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(4);
-    let root = prepare("crash", "2");
+    let scratch = prepare("crash", "2");
+    let root = scratch.path();
     let acked = Mutex::new(Vec::new());
     let mut seed = u64::from(std::process::id());
     let started = std::time::Instant::now();
     for round in 0..loops {
-        let mut s = Server::start(&root, "1s");
-        check_after_restart(&s, &root, round);
+        let mut s = Server::start(root, "1s");
+        check_after_restart(&s, root, round);
         let stop = AtomicBool::new(false);
         std::thread::scope(|scope| {
             // `slow` holds its seat 20 ms a call, so most kills find a
@@ -153,12 +154,12 @@ fn kill_nine_under_http_load_loses_no_acknowledged_call() {
             assert!(!status.success(), "round {round}: killed, not exited");
             stop.store(true, Ordering::Relaxed);
         });
-        check_after_kill(&root, &acked.lock().expect("acked"), round);
+        check_after_kill(root, &acked.lock().expect("acked"), round);
     }
 
     // A clean restart reclaims what the last dead server left open.
-    let s = Server::start(&root, "1s");
-    check_after_restart(&s, &root, loops);
+    let s = Server::start(root, "1s");
+    check_after_restart(&s, root, loops);
     let (st, body, _) = s.invoke("hello", b"after");
     assert_eq!(st, 200, "{body}");
     let demo = s.demo();
@@ -170,7 +171,7 @@ fn kill_nine_under_http_load_loses_no_acknowledged_call() {
         "too few calls acknowledged to mean anything: {}",
         acked.len()
     );
-    check_after_kill(&root, &acked, loops);
+    check_after_kill(root, &acked, loops);
     let c = &demo["counters"];
     assert_eq!(c["in_use"], 0, "{c}");
     let reclaims: u64 = c["reclaims"]

@@ -52,7 +52,8 @@ fn fill(path: &Path) {
 
 #[test]
 fn a_full_disk_fails_calls_closed_and_the_server_recovers_without_a_restart() {
-    let root = prepare("disk-full", "1");
+    let scratch = prepare("disk-full", "1");
+    let root = scratch.path();
     let state = root.join("state");
     let saved = root.join("state.saved");
     copy_dir(&state, &saved);
@@ -61,7 +62,7 @@ fn a_full_disk_fails_calls_closed_and_the_server_recovers_without_a_restart() {
     let disk = Tmpfs::mount(&state, "64m");
     copy_dir(&saved, &state);
 
-    let s = Server::start(&root, "5s");
+    let s = Server::start(root, "5s");
     assert_eq!(s.invoke("hello", b"x").0, 200);
     fill(&state.join("filler"));
     // The next commit needs room the disk no longer has.
@@ -109,12 +110,11 @@ fn a_full_disk_fails_calls_closed_and_the_server_recovers_without_a_restart() {
         "served again without a restart"
     );
     assert!(s.terminate().success());
-    let audit = tg(&root, &["audit", "verify"]);
+    let audit = tg(root, &["audit", "verify"]);
     assert!(
         audit.status.success(),
         "every row committed verifies: {}",
         String::from_utf8_lossy(&audit.stdout)
     );
     drop(disk);
-    let _ = std::fs::remove_dir_all(&root);
 }

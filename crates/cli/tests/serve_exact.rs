@@ -60,9 +60,10 @@ fn overlapping(spans: &[(u128, u128)]) -> usize {
 
 #[test]
 fn early_release_over_http_never_runs_two_licensed_calls_on_one_seat() {
-    let root = prepare("early", "1");
+    let scratch = prepare("early", "1");
+    let root = scratch.path();
     let early = EARLY.replace("EARLY", &guest("early-release").to_string_lossy());
-    let s = Server::start_with(&root, "5s", &early);
+    let s = Server::start_with(root, "5s", &early);
     let spans = delivered_spans(&s, 8, 4);
     assert!(spans.len() >= 20, "only {} calls delivered", spans.len());
     assert_eq!(
@@ -83,13 +84,14 @@ fn early_release_over_http_never_runs_two_licensed_calls_on_one_seat() {
 
 #[test]
 fn a_revocation_on_the_state_directory_reaches_a_running_server_within_two_seconds() {
-    let root = prepare("revoke-live", "1");
-    let s = Server::start(&root, "5s");
+    let scratch = prepare("revoke-live", "1");
+    let root = scratch.path();
+    let s = Server::start(root, "5s");
     assert_eq!(s.invoke("hello", b"x").0, 200);
     std::thread::scope(|scope| {
         let in_flight = scope.spawn(|| s.invoke("slow", b"4000"));
         s.wait_in_use(1);
-        let revoked = tg(&root, &["license", "revoke", "demo"]);
+        let revoked = tg(root, &["license", "revoke", "demo"]);
         assert!(
             revoked.status.success(),
             "{}",
@@ -118,7 +120,7 @@ fn a_revocation_on_the_state_directory_reaches_a_running_server_within_two_secon
     assert_eq!((st, code(&body).as_str()), (403, "revoked"), "{body}");
     let c = &s.demo()["counters"];
     assert_eq!(c["returns"]["revoked"], 1, "{c}");
-    let unrevoked = tg(&root, &["license", "unrevoke", "demo"]);
+    let unrevoked = tg(root, &["license", "unrevoke", "demo"]);
     assert!(unrevoked.status.success());
     assert!(
         wait_until(Duration::from_secs(2), || s.invoke("hello", b"x").0 == 200),

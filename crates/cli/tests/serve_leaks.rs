@@ -12,12 +12,13 @@ const FUNCTION: &str = "secret_function_7f3a9c";
 
 #[test]
 fn withheld_calls_and_traps_leak_nothing_over_http_or_to_the_log() {
-    let root = prepare("leaks", "1");
+    let scratch = prepare("leaks", "1");
+    let root = scratch.path();
     let blabber = format!(
         "[[plugin]]\nname = \"blabber\"\ncomponent = \"{}\"\nrequires = [\"demo\"]\nmax_response_bytes = \"1KiB\"\n",
         guest("blabber").to_string_lossy()
     );
-    let s = Server::start_with(&root, "5s", &blabber);
+    let s = Server::start_with(root, "5s", &blabber);
     let mut bodies = String::new();
     for (action, status, want) in [
         ("print", 403, "unlicensed"),

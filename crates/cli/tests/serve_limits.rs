@@ -106,9 +106,10 @@ fn metric(s: &Server, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 /// proxy's address is not capped at all.
 #[test]
 fn connections_are_capped_per_client_address_except_trusted_proxies() {
-    let root = prepare("per-client", "2");
+    let scratch = prepare("per-client", "2");
+    let root = scratch.path();
     let s = Server::start_with(
-        &root,
+        root,
         "2s",
         "max_connections_per_client = 2\ntrusted_proxies = [\"127.0.0.3\"]",
     );
@@ -189,9 +190,10 @@ fn connections_are_capped_per_client_address_except_trusted_proxies() {
 /// longer lock every other client out.
 #[test]
 fn a_client_that_does_not_read_its_response_is_closed() {
-    let root = prepare("write-timeout", "4");
+    let scratch = prepare("write-timeout", "4");
+    let root = scratch.path();
     let s = Server::start_with_plugins(
-        &root,
+        root,
         "2s",
         "write_timeout = \"1s\"\nmax_connections = 2",
         "[[plugin]]\nname = \"flood\"\ncomponent = \"FLOODER\"\nrequires = [\"demo\"]\nmax_response_bytes = \"32MiB\"\n",
@@ -247,8 +249,9 @@ fn a_client_that_does_not_read_its_response_is_closed() {
 /// for its body until a call ends.
 #[test]
 fn a_request_waiting_for_a_place_has_none_of_its_body_read() {
-    let root = prepare("permit-first", "4");
-    let s = Server::start_with(&root, "2s", "max_concurrent_calls = 2");
+    let scratch = prepare("permit-first", "4");
+    let root = scratch.path();
+    let s = Server::start_with(root, "2s", "max_concurrent_calls = 2");
     std::thread::scope(|scope| {
         let holders: Vec<_> = (0..2)
             .map(|_| scope.spawn(|| s.invoke("slow", b"1500")))
@@ -294,9 +297,10 @@ fn a_request_waiting_for_a_place_has_none_of_its_body_read() {
 #[test]
 fn buffered_request_bodies_stay_within_their_bound() {
     const BODY: usize = 400 << 10;
-    let root = prepare("body-budget", "8");
+    let scratch = prepare("body-budget", "8");
+    let root = scratch.path();
     let s = Server::start_with_plugins(
-        &root,
+        root,
         "2s",
         "max_buffered_request_bytes = \"1MiB\"\nmax_concurrent_calls = 8",
         "[[plugin]]\nname = \"big\"\ncomponent = \"NONE\"\nmax_request_bytes = \"1MiB\"\nmax_response_bytes = \"1MiB\"\n",
@@ -376,8 +380,9 @@ fn exchange(s: &Server, request: &str) -> Option<String> {
 /// gets 421); `allowed_hosts` names others.
 #[test]
 fn requests_must_name_an_allowed_host() {
-    let root = prepare("host-check", "2");
-    let s = Server::start(&root, "2s");
+    let scratch = prepare("host-check", "2");
+    let root = scratch.path();
+    let s = Server::start(root, "2s");
     let port = addr_of(&s).rsplit_once(':').expect("port").1.to_string();
     let call = |host: &str| {
         exchange(
@@ -434,7 +439,7 @@ fn requests_must_name_an_allowed_host() {
     assert!(s.terminate().success());
 
     // Named hosts replace the defaults.
-    let s = Server::start_with(&root, "2s", "allowed_hosts = [\"api.example.com\"]");
+    let s = Server::start_with(root, "2s", "allowed_hosts = [\"api.example.com\"]");
     let get = |host: &str| {
         exchange(
             &s,
@@ -445,7 +450,7 @@ fn requests_must_name_an_allowed_host() {
     assert_eq!(status(&get("localhost")), Some(421));
     assert!(s.terminate().success());
     // "*" turns the check off.
-    let s = Server::start_with(&root, "2s", "allowed_hosts = [\"*\"]");
+    let s = Server::start_with(root, "2s", "allowed_hosts = [\"*\"]");
     let answer = exchange(
         &s,
         "GET /healthz HTTP/1.1\r\nHost: anything.example\r\nConnection: close\r\n\r\n",
@@ -459,7 +464,8 @@ fn requests_must_name_an_allowed_host() {
 /// kill -9.
 #[test]
 fn invocation_ids_never_repeat_across_restarts() {
-    let root = prepare("ids", "2");
+    let scratch = prepare("ids", "2");
+    let root = scratch.path();
     let plugins = "[[plugin]]\nname = \"free\"\ncomponent = \"NONE\"\n";
     let ids = |s: &Server| -> Vec<u64> {
         (0..3)
@@ -478,15 +484,15 @@ fn invocation_ids_never_repeat_across_restarts() {
             })
             .collect()
     };
-    let s = Server::start_with_plugins(&root, "2s", "", plugins);
+    let s = Server::start_with_plugins(root, "2s", "", plugins);
     let first = ids(&s);
     assert!(s.terminate().success());
-    let s = Server::start_with_plugins(&root, "2s", "", plugins);
+    let s = Server::start_with_plugins(root, "2s", "", plugins);
     let second = ids(&s);
     let mut s = s;
     s.child.kill().expect("kill -9");
     s.child.wait().expect("dead");
-    let s = Server::start_with_plugins(&root, "2s", "", plugins);
+    let s = Server::start_with_plugins(root, "2s", "", plugins);
     let third = ids(&s);
     assert!(s.terminate().success());
     let all: BTreeSet<u64> = first.iter().chain(&second).chain(&third).copied().collect();

@@ -16,10 +16,13 @@ mod common;
 
 use common::{BIN, guest};
 
-fn state_from_fixture(tag: &str) -> PathBuf {
-    let root = std::env::temp_dir().join(format!("tollgate-upgrade-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
-    let state = root.join("state");
+/// A scratch dir, removed when dropped, whose `state` holds the fixture.
+fn state_from_fixture(tag: &str) -> tempfile::TempDir {
+    let root = tempfile::Builder::new()
+        .prefix(&format!("tollgate-upgrade-{tag}-"))
+        .tempdir()
+        .expect("scratch");
+    let state = root.path().join("state");
     std::fs::create_dir_all(&state).expect("scratch");
     let fixture =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/state-v1/tollgate.db");
@@ -58,15 +61,16 @@ fn total(reasons: &Value) -> u64 {
 
 #[test]
 fn a_schema_1_state_directory_upgrades_in_place() {
-    let root = state_from_fixture("v1");
-    let out = ok(&root, &["audit", "verify"]);
+    let scratch = state_from_fixture("v1");
+    let root = scratch.path();
+    let out = ok(root, &["audit", "verify"]);
     assert!(out.contains("ledger verified: 19 rows"), "{out}");
 
     // The first host on it returns the seat the killed call held, then serves.
     let input = root.join("in.txt");
     std::fs::write(&input, "upgraded").expect("input");
     let out = ok(
-        &root,
+        root,
         &[
             "run",
             &guest("hello-licensed").to_string_lossy(),
@@ -79,7 +83,7 @@ fn a_schema_1_state_directory_upgrades_in_place() {
     assert!(out.contains("hello, upgraded! (licensed by acme)"), "{out}");
 
     let status: Value =
-        serde_json::from_str(&ok(&root, &["status", "--json"])).expect("status JSON");
+        serde_json::from_str(&ok(root, &["status", "--json"])).expect("status JSON");
     let c = &status[0]["counters"];
     assert_eq!(c["in_use"], 0, "{c}");
     assert_eq!(c["checkouts"], 10, "{c}");
@@ -96,12 +100,12 @@ fn a_schema_1_state_directory_upgrades_in_place() {
     assert_eq!(status[0]["conflicts"], serde_json::json!([]), "{status}");
     // The issuer trusted before scopes keeps its name and gets the default scope.
     let issuers: Value =
-        serde_json::from_str(&ok(&root, &["trust", "list", "--json"])).expect("trust JSON");
+        serde_json::from_str(&ok(root, &["trust", "list", "--json"])).expect("trust JSON");
     assert_eq!(issuers[0]["name"], "acme", "{issuers}");
     assert_eq!(issuers[0]["scope"], serde_json::json!(["*"]), "{issuers}");
 
     // Old rows keep format 1 and still verify, chained with the new ones.
-    let out = ok(&root, &["audit", "verify"]);
+    let out = ok(root, &["audit", "verify"]);
     assert!(out.contains("ledger verified: 24 rows"), "{out}");
     let db = rusqlite::Connection::open(root.join("state/tollgate.db")).expect("db");
     let formats: Vec<(i64, i64)> = db
@@ -112,5 +116,4 @@ fn a_schema_1_state_directory_upgrades_in_place() {
         })
         .expect("formats");
     assert_eq!(formats, vec![(1, 19), (2, 5)]);
-    let _ = std::fs::remove_dir_all(root);
 }

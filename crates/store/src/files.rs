@@ -154,14 +154,17 @@ mod tests {
 
     #[test]
     fn overlap_is_containment_either_way_through_links() {
-        let root = std::env::temp_dir().join(format!("tollgate-overlap-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
+        let scratch = tempfile::Builder::new()
+            .prefix("tollgate-overlap-")
+            .tempdir()
+            .expect("scratch dir");
+        let root = scratch.path();
         create_dir(&root.join("state/cache")).expect("dirs");
         std::fs::create_dir_all(root.join("data")).expect("data");
         std::os::unix::fs::symlink(root.join("state"), root.join("link")).expect("link");
         assert!(overlaps(&root.join("state"), &root.join("state/cache")));
         assert!(overlaps(&root.join("state/cache"), &root.join("state")));
-        assert!(overlaps(&root, &root.join("state/not-yet/x")));
+        assert!(overlaps(root, &root.join("state/not-yet/x")));
         assert!(overlaps(&root.join("link"), &root.join("state/host.key")));
         assert!(overlaps(
             &root.join("data/../state"),
@@ -169,13 +172,16 @@ mod tests {
         ));
         assert!(!overlaps(&root.join("data"), &root.join("state")));
         assert!(!overlaps(&root.join("stat"), &root.join("state")));
-        let _ = std::fs::remove_dir_all(&root);
     }
 
     #[test]
     fn secrets_are_created_once_with_mode_0600() {
-        let root = std::env::temp_dir().join(format!("tollgate-secret-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
+        let scratch = tempfile::Builder::new()
+            .prefix("tollgate-secret-")
+            .tempdir()
+            .expect("scratch dir");
+        // A directory `create_dir` makes, so its mode is checked below.
+        let root = scratch.path().join("secret");
         create_dir(&root).expect("dir");
         let key = root.join("k");
         let first = read_or_create(&key, || Ok(b"one".to_vec())).expect("created");
@@ -188,6 +194,5 @@ mod tests {
         assert_eq!(mode, FILE_MODE);
         let mode = std::fs::metadata(&root).expect("meta").permissions().mode() & 0o777;
         assert_eq!(mode, DIR_MODE);
-        let _ = std::fs::remove_dir_all(&root);
     }
 }

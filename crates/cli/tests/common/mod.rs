@@ -30,24 +30,27 @@ pub fn tg(root: &std::path::Path, args: &[&str]) -> std::process::Output {
         .expect("tollgate runs")
 }
 
-/// A scratch dir with a trusted issuer and license `demo` with `seats` seats.
-pub fn prepare(tag: &str, seats: &str) -> PathBuf {
-    let root = std::env::temp_dir().join(format!("tollgate-serve-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
-    std::fs::create_dir_all(&root).expect("scratch");
+/// A scratch dir with a trusted issuer and license `demo` with `seats` seats,
+/// removed when dropped.
+pub fn prepare(tag: &str, seats: &str) -> tempfile::TempDir {
+    let scratch = tempfile::Builder::new()
+        .prefix(&format!("tollgate-serve-{tag}-"))
+        .tempdir()
+        .expect("scratch");
+    let root = scratch.path();
     let p = |n: &str| root.join(n).to_string_lossy().into_owned();
     assert!(
-        tg(&root, &["issuer", "keygen", "--out", &p("keys")])
+        tg(root, &["issuer", "keygen", "--out", &p("keys")])
             .status
             .success()
     );
     assert!(
-        tg(&root, &["trust", "add", &p("keys/issuer.pub")])
+        tg(root, &["trust", "add", &p("keys/issuer.pub")])
             .status
             .success()
     );
     let sign = tg(
-        &root,
+        root,
         &[
             "issuer",
             "sign",
@@ -63,12 +66,12 @@ pub fn prepare(tag: &str, seats: &str) -> PathBuf {
     );
     assert!(sign.status.success());
     assert!(
-        tg(&root, &["license", "install", &p("demo.license")])
+        tg(root, &["license", "install", &p("demo.license")])
             .status
             .success()
     );
     std::fs::write(root.join("admin.token"), TOKEN).expect("token");
-    root
+    scratch
 }
 
 pub const PLUGINS: &str = r#"

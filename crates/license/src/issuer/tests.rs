@@ -206,9 +206,11 @@ fn malformed_files_are_named() {
 
 #[test]
 fn huge_files_are_refused_before_reading() {
-    let dir = std::env::temp_dir().join(format!("tollgate-issuer-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let path = dir.join("huge.license");
+    let dir = tempfile::Builder::new()
+        .prefix("tollgate-issuer-")
+        .tempdir()
+        .expect("dir");
+    let path = dir.path().join("huge.license");
     std::fs::write(&path, vec![b'a'; (MAX_LICENSE_BYTES + 1) as usize]).expect("write");
     assert!(matches!(
         read_small_text(&path),
@@ -219,7 +221,6 @@ fn huge_files_are_refused_before_reading() {
         read_small_text(&path),
         Err(IssuerError::Syntax { .. })
     ));
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]

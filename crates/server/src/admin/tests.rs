@@ -6,31 +6,12 @@ use super::*;
 use crate::config::Config;
 use axum::http::{Method, Uri};
 use http_body_util::BodyExt;
-use std::path::PathBuf;
 use tollgate::Host;
 use tollgate::Limits;
 use tollgate::runtime::ComponentSource;
 use tower::ServiceExt;
 
 const TOKEN: &str = "admin-token-of-the-route-tests";
-
-/// A scratch directory, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("tollgate-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("scratch dir");
-        Self(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// The inputs of the `admin_body` fuzz corpus, as the fuzz target splits
 /// them: the first byte picks the route, the rest is its input.
@@ -81,12 +62,15 @@ fn request(kind: AdminBody, input: &[u8]) -> Option<axum::http::Request<Body>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_refuse_bad_input_in_the_words_of_the_fuzzed_parsers() {
-    let dir = Scratch::new("admin-routes");
+    let dir = tempfile::Builder::new()
+        .prefix("tollgate-admin-routes-")
+        .tempdir()
+        .expect("scratch dir");
     let host = Host::builder()
-        .state(dir.0.join("state"))
+        .state(dir.path().join("state"))
         .build()
         .expect("host starts");
-    let mut config = Config::parse("", &dir.0.join("tollgate.toml")).expect("an empty config");
+    let mut config = Config::parse("", &dir.path().join("tollgate.toml")).expect("an empty config");
     config.admin_token = Some(TOKEN.to_string());
     let app = crate::router(Arc::new(Server::new(Arc::new(host), &config)));
 

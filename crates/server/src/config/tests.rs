@@ -9,33 +9,28 @@
 use super::*;
 use std::collections::HashMap;
 use std::fs;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use tollgate::Limits;
 use tollgate::runtime::{ComponentSource, Preopen};
 
 /// A directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
+struct ConfigDir(tempfile::TempDir);
 
-impl TempDir {
+impl ConfigDir {
     fn new() -> Self {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "tollgate-config-test-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = fs::remove_dir_all(&path);
-        fs::create_dir_all(&path).expect("create temp dir");
-        Self(path)
+        let dir = tempfile::Builder::new()
+            .prefix("tollgate-config-test-")
+            .tempdir()
+            .expect("create temp dir");
+        Self(dir)
     }
 
     fn path(&self) -> &Path {
-        &self.0
+        self.0.path()
     }
 
     /// Writes `contents` to `relative`, creating parent directories.
     fn file(&self, relative: &str, contents: &str) -> PathBuf {
-        let path = self.0.join(relative);
+        let path = self.path().join(relative);
         if let Some(parent) = path.parent() {
             fs::create_dir_all(parent).expect("create parent dir");
         }
@@ -44,14 +39,14 @@ impl TempDir {
     }
 
     fn dir(&self, relative: &str) -> PathBuf {
-        let path = self.0.join(relative);
+        let path = self.path().join(relative);
         fs::create_dir_all(&path).expect("create dir");
         path
     }
 
     /// The config file path inside this directory.
     fn config(&self) -> PathBuf {
-        self.0.join("tollgate.toml")
+        self.path().join("tollgate.toml")
     }
 
     /// A temp dir holding a component at `plugins/hello.wasm`.
@@ -64,22 +59,16 @@ impl TempDir {
     /// `shown` with this directory's path written as `[dir]`, so snapshots
     /// do not depend on where the test ran.
     fn redact(&self, shown: &str) -> String {
-        shown.replace(&self.0.display().to_string(), "[dir]")
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
+        shown.replace(&self.path().display().to_string(), "[dir]")
     }
 }
 
 /// Parses `text` as if it were `tollgate.toml` in `dir`.
-fn parse_in(dir: &TempDir, text: &str) -> Result<Config, ConfigError> {
+fn parse_in(dir: &ConfigDir, text: &str) -> Result<Config, ConfigError> {
     Config::parse(text, &dir.config())
 }
 
-fn ok(dir: &TempDir, text: &str) -> Config {
+fn ok(dir: &ConfigDir, text: &str) -> Config {
     match parse_in(dir, text) {
         Ok(config) => config,
         Err(e) => panic!("expected a valid config, got:\n{e}"),
@@ -87,7 +76,7 @@ fn ok(dir: &TempDir, text: &str) -> Config {
 }
 
 /// The error `text` gets as `tollgate.toml` in `dir`.
-fn refused(dir: &TempDir, text: &str) -> ConfigError {
+fn refused(dir: &ConfigDir, text: &str) -> ConfigError {
     match parse_in(dir, text) {
         Ok(config) => panic!("expected problems, got {config:#?}"),
         Err(e) => e,
@@ -119,7 +108,7 @@ fn assert_shown(name: &str, what: &str, input: &str, shown: &str) {
 /// lines numbered, and what `check-config` prints for it with the snapshot
 /// `name`.
 #[track_caller]
-fn assert_problems(name: &str, dir: &TempDir, text: &str) {
+fn assert_problems(name: &str, dir: &ConfigDir, text: &str) {
     let shown = dir.redact(&refused(dir, text).to_string());
     assert_shown(name, "tollgate.toml", &numbered(text), &shown);
 }
@@ -132,7 +121,7 @@ component = "plugins/hello.wasm"
 
 #[test]
 fn an_empty_file_gives_the_defaults() {
-    let dir = TempDir::new();
+    let dir = ConfigDir::new();
     let config = ok(&dir, "");
     assert_eq!(config.path, dir.config());
     assert_eq!(config.listen, "127.0.0.1:7878".parse().expect("addr"));
@@ -150,7 +139,7 @@ fn an_empty_file_gives_the_defaults() {
 
 #[test]
 fn a_plugin_with_only_name_and_component_gets_default_limits() {
-    let dir = TempDir::with_component();
+    let dir = ConfigDir::with_component();
     let config = ok(&dir, MINIMAL_PLUGIN);
     assert_eq!(
         config.plugins,
@@ -167,7 +156,7 @@ fn a_plugin_with_only_name_and_component_gets_default_limits() {
 
 #[test]
 fn a_complete_config_is_read_value_by_value() {
-    let dir = TempDir::with_component();
+    let dir = ConfigDir::with_component();
     dir.dir("data");
     dir.dir("out");
     let text = r#"
@@ -283,7 +272,7 @@ exclude = ["other_2"]
 
 #[test]
 fn the_bundled_example_parses_when_its_paths_exist() {
-    let dir = TempDir::new();
+    let dir = ConfigDir::new();
     dir.file("plugins/hello_licensed.wasm", "\0asm");
     dir.dir("data");
     dir.dir("scratch");
@@ -333,7 +322,7 @@ fn the_bundled_example_shows_every_key() {
 
 #[test]
 fn the_bundled_example_without_its_files_names_each_missing_one() {
-    let dir = TempDir::new();
+    let dir = ConfigDir::new();
     assert_problems(
         "example_without_its_files",
         &dir,
@@ -343,7 +332,7 @@ fn the_bundled_example_without_its_files_names_each_missing_one() {
 
 #[test]
 fn syntax_errors_are_reported_beside_value_problems() {
-    let dir = TempDir::new();
+    let dir = ConfigDir::new();
     assert_problems(
         "syntax_error",
         &dir,
@@ -372,7 +361,7 @@ grace_period = "20s"
 
 #[test]
 fn unknown_keys_are_reported_everywhere_with_suggestions() {
-    let dir = TempDir::with_component();
+    let dir = ConfigDir::with_component();
     dir.dir("data");
     assert_problems(
         "unknown_keys",
@@ -398,7 +387,7 @@ inclde = ["hello"]
 
 #[test]
 fn wrong_types_say_what_was_expected() {
-    let dir = TempDir::with_component();
+    let dir = ConfigDir::with_component();
     assert_problems(
         "wrong_top_level_types",
         &dir,
@@ -432,7 +421,7 @@ env = [true]
 
 #[test]
 fn bad_top_level_values_are_reported() {
-    let dir = TempDir::new();
+    let dir = ConfigDir::new();
     let text = r#"
 listen = "localhost"
 log_format = "jsno"
@@ -466,7 +455,7 @@ max_connections = 0
 
 #[test]
 fn every_setting_has_its_checks() {
-    let dir = TempDir::new();
+    let dir = ConfigDir::new();
     dir.file("token", "0123456789abcdef0123\n");
     assert_problems(
         "every_setting_wrong",
@@ -505,7 +494,7 @@ allowed_hosts = "localhost"
 
 #[test]
 fn bad_plugin_values_are_reported() {
-    let dir = TempDir::with_component();
+    let dir = ConfigDir::with_component();
     dir.file("a-file", "");
     assert_problems(
         "bad_plugin_values",
@@ -531,7 +520,7 @@ dirs = [
 
 #[test]
 fn time_limit_and_memory_bounds() {
-    let dir = TempDir::with_component();
+    let dir = ConfigDir::with_component();
     let with = |extra: &str| format!("{MINIMAL_PLUGIN}{extra}\n");
     assert_eq!(
         ok(&dir, &with("time_limit = \"1h\"")).plugins[0]
@@ -557,7 +546,7 @@ fn time_limit_and_memory_bounds() {
 
 #[test]
 fn plugin_tables_must_be_complete_and_unique() {
-    let dir = TempDir::with_component();
+    let dir = ConfigDir::with_component();
     dir.dir("a");
     assert_problems(
         "missing_required_keys",
@@ -591,7 +580,7 @@ dirs = [{ guest = "/x" }]
 
 #[test]
 fn license_rules_must_name_configured_plugins_and_used_ids() {
-    let dir = TempDir::with_component();
+    let dir = ConfigDir::with_component();
     // An `include` of unknown plugins names only the misspelt one.
     assert_problems(
         "license_names_unknown_plugins_and_ids",
@@ -620,7 +609,7 @@ max_per_plugin = 1
 
 #[test]
 fn license_rules_that_contradict_each_other_are_reported() {
-    let dir = TempDir::with_component();
+    let dir = ConfigDir::with_component();
     assert_problems(
         "license_rules_contradict",
         &dir,
@@ -653,7 +642,7 @@ max_per_plugin = 2
 
 #[test]
 fn license_rule_values_are_checked() {
-    let dir = TempDir::with_component();
+    let dir = ConfigDir::with_component();
     assert_problems(
         "license_rule_types",
         &dir,
@@ -678,7 +667,7 @@ fn license_rule_values_are_checked() {
 
 #[test]
 fn many_problems_in_one_file_are_reported_together_in_line_order() {
-    let dir = TempDir::with_component();
+    let dir = ConfigDir::with_component();
     assert_problems(
         "many_problems_in_line_order",
         &dir,
@@ -704,7 +693,7 @@ include = ["hello", "nope"]
 
 #[test]
 fn columns_count_characters_not_bytes() {
-    let dir = TempDir::with_component();
+    let dir = ConfigDir::with_component();
     assert_problems(
         "columns_after_multibyte_comment",
         &dir,
@@ -719,7 +708,7 @@ fn columns_count_characters_not_bytes() {
 
 #[test]
 fn admin_token_file_is_read_trimmed_relative_to_the_config() {
-    let dir = TempDir::new();
+    let dir = ConfigDir::new();
     dir.file("secrets/token", "\n  0123456789abcdef-token  \n\n");
     let config = ok(&dir, "admin_token_file = \"secrets/token\"\n");
     assert_eq!(
@@ -730,7 +719,7 @@ fn admin_token_file_is_read_trimmed_relative_to_the_config() {
 
 #[test]
 fn admin_token_file_problems() {
-    let dir = TempDir::new();
+    let dir = ConfigDir::new();
     dir.file("empty", " \n");
     dir.file("short", "abc\n");
     dir.dir("a-dir");
@@ -761,7 +750,7 @@ fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
 
 #[test]
 fn environment_overrides_replace_file_values() {
-    let dir = TempDir::new();
+    let dir = ConfigDir::new();
     let token_file = dir.file("tok", "abcdefghijklmnopqrstuvwxyz\n");
     let mut config = ok(
         &dir,
@@ -792,7 +781,7 @@ fn environment_overrides_replace_file_values() {
 
 #[test]
 fn unset_and_empty_environment_variables_change_nothing() {
-    let dir = TempDir::new();
+    let dir = ConfigDir::new();
     let mut config = ok(&dir, "log_format = \"json\"\n");
     let before = config.clone();
     config.apply_env(|_| None).expect("nothing set");
@@ -808,7 +797,7 @@ fn unset_and_empty_environment_variables_change_nothing() {
 
 #[test]
 fn bad_environment_values_are_problems_outside_the_file_and_change_nothing() {
-    let dir = TempDir::new();
+    let dir = ConfigDir::new();
     let mut config = ok(&dir, "");
     let before = config.clone();
     let cases: [(&str, &[(&str, &str)]); 3] = [
@@ -841,7 +830,7 @@ fn bad_environment_values_are_problems_outside_the_file_and_change_nothing() {
 
 #[test]
 fn load_reads_the_file() {
-    let dir = TempDir::with_component();
+    let dir = ConfigDir::with_component();
     let path = dir.file("tollgate.toml", MINIMAL_PLUGIN);
     let config = Config::load(&path).expect("valid");
     assert_eq!(
@@ -852,7 +841,7 @@ fn load_reads_the_file() {
 
 #[test]
 fn load_reports_missing_large_and_non_utf8_files() {
-    let dir = TempDir::new();
+    let dir = ConfigDir::new();
     let big = dir.file("big.toml", &"# padding\n".repeat(110_000));
     let latin1 = dir.path().join("latin1.toml");
     fs::write(&latin1, b"listen = \"127.0.0.1:1\"\n# caf\xe9\n").expect("write");
@@ -882,7 +871,7 @@ fn load_reports_missing_large_and_non_utf8_files() {
 
 #[test]
 fn debug_output_hides_the_admin_token() {
-    let dir = TempDir::new();
+    let dir = ConfigDir::new();
     let config = ok(&dir, "admin_token = \"very-secret-token-123\"\n");
     let shown = format!("{config:?}");
     assert!(!shown.contains("very-secret"), "{shown}");
@@ -952,7 +941,7 @@ fn variable_names_follow_their_rule() {
 
 #[test]
 fn integers_may_use_any_toml_notation() {
-    let dir = TempDir::new();
+    let dir = ConfigDir::new();
     assert_eq!(
         ok(&dir, "max_concurrent_calls = 1_000\n").max_concurrent_calls,
         1000
@@ -997,7 +986,7 @@ fn positions_agree_with_a_plain_scan_at_every_offset() {
 fn a_large_file_full_of_problems_is_checked_in_linear_time() {
     // 60,000 unknown keys (about 600 KB): each problem's line is found
     // without rescanning the file (this took over a minute when it was).
-    let dir = TempDir::new();
+    let dir = ConfigDir::new();
     let text: String = (0..60_000).map(|i| format!("k{i} = 1\n")).collect();
     let started = std::time::Instant::now();
     let err = parse_in(&dir, &text).expect_err("problems");
@@ -1013,7 +1002,7 @@ fn a_large_file_full_of_problems_is_checked_in_linear_time() {
     // Many problems on one long line with multi-byte text before them.
     let pairs: Vec<String> = (0..20_000).map(|i| format!("k{i} = \"é\"")).collect();
     let text = format!("{MINIMAL_PLUGIN}dirs = [{{ {} }}]\n", pairs.join(", "));
-    let dir = TempDir::with_component();
+    let dir = ConfigDir::with_component();
     let started = std::time::Instant::now();
     let err = parse_in(&dir, &text).expect_err("problems");
     assert!(
@@ -1033,7 +1022,7 @@ fn a_large_file_full_of_problems_is_checked_in_linear_time() {
 
 #[test]
 fn long_bad_names_and_many_unknown_names_keep_messages_short() {
-    let dir = TempDir::with_component();
+    let dir = ConfigDir::with_component();
     // A 100,000-character name is reported once, and the plugin's other
     // problems name it by number.
     let unknown: String = (0..200).map(|i| format!("u{i} = 1\n")).collect();
@@ -1069,7 +1058,7 @@ fn long_bad_names_and_many_unknown_names_keep_messages_short() {
 
 #[test]
 fn plugin_dirs_that_overlap_host_state_are_problems() {
-    let dir = TempDir::with_component();
+    let dir = ConfigDir::with_component();
     for d in ["state/sub", "cache", "secrets", "data", "st/compile-cache"] {
         dir.dir(d);
     }
@@ -1104,7 +1093,7 @@ dirs = [
 
 #[test]
 fn trusted_issuers_take_key_ids_and_public_keys_once_each() {
-    let dir = TempDir::new();
+    let dir = ConfigDir::new();
     let key = tollgate_license::issuer::IssuerKey::generate()
         .expect("key")
         .public();
@@ -1154,7 +1143,7 @@ fn trusted_issuers_take_key_ids_and_public_keys_once_each() {
 
 #[test]
 fn connection_keys_have_defaults() {
-    let dir = TempDir::new();
+    let dir = ConfigDir::new();
     let config = ok(&dir, "");
     assert_eq!(config.max_connections_per_client, 128);
     assert!(config.trusted_proxies.is_empty());
@@ -1195,7 +1184,7 @@ fn connection_keys_have_defaults() {
 
 #[test]
 fn connection_keys_are_read_and_checked() {
-    let dir = TempDir::with_component();
+    let dir = ConfigDir::with_component();
     let config = ok(
         &dir,
         r#"

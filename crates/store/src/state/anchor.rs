@@ -630,8 +630,11 @@ mod tests {
 
     const NOW: u64 = 1_800_000_000;
 
-    fn installed(tag: &str, seats: Seats) -> (State, IssuerKey) {
-        let state = State::open(&super::super::tests::temp_dir(tag)).expect("opens");
+    /// A state in a scratch directory (removed when dropped, so it comes
+    /// first: dropped last) with a license installed, and its issuer key.
+    fn installed(tag: &str, seats: Seats) -> (tempfile::TempDir, State, IssuerKey) {
+        let dir = super::super::tests::temp_dir(tag);
+        let state = State::open(dir.path()).expect("opens");
         let key = IssuerKey::generate().expect("key");
         state
             .trust(&key.public(), Some("acme"), NOW)
@@ -641,7 +644,7 @@ mod tests {
         terms.expires_at = Some(NOW + 86_400);
         let text = key.sign(terms, NOW).expect("signs").to_file_text();
         state.install_text(&text, NOW).expect("installs");
-        (state, key)
+        (dir, state, key)
     }
 
     fn refused(state: &State) -> String {
@@ -670,7 +673,7 @@ mod tests {
             ),
         ];
         for (i, (sql, says)) in edits.iter().enumerate() {
-            let (state, _) = installed(&format!("tamper{i}"), Seats::Counted(2));
+            let (_dir, state, _) = installed(&format!("tamper{i}"), Seats::Counted(2));
             assert_eq!(state.grants().expect("untouched grants load").len(), 1);
             state.conn().execute_batch(sql).expect("tamper");
             let message = refused(&state);
@@ -690,7 +693,7 @@ mod tests {
 
     #[test]
     fn a_stored_license_text_swapped_or_signed_by_a_key_no_longer_trusted_is_refused() {
-        let (state, key) = installed("swap", Seats::Counted(2));
+        let (_swap, state, key) = installed("swap", Seats::Counted(2));
         // A validly signed text of another grant put in place of this one's.
         let other = key
             .sign(LicenseTerms::new("a", Seats::Unlimited), NOW)
@@ -702,7 +705,7 @@ mod tests {
             .expect("swap");
         let message = refused(&state);
         assert!(message.contains("column `grant_id`"), "{message}");
-        let (state, _) = installed("untrusted", Seats::Counted(2));
+        let (_untrusted, state, _) = installed("untrusted", Seats::Counted(2));
         state
             .conn()
             .execute_batch("DELETE FROM trusted_issuers")
@@ -712,7 +715,7 @@ mod tests {
 
     #[test]
     fn pinned_issuers_name_the_extra_and_the_missing_keys() {
-        let (state, key) = installed("pins", Seats::Counted(1));
+        let (_dir, state, key) = installed("pins", Seats::Counted(1));
         let id = key.public().key_id();
         let by_key = B64.encode(key.public().to_bytes());
         for pin in [id.as_str(), by_key.as_str(), &id.to_uppercase()] {
@@ -746,7 +749,7 @@ mod tests {
     #[test]
     fn checkpoint_text_round_trips_and_any_change_breaks_its_signature() {
         let dir = super::super::tests::temp_dir("cp-text");
-        let state = State::open(&dir).expect("opens");
+        let state = State::open(dir.path()).expect("opens");
         let ledger = SqliteLedger::open(state.db_path()).expect("ledger");
         for i in 0..3 {
             ledger.record(UsageEvent {
@@ -775,7 +778,7 @@ mod tests {
         assert!(parsed.signature_ok());
         assert!(state.verify_checkpoint(&parsed).expect("verify").ok());
         let mode = std::os::unix::fs::PermissionsExt::mode(
-            &std::fs::metadata(dir.join(HOST_KEY_FILE))
+            &std::fs::metadata(dir.path().join(HOST_KEY_FILE))
                 .expect("key")
                 .permissions(),
         );
@@ -787,7 +790,6 @@ mod tests {
             report.problems[0].contains("checkpoint file was altered"),
             "{report:?}"
         );
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
 

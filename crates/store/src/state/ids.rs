@@ -65,9 +65,11 @@ mod tests {
 
     #[test]
     fn a_state_directory_without_a_mark_starts_past_its_ledger() {
-        let dir = std::env::temp_dir().join(format!("tollgate-ids-upgrade-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let state = State::open(&dir).expect("state");
+        let dir = tempfile::Builder::new()
+            .prefix("tollgate-ids-upgrade-")
+            .tempdir()
+            .expect("scratch dir");
+        let state = State::open(dir.path()).expect("state");
         assert_eq!(state.first_free_invocation_id().expect("empty"), 1);
         // A ledger written before the mark existed: ids up to 41 were used.
         state
@@ -83,15 +85,15 @@ mod tests {
         assert_eq!(state.reserve_invocation_ids(100).expect("mark"), 100);
         assert_eq!(state.reserve_invocation_ids(50).expect("lower"), 100);
         assert_eq!(state.first_free_invocation_id().expect("marked"), 100);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn invocation_ids_never_repeat_and_cost_a_write_per_block() {
-        let dir =
-            std::env::temp_dir().join(format!("tollgate-invocation-ids-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let state = Arc::new(State::open(&dir).expect("state"));
+        let dir = tempfile::Builder::new()
+            .prefix("tollgate-invocation-ids-")
+            .tempdir()
+            .expect("scratch dir");
+        let state = Arc::new(State::open(dir.path()).expect("state"));
         let ids = InvocationIds::durable(state.clone()).expect("ids");
         let writes_before = state.conn().total_changes();
         let mut last = 0;
@@ -110,17 +112,15 @@ mod tests {
         let next = ids.next().expect("id");
         assert!(next > last, "{next} after {last}");
         assert!(next <= last + 2 * ID_BLOCK, "skipped {}", next - last);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn invocation_ids_from_many_threads_are_distinct() {
-        let dir = std::env::temp_dir().join(format!(
-            "tollgate-invocation-ids-threads-{}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        let state = Arc::new(State::open(&dir).expect("state"));
+        let dir = tempfile::Builder::new()
+            .prefix("tollgate-invocation-ids-threads-")
+            .tempdir()
+            .expect("scratch dir");
+        let state = Arc::new(State::open(dir.path()).expect("state"));
         let ids = InvocationIds::durable(state).expect("ids");
         let per_thread = ID_BLOCK as usize;
         let mut all: Vec<u64> = std::thread::scope(|scope| {
@@ -142,6 +142,5 @@ mod tests {
         all.dedup();
         assert_eq!(all.len(), 4 * per_thread);
         assert!(ids.reserved_below() > all[all.len() - 1]);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -9,14 +9,12 @@ use tollgate_license::{Denial, ReclaimReason};
 
 const NOW: u64 = 1_800_000_000;
 
-pub(crate) fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "tollgate-state-{tag}-{}-{:?}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
+/// A scratch directory, removed when dropped.
+pub(crate) fn temp_dir(tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("tollgate-state-{tag}-"))
+        .tempdir()
+        .expect("scratch dir")
 }
 
 fn license(key: &IssuerKey, id: &str, seats: Seats, f: impl FnOnce(&mut LicenseTerms)) -> String {
@@ -43,8 +41,9 @@ fn event(seq_hint: u64, kind: EventKind, lease: Option<u64>) -> UsageEvent {
 
 #[test]
 fn install_requires_trust_and_adds_grants() {
-    let dir = temp_dir("install");
-    let state = State::open(&dir).expect("opens");
+    let temp = temp_dir("install");
+    let dir = temp.path();
+    let state = State::open(dir).expect("opens");
     let key = IssuerKey::generate().expect("key");
     let first = license(&key, "a", Seats::Counted(2), |_| {});
     assert!(matches!(
@@ -76,13 +75,13 @@ fn install_requires_trust_and_adds_grants() {
     assert_eq!(status[0].seats, Some(5));
     assert_eq!(status[0].issued_by[&key.public().key_id()], Some(5));
     assert_eq!(status[0].grants.len(), 2);
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
 fn grants_keep_their_own_windows_and_plugins() {
-    let dir = temp_dir("expiry");
-    let state = State::open(&dir).expect("opens");
+    let temp = temp_dir("expiry");
+    let dir = temp.path();
+    let state = State::open(dir).expect("opens");
     let key = IssuerKey::generate().expect("key");
     state.trust(&key.public(), None, NOW).expect("trust");
     let text = license(&key, "a", Seats::Counted(2), |t| {
@@ -126,13 +125,13 @@ fn grants_keep_their_own_windows_and_plugins() {
         "not yet"
     );
     assert_eq!(state.status(NOW + 1_000).expect("status")[0].seats, Some(4));
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
 fn revoke_and_reinstall() {
-    let dir = temp_dir("revoke");
-    let state = State::open(&dir).expect("opens");
+    let temp = temp_dir("revoke");
+    let dir = temp.path();
+    let state = State::open(dir).expect("opens");
     let key = IssuerKey::generate().expect("key");
     state.trust(&key.public(), None, NOW).expect("trust");
     assert!(matches!(
@@ -160,13 +159,13 @@ fn revoke_and_reinstall() {
         state.revoke_grant("no-such-grant", NOW),
         Err(StateError::UnknownGrant(_))
     ));
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
 fn ledger_commits_chain_and_counts() {
-    let dir = temp_dir("ledger");
-    let state = State::open(&dir).expect("opens");
+    let temp = temp_dir("ledger");
+    let dir = temp.path();
+    let state = State::open(dir).expect("opens");
     {
         let ledger = SqliteLedger::open(state.db_path()).expect("ledger");
         ledger.record(event(1, EventKind::Checkout, Some(1)));
@@ -231,13 +230,13 @@ fn ledger_commits_chain_and_counts() {
         })
         .expect("usage");
     assert!(none.is_empty());
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
 fn a_call_waits_only_for_its_own_rows() {
-    let dir = temp_dir("own-rows");
-    let state = State::open(&dir).expect("opens");
+    let temp = temp_dir("own-rows");
+    let dir = temp.path();
+    let state = State::open(dir).expect("opens");
     let ledger = Arc::new(SqliteLedger::open(state.db_path()).expect("ledger"));
     // Another connection holds the write lock, so no commit can finish.
     let blocker = rusqlite::Connection::open(state.db_path()).expect("opens");
@@ -282,13 +281,13 @@ fn a_call_waits_only_for_its_own_rows() {
     assert_eq!(ledger.stats().rows, 2);
     drop(ledger);
     assert_eq!(state.audit().expect("audit").rows, 2);
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
 fn open_leases_are_found() {
-    let dir = temp_dir("open");
-    let state = State::open(&dir).expect("opens");
+    let temp = temp_dir("open");
+    let dir = temp.path();
+    let state = State::open(dir).expect("opens");
     let ledger = SqliteLedger::open(state.db_path()).expect("ledger");
     ledger.record(event(1, EventKind::Checkout, Some(7)));
     ledger.record(event(2, EventKind::Checkout, Some(8)));
@@ -308,7 +307,6 @@ fn open_leases_are_found() {
             .collect::<Vec<_>>(),
         vec![(8, None)]
     );
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 fn tamper(state: &State, sql: &str) -> AuditReport {
@@ -318,8 +316,9 @@ fn tamper(state: &State, sql: &str) -> AuditReport {
 
 #[test]
 fn audit_names_edited_inserted_and_deleted_rows() {
-    let dir = temp_dir("audit");
-    let state = State::open(&dir).expect("opens");
+    let temp = temp_dir("audit");
+    let dir = temp.path();
+    let state = State::open(dir).expect("opens");
     let ledger = Arc::new(SqliteLedger::open(state.db_path()).expect("ledger"));
     for i in 1..=6 {
         ledger.record(event(i, EventKind::Checkout, Some(i)));
@@ -371,13 +370,12 @@ fn audit_names_edited_inserted_and_deleted_rows() {
         "{:?}",
         truncated.problems
     );
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
 fn bad_state_dirs_and_databases_are_named() {
-    let dir = temp_dir("bad");
-    std::fs::create_dir_all(&dir).expect("dir");
+    let temp = temp_dir("bad");
+    let dir = temp.path();
     // A file where the directory should be.
     let file = dir.join("a-file");
     std::fs::write(&file, "x").expect("write");
@@ -409,7 +407,6 @@ fn bad_state_dirs_and_databases_are_named() {
     assert!(matches!(ok.lock_host(), Err(StateError::HostRunning(_))));
     drop(lock);
     assert!(ok.lock_host().is_ok(), "lock released with the host");
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// A full disk (SQLite's page cap on the writer's connection: a real
@@ -417,8 +414,9 @@ fn bad_state_dirs_and_databases_are_named() {
 /// no row, and commits again once there is room, without a restart.
 #[test]
 fn a_full_ledger_fails_closed_and_recovers_without_a_restart() {
-    let dir = temp_dir("full");
-    let state = State::open(&dir).expect("opens");
+    let temp = temp_dir("full");
+    let dir = temp.path();
+    let state = State::open(dir).expect("opens");
     let ledger = SqliteLedger::open(state.db_path()).expect("ledger");
     ledger.record(event(1, EventKind::Checkout, Some(1)));
     ledger.sync_invocation(1).expect("durable");
@@ -465,5 +463,4 @@ fn a_full_ledger_fails_closed_and_recovers_without_a_restart() {
     let audit = state.audit().expect("audit");
     assert!(audit.ok(), "{:?}", audit.problems);
     assert_eq!(audit.rows, recorded);
-    let _ = std::fs::remove_dir_all(dir);
 }
