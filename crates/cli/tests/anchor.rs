@@ -77,6 +77,7 @@ fn recompute_chain(conn: &Connection) {
                 seat_id: r.get(9)?,
                 grant_id: r.get::<_, Option<String>>(10)?.map(Into::into),
                 count: r.get(11)?,
+                token: None,
             })
         })
         .expect("rows")

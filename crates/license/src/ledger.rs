@@ -57,6 +57,9 @@ pub struct UsageEvent {
     pub grant_id: Option<Arc<str>>,
     /// How many events this row stands for (refusals are summed per call).
     pub count: u64,
+    /// The fencing token of the shared store's batch the seat was taken
+    /// under (`None` on a host with its own seats).
+    pub token: Option<i64>,
 }
 
 impl UsageEvent {
@@ -82,6 +85,7 @@ impl UsageEvent {
             seat_id: None,
             grant_id: None,
             count: 1,
+            token: None,
         }
     }
 }

@@ -18,8 +18,8 @@ pub use call::{CallLicensing, CallLimits, CallSeats};
 pub use clock::{Clock, ManualClock, SystemClock, Timer};
 pub use names::{InvalidLicenseId, InvalidPluginName, LicenseId, PluginName};
 pub use pool::{
-    Counters, Grant, GrantStatus, Holder, LeaseEnding, LicenseStatus, Rules, Seat, SeatPool, Seats,
-    Terms, within_window,
+    Counters, Grant, GrantDemand, GrantStatus, Holder, LeaseEnding, LicenseStatus, Rules, Seat,
+    SeatPool, Seats, Share, Terms, within_window,
 };
 pub use reason::{Denial, ReasonCounts, ReclaimReason};
 
@@ -101,6 +101,9 @@ pub struct LicenseManager {
     lease_ids: Arc<AtomicU64>,
     ledger: Arc<dyn Ledger>,
     clock: Arc<dyn Clock>,
+    /// Counted grants' seats are shared with other hosts through a store:
+    /// only those of this host's batches are handed out.
+    shared: bool,
 }
 
 impl std::fmt::Debug for LicenseManager {
@@ -124,7 +127,47 @@ impl LicenseManager {
             lease_ids: Arc::new(AtomicU64::new(1)),
             ledger,
             clock,
+            shared: false,
         }
+    }
+
+    /// A manager whose counted grants' seats are shared with other hosts:
+    /// a grant gives seats here only from the batch of it this host holds
+    /// ([`LicenseManager::set_share`]), never more, and not past the batch's
+    /// deadline. Unlimited grants need no batch.
+    pub fn shared(ledger: Arc<dyn Ledger>, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            shared: true,
+            ..Self::new(ledger, clock)
+        }
+    }
+
+    /// Whether counted grants' seats are shared with other hosts.
+    pub fn is_shared(&self) -> bool {
+        self.shared
+    }
+
+    /// Sets this host's batch of grant `grant` of license `id`: seats beyond
+    /// it that are held now (newest first) end as `lease-lapsed`, and
+    /// waiters look again. Returns how many seats ended.
+    pub fn set_share(&self, id: &str, grant: &str, share: Share) -> Result<usize, LicenseError> {
+        self.known(id)?
+            .set_share(grant, share)
+            .ok_or_else(|| LicenseError::UnknownGrant {
+                id: id.to_string(),
+                grant: grant.to_string(),
+            })
+    }
+
+    /// What this host's calls want of each counted grant now: the seats
+    /// held and the calls waiting, with the batch it holds; how a shared
+    /// host sizes its batches.
+    pub fn demand(&self) -> Vec<GrantDemand> {
+        let pools: Vec<Arc<SeatPool>> = {
+            let pools = self.pools.read().unwrap_or_else(PoisonError::into_inner);
+            pools.values().cloned().collect()
+        };
+        pools.iter().flat_map(|p| p.demand()).collect()
     }
 
     /// The ledger events go to.
@@ -170,6 +213,7 @@ impl LicenseManager {
             let pool = SeatPool::new(
                 id.clone(),
                 grants,
+                self.shared,
                 ledger,
                 self.clock.clone(),
                 self.lease_ids.clone(),

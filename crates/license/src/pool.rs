@@ -173,6 +173,41 @@ impl Grant {
     }
 }
 
+/// This host's batch of a grant whose seats several hosts share: how many
+/// of the grant's seats it may hold at once, under which fencing token,
+/// and until when. Past `until` the batch has lapsed: it gives no seat,
+/// and seats still held from it end (`lease-lapsed`), since the store may
+/// already have given them to another host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Share {
+    /// Seats of the grant this host may hold at once.
+    pub seats: u32,
+    /// The store's fencing token for this batch; ledger rows of seats
+    /// taken under it carry it.
+    pub token: i64,
+    /// This host's own deadline for the batch, on its monotonic clock.
+    pub until: Instant,
+}
+
+/// What a host's calls want of one counted grant now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GrantDemand {
+    /// The license id.
+    pub license_id: String,
+    /// The grant.
+    pub grant_id: String,
+    /// The grant's seats.
+    pub seats: u32,
+    /// Whether it gives seats now (not revoked, inside its window).
+    pub in_force: bool,
+    /// Seats of it held by calls here.
+    pub in_use: u32,
+    /// Calls here waiting for a seat of the license.
+    pub waiting: u32,
+    /// This host's batch of it.
+    pub share: Option<Share>,
+}
+
 /// A snapshot of one grant with its own counters.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct GrantStatus {
@@ -251,6 +286,11 @@ struct GrantSlot {
     terms: Terms,
     revoked: bool,
     counters: Counters,
+    /// Its seats are shared with other hosts: only those of `share` may be
+    /// held here.
+    shared: bool,
+    /// This host's batch, for a shared grant.
+    share: Option<Share>,
 }
 
 impl GrantSlot {
@@ -259,12 +299,30 @@ impl GrantSlot {
         !id_revoked && !self.revoked && self.terms.valid_at(now)
     }
 
-    /// Seats free in this grant; `None`: uncounted.
-    fn free(&self) -> Option<u64> {
-        self.terms
-            .seats
-            .limit()
-            .map(|n| u64::from(n).saturating_sub(u64::from(self.counters.in_use)))
+    /// Seats free in this grant for this host at `at`; `None`: uncounted.
+    /// A shared grant's seats are those of its batch while it lasts.
+    fn free(&self, at: Instant) -> Option<u64> {
+        self.terms.seats.limit().map(|n| {
+            let here = match self.share {
+                _ if !self.shared => n,
+                Some(share) if share.until > at => share.seats.min(n),
+                _ => 0,
+            };
+            u64::from(here).saturating_sub(u64::from(self.counters.in_use))
+        })
+    }
+
+    /// Whether seats held from it must end at `at` because its batch is
+    /// gone or past its deadline (a shared, counted grant only).
+    fn lapsed(&self, at: Instant) -> bool {
+        self.shared
+            && self.terms.seats.limit().is_some()
+            && self.share.is_none_or(|share| share.until <= at)
+    }
+
+    /// The fencing token seats taken from it now carry.
+    fn token(&self) -> Option<i64> {
+        self.share.filter(|_| self.shared).map(|share| share.token)
     }
 
     /// The unix second it stops being in force (`u64::MAX`: never).
@@ -279,10 +337,14 @@ struct SeatHold {
     grant: Arc<str>,
     /// The lease the plugin holds on it, if it has not sent it back.
     lease: Option<u64>,
+    /// The fencing token of the batch it was taken under (shared grants).
+    token: Option<i64>,
 }
 
 struct PoolState {
     grants: Vec<GrantSlot>,
+    /// Counted grants' seats are shared with other hosts (see [`Share`]).
+    shared: bool,
     rules: Rules,
     /// The whole license id is revoked, grants installed later included.
     revoked: bool,
@@ -311,7 +373,7 @@ impl PoolState {
     /// Whether the grant `id` is installed and in force at `now`.
     fn grant_in_force(&self, id: &str, now: u64) -> bool {
         self.grant(id)
-            .is_some_and(|g| g.in_force(self.revoked, now))
+            .is_some_and(|g| g.in_force(self.revoked, now) && !g.lapsed(Instant::now()))
     }
 
     /// Why `holder` cannot have a seat at `now` whatever the others hold,
@@ -348,6 +410,7 @@ impl PoolState {
     /// entitle it and have a seat free, the one that ends first; `None` when
     /// every seat is taken (or held back by the license's rules).
     fn pick(&self, holder: &Holder, now: u64) -> Option<usize> {
+        let at = Instant::now();
         if self
             .rules
             .max_per_plugin
@@ -367,7 +430,7 @@ impl PoolState {
         if held_back > 0 {
             let mut free = Some(0u64);
             for g in self.grants.iter().filter(|g| g.in_force(self.revoked, now)) {
-                free = free.zip(g.free()).map(|(a, b)| a + b);
+                free = free.zip(g.free(at)).map(|(a, b)| a + b);
             }
             if free.is_some_and(|f| f <= held_back) {
                 return None;
@@ -379,7 +442,7 @@ impl PoolState {
             .filter(|(_, g)| {
                 g.in_force(self.revoked, now)
                     && g.terms.entitles(holder)
-                    && g.free().is_none_or(|f| f > 0)
+                    && g.free(at).is_none_or(|f| f > 0)
             })
             .min_by_key(|(i, g)| (g.ends(), *i))
             .map(|(i, _)| i)
@@ -472,12 +535,15 @@ struct Row<'a> {
     seat: Option<u64>,
     grant: Option<&'a Arc<str>>,
     count: u64,
+    /// The fencing token of the batch the seat was taken under.
+    token: Option<i64>,
 }
 
 impl SeatPool {
     pub(super) fn new(
         id: Arc<str>,
         grants: Vec<Grant>,
+        shared: bool,
         ledger: Arc<dyn Ledger>,
         clock: Arc<dyn Clock>,
         lease_ids: Arc<AtomicU64>,
@@ -486,6 +552,7 @@ impl SeatPool {
             id,
             state: Mutex::new(PoolState {
                 grants: Vec::new(),
+                shared,
                 rules: Rules::default(),
                 revoked: false,
                 held: HashMap::new(),
@@ -530,6 +597,7 @@ impl SeatPool {
             seat_id: row.seat,
             grant_id: row.grant.cloned(),
             count: row.count,
+            token: row.token,
         });
     }
 
@@ -547,14 +615,21 @@ impl SeatPool {
         if unchanged {
             return;
         }
-        let mut old: HashMap<Arc<str>, Counters> =
-            st.grants.drain(..).map(|g| (g.id, g.counters)).collect();
+        let mut old: HashMap<Arc<str>, (Counters, Option<Share>)> = st
+            .grants
+            .drain(..)
+            .map(|g| (g.id, (g.counters, g.share)))
+            .collect();
+        let shared = st.shared;
         st.grants = grants
             .into_iter()
             .map(|g| {
                 let id: Arc<str> = g.id.into();
+                let (counters, share) = old.remove(&id).unwrap_or_default();
                 GrantSlot {
-                    counters: old.remove(&id).unwrap_or_default(),
+                    counters,
+                    share,
+                    shared,
                     id,
                     terms: g.terms,
                     revoked: g.revoked,
@@ -576,25 +651,29 @@ impl SeatPool {
         // The common case costs one look per grant: every grant that has
         // seats held is still in force. (Seats of a grant that was removed
         // are ended by `set_grants`, which sweeps in full.)
+        let at = Instant::now();
         if st
             .grants
             .iter()
             .filter(|g| g.counters.in_use > 0)
-            .all(|g| g.in_force(st.revoked, now))
+            .all(|g| g.in_force(st.revoked, now) && !g.lapsed(at))
         {
             return (0, now);
         }
         (self.sweep_all(st, now), now)
     }
 
-    /// Ends every held seat whose grant is not in force at `now` or gone.
+    /// Ends every held seat whose grant is not in force at `now` or gone,
+    /// or whose batch lapsed.
     fn sweep_all(&self, st: &mut PoolState, now: u64) -> usize {
+        let at = Instant::now();
         let ended: Vec<(u64, ReclaimReason)> = st
             .held
             .iter()
             .filter_map(|(seat, h)| {
                 let reason = match st.grant(&h.grant) {
-                    Some(g) if g.in_force(st.revoked, now) => return None,
+                    Some(g) if g.in_force(st.revoked, now) && !g.lapsed(at) => return None,
+                    Some(g) if g.in_force(st.revoked, now) => ReclaimReason::LeaseLapsed,
                     Some(g) if !st.revoked && !g.revoked => ReclaimReason::Expired,
                     _ => ReclaimReason::Revoked,
                 };
@@ -634,6 +713,7 @@ impl SeatPool {
                 seat: Some(seat),
                 grant: Some(&hold.grant),
                 count: 1,
+                token: hold.token,
             });
         }
         st.count(&hold.holder, Some(&hold.grant), |c| c.give_back(reason));
@@ -644,6 +724,7 @@ impl SeatPool {
             seat: Some(seat),
             grant: Some(&hold.grant),
             count: 1,
+            token: hold.token,
         });
         true
     }
@@ -680,6 +761,7 @@ impl SeatPool {
             seat: None,
             grant: None,
             count,
+            token: None,
         });
     }
 
@@ -845,6 +927,7 @@ impl SeatPool {
 
     fn grant_seat(&self, st: &mut PoolState, holder: &Holder, grant: usize) -> Taken {
         let seat = self.lease_ids.fetch_add(1, Ordering::Relaxed);
+        let token = st.grants[grant].token();
         let grant = st.grants[grant].id.clone();
         st.held.insert(
             seat,
@@ -852,6 +935,7 @@ impl SeatPool {
                 holder: holder.clone(),
                 grant: grant.clone(),
                 lease: Some(seat),
+                token,
             },
         );
         st.count(holder, Some(&grant), Counters::take);
@@ -862,6 +946,7 @@ impl SeatPool {
             seat: Some(seat),
             grant: Some(&grant),
             count: 1,
+            token,
         });
         Taken { seat, grant }
     }
@@ -899,6 +984,53 @@ impl SeatPool {
         }
     }
 
+    /// Sets this host's batch of `grant`; `None` if the grant is not
+    /// here. Seats held beyond the batch (newest first) end as
+    /// `lease-lapsed`; returns how many.
+    pub fn set_share(&self, grant: &str, share: Share) -> Option<usize> {
+        let mut st = self.lock();
+        let slot = st.grant_mut(grant)?;
+        slot.share = Some(share);
+        let over = slot.counters.in_use.saturating_sub(share.seats) as usize;
+        let mut excess: Vec<u64> = st
+            .held
+            .iter()
+            .filter(|(_, h)| &*h.grant == grant)
+            .map(|(seat, _)| *seat)
+            .collect();
+        excess.sort_unstable_by(|a, b| b.cmp(a));
+        excess.truncate(over);
+        for seat in &excess {
+            self.end_seat(&mut st, *seat, ReclaimReason::LeaseLapsed);
+        }
+        // Seats of a batch past its deadline end too.
+        let (lapsed, _) = self.sweep_locked(&mut st);
+        drop(st);
+        self.wake_waiters();
+        Some(excess.len() + lapsed)
+    }
+
+    /// What calls here want of each counted grant now.
+    pub fn demand(&self) -> Vec<GrantDemand> {
+        let st = self.lock();
+        let now = self.clock.now_secs();
+        let waiting = u32::try_from(st.queue.len()).unwrap_or(u32::MAX);
+        st.grants
+            .iter()
+            .filter_map(|g| {
+                Some(GrantDemand {
+                    license_id: self.id.to_string(),
+                    grant_id: g.id.to_string(),
+                    seats: g.terms.seats.limit()?,
+                    in_force: g.in_force(st.revoked, now),
+                    in_use: g.counters.in_use,
+                    waiting,
+                    share: g.share,
+                })
+            })
+            .collect()
+    }
+
     /// Counts one call withheld because it ran without this license.
     pub fn record_withheld(&self, holder: &Holder) {
         let mut st = self.lock();
@@ -910,6 +1042,7 @@ impl SeatPool {
             seat: None,
             grant: None,
             count: 1,
+            token: None,
         });
     }
 
@@ -974,7 +1107,7 @@ impl SeatPool {
             return false;
         }
         hold.lease = None;
-        let (holder, grant) = (hold.holder.clone(), hold.grant.clone());
+        let (holder, grant, token) = (hold.holder.clone(), hold.grant.clone(), hold.token);
         st.count(&holder, Some(&grant), |c| {
             c.end_lease(LeaseEnding::Released)
         });
@@ -985,6 +1118,7 @@ impl SeatPool {
             seat: Some(seat),
             grant: Some(&grant),
             count: 1,
+            token,
         });
         true
     }
@@ -1001,7 +1135,7 @@ impl SeatPool {
             return Err(Denial::Exhausted);
         }
         let lease = self.lease_ids.fetch_add(1, Ordering::Relaxed);
-        let (holder, grant) = (hold.holder.clone(), hold.grant.clone());
+        let (holder, grant, token) = (hold.holder.clone(), hold.grant.clone(), hold.token);
         if let Some(hold) = st.held.get_mut(&seat) {
             hold.lease = Some(lease);
         }
@@ -1013,6 +1147,7 @@ impl SeatPool {
             seat: Some(seat),
             grant: Some(&grant),
             count: 1,
+            token,
         });
         Ok(lease)
     }

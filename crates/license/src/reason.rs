@@ -59,6 +59,9 @@ reasons! {
         StoreDropped => "store-dropped",
         /// The host stopped while the lease was held and found it on restart.
         HostRestart => "host-restart",
+        /// The shared store's batch the seat came from lapsed (not renewed
+        /// in time) while the seat was held: another host may have it now.
+        LeaseLapsed => "lease-lapsed",
     }
 }
 

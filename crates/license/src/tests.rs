@@ -856,3 +856,154 @@ fn a_lingering_seat_whose_grant_ended_gives_way_to_a_seat_of_another_grant() {
     assert_eq!(s.counters.returns.get(ReclaimReason::Expired), 1);
     assert!(s.counters.balanced(), "{:?}", s.counters);
 }
+
+/// A shared manager with license `a` as one 5-seat grant `g`.
+fn shared_five() -> (Arc<LicenseManager>, Arc<MemoryLedger>) {
+    let ledger = Arc::new(MemoryLedger::default());
+    let m = Arc::new(LicenseManager::shared(
+        ledger.clone(),
+        Arc::new(SystemClock),
+    ));
+    m.set_grants("a", vec![Grant::new("g", Terms::new(Seats::Counted(5)))])
+        .expect("valid");
+    (m, ledger)
+}
+
+fn share(seats: u32, token: i64, for_: Duration) -> Share {
+    Share {
+        seats,
+        token,
+        until: Instant::now() + for_,
+    }
+}
+
+#[test]
+fn a_shared_grant_gives_only_the_seats_of_this_hosts_batch() {
+    let (m, ledger) = shared_five();
+    assert!(m.is_shared());
+    assert_eq!(
+        call(&m, "p", 1).acquire("a"),
+        Err(Denial::Exhausted),
+        "no batch yet: no seat, whatever the grant's seats"
+    );
+    assert_eq!(
+        m.set_share("a", "g", share(2, 7, Duration::from_secs(60))),
+        Ok(0)
+    );
+    let (mut c1, mut c2, mut c3) = (call(&m, "p", 2), call(&m, "p", 3), call(&m, "p", 4));
+    c1.acquire("a").expect("first of the batch");
+    c2.acquire("a").expect("second of the batch");
+    assert_eq!(c3.acquire("a"), Err(Denial::Exhausted), "the batch is 2");
+    let demand = m.demand();
+    assert_eq!(demand.len(), 1);
+    assert_eq!(
+        (
+            demand[0].grant_id.as_str(),
+            demand[0].seats,
+            demand[0].in_use
+        ),
+        ("g", 5, 2)
+    );
+    // Growing the batch lets the third call in.
+    m.set_share("a", "g", share(3, 8, Duration::from_secs(60)))
+        .expect("grant");
+    c3.acquire("a").expect("the batch grew");
+    for mut c in [c1, c2, c3] {
+        assert!(
+            c.end(ReclaimReason::InvocationEnded)
+                .held_to_end
+                .contains("a")
+        );
+    }
+    // Every row of a seat carries the token of the batch it came from.
+    let tokens: Vec<(EventKind, Option<i64>)> = ledger
+        .events()
+        .iter()
+        .filter(|e| e.seat_id.is_some())
+        .map(|e| (e.kind, e.token))
+        .collect();
+    let checkouts: Vec<Option<i64>> = tokens
+        .iter()
+        .filter(|(k, _)| *k == EventKind::Checkout)
+        .map(|(_, t)| *t)
+        .collect();
+    assert_eq!(checkouts, [Some(7), Some(7), Some(8)]);
+    assert!(tokens.iter().all(|(_, t)| t.is_some()), "{tokens:?}");
+}
+
+#[test]
+fn seats_of_a_lapsed_batch_end_and_their_calls_are_withheld() {
+    let (m, ledger) = shared_five();
+    m.set_share("a", "g", share(2, 1, Duration::from_secs(60)))
+        .expect("grant");
+    let mut held = call(&m, "p", 1);
+    let lease = held.acquire("a").expect("seat");
+    // The batch is not renewed in time: its deadline passes.
+    let ended = m
+        .set_share(
+            "a",
+            "g",
+            Share {
+                seats: 2,
+                token: 1,
+                until: Instant::now(),
+            },
+        )
+        .expect("grant");
+    assert_eq!(ended, 1, "the held seat ends");
+    assert!(!held.lease_is_valid(lease));
+    assert_eq!(call(&m, "p", 2).acquire("a"), Err(Denial::Exhausted));
+    let outcome = held.end(ReclaimReason::InvocationEnded);
+    assert!(!outcome.held_to_end.contains("a"), "withheld");
+    let cs = counters(&m, "a");
+    assert_eq!(cs.reclaims.get(ReclaimReason::LeaseLapsed), 1);
+    assert_eq!(cs.returns.get(ReclaimReason::LeaseLapsed), 1);
+    assert!(cs.balanced(), "{cs:?}");
+    assert!(
+        ledger
+            .events()
+            .iter()
+            .any(|e| e.kind == EventKind::Return(ReclaimReason::LeaseLapsed) && e.token == Some(1))
+    );
+}
+
+#[test]
+fn a_batch_renewed_smaller_than_in_use_ends_the_newest_seats() {
+    let (m, _) = shared_five();
+    m.set_share("a", "g", share(3, 1, Duration::from_secs(60)))
+        .expect("grant");
+    let mut calls: Vec<CallSeats> = (1..=3).map(|i| call(&m, "p", i)).collect();
+    let leases: Vec<u64> = calls
+        .iter_mut()
+        .map(|c| c.acquire("a").expect("seat"))
+        .collect();
+    // The store could give back only 1 (the batch had lapsed there and
+    // other hosts took the rest).
+    assert_eq!(
+        m.set_share("a", "g", share(1, 2, Duration::from_secs(60))),
+        Ok(2)
+    );
+    let valid: Vec<bool> = calls
+        .iter()
+        .zip(&leases)
+        .map(|(c, l)| c.lease_is_valid(*l))
+        .collect();
+    assert_eq!(valid, [true, false, false], "the oldest seat stays");
+    assert_eq!(counters(&m, "a").in_use, 1);
+}
+
+#[test]
+fn unlimited_grants_need_no_batch_and_unknown_grants_are_named() {
+    let ledger = Arc::new(MemoryLedger::default());
+    let m = Arc::new(LicenseManager::shared(ledger, Arc::new(SystemClock)));
+    m.install("a", Terms::new(Seats::Unlimited)).expect("valid");
+    call(&m, "p", 1).acquire("a").expect("unlimited");
+    assert!(
+        m.demand().is_empty(),
+        "nothing to lease for an unlimited grant"
+    );
+    assert!(matches!(
+        m.set_share("a", "nope", share(1, 1, Duration::from_secs(1))),
+        Err(LicenseError::UnknownGrant { .. })
+    ));
+}

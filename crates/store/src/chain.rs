@@ -102,6 +102,7 @@ mod tests {
             seat_id: Some(40),
             grant_id: Some("g-2026".into()),
             count: 1,
+            token: None,
             ..UsageEvent::new(
                 kind,
                 1_790_000_000_123,

@@ -301,6 +301,8 @@ impl State {
                     .map_err(|e| self.err(e))?
                     .map(Into::into),
                 count: r.get(13).map_err(|e| self.err(e))?,
+                // A state directory's seats are its own: no batch tokens.
+                token: None,
             };
             let format: u8 = r.get(10).map_err(|e| self.err(e))?;
             let computed = row_hash_in(format, &prev, &event);
