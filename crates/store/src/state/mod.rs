@@ -58,6 +58,10 @@ CREATE INDEX IF NOT EXISTS ledger_lease ON ledger(lease_id);
 CREATE TABLE IF NOT EXISTS chain_head (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL, hash BLOB NOT NULL);
 ";
 
+/// How long a host waits for the state directory's lock before it says
+/// another host is running there.
+const LOCK_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Errors opening or using the state directory.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -342,15 +346,26 @@ impl State {
             path: path.clone(),
             source: e.into(),
         })?;
-        match file.try_lock() {
-            Ok(()) => Ok(HostLock { _file: file }),
-            Err(std::fs::TryLockError::WouldBlock) => {
-                Err(StateError::HostRunning(self.dir.clone()))
+        // A child this process forks shares the lock until it execs; a
+        // host just dropped here may so hold it for a moment longer. A
+        // running host holds it for good: a short grace tells them apart.
+        let deadline = std::time::Instant::now() + LOCK_GRACE;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(HostLock { _file: file }),
+                Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(StateError::HostRunning(self.dir.clone()));
+                }
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(StateError::Dir {
+                        path,
+                        source: e.into(),
+                    });
+                }
             }
-            Err(std::fs::TryLockError::Error(e)) => Err(StateError::Dir {
-                path,
-                source: e.into(),
-            }),
         }
     }
 
