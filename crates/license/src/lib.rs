@@ -104,6 +104,8 @@ pub struct LicenseManager {
     /// Counted grants' seats are shared with other hosts through a store:
     /// only those of this host's batches are handed out.
     shared: bool,
+    /// Told when a request found no seat free in a shared pool.
+    wanted: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for LicenseManager {
@@ -128,6 +130,7 @@ impl LicenseManager {
             ledger,
             clock,
             shared: false,
+            wanted: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -147,6 +150,13 @@ impl LicenseManager {
         self.shared
     }
 
+    /// Completes after a request in a shared pool found no seat free here
+    /// (at once if one did since the last wait): when a host may need a
+    /// larger batch.
+    pub async fn seats_wanted(&self) {
+        self.wanted.notified().await;
+    }
+
     /// Sets this host's batch of grant `grant` of license `id`: seats beyond
     /// it that are held now (newest first) end as `lease-lapsed`, and
     /// waiters look again. Returns how many seats ended.
@@ -157,6 +167,13 @@ impl LicenseManager {
                 id: id.to_string(),
                 grant: grant.to_string(),
             })
+    }
+
+    /// Shrinks this host's batch of grant `grant` of license `id` to
+    /// `seats`, or to the seats its calls hold now if more; returns the new
+    /// size (`None`: no such grant, or no batch).
+    pub fn shrink_share(&self, id: &str, grant: &str, seats: u32) -> Option<u32> {
+        self.pool(id)?.shrink_share(grant, seats)
     }
 
     /// What this host's calls want of each counted grant now: the seats
@@ -217,6 +234,7 @@ impl LicenseManager {
                 ledger,
                 self.clock.clone(),
                 self.lease_ids.clone(),
+                self.wanted.clone(),
             );
             pools.insert(id, Arc::new(pool));
         }

@@ -517,6 +517,9 @@ pub struct SeatPool {
     ledger: Arc<dyn Ledger>,
     clock: Arc<dyn Clock>,
     lease_ids: Arc<AtomicU64>,
+    /// Told when a request of a shared pool found no seat free here: the
+    /// host may need a larger batch.
+    wanted: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for SeatPool {
@@ -547,6 +550,7 @@ impl SeatPool {
         ledger: Arc<dyn Ledger>,
         clock: Arc<dyn Clock>,
         lease_ids: Arc<AtomicU64>,
+        wanted: Arc<tokio::sync::Notify>,
     ) -> Self {
         let pool = Self {
             id,
@@ -566,6 +570,7 @@ impl SeatPool {
             ledger,
             clock,
             lease_ids,
+            wanted,
         };
         pool.set_grants(grants);
         pool
@@ -879,6 +884,9 @@ impl SeatPool {
         {
             return Ok(Admission::Granted(self.grant_seat(st, holder, i)));
         }
+        if st.shared {
+            self.wanted.notify_one();
+        }
         if let Some(wait) = wait.filter(|w| !w.is_zero()) {
             let ticket = st.next_ticket;
             st.next_ticket += 1;
@@ -1008,6 +1016,18 @@ impl SeatPool {
         drop(st);
         self.wake_waiters();
         Some(excess.len() + lapsed)
+    }
+
+    /// Shrinks this host's batch of `grant` to `seats`, or to the seats
+    /// held now if more: no call loses its seat. Returns the new size, or
+    /// `None` if the grant is not here or has no batch.
+    pub fn shrink_share(&self, grant: &str, seats: u32) -> Option<u32> {
+        let mut st = self.lock();
+        let slot = st.grant_mut(grant)?;
+        let in_use = slot.counters.in_use;
+        let share = slot.share.as_mut()?;
+        share.seats = share.seats.min(seats.max(in_use));
+        Some(share.seats)
     }
 
     /// What calls here want of each counted grant now.

@@ -7,6 +7,7 @@
 //! some seats of a grant for a while and hands them out without a round
 //! trip per call.
 
+pub mod batches;
 pub mod seats;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -30,6 +31,7 @@ const MIGRATIONS: &[&str] = &[
          grant_id TEXT NOT NULL REFERENCES grants ON DELETE CASCADE,
          host_id TEXT NOT NULL,
          seats INTEGER NOT NULL CHECK (seats >= 0),
+         wanted INTEGER NOT NULL CHECK (wanted >= 0),
          token BIGINT NOT NULL,
          expires_at TIMESTAMPTZ NOT NULL,
          PRIMARY KEY (grant_id, host_id)

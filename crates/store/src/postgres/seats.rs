@@ -28,32 +28,40 @@ pub struct Batch {
     pub token: i64,
     /// Whether the grant is unlimited (the batch is then as large as asked).
     pub unlimited: bool,
+    /// Seats the other hosts' live batches asked for and did not get: when
+    /// above 0, this host should give back what it holds idle.
+    pub others_short: u32,
 }
 
 /// The second statement of a lease, run after the grant's row is locked
 /// (so, at READ COMMITTED, with a snapshot that sees every batch committed
 /// before the lock was had): sizes the batch from the seats the others'
-/// live batches leave, stores it under a new token and logs it.
+/// live batches leave, stores it (with what was asked) under a new token,
+/// logs it, and tells how many seats the others asked for in vain.
 const LEASE: &str = "
 WITH others AS (
-    SELECT coalesce(sum(seats), 0)::bigint AS taken FROM seat_batches
+    SELECT coalesce(sum(seats), 0)::bigint AS taken,
+           coalesce(sum(greatest(wanted - seats, 0)), 0)::bigint AS short
+    FROM seat_batches
     WHERE grant_id = $1 AND host_id <> $2 AND expires_at > clock_timestamp()
 ), granted AS (
     SELECT CASE WHEN $4::bigint IS NULL THEN $3::bigint
                 ELSE least($3::bigint, greatest($4::bigint - taken, 0)) END::integer AS seats,
            nextval('fencing_tokens') AS token,
-           now() + make_interval(secs => $5::float8) AS expires_at
+           now() + make_interval(secs => $5::float8) AS expires_at,
+           short
     FROM others
 ), stored AS (
-    INSERT INTO seat_batches (grant_id, host_id, seats, token, expires_at)
-    SELECT $1, $2, seats, token, expires_at FROM granted
+    INSERT INTO seat_batches (grant_id, host_id, seats, wanted, token, expires_at)
+    SELECT $1, $2, seats, $3::integer, token, expires_at FROM granted
     ON CONFLICT (grant_id, host_id) DO UPDATE
-        SET seats = EXCLUDED.seats, token = EXCLUDED.token, expires_at = EXCLUDED.expires_at
+        SET seats = EXCLUDED.seats, wanted = EXCLUDED.wanted, token = EXCLUDED.token,
+            expires_at = EXCLUDED.expires_at
 ), logged AS (
     INSERT INTO seat_batch_log (token, grant_id, host_id, seats, granted_at, expires_at)
     SELECT token, $1, $2, seats, clock_timestamp(), expires_at FROM granted
 )
-SELECT seats, token FROM granted";
+SELECT seats, token, short FROM granted";
 
 impl PgStore {
     /// Sets `host_id`'s batch of grant `grant_id` to `want` seats, or to as
@@ -104,6 +112,7 @@ impl PgStore {
             seats: u32::try_from(row.get::<_, i32>(0)).unwrap_or(0),
             token: row.get(1),
             unlimited: seats.is_none(),
+            others_short: u32::try_from(row.get::<_, i64>(2)).unwrap_or(u32::MAX),
         })
     }
 

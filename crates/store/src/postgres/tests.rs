@@ -185,3 +185,180 @@ async fn concurrent_leases_never_overcommit_when_replayed() {
     }
     assert_eq!(peak, SEATS, "the grant was never fully used");
 }
+
+mod shared_hosts {
+    //! Two hosts, each a shared license manager with its own batcher, on
+    //! one database: the seats they hand out together never pass the
+    //! grant's.
+
+    use super::*;
+    use crate::postgres::batches::{BatchSettings, Batcher};
+    use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+    use std::sync::{Arc, Barrier};
+    use std::time::Instant;
+    use tokio_util_free::Shutdown;
+    use tollgate_license::ledger::MemoryLedger;
+    use tollgate_license::{
+        CallLimits, Entitlement, Grant, Holder, LicenseManager, ReclaimReason, Seats, SystemClock,
+        Terms,
+    };
+
+    /// A shutdown signal without another dependency: a watch channel.
+    mod tokio_util_free {
+        /// Completes its futures once `fire` is called.
+        #[derive(Clone)]
+        pub struct Shutdown(tokio::sync::watch::Sender<bool>);
+
+        impl Shutdown {
+            pub fn new() -> Self {
+                Self(tokio::sync::watch::channel(false).0)
+            }
+            pub fn fire(&self) {
+                self.0.send_replace(true);
+            }
+            pub fn fired(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+                let mut rx = self.0.subscribe();
+                async move {
+                    let _ = rx.wait_for(|fired| *fired).await;
+                }
+            }
+        }
+    }
+
+    const SEATS: u32 = 5;
+
+    fn host() -> Arc<LicenseManager> {
+        let m = Arc::new(LicenseManager::shared(
+            Arc::new(MemoryLedger::default()),
+            Arc::new(SystemClock),
+        ));
+        m.set_grants(
+            "demo",
+            vec![Grant::new("g", Terms::new(Seats::Counted(SEATS)))],
+        )
+        .expect("grant");
+        m
+    }
+
+    fn settings() -> BatchSettings {
+        BatchSettings {
+            ttl: Duration::from_secs(3),
+            margin: Duration::from_millis(500),
+            spare: 1,
+            max_idle: 1,
+        }
+    }
+
+    /// One call of `plugin` on `host` that waits up to 10 s for a seat.
+    fn call(host: &Arc<LicenseManager>, invocation: u64) -> tollgate_license::CallSeats {
+        host.call(
+            Holder {
+                plugin: "p".into(),
+                component_digest: "d".into(),
+                invocation,
+            },
+            Arc::new(Entitlement::to(["demo"])),
+            CallLimits {
+                wait: Some(Duration::from_secs(10)),
+                max_leases: 4,
+                max_acquires: 100,
+            },
+        )
+    }
+
+    #[test]
+    fn two_hosts_never_hold_more_than_the_grants_seats_together() {
+        let pg = TestPostgres::start();
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let store = rt.block_on(store(&pg));
+        rt.block_on(store.put_grant("g", "demo", Some(SEATS), (None, None)))
+            .expect("grant");
+        let hosts = [host(), host()];
+        let shutdown = Shutdown::new();
+        let batchers: Vec<_> = hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let b = Batcher::new(store.clone(), h.clone(), format!("host-{i}"), settings());
+                rt.spawn(b.run(shutdown.fired()))
+            })
+            .collect();
+
+        // 12 callers, 6 per host, each taking a seat 40 times and holding
+        // it a moment; a shared counter sees every seat held at once.
+        let held = Arc::new(AtomicU32::new(0));
+        let peak = Arc::new(AtomicU32::new(0));
+        let served = [Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0))];
+        std::thread::scope(|scope| {
+            for caller in 0..12u64 {
+                let h = caller as usize % 2;
+                let (host, held, peak, served) = (
+                    hosts[h].clone(),
+                    held.clone(),
+                    peak.clone(),
+                    served[h].clone(),
+                );
+                scope.spawn(move || {
+                    for i in 0..40 {
+                        let mut c = call(&host, caller * 1000 + i);
+                        if c.acquire("demo").is_err() {
+                            continue;
+                        }
+                        let now = held.fetch_add(1, Ordering::SeqCst) + 1;
+                        peak.fetch_max(now, Ordering::SeqCst);
+                        // The call's work: a moment while holding the seat.
+                        std::thread::sleep(Duration::from_millis(2));
+                        held.fetch_sub(1, Ordering::SeqCst);
+                        let ended = c.end(ReclaimReason::InvocationEnded);
+                        assert!(ended.held_to_end.contains("demo"));
+                        served.fetch_add(1, Ordering::SeqCst);
+                    }
+                });
+            }
+        });
+        let peak = peak.load(Ordering::SeqCst);
+        assert!(peak <= SEATS, "{peak} seats held at once of {SEATS}");
+        assert!(
+            peak >= 2,
+            "the hosts never held seats together (peak {peak})"
+        );
+        let served: Vec<u64> = served.iter().map(|s| s.load(Ordering::SeqCst)).collect();
+        assert!(
+            served.iter().all(|n| *n > 0),
+            "each host served calls: {served:?}"
+        );
+
+        // Host 0 goes idle; host 1 alone comes to hold every seat, as host
+        // 0 gives its idle ones back.
+        let all_held = Arc::new(Barrier::new(SEATS as usize));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        std::thread::scope(|scope| {
+            for caller in 0..SEATS as u64 {
+                let (host, all_held) = (hosts[1].clone(), all_held.clone());
+                scope.spawn(move || {
+                    let mut c = call(&host, 90_000 + caller);
+                    while c.acquire("demo").is_err() {
+                        assert!(Instant::now() < deadline, "host 1 never got every seat");
+                    }
+                    all_held.wait();
+                    c.end(ReclaimReason::InvocationEnded);
+                });
+            }
+        });
+
+        shutdown.fire();
+        for b in batchers {
+            rt.block_on(b).expect("batcher");
+        }
+        // Handed back at shutdown: nothing left in the store.
+        let client = rt.block_on(store.client()).expect("client");
+        let left: i64 = rt
+            .block_on(client.query_one(
+                "SELECT coalesce(sum(seats), 0)::bigint FROM seat_batches",
+                &[],
+            ))
+            .expect("batches")
+            .get(0);
+        assert_eq!(left, 0);
+    }
+}

@@ -1,0 +1,200 @@
+//! Keeps a host's seat batches: leased from the shared store, grown when
+//! calls here find no seat, renewed before they lapse, shrunk when idle,
+//! handed back at shutdown.
+
+use super::{PgError, PgStore};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tollgate_license::{GrantDemand, LicenseManager, Share};
+
+/// How a host sizes and renews its batches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchSettings {
+    /// How long a batch lives in the store unless renewed (renewed every
+    /// third of it).
+    pub ttl: Duration,
+    /// How much sooner than the store this host stops using a batch, for
+    /// clocks that drift and a host that pauses.
+    pub margin: Duration,
+    /// Seats kept beyond those in use and waited for (the low watermark).
+    pub spare: u32,
+    /// Idle seats kept at most; more are given back (the high watermark).
+    pub max_idle: u32,
+}
+
+impl Default for BatchSettings {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(15),
+            margin: Duration::from_secs(3),
+            spare: 1,
+            max_idle: 2,
+        }
+    }
+}
+
+/// One host's batches of every counted grant of a shared license manager.
+pub struct Batcher {
+    store: PgStore,
+    licenses: Arc<LicenseManager>,
+    host_id: String,
+    settings: BatchSettings,
+    /// Grants whose other hosts asked for seats in vain at the last lease:
+    /// this host keeps none idle of them.
+    contended: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl std::fmt::Debug for Batcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batcher")
+            .field("host_id", &self.host_id)
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Batcher {
+    /// Batches of `licenses`' grants for host `host_id` from `store`.
+    pub fn new(
+        store: PgStore,
+        licenses: Arc<LicenseManager>,
+        host_id: impl Into<String>,
+        settings: BatchSettings,
+    ) -> Self {
+        Self {
+            store,
+            licenses,
+            host_id: host_id.into(),
+            settings,
+            contended: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Renews every batch each third of the TTL, and grows them as soon as
+    /// a call here finds no seat, until `shutdown` completes; then hands
+    /// every batch back. A failed round is logged and tried again; batches
+    /// not renewed lapse by themselves.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        let mut shutdown = std::pin::pin!(shutdown);
+        let every = self.settings.ttl / 3;
+        let mut renew_at = Instant::now();
+        loop {
+            let renew = Instant::now() >= renew_at;
+            if renew {
+                renew_at = Instant::now() + every;
+            }
+            if let Err(e) = self.round(renew).await {
+                tracing::warn!(host = %self.host_id, "seat batches not renewed: {e}");
+            }
+            let wait = renew_at.saturating_duration_since(Instant::now());
+            tokio::select! {
+                () = &mut shutdown => break,
+                () = tokio::time::sleep(wait) => {}
+                () = self.licenses.seats_wanted() => {}
+            }
+        }
+        if let Err(e) = self.return_all().await {
+            tracing::warn!(host = %self.host_id, "seat batches not handed back: {e}");
+        }
+    }
+
+    /// One round: each counted grant's batch sized to what calls here hold
+    /// and wait for. With `renew`, every batch is leased again; otherwise
+    /// only those that must grow.
+    pub async fn round(&self, renew: bool) -> Result<(), PgError> {
+        for demand in self.licenses.demand() {
+            if !demand.in_force {
+                if demand.share.is_some_and(|s| s.seats > 0) {
+                    self.store
+                        .return_batch(&demand.grant_id, &self.host_id)
+                        .await?;
+                }
+                continue;
+            }
+            let have = demand
+                .share
+                .filter(|s| s.until > Instant::now())
+                .map_or(0, |s| s.seats);
+            let want = self.want(&demand, have);
+            if want > have || renew {
+                self.lease(&demand, want).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The batch size for a grant's demand when `have` is held.
+    /// Seats are kept idle only while no other host wants them.
+    fn want(&self, d: &GrantDemand, have: u32) -> u32 {
+        let (spare, max_idle) = if self.is_contended(&d.grant_id) {
+            (0, 0)
+        } else {
+            (self.settings.spare, self.settings.max_idle)
+        };
+        let busy = d.in_use.saturating_add(d.waiting);
+        let want = if have < busy.saturating_add(spare) || have > busy.saturating_add(max_idle) {
+            busy.saturating_add(spare)
+        } else {
+            have
+        };
+        want.min(d.seats)
+    }
+
+    fn is_contended(&self, grant: &str) -> bool {
+        self.contended
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(grant)
+    }
+
+    /// Leases `want` seats of a grant and puts the batch in force here. A
+    /// shrink is made here first, so no call takes a seat the store is
+    /// about to free.
+    async fn lease(&self, d: &GrantDemand, want: u32) -> Result<(), PgError> {
+        // Growing keeps the batch as it is here until the store answers;
+        // shrinking keeps at least the seats held now.
+        let want = match self.licenses.shrink_share(&d.license_id, &d.grant_id, want) {
+            Some(kept) => kept.max(want),
+            None => want,
+        };
+        // The deadline counts from before the request: the store's counts
+        // from its own later moment.
+        let asked = Instant::now();
+        let batch = self
+            .store
+            .lease_batch(&d.grant_id, &self.host_id, want, self.settings.ttl)
+            .await?;
+        let until = asked + self.settings.ttl.saturating_sub(self.settings.margin);
+        {
+            let mut contended = self
+                .contended
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if batch.others_short > 0 {
+                contended.insert(d.grant_id.clone());
+            } else {
+                contended.remove(&d.grant_id);
+            }
+        }
+        let share = Share {
+            seats: batch.seats,
+            token: batch.token,
+            until,
+        };
+        // A grant removed meanwhile has nothing to put in force.
+        let _ = self.licenses.set_share(&d.license_id, &d.grant_id, share);
+        Ok(())
+    }
+
+    /// Hands back every batch no call here holds a seat of (a host
+    /// shutting down gracefully, its calls drained); a batch still in use
+    /// is left to lapse in the store.
+    pub async fn return_all(&self) -> Result<(), PgError> {
+        for d in self.licenses.demand() {
+            if self.licenses.shrink_share(&d.license_id, &d.grant_id, 0) == Some(0) {
+                self.store.return_batch(&d.grant_id, &self.host_id).await?;
+            }
+        }
+        Ok(())
+    }
+}
