@@ -118,11 +118,63 @@ impl TestPostgres {
 
     /// The server's postmaster process id.
     pub fn pid(&self) -> u32 {
+        self.try_pid().unwrap_or_else(|| {
+            panic!(
+                "no pid in {}/data/postmaster.pid",
+                self.dir.path().display()
+            )
+        })
+    }
+
+    fn try_pid(&self) -> Option<u32> {
         let pidfile = self.dir.path().join("data/postmaster.pid");
-        std::fs::read_to_string(&pidfile)
+        std::fs::read_to_string(pidfile)
             .ok()
             .and_then(|t| t.lines().next().and_then(|l| l.trim().parse().ok()))
-            .unwrap_or_else(|| panic!("no pid in {}", pidfile.display()))
+    }
+
+    /// Freezes the server, its postmaster and every backend (`SIGSTOP`):
+    /// connections stay open and nothing answers, as on a hung machine.
+    pub fn pause(&self) {
+        self.signal_all("-STOP");
+    }
+
+    /// Lets a paused server run again (`SIGCONT`).
+    pub fn resume(&self) {
+        self.signal_all("-CONT");
+    }
+
+    /// Sends `signal` to the postmaster and its children.
+    fn signal_all(&self, signal: &str) {
+        if let Err(e) = self.try_signal_all(signal) {
+            panic!("{e}");
+        }
+    }
+
+    fn try_signal_all(&self, signal: &str) -> Result<(), Unavailable> {
+        let master = self
+            .try_pid()
+            .ok_or_else(|| Unavailable("the server is not running".into()))?;
+        let mut pids = vec![master];
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            // The parent pid is the second field after the command's ")".
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            if ppid == Some(master) {
+                pids.push(pid);
+            }
+        }
+        let out = Command::new("kill")
+            .arg(signal)
+            .args(pids.iter().map(u32::to_string))
+            .output();
+        check("kill", out)
     }
 
     fn start_server(&self) -> Result<(), Unavailable> {
@@ -152,6 +204,8 @@ impl TestPostgres {
 
 impl Drop for TestPostgres {
     fn drop(&mut self) {
+        // A paused server would not stop: let it run first.
+        let _ = self.try_signal_all("-CONT");
         // Immediate: the data goes with the directory anyway.
         let _ = self.pg_ctl(&["stop", "-m", "immediate", "-w"]).output();
     }

@@ -160,10 +160,15 @@ impl Batcher {
         // The deadline counts from before the request: the store's counts
         // from its own later moment.
         let asked = Instant::now();
-        let batch = self
-            .store
-            .lease_batch(&d.grant_id, &self.host_id, want, self.settings.ttl)
-            .await?;
+        // A store that hangs must not hold this round past a renewal.
+        let patience = self.settings.ttl / 3;
+        let batch = tokio::time::timeout(
+            patience,
+            self.store
+                .lease_batch(&d.grant_id, &self.host_id, want, self.settings.ttl),
+        )
+        .await
+        .map_err(|_| PgError::TimedOut(patience))??;
         let until = asked + self.settings.ttl.saturating_sub(self.settings.margin);
         {
             let mut contended = self

@@ -94,6 +94,9 @@ pub enum PgError {
     /// The pool could not be built.
     #[error("cannot set up the connection pool: {0}")]
     Pool(#[from] deadpool_postgres::BuildError),
+    /// The store did not answer in time.
+    #[error("the shared store did not answer within {0:?}")]
+    TimedOut(Duration),
     /// A grant the operation names is not in the store.
     #[error("grant {0} is not in the shared store")]
     UnknownGrant(String),
@@ -130,7 +133,9 @@ impl PgStore {
             config,
             NoTls,
             ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
+                // A connection whose request was abandoned (a timeout) is
+                // checked before it serves again.
+                recycling_method: RecyclingMethod::Verified,
             },
         );
         let pool = Pool::builder(manager)

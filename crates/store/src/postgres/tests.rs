@@ -361,4 +361,214 @@ mod shared_hosts {
             .get(0);
         assert_eq!(left, 0);
     }
+
+    /// Polls `done` every 10 ms until it holds; fails after `within`.
+    fn wait_for(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + within;
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Takes a seat on `host` without waiting, if one is free: the call and
+    /// its lease.
+    fn try_seat(
+        host: &Arc<LicenseManager>,
+        invocation: u64,
+    ) -> Option<(tollgate_license::CallSeats, u64)> {
+        let mut c = host.call(
+            Holder {
+                plugin: "p".into(),
+                component_digest: "d".into(),
+                invocation,
+            },
+            Arc::new(Entitlement::to(["demo"])),
+            CallLimits {
+                wait: None,
+                max_leases: 4,
+                max_acquires: 100,
+            },
+        );
+        c.acquire("demo").ok().map(|lease| (c, lease))
+    }
+
+    /// Seats of host `host` in its live batch, as the database has them.
+    fn db_batch(rt: &tokio::runtime::Runtime, store: &PgStore, host: &str) -> i64 {
+        let client = rt.block_on(store.client()).expect("client");
+        rt.block_on(client.query_one(
+            "SELECT coalesce(sum(seats), 0)::bigint FROM seat_batches
+             WHERE host_id = $1 AND expires_at > clock_timestamp()",
+            &[&host],
+        ))
+        .expect("batch")
+        .get(0)
+    }
+
+    #[test]
+    fn a_dead_hosts_seats_reach_the_others_only_after_its_batch_expires() {
+        let pg = TestPostgres::start();
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let store = rt.block_on(store(&pg));
+        rt.block_on(store.put_grant("g", "demo", Some(SEATS), (None, None)))
+            .expect("grant");
+        let (a, b) = (host(), host());
+        let shutdown = Shutdown::new();
+        let batcher_a = rt.spawn(
+            Batcher::new(store.clone(), a.clone(), "host-a", settings()).run(shutdown.fired()),
+        );
+        let batcher_b = rt.spawn(
+            Batcher::new(store.clone(), b.clone(), "host-b", settings()).run(shutdown.fired()),
+        );
+        // Host a takes every seat.
+        let mut held = Vec::new();
+        wait_for("host a holds every seat", Duration::from_secs(20), || {
+            if let Some(c) = try_seat(&a, held.len() as u64) {
+                held.push(c);
+            }
+            held.len() == SEATS as usize
+        });
+        assert_eq!(try_seat(&b, 100).map(|_| ()), None, "b has none meanwhile");
+        // Host a dies: no hand-back, no renewal (kill -9).
+        batcher_a.abort();
+        std::mem::forget(held);
+        let died = Instant::now();
+        let mut taken = Vec::new();
+        wait_for(
+            "host b holds every seat after a's batch expired",
+            settings().ttl + Duration::from_secs(10),
+            || {
+                if let Some(c) = try_seat(&b, 200 + taken.len() as u64) {
+                    taken.push(c);
+                }
+                taken.len() == SEATS as usize
+            },
+        );
+        let back_after = died.elapsed();
+        // Never before a's batch had expired in the store: replay the log.
+        let client = rt.block_on(store.client()).expect("client");
+        let rows = rt
+            .block_on(client.query(
+                "SELECT host_id, seats, extract(epoch FROM granted_at)::float8,
+                        extract(epoch FROM expires_at)::float8
+                 FROM seat_batch_log ORDER BY granted_at, token",
+                &[],
+            ))
+            .expect("log");
+        let mut live: BTreeMap<String, (i64, f64)> = BTreeMap::new();
+        for row in &rows {
+            let (host, seats, at, until): (String, i32, f64, f64) =
+                (row.get(0), row.get(1), row.get(2), row.get(3));
+            live.insert(host, (i64::from(seats), until));
+            let in_force: i64 = live
+                .values()
+                .filter(|(_, until)| *until > at)
+                .map(|(n, _)| n)
+                .sum();
+            assert!(in_force <= i64::from(SEATS), "over-committed: {live:?}");
+        }
+        assert!(
+            back_after
+                >= settings()
+                    .ttl
+                    .saturating_sub(settings().ttl / 3 + Duration::from_millis(100)),
+            "seats came back after {back_after:?}, before a's batch could have expired"
+        );
+        shutdown.fire();
+        rt.block_on(batcher_b).expect("batcher");
+        drop(taken);
+    }
+
+    /// Runs the outage `cut` and its end `mend` on a database serving two
+    /// hosts: they keep serving from their batches, hold at most the
+    /// grant's seats together, refuse once their batches lapse, and serve
+    /// again when the database is back.
+    fn outage(cut: impl FnOnce(&TestPostgres), mend: impl FnOnce(&TestPostgres)) {
+        let pg = TestPostgres::start();
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let store = rt.block_on(store(&pg));
+        rt.block_on(store.put_grant("g", "demo", Some(SEATS), (None, None)))
+            .expect("grant");
+        let hosts = [host(), host()];
+        let shutdown = Shutdown::new();
+        let batchers: Vec<_> = hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let b = Batcher::new(store.clone(), h.clone(), format!("host-{i}"), settings());
+                rt.spawn(b.run(shutdown.fired()))
+            })
+            .collect();
+        // Both hosts hold a seat before the outage, with a spare one in
+        // their batch.
+        let mut held = Vec::new();
+        for (i, h) in hosts.iter().enumerate() {
+            wait_for("a host gets a seat", Duration::from_secs(20), || {
+                try_seat(h, i as u64).map(|c| held.push(c)).is_some()
+            });
+            wait_for("a host keeps a spare seat", Duration::from_secs(20), || {
+                h.demand()
+                    .iter()
+                    .all(|d| d.share.is_some_and(|s| s.seats > d.in_use))
+            });
+        }
+        cut(&pg);
+        let cut_at = Instant::now();
+        // Batches keep serving at first: a free seat of a host's batch
+        // needs no database.
+        for (i, h) in hosts.iter().enumerate() {
+            let c = try_seat(h, 10 + i as u64).expect("served from the batch during the outage");
+            held.push(c);
+        }
+        // Then every batch lapses: the held seats end (their calls will be
+        // withheld) and no host gives a seat.
+        wait_for(
+            "the batches lapse while the database is away",
+            settings().ttl + Duration::from_secs(5),
+            || held.iter().all(|(c, lease)| !c.lease_is_valid(*lease)),
+        );
+        assert!(
+            cut_at.elapsed()
+                >= settings().ttl.saturating_sub(
+                    settings().margin + settings().ttl / 3 + Duration::from_millis(100)
+                ),
+            "batches lapsed after only {:?}",
+            cut_at.elapsed()
+        );
+        assert!(hosts.iter().all(|h| try_seat(h, 50).is_none()));
+        for (mut c, _) in held {
+            let ended = c.end(ReclaimReason::InvocationEnded);
+            assert!(
+                !ended.held_to_end.contains("demo"),
+                "a lapsed seat's call is withheld"
+            );
+        }
+        mend(&pg);
+        // The hosts reconnect by themselves and serve again.
+        let mut again = Vec::new();
+        for (i, h) in hosts.iter().enumerate() {
+            wait_for("a host serves again", Duration::from_secs(30), || {
+                try_seat(h, 100 + i as u64).map(|c| again.push(c)).is_some()
+            });
+        }
+        let in_db: i64 = (0..2)
+            .map(|i| db_batch(&rt, &store, &format!("host-{i}")))
+            .sum();
+        assert!(in_db <= i64::from(SEATS), "{in_db} seats in live batches");
+        drop(again);
+        shutdown.fire();
+        for b in batchers {
+            rt.block_on(b).expect("batcher");
+        }
+    }
+
+    #[test]
+    fn a_stopped_database_lets_batches_serve_then_lapse_then_recover() {
+        outage(TestPostgres::stop, TestPostgres::restart);
+    }
+
+    #[test]
+    fn a_hung_database_lets_batches_serve_then_lapse_then_recover() {
+        outage(TestPostgres::pause, TestPostgres::resume);
+    }
 }
