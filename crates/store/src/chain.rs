@@ -3,7 +3,9 @@
 //!
 //! Rows carry the format they were hashed with: format 1 (written before
 //! seats lingered with their call) covers the fields rows had then; format 2
-//! adds the seat, the grant and the count. Both verify forever.
+//! adds the seat, the grant and the count; format 3, written for rows of
+//! seats from a shared store's batch, adds the batch's fencing token. All
+//! verify forever.
 
 use sha2::{Digest, Sha256};
 use tollgate_license::ledger::{EventKind, UsageEvent};
@@ -11,8 +13,21 @@ use tollgate_license::ledger::{EventKind, UsageEvent};
 /// The hash before the first row.
 pub const GENESIS: [u8; 32] = [0; 32];
 
-/// The row format this build writes.
+/// The row format this build writes for a host with its own seats.
 pub const ROW_FORMAT: u8 = 2;
+
+/// The row format this build writes for a row carrying a batch's fencing
+/// token (a host sharing seats through a store).
+pub const SHARED_ROW_FORMAT: u8 = 3;
+
+/// The format `event` is written in.
+pub fn row_format(event: &UsageEvent) -> u8 {
+    if event.token.is_some() {
+        SHARED_ROW_FORMAT
+    } else {
+        ROW_FORMAT
+    }
+}
 
 /// The stored names of an event kind and its reason.
 pub fn kind_names(kind: EventKind) -> (&'static str, Option<&'static str>) {
@@ -59,6 +74,7 @@ pub fn row_hash_in(format: u8, prev: &[u8; 32], event: &UsageEvent) -> Option<[u
     match format {
         1 => h.update(b"tollgate ledger row v1"),
         2 => h.update(b"tollgate ledger row v2"),
+        3 => h.update(b"tollgate ledger row v3"),
         _ => return None,
     }
     h.update(prev);
@@ -82,12 +98,15 @@ pub fn row_hash_in(format: u8, prev: &[u8; 32], event: &UsageEvent) -> Option<[u
         }
         h.update(event.count.to_le_bytes());
     }
+    if format >= 3 {
+        h.update(event.token.map_or([0xff; 8], i64::to_le_bytes));
+    }
     Some(h.finalize().into())
 }
 
-/// The hash of `event` in the format this build writes.
+/// The hash of `event` in the format this build writes for it.
 pub fn row_hash(prev: &[u8; 32], event: &UsageEvent) -> [u8; 32] {
-    row_hash_in(ROW_FORMAT, prev, event).unwrap_or(GENESIS)
+    row_hash_in(row_format(event), prev, event).unwrap_or(GENESIS)
 }
 
 #[cfg(test)]
@@ -144,7 +163,27 @@ mod tests {
             v2_denial.map(hex::encode).as_deref(),
             Some("082c2de2b2161382131b5f4a5637959445f78a5eb119c0a70f7b7e9b5e70fafc")
         );
-        assert_eq!(row_hash_in(3, &prev, &denial), None);
+        let mut shared = sample(EventKind::Checkout);
+        shared.token = Some(1_234_567);
+        let v3 = row_hash_in(3, &prev, &shared);
+        assert_eq!(
+            v3.map(hex::encode).as_deref(),
+            Some("bf59475f196387ee5021f8b7787a7e4c482725d9571257c9fd38cd3dfdffa47b")
+        );
+        assert_eq!(row_hash_in(4, &prev, &denial), None);
+    }
+
+    #[test]
+    fn a_rows_token_decides_its_format_and_is_covered() {
+        let own = sample(EventKind::Checkout);
+        assert_eq!(row_format(&own), ROW_FORMAT);
+        let mut shared = own.clone();
+        shared.token = Some(7);
+        assert_eq!(row_format(&shared), SHARED_ROW_FORMAT);
+        let mut other = shared.clone();
+        other.token = Some(8);
+        assert_ne!(row_hash(&GENESIS, &shared), row_hash(&GENESIS, &other));
+        assert_ne!(row_hash(&GENESIS, &shared), row_hash(&GENESIS, &own));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The durable ledger: events appended to SQLite by one writer thread, many
 //! calls' events per transaction (group commit), each row hash-chained.
 
-use crate::chain::{GENESIS, ROW_FORMAT, kind_names, row_hash};
+use crate::chain::{GENESIS, kind_names, row_format, row_hash};
 use rusqlite::{Connection, params};
 use std::collections::HashMap;
 use std::path::Path;
@@ -305,8 +305,8 @@ fn append_rows(
     let mut hash = *head;
     let mut insert = conn.prepare_cached(
         "INSERT INTO ledger (seq, at_ms, kind, reason, license_id, plugin, digest, lease_id, invocation_id, hash,
-                             format, seat_id, grant_id, count)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                             format, seat_id, grant_id, count, token)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
     )?;
     for e in batch {
         hash = row_hash(&hash, e);
@@ -322,10 +322,11 @@ fn append_rows(
             e.lease_id,
             e.invocation_id,
             &hash[..],
-            ROW_FORMAT,
+            row_format(e),
             e.seat_id,
             e.grant_id.as_deref(),
             e.count,
+            e.token,
         ])?;
     }
     let last = batch.last().map_or(0, |e| e.seq);

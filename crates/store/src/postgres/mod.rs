@@ -8,6 +8,7 @@
 //! trip per call.
 
 pub mod batches;
+pub mod ledger;
 pub mod seats;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -45,6 +46,28 @@ const MIGRATIONS: &[&str] = &[
          expires_at TIMESTAMPTZ NOT NULL
      );
      CREATE INDEX seat_batch_log_grant ON seat_batch_log (grant_id, granted_at);",
+    // 2: every host's ledger rows, shipped from its spool: one hash chain
+    // per host.
+    "CREATE TABLE ledger (
+         host_id TEXT NOT NULL,
+         seq BIGINT NOT NULL,
+         at_ms BIGINT NOT NULL,
+         kind TEXT NOT NULL,
+         reason TEXT,
+         license_id TEXT NOT NULL,
+         plugin TEXT NOT NULL,
+         digest TEXT NOT NULL,
+         lease_id BIGINT,
+         invocation_id BIGINT NOT NULL,
+         hash BYTEA NOT NULL,
+         format SMALLINT NOT NULL,
+         seat_id BIGINT,
+         grant_id TEXT,
+         count BIGINT NOT NULL,
+         token BIGINT,
+         PRIMARY KEY (host_id, seq)
+     );
+     CREATE INDEX ledger_license ON ledger (license_id, at_ms);",
 ];
 
 /// The schema version this build writes and understands.
@@ -94,9 +117,40 @@ pub enum PgError {
     /// The pool could not be built.
     #[error("cannot set up the connection pool: {0}")]
     Pool(#[from] deadpool_postgres::BuildError),
+    /// Work on a blocking thread stopped before it was done.
+    #[error("{0} stopped before it was done")]
+    Interrupted(&'static str),
     /// The store did not answer in time.
     #[error("the shared store did not answer within {0:?}")]
     TimedOut(Duration),
+    /// The host's local spool could not be read.
+    #[error("cannot read the ledger spool {path}: {source}")]
+    Spool {
+        /// The spool's database file.
+        path: std::path::PathBuf,
+        /// What SQLite said.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The store holds a different row at a place this host's spool has
+    /// one: two hosts use one host id, or a row was altered.
+    #[error(
+        "the shared ledger's row {seq} of host {host} differs from the host's spool; two hosts may share the host id {host}, or a row was altered: run `tollgate audit verify --store URL`"
+    )]
+    Diverged {
+        /// The host id.
+        host: String,
+        /// The first row that differs.
+        seq: u64,
+    },
+    /// A value is beyond what the store's columns hold.
+    #[error("the shared store cannot hold {what} {value}")]
+    OutOfRange {
+        /// What it is.
+        what: &'static str,
+        /// The value.
+        value: u64,
+    },
     /// A grant the operation names is not in the store.
     #[error("grant {0} is not in the shared store")]
     UnknownGrant(String),

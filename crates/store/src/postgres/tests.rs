@@ -572,3 +572,182 @@ mod shared_hosts {
         outage(TestPostgres::pause, TestPostgres::resume);
     }
 }
+
+mod shipping {
+    //! A host's spool shipped to the shared ledger: in order, once, and
+    //! resumed after a restart or an outage.
+
+    use super::*;
+    use crate::SqliteLedger;
+    use crate::postgres::ledger::Shipper;
+    use crate::state::State;
+    use tollgate_license::ledger::{EventKind, Ledger, UsageEvent};
+
+    /// A spool (a state directory's database) with `n` rows recorded from
+    /// invocation `first`, every other one with a batch token.
+    fn record(ledger: &SqliteLedger, first: u64, n: u64) {
+        for i in first..first + n {
+            ledger.record(UsageEvent {
+                lease_id: Some(i),
+                seat_id: Some(i),
+                grant_id: Some("g".into()),
+                token: (i % 2 == 0).then_some(i as i64 * 10),
+                ..UsageEvent::new(
+                    EventKind::Checkout,
+                    1_800_000_000_000 + i,
+                    "demo".into(),
+                    "hello".into(),
+                    "d".into(),
+                    i,
+                )
+            });
+        }
+        ledger.sync().expect("spooled");
+    }
+
+    async fn rows(store: &PgStore, host: &str) -> i64 {
+        let client = store.client().await.expect("client");
+        client
+            .query_one("SELECT count(*) FROM ledger WHERE host_id = $1", &[&host])
+            .await
+            .expect("count")
+            .get(0)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_spool_ships_once_in_order_and_resumes_after_a_restart() {
+        let pg = TestPostgres::start();
+        let store = store(&pg).await;
+        let dir = tempfile::tempdir().expect("scratch");
+        let state = State::open(dir.path()).expect("state");
+        let spool = state.db_path().to_path_buf();
+        let ledger = SqliteLedger::open(&spool).expect("ledger");
+        record(&ledger, 1, 2_500);
+
+        let shipper = Shipper::new(store.clone(), &spool, "host-a")
+            .await
+            .expect("shipper");
+        assert_eq!(shipper.shipped(), 0);
+        let mut shipped = 0;
+        loop {
+            let n = shipper.ship_once().await.expect("ships");
+            if n == 0 {
+                break;
+            }
+            assert!(n <= 1000, "one batch per transaction");
+            shipped += n;
+        }
+        assert_eq!(shipped, 2_500);
+        assert_eq!(rows(&store, "host-a").await, 2_500);
+        assert_eq!(
+            store.verify_host_chain("host-a").await.expect("verify"),
+            Ok(2_500)
+        );
+
+        // A restarted host resumes after what the store holds, and ships
+        // only what is new.
+        record(&ledger, 2_501, 10);
+        let restarted = Shipper::new(store.clone(), &spool, "host-a")
+            .await
+            .expect("shipper");
+        assert_eq!(restarted.shipped(), 2_500);
+        assert_eq!(restarted.ship_once().await.expect("ships"), 10);
+        assert_eq!(rows(&store, "host-a").await, 2_510);
+        assert_eq!(
+            store.verify_host_chain("host-a").await.expect("verify"),
+            Ok(2_510)
+        );
+
+        // A crash after the store committed but before the shipper knew:
+        // shipping the same rows again adds nothing.
+        let again = Shipper::new(store.clone(), &spool, "host-a")
+            .await
+            .expect("shipper");
+        again
+            .shipped_handle()
+            .store(2_490, std::sync::atomic::Ordering::Release);
+        assert_eq!(again.ship_once().await.expect("idempotent"), 20);
+        assert_eq!(rows(&store, "host-a").await, 2_510);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_altered_chain_and_a_shared_host_id_are_named() {
+        let pg = TestPostgres::start();
+        let store = store(&pg).await;
+        let (a, b) = (
+            tempfile::tempdir().expect("a"),
+            tempfile::tempdir().expect("b"),
+        );
+        let spools: Vec<_> = [a.path(), b.path()]
+            .iter()
+            .map(|dir| State::open(dir).expect("state").db_path().to_path_buf())
+            .collect();
+        for (i, spool) in spools.iter().enumerate() {
+            let ledger = SqliteLedger::open(spool).expect("ledger");
+            // Different rows in each spool.
+            record(&ledger, 1 + i as u64 * 100, 5);
+        }
+        let first = Shipper::new(store.clone(), &spools[0], "same")
+            .await
+            .expect("shipper");
+        assert_eq!(first.ship_once().await.expect("ships"), 5);
+        // Another host with the same id: its rows differ from the store's.
+        let second = Shipper::new(store.clone(), &spools[1], "same")
+            .await
+            .expect("shipper");
+        second
+            .shipped_handle()
+            .store(0, std::sync::atomic::Ordering::Release);
+        let err = second.ship_once().await.expect_err("diverged");
+        assert!(matches!(err, PgError::Diverged { seq: 1, .. }), "{err}");
+        assert!(err.to_string().contains("share the host id"), "{err}");
+
+        // An edited row breaks the chain where it was edited.
+        let client = store.client().await.expect("client");
+        client
+            .execute("UPDATE ledger SET plugin = 'other' WHERE seq = 3", &[])
+            .await
+            .expect("edit");
+        assert_eq!(
+            store.verify_host_chain("same").await.expect("verify"),
+            Err(3)
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rows_spooled_while_the_store_is_down_ship_when_it_is_back() {
+        let pg = TestPostgres::start();
+        let store = store(&pg).await;
+        let dir = tempfile::tempdir().expect("scratch");
+        let spool = State::open(dir.path())
+            .expect("state")
+            .db_path()
+            .to_path_buf();
+        let ledger = SqliteLedger::open(&spool).expect("ledger");
+        let shipper = Shipper::new(store.clone(), &spool, "host-a")
+            .await
+            .expect("shipper");
+        record(&ledger, 1, 3);
+        assert_eq!(shipper.ship_once().await.expect("ships"), 3);
+        pg.stop();
+        // The host goes on acknowledging: its spool commits.
+        record(&ledger, 4, 7);
+        assert!(shipper.ship_once().await.is_err(), "the store is down");
+        assert_eq!(shipper.shipped(), 3);
+        pg.restart();
+        let mut shipped = 0;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while shipper.shipped() < 10 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never shipped after the restart"
+            );
+            shipped += shipper.ship_once().await.unwrap_or(0);
+        }
+        assert_eq!(shipped, 7);
+        assert_eq!(
+            store.verify_host_chain("host-a").await.expect("verify"),
+            Ok(10)
+        );
+    }
+}

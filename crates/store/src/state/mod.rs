@@ -53,7 +53,7 @@ CREATE TABLE IF NOT EXISTS ledger (
     license_id TEXT NOT NULL, plugin TEXT NOT NULL, digest TEXT NOT NULL,
     lease_id INTEGER, invocation_id INTEGER NOT NULL, hash BLOB NOT NULL,
     format INTEGER NOT NULL DEFAULT 1, seat_id INTEGER, grant_id TEXT,
-    count INTEGER NOT NULL DEFAULT 1);
+    count INTEGER NOT NULL DEFAULT 1, token INTEGER);
 CREATE INDEX IF NOT EXISTS ledger_lease ON ledger(lease_id);
 CREATE TABLE IF NOT EXISTS chain_head (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL, hash BLOB NOT NULL);
 ";
@@ -822,6 +822,7 @@ fn upgrade(conn: &Connection) -> rusqlite::Result<()> {
         ("seat_id", "INTEGER"),
         ("grant_id", "TEXT"),
         ("count", "INTEGER NOT NULL DEFAULT 1"),
+        ("token", "INTEGER"),
     ] {
         if !columns.iter().any(|c| c == column) {
             conn.execute_batch(&format!("ALTER TABLE ledger ADD COLUMN {column} {decl}"))?;

@@ -252,7 +252,7 @@ impl State {
         let mut stmt = conn
             .prepare(
                 "SELECT seq, at_ms, kind, reason, license_id, plugin, digest, lease_id, invocation_id, hash,
-                        format, seat_id, grant_id, count
+                        format, seat_id, grant_id, count, token
                  FROM ledger ORDER BY seq",
             )
             .map_err(|e| self.err(e))?;
@@ -301,8 +301,7 @@ impl State {
                     .map_err(|e| self.err(e))?
                     .map(Into::into),
                 count: r.get(13).map_err(|e| self.err(e))?,
-                // A state directory's seats are its own: no batch tokens.
-                token: None,
+                token: r.get(14).map_err(|e| self.err(e))?,
             };
             let format: u8 = r.get(10).map_err(|e| self.err(e))?;
             let computed = row_hash_in(format, &prev, &event);

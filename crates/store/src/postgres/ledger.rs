@@ -1,0 +1,279 @@
+//! Ships a host's ledger to the shared store.
+//!
+//! A host commits its ledger rows to its own local spool first (the
+//! group-committing SQLite ledger, hash-chained as on a single host) and
+//! acknowledges a call after that commit. The [`Shipper`] then copies the
+//! spool to the shared `ledger` table in order, a batch per transaction,
+//! keyed by (host id, sequence number): a row lands once whatever crashes
+//! in between, and a restarted host ships what it had not. Each host keeps
+//! its own hash chain, so hosts never contend on one chain head.
+
+use super::{PgError, PgStore};
+use crate::chain::{kind_from_names, row_hash_in};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tollgate_license::ledger::UsageEvent;
+
+/// Rows shipped per transaction at most.
+const BATCH: usize = 1000;
+
+/// One spooled row: the event, its hash and its format.
+#[derive(Clone, Debug)]
+struct Spooled {
+    event: UsageEvent,
+    hash: Vec<u8>,
+    format: u8,
+}
+
+/// Copies one host's spool to the shared ledger.
+#[derive(Debug)]
+pub struct Shipper {
+    store: PgStore,
+    spool: PathBuf,
+    host_id: String,
+    /// The last sequence number the store holds for this host.
+    shipped: Arc<AtomicU64>,
+}
+
+impl Shipper {
+    /// A shipper of the spool database at `spool` (a state directory's
+    /// `tollgate.db`) for host `host_id`, resuming after what the store
+    /// already holds of it.
+    pub async fn new(store: PgStore, spool: &Path, host_id: &str) -> Result<Self, PgError> {
+        let client = store.client().await?;
+        let shipped: i64 = client
+            .query_one(
+                "SELECT coalesce(max(seq), 0) FROM ledger WHERE host_id = $1",
+                &[&host_id],
+            )
+            .await
+            .map_err(PgError::query("read how far a host's ledger was shipped"))?
+            .get(0);
+        Ok(Self {
+            store,
+            spool: spool.to_path_buf(),
+            host_id: host_id.to_string(),
+            shipped: Arc::new(AtomicU64::new(u64::try_from(shipped).unwrap_or(0))),
+        })
+    }
+
+    /// The last sequence number of this host the store holds.
+    pub fn shipped(&self) -> u64 {
+        self.shipped.load(Ordering::Acquire)
+    }
+
+    /// A handle that reads [`Shipper::shipped`] after the shipper moved
+    /// into its task (for the shipping lag).
+    pub fn shipped_handle(&self) -> Arc<AtomicU64> {
+        self.shipped.clone()
+    }
+
+    /// Ships the next batch of rows; returns how many it shipped (0: the
+    /// store is up to date with the spool).
+    pub async fn ship_once(&self) -> Result<usize, PgError> {
+        let after = self.shipped();
+        let spool = self.spool.clone();
+        let rows = tokio::task::spawn_blocking(move || read_spool(&spool, after))
+            .await
+            .map_err(|_| PgError::Interrupted("reading the ledger spool"))??;
+        let Some(last) = rows.last().map(|r| r.event.seq) else {
+            return Ok(0);
+        };
+        let mut client = self.store.client().await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(PgError::query("begin shipping ledger rows"))?;
+        let insert = tx
+            .prepare(
+                "INSERT INTO ledger (host_id, seq, at_ms, kind, reason, license_id, plugin, digest,
+                     lease_id, invocation_id, hash, format, seat_id, grant_id, count, token)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+                 ON CONFLICT (host_id, seq) DO NOTHING",
+            )
+            .await
+            .map_err(PgError::query("prepare shipping ledger rows"))?;
+        for row in &rows {
+            let e = &row.event;
+            let (kind, reason) = crate::chain::kind_names(e.kind);
+            let big =
+                |what, n: u64| i64::try_from(n).map_err(|_| PgError::OutOfRange { what, value: n });
+            let inserted = tx
+                .execute(
+                    &insert,
+                    &[
+                        &self.host_id,
+                        &big("sequence number", e.seq)?,
+                        &big("time", e.at_ms)?,
+                        &kind,
+                        &reason,
+                        &&*e.license_id,
+                        &&*e.plugin,
+                        &&*e.component_digest,
+                        &e.lease_id.map(|l| big("lease id", l)).transpose()?,
+                        &big("invocation id", e.invocation_id)?,
+                        &row.hash,
+                        &i16::from(row.format),
+                        &e.seat_id.map(|s| big("seat id", s)).transpose()?,
+                        &e.grant_id.as_deref(),
+                        &big("count", e.count)?,
+                        &e.token,
+                    ],
+                )
+                .await
+                .map_err(PgError::query("ship a ledger row"))?;
+            if inserted == 0 {
+                // Shipped before (a crash between commit and our count):
+                // it must be the very same row.
+                let stored: Vec<u8> = tx
+                    .query_one(
+                        "SELECT hash FROM ledger WHERE host_id = $1 AND seq = $2",
+                        &[&self.host_id, &big("sequence number", e.seq)?],
+                    )
+                    .await
+                    .map_err(PgError::query("compare a shipped ledger row"))?
+                    .get(0);
+                if stored != row.hash {
+                    return Err(PgError::Diverged {
+                        host: self.host_id.clone(),
+                        seq: e.seq,
+                    });
+                }
+            }
+        }
+        tx.commit()
+            .await
+            .map_err(PgError::query("commit shipped ledger rows"))?;
+        self.shipped.store(last, Ordering::Release);
+        Ok(rows.len())
+    }
+
+    /// Ships until `shutdown` completes, then ships what is left: a batch
+    /// as soon as there is one, else a look every `every`; after a
+    /// failure, again after a pause that doubles up to 5 s.
+    pub async fn run(self, every: Duration, shutdown: impl std::future::Future<Output = ()>) {
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut pause = every;
+        loop {
+            let wait = match self.ship_once().await {
+                Ok(n) if n > 0 => {
+                    pause = every;
+                    continue;
+                }
+                Ok(_) => every,
+                Err(e) => {
+                    tracing::warn!(host = %self.host_id, "ledger rows not shipped yet: {e}");
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                    pause
+                }
+            };
+            tokio::select! {
+                () = &mut shutdown => break,
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+        while let Ok(n) = self.ship_once().await {
+            if n == 0 {
+                break;
+            }
+        }
+    }
+}
+
+/// Reads up to [`BATCH`] spooled rows after sequence number `after`.
+fn read_spool(spool: &Path, after: u64) -> Result<Vec<Spooled>, PgError> {
+    let err = |source| PgError::Spool {
+        path: spool.to_path_buf(),
+        source,
+    };
+    let conn = crate::ledger::connect(spool).map_err(err)?;
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT seq, at_ms, kind, reason, license_id, plugin, digest, lease_id, invocation_id,
+                    hash, format, seat_id, grant_id, count, token
+             FROM ledger WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )
+        .map_err(err)?;
+    let rows = stmt
+        .query_map(rusqlite::params![after, BATCH as i64], |r| {
+            let kind: String = r.get(2)?;
+            let reason: Option<String> = r.get(3)?;
+            let Some(kind) = kind_from_names(&kind, reason.as_deref()) else {
+                return Err(rusqlite::Error::InvalidColumnType(
+                    2,
+                    "kind".into(),
+                    rusqlite::types::Type::Text,
+                ));
+            };
+            Ok(Spooled {
+                event: UsageEvent {
+                    seq: r.get(0)?,
+                    at_ms: r.get(1)?,
+                    kind,
+                    license_id: r.get::<_, String>(4)?.into(),
+                    plugin: r.get::<_, String>(5)?.into(),
+                    component_digest: r.get::<_, String>(6)?.into(),
+                    lease_id: r.get(7)?,
+                    invocation_id: r.get(8)?,
+                    seat_id: r.get(11)?,
+                    grant_id: r.get::<_, Option<String>>(12)?.map(Into::into),
+                    count: r.get(13)?,
+                    token: r.get(14)?,
+                },
+                hash: r.get(9)?,
+                format: r.get(10)?,
+            })
+        })
+        .map_err(err)?;
+    rows.collect::<Result<_, _>>().map_err(err)
+}
+
+impl PgStore {
+    /// Verifies host `host_id`'s chain in the shared ledger: the number of
+    /// rows, or the first sequence number whose hash does not follow.
+    pub async fn verify_host_chain(&self, host_id: &str) -> Result<Result<u64, u64>, PgError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT seq, at_ms, kind, reason, license_id, plugin, digest, lease_id,
+                        invocation_id, hash, format, seat_id, grant_id, count, token
+                 FROM ledger WHERE host_id = $1 ORDER BY seq",
+                &[&host_id],
+            )
+            .await
+            .map_err(PgError::query("read a host's ledger"))?;
+        let mut prev = crate::chain::GENESIS;
+        let mut expected = 1u64;
+        let unsigned = |n: i64| u64::try_from(n).unwrap_or(0);
+        for r in &rows {
+            let seq = unsigned(r.get(0));
+            let kind: String = r.get(2);
+            let reason: Option<String> = r.get(3);
+            let event = kind_from_names(&kind, reason.as_deref()).map(|kind| UsageEvent {
+                seq,
+                at_ms: unsigned(r.get(1)),
+                kind,
+                license_id: r.get::<_, String>(4).into(),
+                plugin: r.get::<_, String>(5).into(),
+                component_digest: r.get::<_, String>(6).into(),
+                lease_id: r.get::<_, Option<i64>>(7).map(unsigned),
+                invocation_id: unsigned(r.get(8)),
+                seat_id: r.get::<_, Option<i64>>(11).map(unsigned),
+                grant_id: r.get::<_, Option<String>>(12).map(Into::into),
+                count: unsigned(r.get(13)),
+                token: r.get(14),
+            });
+            let stored: Vec<u8> = r.get(9);
+            let format = u8::try_from(r.get::<_, i16>(10)).unwrap_or(0);
+            let computed = event.and_then(|e| row_hash_in(format, &prev, &e));
+            if seq != expected || computed.is_none_or(|h| h[..] != stored[..]) {
+                return Ok(Err(seq));
+            }
+            prev = computed.unwrap_or(prev);
+            expected += 1;
+        }
+        Ok(Ok(expected - 1))
+    }
+}
