@@ -1,12 +1,61 @@
 //! What one call holds: the seats it took, kept until it ends, the leases
 //! its plugin holds on them, and its refusals, counted when it ends.
 
-use super::clock::Timer;
-use super::pool::Seat;
-use super::{Denial, Entitlement, Holder, LicenseManager, ReclaimReason};
+use crate::clock::Timer;
+use crate::pool::{Holder, Seat, SeatPool, Seats};
+use crate::reason::{Denial, ReclaimReason};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Where a call finds the seat pools of the ids it asks for: the license
+/// manager, seen from a call (so a call needs nothing else of it).
+pub trait Pools: Send + Sync + std::fmt::Debug {
+    /// The pool of license `id`, if installed.
+    fn pool(&self, id: &str) -> Option<Arc<SeatPool>>;
+    /// The ids `entitlement` allows that are installed, sorted.
+    fn ids_for(&self, entitlement: &Entitlement) -> Vec<String>;
+    /// Counts a request for an id no pool has.
+    fn count_unknown(&self);
+}
+
+/// Which license ids a plugin may ask for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Entitlement {
+    ids: BTreeSet<String>,
+}
+
+impl Entitlement {
+    /// A plugin entitled to exactly these ids.
+    pub fn to<I: IntoIterator<Item = S>, S: Into<String>>(ids: I) -> Self {
+        Self {
+            ids: ids.into_iter().map(Into::into).collect(),
+        }
+    }
+
+    /// Whether `id` is among them.
+    pub fn allows(&self, id: &str) -> bool {
+        self.ids.contains(id)
+    }
+
+    /// The ids, sorted.
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.ids.iter().map(String::as_str)
+    }
+}
+
+/// What a plugin is told about one license it may use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LicenseInfo {
+    /// The license id.
+    pub id: String,
+    /// Seats of the grants in force that entitle the plugin.
+    pub seats: Seats,
+    /// Seats held now, by every plugin.
+    pub in_use: u32,
+    /// The latest end among those grants (`None`: one never ends).
+    pub expires_at: Option<u64>,
+}
 
 /// Caps on what one call may ask for, so a plugin looping on `acquire` can
 /// neither exhaust host memory nor flood the ledger.
@@ -42,7 +91,7 @@ pub struct CallLicensing {
 /// Dropped without `end`, every seat comes back as `store-dropped`.
 #[derive(Debug)]
 pub struct CallSeats {
-    manager: Arc<LicenseManager>,
+    manager: Arc<dyn Pools>,
     holder: Holder,
     entitlement: Arc<Entitlement>,
     limits: CallLimits,
@@ -56,7 +105,7 @@ pub struct CallSeats {
 
 impl CallSeats {
     pub(super) fn new(
-        manager: Arc<LicenseManager>,
+        manager: Arc<dyn Pools>,
         holder: Holder,
         entitlement: Arc<Entitlement>,
         limits: CallLimits,
@@ -87,13 +136,13 @@ impl CallSeats {
     /// What the plugin is told about `id`: seats of the grants in force that
     /// entitle it, seats in use, and the latest end among those grants. An id
     /// outside the plugin's manifest is `unknown-license`, installed or not.
-    pub fn describe(&self, id: &str) -> Result<super::LicenseInfo, Denial> {
+    pub fn describe(&self, id: &str) -> Result<LicenseInfo, Denial> {
         if !self.entitlement.allows(id) {
             return Err(Denial::UnknownLicense);
         }
         let pool = self.manager.pool(id).ok_or(Denial::UnknownLicense)?;
         let (seats, expires_at, in_use) = pool.describe_for(&self.holder)?;
-        Ok(super::LicenseInfo {
+        Ok(LicenseInfo {
             id: id.to_string(),
             seats,
             in_use,
@@ -124,7 +173,7 @@ impl CallSeats {
     }
 
     /// Checks the call's caps and the manifest, and finds the pool.
-    fn admit(&mut self, id: &str) -> Result<Arc<super::SeatPool>, Denial> {
+    fn admit(&mut self, id: &str) -> Result<Arc<SeatPool>, Denial> {
         // Probing for ids outside the manifest learns nothing: they are all
         // unknown, installed or not, and leave no ledger row.
         let pool = match self.manager.pool(id) {

@@ -14,7 +14,7 @@ mod clock;
 mod pool;
 mod reason;
 
-pub use call::{CallLicensing, CallLimits, CallSeats};
+pub use call::{CallLicensing, CallLimits, CallSeats, Entitlement, LicenseInfo, Pools};
 pub use clock::{Clock, ManualClock, SystemClock, Timer};
 pub use names::{InvalidLicenseId, InvalidPluginName, LicenseId, PluginName};
 pub use pool::{
@@ -24,22 +24,9 @@ pub use pool::{
 pub use reason::{Denial, ReasonCounts, ReclaimReason};
 
 use crate::ledger::{EventKind, Ledger, MemoryLedger, UsageEvent};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
-
-/// What a plugin is told about one license it may use.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LicenseInfo {
-    /// The license id.
-    pub id: String,
-    /// Seats of the grants in force that entitle the plugin.
-    pub seats: Seats,
-    /// Seats held now, by every plugin.
-    pub in_use: u32,
-    /// The latest end among those grants (`None`: one never ends).
-    pub expires_at: Option<u64>,
-}
 
 /// Errors from operator actions on the license manager.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -58,31 +45,6 @@ pub enum LicenseError {
         /// The grant id asked for.
         grant: String,
     },
-}
-
-/// Which license ids a plugin may ask for.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Entitlement {
-    ids: BTreeSet<String>,
-}
-
-impl Entitlement {
-    /// A plugin entitled to exactly these ids.
-    pub fn to<I: IntoIterator<Item = S>, S: Into<String>>(ids: I) -> Self {
-        Self {
-            ids: ids.into_iter().map(Into::into).collect(),
-        }
-    }
-
-    /// Whether `id` is among them.
-    pub fn allows(&self, id: &str) -> bool {
-        self.ids.contains(id)
-    }
-
-    /// The ids, sorted.
-    pub fn ids(&self) -> impl Iterator<Item = &str> {
-        self.ids.iter().map(String::as_str)
-    }
 }
 
 /// A snapshot of the whole license manager.
@@ -381,6 +343,20 @@ impl LicenseManager {
             licenses: pools.iter().map(|p| p.status()).collect(),
             unknown_license_denials: self.unknown_denials.load(Ordering::Relaxed),
         }
+    }
+}
+
+impl Pools for LicenseManager {
+    fn pool(&self, id: &str) -> Option<Arc<SeatPool>> {
+        LicenseManager::pool(self, id)
+    }
+
+    fn ids_for(&self, entitlement: &Entitlement) -> Vec<String> {
+        LicenseManager::ids_for(self, entitlement)
+    }
+
+    fn count_unknown(&self) {
+        LicenseManager::count_unknown(self);
     }
 }
 
