@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
-use tollgate_license::ledger::{Ledger, LedgerError, SyncFuture, UsageEvent};
+use tollgate_license::ledger::{EventKind, Ledger, LedgerError, SyncFuture, UsageEvent};
 
 /// Most events in one transaction before the writer commits unasked.
 const MAX_BATCH: usize = 4096;
@@ -87,6 +87,33 @@ pub(crate) fn connect(path: &Path) -> rusqlite::Result<Connection> {
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     Ok(conn)
+}
+
+/// The ledger table's columns, in the order [`event_from_row`] reads them.
+pub(crate) const LEDGER_COLUMNS: &str = "seq, at_ms, kind, reason, license_id, plugin, digest, \
+    lease_id, invocation_id, hash, format, seat_id, grant_id, count, token";
+
+/// The event of a row selected with [`LEDGER_COLUMNS`]; its `kind` the
+/// caller parsed from columns 2 and 3 (and decides what an unknown one
+/// means).
+pub(crate) fn event_from_row(
+    r: &rusqlite::Row<'_>,
+    kind: EventKind,
+) -> rusqlite::Result<UsageEvent> {
+    Ok(UsageEvent {
+        seq: r.get(0)?,
+        at_ms: r.get(1)?,
+        kind,
+        license_id: r.get::<_, String>(4)?.into(),
+        plugin: r.get::<_, String>(5)?.into(),
+        component_digest: r.get::<_, String>(6)?.into(),
+        lease_id: r.get(7)?,
+        invocation_id: r.get(8)?,
+        seat_id: r.get(11)?,
+        grant_id: r.get::<_, Option<String>>(12)?.map(Into::into),
+        count: r.get(13)?,
+        token: r.get(14)?,
+    })
 }
 
 /// The stored chain head is not a 32-byte hash.

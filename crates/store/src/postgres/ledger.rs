@@ -10,6 +10,7 @@
 
 use super::{PgError, PgStore};
 use crate::chain::{kind_from_names, row_hash_in};
+use crate::ledger::{LEDGER_COLUMNS, event_from_row};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -190,11 +191,9 @@ fn read_spool(spool: &Path, after: u64) -> Result<Vec<Spooled>, PgError> {
     };
     let conn = crate::ledger::connect(spool).map_err(err)?;
     let mut stmt = conn
-        .prepare_cached(
-            "SELECT seq, at_ms, kind, reason, license_id, plugin, digest, lease_id, invocation_id,
-                    hash, format, seat_id, grant_id, count, token
-             FROM ledger WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-        )
+        .prepare_cached(&format!(
+            "SELECT {LEDGER_COLUMNS} FROM ledger WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+        ))
         .map_err(err)?;
     let rows = stmt
         .query_map(rusqlite::params![after, BATCH as i64], |r| {
@@ -208,20 +207,7 @@ fn read_spool(spool: &Path, after: u64) -> Result<Vec<Spooled>, PgError> {
                 ));
             };
             Ok(Spooled {
-                event: UsageEvent {
-                    seq: r.get(0)?,
-                    at_ms: r.get(1)?,
-                    kind,
-                    license_id: r.get::<_, String>(4)?.into(),
-                    plugin: r.get::<_, String>(5)?.into(),
-                    component_digest: r.get::<_, String>(6)?.into(),
-                    lease_id: r.get(7)?,
-                    invocation_id: r.get(8)?,
-                    seat_id: r.get(11)?,
-                    grant_id: r.get::<_, Option<String>>(12)?.map(Into::into),
-                    count: r.get(13)?,
-                    token: r.get(14)?,
-                },
+                event: event_from_row(r, kind)?,
                 hash: r.get(9)?,
                 format: r.get(10)?,
             })

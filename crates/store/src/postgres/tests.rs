@@ -11,6 +11,31 @@ async fn store(pg: &TestPostgres) -> PgStore {
     PgStore::connect(&pg.url(), 16).await.expect("connects")
 }
 
+/// Replays lease log rows (host, seats, granted at, expires at; in the
+/// order the leases took the grant's lock): each host's batch is its latest
+/// lease, and at each lease's moment the live ones must fit in `seats`
+/// (between leases batches only expire). Returns the most live at once.
+fn replay_peak(log: &[tokio_postgres::Row], seats: i64) -> i64 {
+    let mut live: BTreeMap<String, (i64, f64)> = BTreeMap::new();
+    let mut peak = 0;
+    for row in log {
+        let (host, n, at, until): (String, i32, f64, f64) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        live.insert(host, (i64::from(n), until));
+        let in_force: i64 = live
+            .values()
+            .filter(|(_, until)| *until > at)
+            .map(|(n, _)| n)
+            .sum();
+        assert!(
+            in_force <= seats,
+            "over-committed at {at}: {in_force} seats live in {live:?}"
+        );
+        peak = peak.max(in_force);
+    }
+    peak
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrations_run_once_and_a_newer_schema_is_refused() {
     let pg = TestPostgres::start();
@@ -164,26 +189,11 @@ async fn concurrent_leases_never_overcommit_when_replayed() {
         .await
         .expect("log");
     assert_eq!(log.len(), 8 * 60);
-    // Each host's batch is its latest lease; at each lease's moment, the
-    // live ones must fit. (Between leases batches only expire.)
-    let mut live: BTreeMap<String, (i64, f64)> = BTreeMap::new();
-    let mut peak = 0;
-    for row in &log {
-        let (host, seats, at, until): (String, i32, f64, f64) =
-            (row.get(0), row.get(1), row.get(2), row.get(3));
-        live.insert(host, (i64::from(seats), until));
-        let in_force: i64 = live
-            .values()
-            .filter(|(_, until)| *until > at)
-            .map(|(n, _)| n)
-            .sum();
-        assert!(
-            in_force <= SEATS,
-            "over-committed at {at}: {in_force} seats live in {live:?}"
-        );
-        peak = peak.max(in_force);
-    }
-    assert_eq!(peak, SEATS, "the grant was never fully used");
+    assert_eq!(
+        replay_peak(&log, SEATS),
+        SEATS,
+        "the grant was never fully used"
+    );
 }
 
 mod shared_hosts {
@@ -249,6 +259,55 @@ mod shared_hosts {
         }
     }
 
+    /// A database with grant `g` of 5 seats, and two shared hosts on it,
+    /// each with its batcher (`host-0`, `host-1`) running.
+    struct Cluster {
+        pg: TestPostgres,
+        rt: tokio::runtime::Runtime,
+        store: PgStore,
+        hosts: [Arc<LicenseManager>; 2],
+        shutdown: Shutdown,
+        batchers: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    }
+
+    impl Cluster {
+        fn start() -> Self {
+            let pg = TestPostgres::start();
+            let rt = tokio::runtime::Runtime::new().expect("runtime");
+            let store = rt.block_on(store(&pg));
+            rt.block_on(store.put_grant("g", "demo", Some(SEATS), (None, None)))
+                .expect("grant");
+            let hosts = [host(), host()];
+            let shutdown = Shutdown::new();
+            let batchers: Vec<_> = hosts
+                .iter()
+                .enumerate()
+                .map(|(i, h)| {
+                    let b = Batcher::new(store.clone(), h.clone(), format!("host-{i}"), settings());
+                    rt.spawn(b.run(shutdown.fired()))
+                })
+                .collect();
+            Self {
+                pg,
+                rt,
+                store,
+                hosts,
+                shutdown,
+                batchers: std::sync::Mutex::new(batchers),
+            }
+        }
+
+        /// Stops the batchers (those still running hand their batches back).
+        fn stop(&self) {
+            self.shutdown.fire();
+            let batchers = std::mem::take(&mut *self.batchers.lock().expect("batchers"));
+            for b in batchers {
+                // An aborted batcher (a dead host) ends with its abort.
+                let _ = self.rt.block_on(b);
+            }
+        }
+    }
+
     /// One call of `plugin` on `host` that waits up to 10 s for a seat.
     fn call(host: &Arc<LicenseManager>, invocation: u64) -> tollgate_license::CallSeats {
         host.call(
@@ -268,21 +327,10 @@ mod shared_hosts {
 
     #[test]
     fn two_hosts_never_hold_more_than_the_grants_seats_together() {
-        let pg = TestPostgres::start();
-        let rt = tokio::runtime::Runtime::new().expect("runtime");
-        let store = rt.block_on(store(&pg));
-        rt.block_on(store.put_grant("g", "demo", Some(SEATS), (None, None)))
-            .expect("grant");
-        let hosts = [host(), host()];
-        let shutdown = Shutdown::new();
-        let batchers: Vec<_> = hosts
-            .iter()
-            .enumerate()
-            .map(|(i, h)| {
-                let b = Batcher::new(store.clone(), h.clone(), format!("host-{i}"), settings());
-                rt.spawn(b.run(shutdown.fired()))
-            })
-            .collect();
+        let cluster = Cluster::start();
+        let Cluster {
+            rt, store, hosts, ..
+        } = &cluster;
 
         // 12 callers, 6 per host, each taking a seat 40 times and holding
         // it a moment; a shared counter sees every seat held at once.
@@ -346,10 +394,7 @@ mod shared_hosts {
             }
         });
 
-        shutdown.fire();
-        for b in batchers {
-            rt.block_on(b).expect("batcher");
-        }
+        cluster.stop();
         // Handed back at shutdown: nothing left in the store.
         let client = rt.block_on(store.client()).expect("client");
         let left: i64 = rt
@@ -407,30 +452,22 @@ mod shared_hosts {
 
     #[test]
     fn a_dead_hosts_seats_reach_the_others_only_after_its_batch_expires() {
-        let pg = TestPostgres::start();
-        let rt = tokio::runtime::Runtime::new().expect("runtime");
-        let store = rt.block_on(store(&pg));
-        rt.block_on(store.put_grant("g", "demo", Some(SEATS), (None, None)))
-            .expect("grant");
-        let (a, b) = (host(), host());
-        let shutdown = Shutdown::new();
-        let batcher_a = rt.spawn(
-            Batcher::new(store.clone(), a.clone(), "host-a", settings()).run(shutdown.fired()),
-        );
-        let batcher_b = rt.spawn(
-            Batcher::new(store.clone(), b.clone(), "host-b", settings()).run(shutdown.fired()),
-        );
+        let cluster = Cluster::start();
+        let Cluster {
+            rt, store, hosts, ..
+        } = &cluster;
+        let (a, b) = (&hosts[0], &hosts[1]);
         // Host a takes every seat.
         let mut held = Vec::new();
         wait_for("host a holds every seat", Duration::from_secs(20), || {
-            if let Some(c) = try_seat(&a, held.len() as u64) {
+            if let Some(c) = try_seat(a, held.len() as u64) {
                 held.push(c);
             }
             held.len() == SEATS as usize
         });
-        assert_eq!(try_seat(&b, 100).map(|_| ()), None, "b has none meanwhile");
+        assert_eq!(try_seat(b, 100).map(|_| ()), None, "b has none meanwhile");
         // Host a dies: no hand-back, no renewal (kill -9).
-        batcher_a.abort();
+        cluster.batchers.lock().expect("batchers")[0].abort();
         std::mem::forget(held);
         let died = Instant::now();
         let mut taken = Vec::new();
@@ -438,7 +475,7 @@ mod shared_hosts {
             "host b holds every seat after a's batch expired",
             settings().ttl + Duration::from_secs(10),
             || {
-                if let Some(c) = try_seat(&b, 200 + taken.len() as u64) {
+                if let Some(c) = try_seat(b, 200 + taken.len() as u64) {
                     taken.push(c);
                 }
                 taken.len() == SEATS as usize
@@ -455,18 +492,7 @@ mod shared_hosts {
                 &[],
             ))
             .expect("log");
-        let mut live: BTreeMap<String, (i64, f64)> = BTreeMap::new();
-        for row in &rows {
-            let (host, seats, at, until): (String, i32, f64, f64) =
-                (row.get(0), row.get(1), row.get(2), row.get(3));
-            live.insert(host, (i64::from(seats), until));
-            let in_force: i64 = live
-                .values()
-                .filter(|(_, until)| *until > at)
-                .map(|(n, _)| n)
-                .sum();
-            assert!(in_force <= i64::from(SEATS), "over-committed: {live:?}");
-        }
+        replay_peak(&rows, i64::from(SEATS));
         assert!(
             back_after
                 >= settings()
@@ -474,9 +500,8 @@ mod shared_hosts {
                     .saturating_sub(settings().ttl / 3 + Duration::from_millis(100)),
             "seats came back after {back_after:?}, before a's batch could have expired"
         );
-        shutdown.fire();
-        rt.block_on(batcher_b).expect("batcher");
         drop(taken);
+        cluster.stop();
     }
 
     /// Runs the outage `cut` and its end `mend` on a database serving two
@@ -484,21 +509,14 @@ mod shared_hosts {
     /// grant's seats together, refuse once their batches lapse, and serve
     /// again when the database is back.
     fn outage(cut: impl FnOnce(&TestPostgres), mend: impl FnOnce(&TestPostgres)) {
-        let pg = TestPostgres::start();
-        let rt = tokio::runtime::Runtime::new().expect("runtime");
-        let store = rt.block_on(store(&pg));
-        rt.block_on(store.put_grant("g", "demo", Some(SEATS), (None, None)))
-            .expect("grant");
-        let hosts = [host(), host()];
-        let shutdown = Shutdown::new();
-        let batchers: Vec<_> = hosts
-            .iter()
-            .enumerate()
-            .map(|(i, h)| {
-                let b = Batcher::new(store.clone(), h.clone(), format!("host-{i}"), settings());
-                rt.spawn(b.run(shutdown.fired()))
-            })
-            .collect();
+        let cluster = Cluster::start();
+        let Cluster {
+            pg,
+            rt,
+            store,
+            hosts,
+            ..
+        } = &cluster;
         // Both hosts hold a seat before the outage, with a spare one in
         // their batch.
         let mut held = Vec::new();
@@ -512,7 +530,7 @@ mod shared_hosts {
                     .all(|d| d.share.is_some_and(|s| s.seats > d.in_use))
             });
         }
-        cut(&pg);
+        cut(pg);
         let cut_at = Instant::now();
         // Batches keep serving at first: a free seat of a host's batch
         // needs no database.
@@ -543,7 +561,7 @@ mod shared_hosts {
                 "a lapsed seat's call is withheld"
             );
         }
-        mend(&pg);
+        mend(pg);
         // The hosts reconnect by themselves and serve again.
         let mut again = Vec::new();
         for (i, h) in hosts.iter().enumerate() {
@@ -552,14 +570,11 @@ mod shared_hosts {
             });
         }
         let in_db: i64 = (0..2)
-            .map(|i| db_batch(&rt, &store, &format!("host-{i}")))
+            .map(|i| db_batch(rt, store, &format!("host-{i}")))
             .sum();
         assert!(in_db <= i64::from(SEATS), "{in_db} seats in live batches");
         drop(again);
-        shutdown.fire();
-        for b in batchers {
-            rt.block_on(b).expect("batcher");
-        }
+        cluster.stop();
     }
 
     #[test]

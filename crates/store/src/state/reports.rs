@@ -3,10 +3,10 @@
 
 use super::{ScopeProblem, State, StateError};
 use crate::chain::{GENESIS, kind_from_names, row_hash_in};
+use crate::ledger::{LEDGER_COLUMNS, event_from_row};
 use rusqlite::params;
 use serde::Serialize;
 use std::collections::BTreeMap;
-use tollgate_license::ledger::UsageEvent;
 use tollgate_license::{Counters, Grant, Seats, Terms};
 
 /// Status of one license id: issued seats, validity, and counters from the ledger.
@@ -250,11 +250,7 @@ impl State {
             })
             .map_err(|e| self.err(e))?;
         let mut stmt = conn
-            .prepare(
-                "SELECT seq, at_ms, kind, reason, license_id, plugin, digest, lease_id, invocation_id, hash,
-                        format, seat_id, grant_id, count, token
-                 FROM ledger ORDER BY seq",
-            )
+            .prepare(&format!("SELECT {LEDGER_COLUMNS} FROM ledger ORDER BY seq"))
             .map_err(|e| self.err(e))?;
         let mut rows = stmt.query([]).map_err(|e| self.err(e))?;
         let mut problems = Vec::new();
@@ -286,23 +282,7 @@ impl State {
                 prev = stored.as_slice().try_into().unwrap_or(GENESIS);
                 continue;
             };
-            let event = UsageEvent {
-                seq,
-                at_ms: r.get(1).map_err(|e| self.err(e))?,
-                kind,
-                license_id: r.get::<_, String>(4).map_err(|e| self.err(e))?.into(),
-                plugin: r.get::<_, String>(5).map_err(|e| self.err(e))?.into(),
-                component_digest: r.get::<_, String>(6).map_err(|e| self.err(e))?.into(),
-                lease_id: r.get(7).map_err(|e| self.err(e))?,
-                invocation_id: r.get(8).map_err(|e| self.err(e))?,
-                seat_id: r.get(11).map_err(|e| self.err(e))?,
-                grant_id: r
-                    .get::<_, Option<String>>(12)
-                    .map_err(|e| self.err(e))?
-                    .map(Into::into),
-                count: r.get(13).map_err(|e| self.err(e))?,
-                token: r.get(14).map_err(|e| self.err(e))?,
-            };
+            let event = event_from_row(r, kind).map_err(|e| self.err(e))?;
             let format: u8 = r.get(10).map_err(|e| self.err(e))?;
             let computed = row_hash_in(format, &prev, &event);
             if computed.is_none() {
