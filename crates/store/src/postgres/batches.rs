@@ -78,10 +78,18 @@ impl Batcher {
         let mut shutdown = std::pin::pin!(shutdown);
         let every = self.settings.ttl / 3;
         let mut renew_at = Instant::now();
+        let mut listener: Option<super::Listener> = None;
+        let mut heard = false;
         loop {
-            let renew = Instant::now() >= renew_at;
+            let renew = heard || Instant::now() >= renew_at;
+            heard = false;
             if renew {
                 renew_at = Instant::now() + every;
+                // Notifications sent while not listening are lost; the
+                // renewal every third of the TTL is the fallback.
+                if listener.is_none() {
+                    listener = self.store.listen().await.ok();
+                }
             }
             if let Err(e) = self.round(renew).await {
                 tracing::warn!(host = %self.host_id, "seat batches not renewed: {e}");
@@ -91,11 +99,33 @@ impl Batcher {
                 () = &mut shutdown => break,
                 () = tokio::time::sleep(wait) => {}
                 () = self.licenses.seats_wanted() => {}
+                notification = next_notification(&mut listener) => match notification {
+                    Some(payload) => heard = self.heard(&payload),
+                    None => listener = None,
+                },
             }
         }
         if let Err(e) = self.return_all().await {
             tracing::warn!(host = %self.host_id, "seat batches not handed back: {e}");
         }
+    }
+
+    /// Another host asked for seats of a grant in vain, or gave some back:
+    /// keep none idle of it until a lease finds nobody short, and look at
+    /// the batches again (the round that follows renews them all).
+    /// Returns whether the notification came from another host.
+    fn heard(&self, payload: &str) -> bool {
+        let Some((grant, host)) = payload.split_once('\t') else {
+            return false;
+        };
+        if host == self.host_id {
+            return false;
+        }
+        self.contended
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(grant.to_string());
+        true
     }
 
     /// One round: each counted grant's batch sized to what calls here hold
@@ -201,5 +231,14 @@ impl Batcher {
             }
         }
         Ok(())
+    }
+}
+
+/// The next notification of `listener`; never, without one; `None` once its
+/// connection ended.
+async fn next_notification(listener: &mut Option<super::Listener>) -> Option<String> {
+    match listener {
+        Some(l) => l.recv().await,
+        None => std::future::pending().await,
     }
 }

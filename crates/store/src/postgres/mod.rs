@@ -167,6 +167,8 @@ impl PgError {
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool,
+    /// How to open a connection of its own (to listen for notifications).
+    config: std::sync::Arc<tokio_postgres::Config>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -183,6 +185,7 @@ impl PgStore {
             url.parse().map_err(|source| PgError::Url { source })?;
         config.connect_timeout(Duration::from_secs(5));
         config.application_name("tollgate");
+        let listen_config = std::sync::Arc::new(config.clone());
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -198,9 +201,45 @@ impl PgStore {
             .wait_timeout(Some(Duration::from_secs(10)))
             .create_timeout(Some(Duration::from_secs(5)))
             .build()?;
-        let store = Self { pool };
+        let store = Self {
+            pool,
+            config: listen_config,
+        };
         store.migrate().await?;
         Ok(store)
+    }
+
+    /// Listens on channel [`seats::CHANNEL`] on a connection of its own:
+    /// the payloads of its notifications, until the connection ends.
+    pub async fn listen(&self) -> Result<Listener, PgError> {
+        let (client, mut connection) = self
+            .config
+            .connect(NoTls)
+            .await
+            .map_err(PgError::query("connect to listen for notifications"))?;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            loop {
+                match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                    Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+                        if tx.send(n.payload().to_string()).is_err() {
+                            break;
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => break,
+                }
+            }
+        });
+        client
+            .batch_execute(&format!("LISTEN {}", seats::CHANNEL))
+            .await
+            .map_err(PgError::query("listen for notifications"))?;
+        Ok(Listener {
+            _client: client,
+            rx,
+            task,
+        })
     }
 
     /// A connection from the pool.
@@ -288,6 +327,33 @@ impl PgStore {
             .await
             .map_err(PgError::query("store a grant"))?;
         Ok(())
+    }
+}
+
+/// Notifications from the shared store, on a connection of their own.
+pub struct Listener {
+    _client: tokio_postgres::Client,
+    rx: tokio::sync::mpsc::UnboundedReceiver<String>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listener").finish_non_exhaustive()
+    }
+}
+
+impl Listener {
+    /// The next notification's payload; `None` once the connection ended
+    /// (notifications sent meanwhile are lost: listen again and poll).
+    pub async fn recv(&mut self) -> Option<String> {
+        self.rx.recv().await
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 

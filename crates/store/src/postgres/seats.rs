@@ -18,6 +18,11 @@ use super::{PgError, PgStore};
 use std::time::Duration;
 use tokio_postgres::IsolationLevel;
 
+/// The channel on which hosts ask each other to look at their batches of
+/// a grant again: payload `GRANT_ID<tab>HOST_ID`, sent by a host that got
+/// fewer seats than it asked for, or that gave seats back.
+pub const CHANNEL: &str = "tollgate_seats";
+
 /// What the store granted a host: its batch of one grant's seats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Batch {
@@ -37,9 +42,14 @@ pub struct Batch {
 /// (so, at READ COMMITTED, with a snapshot that sees every batch committed
 /// before the lock was had): sizes the batch from the seats the others'
 /// live batches leave, stores it (with what was asked) under a new token,
-/// logs it, and tells how many seats the others asked for in vain.
+/// logs it, and tells how many seats the others asked for in vain and how
+/// many this host held before.
 const LEASE: &str = "
-WITH others AS (
+WITH mine AS (
+    SELECT coalesce(sum(seats) FILTER (WHERE expires_at > clock_timestamp()), 0)::bigint AS held,
+           coalesce(max(wanted), 0)::bigint AS asked
+    FROM seat_batches WHERE grant_id = $1 AND host_id = $2
+), others AS (
     SELECT coalesce(sum(seats), 0)::bigint AS taken,
            coalesce(sum(greatest(wanted - seats, 0)), 0)::bigint AS short
     FROM seat_batches
@@ -61,7 +71,7 @@ WITH others AS (
     INSERT INTO seat_batch_log (token, grant_id, host_id, seats, granted_at, expires_at)
     SELECT token, $1, $2, seats, clock_timestamp(), expires_at FROM granted
 )
-SELECT seats, token, short FROM granted";
+SELECT seats, token, short, (SELECT held FROM mine), (SELECT asked FROM mine) FROM granted";
 
 impl PgStore {
     /// Sets `host_id`'s batch of grant `grant_id` to `want` seats, or to as
@@ -105,6 +115,21 @@ impl PgStore {
             )
             .await
             .map_err(PgError::query("lease seats"))?;
+        let granted = i64::from(row.get::<_, i32>(0));
+        let (held, asked) = (row.get::<_, i64>(3), row.get::<_, i64>(4));
+        let want = i64::from(want);
+        // Short of a demand that grew, or giving seats back: the other
+        // hosts look at their batches of the grant again (on commit). Hosts
+        // that stay short of a steady demand do not wake each other.
+        let short_anew = granted < want && want > asked;
+        if seats.is_some() && (short_anew || granted < held) {
+            tx.execute(
+                "SELECT pg_notify($1, $2)",
+                &[&CHANNEL, &format!("{grant_id}\t{host_id}")],
+            )
+            .await
+            .map_err(PgError::query("notify the other hosts"))?;
+        }
         tx.commit()
             .await
             .map_err(PgError::query("commit a seat lease"))?;

@@ -272,6 +272,10 @@ mod shared_hosts {
 
     impl Cluster {
         fn start() -> Self {
+            Self::start_with(settings())
+        }
+
+        fn start_with(settings: BatchSettings) -> Self {
             let pg = TestPostgres::start();
             let rt = tokio::runtime::Runtime::new().expect("runtime");
             let store = rt.block_on(store(&pg));
@@ -283,7 +287,7 @@ mod shared_hosts {
                 .iter()
                 .enumerate()
                 .map(|(i, h)| {
-                    let b = Batcher::new(store.clone(), h.clone(), format!("host-{i}"), settings());
+                    let b = Batcher::new(store.clone(), h.clone(), format!("host-{i}"), settings);
                     rt.spawn(b.run(shutdown.fired()))
                 })
                 .collect();
@@ -585,6 +589,53 @@ mod shared_hosts {
     #[test]
     fn a_hung_database_lets_batches_serve_then_lapse_then_recover() {
         outage(TestPostgres::pause, TestPostgres::resume);
+    }
+
+    #[test]
+    fn idle_seats_move_to_a_waiting_host_when_asked_not_at_renewal() {
+        // Batches live a minute and are renewed every 20 s; host 0 may keep
+        // all 5 seats idle. Only the notification moves them in time.
+        let cluster = Cluster::start_with(BatchSettings {
+            ttl: Duration::from_secs(60),
+            margin: Duration::from_secs(5),
+            spare: 1,
+            max_idle: SEATS,
+        });
+        let hosts = &cluster.hosts;
+        let mut held = Vec::new();
+        wait_for("host 0 holds every seat", Duration::from_secs(20), || {
+            if let Some(c) = try_seat(&hosts[0], held.len() as u64) {
+                held.push(c);
+            }
+            held.len() == SEATS as usize
+        });
+        for (mut c, _) in held {
+            c.end(ReclaimReason::InvocationEnded);
+        }
+        assert_eq!(
+            hosts[0].demand()[0].share.map(|s| s.seats),
+            Some(SEATS),
+            "host 0 keeps its idle batch"
+        );
+        let asked = Instant::now();
+        let all_held = Arc::new(Barrier::new(SEATS as usize));
+        std::thread::scope(|scope| {
+            for caller in 0..u64::from(SEATS) {
+                let (host, all_held) = (hosts[1].clone(), all_held.clone());
+                scope.spawn(move || {
+                    let mut c = call(&host, 500 + caller);
+                    c.acquire("demo").expect("a seat within the wait");
+                    all_held.wait();
+                    c.end(ReclaimReason::InvocationEnded);
+                });
+            }
+        });
+        let took = asked.elapsed();
+        assert!(
+            took < Duration::from_secs(10),
+            "host 1 got every seat only after {took:?}"
+        );
+        cluster.stop();
     }
 }
 
