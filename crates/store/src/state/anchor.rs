@@ -567,7 +567,7 @@ pub(super) fn check_stored_grant(
     file: &str,
     trusted: &[IssuerPublicKey],
 ) -> Result<(), StateError> {
-    let refuse = |reason: String| -> StateError {
+    stored_grant_problem(grant, issued_at, file, trusted).map_err(|reason| {
         IntegrityError::GrantRefused {
             grant: grant.grant_id.clone(),
             license: grant.license_id.clone(),
@@ -575,7 +575,18 @@ pub(super) fn check_stored_grant(
             db: db.to_path_buf(),
         }
         .into()
-    };
+    })
+}
+
+/// What is wrong with a stored grant, checked against the license text
+/// stored with it (see [`check_stored_grant`]); any store uses it.
+pub(crate) fn stored_grant_problem(
+    grant: &Grant,
+    issued_at: u64,
+    file: &str,
+    trusted: &[IssuerPublicKey],
+) -> Result<(), String> {
+    let refuse = |reason: String| reason;
     let license = SignedLicense::parse(file)
         .map_err(|e| refuse(format!("its stored license text does not parse ({e})")))?;
     license

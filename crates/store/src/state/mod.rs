@@ -464,20 +464,7 @@ impl State {
     /// id another issuer granted (unless both scopes name it explicitly),
     /// is refused.
     pub fn install_text(&self, text: &str, now: u64) -> Result<Installed, StateError> {
-        let license = SignedLicense::parse(text)?;
-        license.verify_for_install(&self.trusted_keys()?, now)?;
-        let t = &license.terms;
-        let grant = Grant {
-            grant_id: t.grant.clone(),
-            license_id: t.license_id.clone(),
-            issuer: t.issuer.clone(),
-            seats: t.seats.limit(),
-            not_before: t.not_before,
-            expires_at: t.expires_at,
-            plugins: t.plugins.clone(),
-            customer: t.customer.clone(),
-            installed_at: now,
-        };
+        let (grant, issued_at) = verified_grant(text, &self.trusted_keys()?, now)?;
         self.check_scope(&grant)?;
         let conn = self.conn();
         let n = conn
@@ -486,7 +473,7 @@ impl State {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 params![
                     grant.grant_id, grant.license_id, grant.issuer, grant.seats, grant.not_before, grant.expires_at,
-                    grant.plugins.join("\n"), grant.customer, t.issued_at, now, text
+                    grant.plugins.join("\n"), grant.customer, issued_at, now, text
                 ],
             )
             .map_err(|e| db_error(&self.db, e))?;
@@ -634,17 +621,7 @@ impl State {
             .iter()
             .flat_map(|p| p.grants.iter().map(String::as_str))
             .collect();
-        let mut out: BTreeMap<String, Vec<SeatGrant>> = BTreeMap::new();
-        for g in &grants {
-            // A grant the scopes leave out is enforced as revoked: no seat,
-            // and seats a running host holds from it end.
-            let grant = SeatGrant {
-                revoked: revoked.contains(&g.grant_id) || left_out.contains(g.grant_id.as_str()),
-                id: g.grant_id.clone(),
-                terms: g.terms(),
-            };
-            out.entry(g.license_id.clone()).or_default().push(grant);
-        }
+        let out = seat_grants_of(&grants, &revoked, &left_out);
         Ok(EnforcedGrants {
             by_license: out,
             problems,
@@ -810,6 +787,51 @@ impl GrantStore for State {
     fn revoke_grant(&self, grant_id: &str, now: u64) -> Result<String, StoreError> {
         Ok(State::revoke_grant(self, grant_id, now)?)
     }
+}
+
+/// Parses license `text` and verifies it for installing at `now` under the
+/// `trusted` keys: its grant, to be installed at `now`, and when it was
+/// issued. Any store installs through it.
+pub(crate) fn verified_grant(
+    text: &str,
+    trusted: &[IssuerPublicKey],
+    now: u64,
+) -> Result<(Grant, u64), StateError> {
+    let license = SignedLicense::parse(text)?;
+    license.verify_for_install(trusted, now)?;
+    let t = &license.terms;
+    let grant = Grant {
+        grant_id: t.grant.clone(),
+        license_id: t.license_id.clone(),
+        issuer: t.issuer.clone(),
+        seats: t.seats.limit(),
+        not_before: t.not_before,
+        expires_at: t.expires_at,
+        plugins: t.plugins.clone(),
+        customer: t.customer.clone(),
+        installed_at: now,
+    };
+    Ok((grant, t.issued_at))
+}
+
+/// The grants a host enforces, per license id: each with its own terms,
+/// given as revoked when revoked alone (`revoked`) or left out by the
+/// issuers' scopes (`left_out`): no seat, and held seats end.
+pub(crate) fn seat_grants_of(
+    grants: &[Grant],
+    revoked: &BTreeSet<String>,
+    left_out: &BTreeSet<&str>,
+) -> BTreeMap<String, Vec<SeatGrant>> {
+    let mut out: BTreeMap<String, Vec<SeatGrant>> = BTreeMap::new();
+    for g in grants {
+        let grant = SeatGrant {
+            revoked: revoked.contains(&g.grant_id) || left_out.contains(g.grant_id.as_str()),
+            id: g.grant_id.clone(),
+            terms: g.terms(),
+        };
+        out.entry(g.license_id.clone()).or_default().push(grant);
+    }
+    out
 }
 
 fn upgrade(conn: &Connection) -> rusqlite::Result<()> {

@@ -139,7 +139,7 @@ pub fn glob_matches(pattern: &str, id: &str) -> bool {
 
 /// Every issuer's scope and the name of every trusted key.
 #[derive(Clone, Debug, Default)]
-pub(super) struct Scopes {
+pub(crate) struct Scopes {
     /// Patterns per issuer name (a name without a row has the default).
     by_name: BTreeMap<String, Vec<String>>,
     /// The issuer name of each trusted key id.
@@ -147,8 +147,24 @@ pub(super) struct Scopes {
 }
 
 impl Scopes {
+    /// Scopes from stored rows: patterns per issuer name, and the issuer
+    /// name of each trusted key id.
+    /// (`patterns` are stored one a line).
+    pub(crate) fn from_rows(
+        by_name: impl IntoIterator<Item = (String, String)>,
+        names: impl IntoIterator<Item = (String, String)>,
+    ) -> Self {
+        Self {
+            by_name: by_name
+                .into_iter()
+                .map(|(name, patterns)| (name, patterns.lines().map(str::to_string).collect()))
+                .collect(),
+            names: names.into_iter().collect(),
+        }
+    }
+
     /// The issuer name of key `key_id` (the key id itself when unknown).
-    pub(super) fn name_of(&self, key_id: &str) -> String {
+    pub(crate) fn name_of(&self, key_id: &str) -> String {
         self.names
             .get(key_id)
             .cloned()
@@ -156,7 +172,7 @@ impl Scopes {
     }
 
     /// The patterns of issuer `name`.
-    pub(super) fn patterns(&self, name: &str) -> Vec<String> {
+    pub(crate) fn patterns(&self, name: &str) -> Vec<String> {
         self.by_name
             .get(name)
             .cloned()
@@ -194,7 +210,7 @@ impl Scopes {
     /// Refuses a grant signed by key `key` for `license` that is outside
     /// the key's issuer scope, or that another issuer already granted
     /// (`granted`: license id and issuer key of every grant counted).
-    pub(super) fn check_install(
+    pub(crate) fn check_install(
         &self,
         grant: &Grant,
         granted: &[(String, String)],
@@ -241,7 +257,7 @@ impl Scopes {
     /// outside their issuer's scope, and every grant of an id granted by
     /// several issuers that do not all name it explicitly. Grants revoked
     /// for good (`revoked`) give no seat anyway and are not counted.
-    pub(super) fn problems(
+    pub(crate) fn problems(
         &self,
         grants: &[Grant],
         revoked: &BTreeSet<String>,
@@ -354,6 +370,34 @@ fn clean(patterns: &[String]) -> Result<Vec<String>, ScopeError> {
     Ok(out)
 }
 
+/// The scope to store for a newly trusted key's issuer `name`, whose
+/// stored scope is `stored` (patterns, one a line): `ids` when given, else
+/// the default; `None` when the name keeps the scope it has. Refused when
+/// `ids` differ from a stored scope (a rotated key keeps its issuer's).
+pub(crate) fn scope_to_store(
+    name: &str,
+    stored: Option<&str>,
+    ids: Option<&[String]>,
+) -> Result<Option<Vec<String>>, ScopeError> {
+    let wanted = match ids {
+        Some(ids) => clean(ids)?,
+        None => vec![DEFAULT_PATTERN.to_string()],
+    };
+    match stored {
+        None => Ok(Some(wanted)),
+        Some(current) => {
+            let current: Vec<String> = current.lines().map(str::to_string).collect();
+            if ids.is_some() && current != wanted {
+                return Err(ScopeError::ScopeDiffers {
+                    name: name.to_string(),
+                    current: format!("[{}]", current.join(", ")),
+                });
+            }
+            Ok(None)
+        }
+    }
+}
+
 /// Gives every trusted key a name (its key id when it has none) and every
 /// name without a scope the default scope: how a state directory made
 /// before scopes is brought up to date.
@@ -369,25 +413,16 @@ pub(super) fn upgrade(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
 impl State {
     /// Every issuer's scope and every trusted key's issuer name.
     pub(super) fn scopes(&self) -> Result<Scopes, StateError> {
-        let by_name = self
-            .query("SELECT name, patterns FROM issuer_scopes", [], |r| {
-                let patterns: String = r.get(1)?;
-                Ok((
-                    r.get::<_, String>(0)?,
-                    patterns.lines().map(str::to_string).collect::<Vec<_>>(),
-                ))
-            })?
-            .into_iter()
-            .collect();
-        let names = self
-            .query(
-                "SELECT key_id, coalesce(nullif(name, ''), key_id) FROM trusted_issuers",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )?
-            .into_iter()
-            .collect();
-        Ok(Scopes { by_name, names })
+        let by_name: Vec<(String, String)> =
+            self.query("SELECT name, patterns FROM issuer_scopes", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+        let names: Vec<(String, String)> = self.query(
+            "SELECT key_id, coalesce(nullif(name, ''), key_id) FROM trusted_issuers",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok(Scopes::from_rows(by_name, names))
     }
 
     /// The scope of issuer `name` (the default when it has none stored).
@@ -432,32 +467,15 @@ impl State {
             )
             .optional()
             .map_err(|e| self.err(e))?;
-        let wanted = match ids {
-            Some(ids) => clean(ids)?,
-            None => vec![DEFAULT_PATTERN.to_string()],
-        };
-        match stored {
-            None => {
-                self.conn()
-                    .execute(
-                        "INSERT INTO issuer_scopes (name, patterns) VALUES (?1, ?2)",
-                        params![name, wanted.join("\n")],
-                    )
-                    .map_err(|e| self.err(e))?;
-                Ok(())
-            }
-            Some(current) => {
-                let current: Vec<String> = current.lines().map(str::to_string).collect();
-                if ids.is_some() && current != wanted {
-                    return Err(ScopeError::ScopeDiffers {
-                        name: name.to_string(),
-                        current: format!("[{}]", current.join(", ")),
-                    }
-                    .into());
-                }
-                Ok(())
-            }
+        if let Some(wanted) = scope_to_store(name, stored.as_deref(), ids)? {
+            self.conn()
+                .execute(
+                    "INSERT INTO issuer_scopes (name, patterns) VALUES (?1, ?2)",
+                    params![name, wanted.join("\n")],
+                )
+                .map_err(|e| self.err(e))?;
         }
+        Ok(())
     }
 
     /// Every issuer name with its scope.
