@@ -8,6 +8,7 @@
 //! trip per call.
 
 pub mod batches;
+pub mod grants;
 pub mod ledger;
 pub mod seats;
 
@@ -18,15 +19,35 @@ use tokio_postgres::NoTls;
 /// The migrations, in order: migration `i` takes the schema from version
 /// `i` to `i + 1`. Append only; never edit one that has shipped.
 const MIGRATIONS: &[&str] = &[
-    // 1: grants as the seat pool sees them, and the seat batches of hosts.
-    "CREATE TABLE grants (
+    // 1: trust, issuer scopes, grants (with their signed text), revocations,
+    // and the seat batches of hosts.
+    "CREATE TABLE trusted_issuers (
+         key_id TEXT PRIMARY KEY,
+         public_key BYTEA NOT NULL,
+         name TEXT NOT NULL,
+         added_at BIGINT NOT NULL
+     );
+     CREATE TABLE issuer_scopes (name TEXT PRIMARY KEY, patterns TEXT NOT NULL);
+     CREATE TABLE grants (
          grant_id TEXT PRIMARY KEY,
          license_id TEXT NOT NULL,
+         issuer TEXT NOT NULL,
          seats INTEGER CHECK (seats >= 0),
          not_before BIGINT,
-         expires_at BIGINT
+         expires_at BIGINT,
+         plugins TEXT NOT NULL,
+         customer TEXT,
+         issued_at BIGINT NOT NULL,
+         installed_at BIGINT NOT NULL,
+         file TEXT NOT NULL
      );
      CREATE INDEX grants_license ON grants (license_id);
+     CREATE TABLE revocations (license_id TEXT PRIMARY KEY, revoked_at BIGINT NOT NULL);
+     CREATE TABLE grant_revocations (
+         grant_id TEXT PRIMARY KEY,
+         license_id TEXT NOT NULL,
+         revoked_at BIGINT NOT NULL
+     );
      CREATE SEQUENCE fencing_tokens;
      CREATE TABLE seat_batches (
          grant_id TEXT NOT NULL REFERENCES grants ON DELETE CASCADE,
@@ -150,6 +171,22 @@ pub enum PgError {
         what: &'static str,
         /// The value.
         value: u64,
+    },
+    /// A license, trust or scope operation was refused (the same checks as
+    /// on a single host's state directory).
+    #[error(transparent)]
+    Refused(#[from] crate::StateError),
+    /// A stored grant does not match its signed text, or no longer verifies.
+    #[error(
+        "grant {grant} of license {license} in the shared store is refused: {reason}. The database was changed outside tollgate, or its issuer is no longer trusted: reinstall the license file, or revoke the grant"
+    )]
+    GrantRefused {
+        /// The grant id.
+        grant: String,
+        /// Its license id.
+        license: String,
+        /// What does not match.
+        reason: String,
     },
     /// A grant the operation names is not in the store.
     #[error("grant {0} is not in the shared store")]
@@ -297,36 +334,6 @@ impl PgStore {
         tx.commit()
             .await
             .map_err(PgError::query("commit the migration"))
-    }
-
-    /// Adds grant `grant_id` of `license_id` with `seats` (`None`:
-    /// unlimited) and its window (unix seconds), or updates it.
-    pub async fn put_grant(
-        &self,
-        grant_id: &str,
-        license_id: &str,
-        seats: Option<u32>,
-        window: (Option<u64>, Option<u64>),
-    ) -> Result<(), PgError> {
-        let client = self.client().await?;
-        let seats = seats.map(|n| i32::try_from(n).unwrap_or(i32::MAX));
-        let secs = |t: Option<u64>| t.map(|t| i64::try_from(t).unwrap_or(i64::MAX));
-        client
-            .execute(
-                "INSERT INTO grants (grant_id, license_id, seats, not_before, expires_at)
-                 VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT (grant_id) DO UPDATE SET seats = $3, not_before = $4, expires_at = $5",
-                &[
-                    &grant_id,
-                    &license_id,
-                    &seats,
-                    &secs(window.0),
-                    &secs(window.1),
-                ],
-            )
-            .await
-            .map_err(PgError::query("store a grant"))?;
-        Ok(())
     }
 }
 

@@ -4,11 +4,31 @@ use super::seats::Batch;
 use super::*;
 use std::collections::BTreeMap;
 use test_postgres::TestPostgres;
+use tollgate_license::issuer::{IssuerKey, LicenseTerms};
+use tollgate_license::{Clock, Seats, SystemClock};
 
 const LONG: Duration = Duration::from_secs(3600);
 
 async fn store(pg: &TestPostgres) -> PgStore {
     PgStore::connect(&pg.url(), 16).await.expect("connects")
+}
+
+/// Trusts a new issuer and installs its signed license `id` of `seats`;
+/// returns the grant id.
+async fn install(store: &PgStore, id: &str, seats: Seats) -> String {
+    let now = SystemClock.now_secs();
+    let key = IssuerKey::generate().expect("issuer key");
+    store
+        .trust(&key.public(), None, None, now)
+        .await
+        .expect("trust");
+    let license = key.sign(LicenseTerms::new(id, seats), now).expect("sign");
+    store
+        .install_text(&license.to_file_text(), now)
+        .await
+        .expect("install")
+        .grant
+        .grant_id
 }
 
 /// Replays lease log rows (host, seats, granted at, expires at; in the
@@ -95,12 +115,10 @@ async fn a_bad_url_or_unknown_grant_is_named() {
 async fn batches_of_a_grant_never_sum_above_its_seats() {
     let pg = TestPostgres::start();
     let s = store(&pg).await;
-    s.put_grant("g5", "demo", Some(5), (None, None))
-        .await
-        .expect("grant");
+    let g5 = install(&s, "demo", Seats::Counted(5)).await;
     let lease = |host: &'static str, want: u32, ttl: Duration| {
-        let s = s.clone();
-        async move { s.lease_batch("g5", host, want, ttl).await.expect("lease") }
+        let (s, g5) = (s.clone(), g5.clone());
+        async move { s.lease_batch(&g5, host, want, ttl).await.expect("lease") }
     };
     let a = lease("a", 3, LONG).await;
     assert_eq!(a.seats, 3);
@@ -116,7 +134,7 @@ async fn batches_of_a_grant_never_sum_above_its_seats() {
     assert_eq!(lease("a", 1, Duration::ZERO).await.seats, 1);
     assert_eq!(lease("c", 5, LONG).await.seats, 1);
     // Returning a batch frees its seats.
-    s.return_batch("g5", "b").await.expect("return");
+    s.return_batch(&g5, "b").await.expect("return");
     assert_eq!(lease("c", 5, LONG).await.seats, 5);
     // Every lease has its own token.
     let t1 = lease("d", 0, LONG).await.token;
@@ -128,11 +146,9 @@ async fn batches_of_a_grant_never_sum_above_its_seats() {
 async fn an_unlimited_grant_gives_what_is_asked() {
     let pg = TestPostgres::start();
     let s = store(&pg).await;
-    s.put_grant("u", "demo", None, (None, None))
-        .await
-        .expect("grant");
+    let u = install(&s, "demo", Seats::Unlimited).await;
     for host in ["a", "b", "c"] {
-        let b: Batch = s.lease_batch("u", host, 1000, LONG).await.expect("lease");
+        let b: Batch = s.lease_batch(&u, host, 1000, LONG).await.expect("lease");
         assert_eq!((b.seats, b.unlimited), (1000, true));
     }
 }
@@ -145,12 +161,10 @@ async fn concurrent_leases_never_overcommit_when_replayed() {
     const SEATS: i64 = 5;
     let pg = TestPostgres::start();
     let s = store(&pg).await;
-    s.put_grant("g", "demo", Some(5), (None, None))
-        .await
-        .expect("grant");
+    let g = install(&s, "demo", Seats::Counted(5)).await;
     let mut tasks = Vec::new();
     for h in 0..8u32 {
-        let s = s.clone();
+        let (s, g) = (s.clone(), g.clone());
         tasks.push(tokio::spawn(async move {
             let host = format!("host-{h}");
             let mut granted = 0u32;
@@ -164,7 +178,7 @@ async fn concurrent_leases_never_overcommit_when_replayed() {
                     _ => Duration::from_secs(30),
                 };
                 granted += s
-                    .lease_batch("g", &host, want, ttl)
+                    .lease_batch(&g, &host, want, ttl)
                     .await
                     .expect("lease")
                     .seats;
@@ -183,8 +197,8 @@ async fn concurrent_leases_never_overcommit_when_replayed() {
         .query(
             "SELECT host_id, seats, extract(epoch FROM granted_at)::float8,
                     extract(epoch FROM expires_at)::float8
-             FROM seat_batch_log WHERE grant_id = 'g' ORDER BY granted_at, token",
-            &[],
+             FROM seat_batch_log WHERE grant_id = $1 ORDER BY granted_at, token",
+            &[&g],
         )
         .await
         .expect("log");
@@ -210,7 +224,6 @@ mod shared_hosts {
     use tollgate_license::ledger::MemoryLedger;
     use tollgate_license::{
         CallLimits, Entitlement, Grant, Holder, LicenseManager, ReclaimReason, Seats, SystemClock,
-        Terms,
     };
 
     /// A shutdown signal without another dependency: a watch channel.
@@ -237,16 +250,15 @@ mod shared_hosts {
 
     const SEATS: u32 = 5;
 
-    fn host() -> Arc<LicenseManager> {
+    /// A shared host with the grants the store gives it.
+    fn host(grants: &BTreeMap<String, Vec<Grant>>) -> Arc<LicenseManager> {
         let m = Arc::new(LicenseManager::shared(
             Arc::new(MemoryLedger::default()),
             Arc::new(SystemClock),
         ));
-        m.set_grants(
-            "demo",
-            vec![Grant::new("g", Terms::new(Seats::Counted(SEATS)))],
-        )
-        .expect("grant");
+        for (id, grants) in grants {
+            m.set_grants(id, grants.clone()).expect("grant");
+        }
         m
     }
 
@@ -259,8 +271,9 @@ mod shared_hosts {
         }
     }
 
-    /// A database with grant `g` of 5 seats, and two shared hosts on it,
-    /// each with its batcher (`host-0`, `host-1`) running.
+    /// A database with a signed 5-seat license `demo`, and two shared hosts
+    /// on it that took their grants from it, each with its batcher
+    /// (`host-0`, `host-1`) running.
     struct Cluster {
         pg: TestPostgres,
         rt: tokio::runtime::Runtime,
@@ -279,9 +292,9 @@ mod shared_hosts {
             let pg = TestPostgres::start();
             let rt = tokio::runtime::Runtime::new().expect("runtime");
             let store = rt.block_on(store(&pg));
-            rt.block_on(store.put_grant("g", "demo", Some(SEATS), (None, None)))
-                .expect("grant");
-            let hosts = [host(), host()];
+            rt.block_on(install(&store, "demo", Seats::Counted(SEATS)));
+            let grants = rt.block_on(store.seat_grants()).expect("grants");
+            let hosts = [host(&grants), host(&grants)];
             let shutdown = Shutdown::new();
             let batchers: Vec<_> = hosts
                 .iter()
@@ -814,6 +827,175 @@ mod shipping {
         assert_eq!(
             store.verify_host_chain("host-a").await.expect("verify"),
             Ok(10)
+        );
+    }
+}
+
+mod grants {
+    //! Trust, installs, scopes and revocations in the shared store: the
+    //! same refusals as a state directory, and tampering found on read.
+
+    use super::*;
+    use crate::StateError;
+    use crate::state::ScopeError;
+    use tollgate_license::issuer::IssuerError;
+
+    fn now() -> u64 {
+        SystemClock.now_secs()
+    }
+
+    fn signed(key: &IssuerKey, id: &str, seats: Seats) -> String {
+        key.sign(LicenseTerms::new(id, seats), now())
+            .expect("sign")
+            .to_file_text()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_signed_licenses_of_trusted_issuers_install() {
+        let pg = TestPostgres::start();
+        let s = store(&pg).await;
+        let key = IssuerKey::generate().expect("key");
+        let text = signed(&key, "demo", Seats::Counted(3));
+        let untrusted = s.install_text(&text, now()).await.expect_err("untrusted");
+        assert!(
+            matches!(
+                untrusted,
+                PgError::Refused(StateError::Issuer(IssuerError::Untrusted(_)))
+            ),
+            "{untrusted}"
+        );
+        assert!(
+            s.trust(&key.public(), Some("acme"), None, now())
+                .await
+                .expect("trust")
+        );
+        assert!(
+            !s.trust(&key.public(), None, None, now())
+                .await
+                .expect("again")
+        );
+        let trusted = s.trusted().await.expect("trusted");
+        assert_eq!(trusted.len(), 1);
+        assert_eq!(
+            (trusted[0].name.as_deref(), trusted[0].scope.clone()),
+            (Some("acme"), vec!["*".to_string()])
+        );
+
+        let forged = text.replace("seats: 3", "seats: 300");
+        assert_ne!(forged, text, "the license text names its seats");
+        let refused = s.install_text(&forged, now()).await.expect_err("forged");
+        assert!(
+            matches!(
+                refused,
+                PgError::Refused(StateError::Issuer(IssuerError::BadSignature))
+            ),
+            "{refused}"
+        );
+
+        let installed = s.install_text(&text, now()).await.expect("install");
+        assert!(installed.new && !installed.revoked);
+        assert!(!s.install_text(&text, now()).await.expect("twice").new);
+        let grants = s.seat_grants().await.expect("grants");
+        let demo = &grants["demo"];
+        assert_eq!(demo.len(), 1);
+        assert_eq!(demo[0].terms.seats, Seats::Counted(3));
+        assert!(!demo[0].revoked);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn scopes_hold_across_issuers_and_concurrent_installs() {
+        let pg = TestPostgres::start();
+        let s = store(&pg).await;
+        let (acme, other) = (
+            IssuerKey::generate().expect("key"),
+            IssuerKey::generate().expect("key"),
+        );
+        s.trust(
+            &acme.public(),
+            Some("acme"),
+            Some(&["acme-*".to_string()]),
+            now(),
+        )
+        .await
+        .expect("trust");
+        s.trust(&other.public(), Some("other"), None, now())
+            .await
+            .expect("trust");
+        let out = s
+            .install_text(&signed(&acme, "render", Seats::Counted(1)), now())
+            .await
+            .expect_err("outside acme's scope");
+        assert!(
+            matches!(&out, PgError::Refused(StateError::Scope(e)) if matches!(**e, ScopeError::OutOfScope { .. })),
+            "{out}"
+        );
+        // The default scope covers only ids no other issuer names.
+        let claimed = s
+            .install_text(&signed(&other, "acme-pro", Seats::Counted(1)), now())
+            .await
+            .expect_err("acme names it");
+        assert!(
+            matches!(claimed, PgError::Refused(StateError::Scope(_))),
+            "{claimed}"
+        );
+
+        // Hosts install the same id from eight issuers at once: one wins.
+        let mut installs = Vec::new();
+        for i in 0..8 {
+            let key = IssuerKey::generate().expect("key");
+            s.trust(&key.public(), Some(&format!("issuer-{i}")), None, now())
+                .await
+                .expect("trust");
+            let (s, text) = (s.clone(), signed(&key, "shared-id", Seats::Counted(1)));
+            installs.push(tokio::spawn(
+                async move { s.install_text(&text, now()).await },
+            ));
+        }
+        let mut won = 0;
+        for install in installs {
+            match install.await.expect("task") {
+                Ok(_) => won += 1,
+                Err(PgError::Refused(StateError::Scope(_))) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(won, 1, "exactly one issuer may grant shared-id");
+        let b = signed(&acme, "acme-x", Seats::Counted(1));
+        s.install_text(&b, now()).await.expect("in acme's scope");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn revocations_and_a_tampered_grant() {
+        let pg = TestPostgres::start();
+        let s = store(&pg).await;
+        let g1 = install(&s, "demo", Seats::Counted(2)).await;
+        let unknown = s.revoke("nope", now()).await.expect_err("unknown id");
+        assert!(
+            matches!(unknown, PgError::Refused(StateError::UnknownLicense(_))),
+            "{unknown}"
+        );
+        s.revoke("demo", now()).await.expect("revoke");
+        assert!(s.revocations().await.expect("read").contains_key("demo"));
+        assert!(s.unrevoke("demo").await.expect("unrevoke"));
+        assert!(!s.unrevoke("demo").await.expect("again"));
+        assert_eq!(s.revoke_grant(&g1, now()).await.expect("grant"), "demo");
+        assert!(s.seat_grants().await.expect("grants")["demo"][0].revoked);
+
+        // Someone raises the seats in the database: the grant is refused
+        // on read, naming what differs.
+        let client = s.client().await.expect("client");
+        client
+            .execute("UPDATE grants SET seats = 50", &[])
+            .await
+            .expect("tamper");
+        let refused = s.seat_grants().await.expect_err("tampered");
+        assert!(
+            matches!(&refused, PgError::GrantRefused { grant, .. } if *grant == g1),
+            "{refused}"
+        );
+        assert!(
+            refused.to_string().contains("column `seats` says 50"),
+            "{refused}"
         );
     }
 }

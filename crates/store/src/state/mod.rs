@@ -7,6 +7,8 @@ mod ids;
 mod reports;
 mod scopes;
 
+#[cfg(feature = "postgres")]
+pub(crate) use anchor::stored_grant_problem;
 pub use anchor::{
     CHECKPOINT_HEADER, Checkpoint, CheckpointReport, HOST_KEY_FILE, HostKey, IntegrityError,
     IssuerPin,
@@ -16,6 +18,8 @@ pub use scopes::{
     DEFAULT_PATTERN, IssuerScope, ProblemKind, ScopeError, ScopeProblem, glob_matches,
     validate_pattern,
 };
+#[cfg(feature = "postgres")]
+pub(crate) use scopes::{Scopes, scope_to_store};
 
 use crate::chain::kind_from_names;
 use crate::ledger::connect;

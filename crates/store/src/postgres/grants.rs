@@ -1,0 +1,376 @@
+//! Trust, issuer scopes, grants and revocations in the shared store, with
+//! the checks a single host's state directory makes: a license is installed
+//! only if its signature verifies under a trusted issuer and its id is in
+//! that issuer's scope; every grant is checked again against its signed
+//! text whenever the grants are read.
+
+use super::{PgError, PgStore};
+use crate::state::{
+    Grant, Installed, Scopes, TrustedIssuer, scope_to_store, seat_grants_of, stored_grant_problem,
+    verified_grant,
+};
+use crate::{StateError, state::ScopeError};
+use deadpool_postgres::GenericClient;
+use std::collections::{BTreeMap, BTreeSet};
+use tollgate_license::Grant as SeatGrant;
+use tollgate_license::issuer::IssuerPublicKey;
+
+/// Key of the advisory lock that serializes installs and trust changes, so
+/// a scope check and the write it allows are one step across hosts.
+const GRANTS_LOCK: i64 = 0x7467_6772_616e_7473; // "tggrants"
+
+/// Unix seconds as the store's BIGINT.
+fn secs(t: u64) -> i64 {
+    i64::try_from(t).unwrap_or(i64::MAX)
+}
+
+fn unsigned(n: Option<i64>) -> Option<u64> {
+    n.map(|n| u64::try_from(n).unwrap_or(0))
+}
+
+impl PgStore {
+    /// Trusts an issuer key under issuer `name` (its key id when `None`),
+    /// with the id scope `ids` (or the default scope for a new name); false
+    /// if the key was trusted already. See `State::trust_scoped`.
+    pub async fn trust(
+        &self,
+        key: &IssuerPublicKey,
+        name: Option<&str>,
+        ids: Option<&[String]>,
+        now: u64,
+    ) -> Result<bool, PgError> {
+        let mut client = self.client().await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(PgError::query("begin trusting an issuer"))?;
+        lock_grants(&tx).await?;
+        let key_id = key.key_id();
+        let known: Option<String> = tx
+            .query_opt(
+                "SELECT name FROM trusted_issuers WHERE key_id = $1",
+                &[&key_id],
+            )
+            .await
+            .map_err(PgError::query("read a trusted issuer"))?
+            .map(|r| r.get(0));
+        let name = match (&known, name.map(str::trim).filter(|n| !n.is_empty())) {
+            (Some(known), _) => known.clone(),
+            (None, Some(name)) => name.to_string(),
+            (None, None) => key_id.clone(),
+        };
+        let stored: Option<String> = tx
+            .query_opt(
+                "SELECT patterns FROM issuer_scopes WHERE name = $1",
+                &[&name],
+            )
+            .await
+            .map_err(PgError::query("read an issuer scope"))?
+            .map(|r| r.get(0));
+        let to_store = scope_to_store(&name, stored.as_deref(), ids).map_err(StateError::from)?;
+        if let Some(patterns) = to_store {
+            tx.execute(
+                "INSERT INTO issuer_scopes (name, patterns) VALUES ($1, $2)",
+                &[&name, &patterns.join("\n")],
+            )
+            .await
+            .map_err(PgError::query("store an issuer scope"))?;
+        }
+        let added = if known.is_some() {
+            false
+        } else {
+            tx.execute(
+                "INSERT INTO trusted_issuers (key_id, public_key, name, added_at)
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (key_id) DO NOTHING",
+                &[&key_id, &&key.to_bytes()[..], &name, &secs(now)],
+            )
+            .await
+            .map_err(PgError::query("trust an issuer"))?
+                == 1
+        };
+        tx.commit()
+            .await
+            .map_err(PgError::query("commit trusting an issuer"))?;
+        Ok(added)
+    }
+
+    /// The trusted issuers, each with its issuer's scope.
+    pub async fn trusted(&self) -> Result<Vec<TrustedIssuer>, PgError> {
+        let client = self.client().await?;
+        let scopes = scopes(&client).await?;
+        let rows = client
+            .query(
+                "SELECT key_id, name, added_at FROM trusted_issuers ORDER BY added_at, key_id",
+                &[],
+            )
+            .await
+            .map_err(PgError::query("list trusted issuers"))?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let name: String = r.get(1);
+                TrustedIssuer {
+                    key_id: r.get(0),
+                    scope: scopes.patterns(&name),
+                    name: Some(name),
+                    added_at: unsigned(Some(r.get(2))).unwrap_or(0),
+                }
+            })
+            .collect())
+    }
+
+    /// Verifies license text and records its grant, as
+    /// `State::install_text` does: installing it twice adds nothing, a
+    /// grant outside its issuer's scope or of an id another issuer granted
+    /// is refused, and a new grant never lifts a revocation.
+    pub async fn install_text(&self, text: &str, now: u64) -> Result<Installed, PgError> {
+        let mut client = self.client().await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(PgError::query("begin installing a license"))?;
+        lock_grants(&tx).await?;
+        let (grant, issued_at) = verified_grant(text, &trusted_keys(&tx).await?, now)?;
+        let granted: Vec<(String, String)> = tx
+            .query(
+                "SELECT license_id, issuer FROM grants WHERE license_id = $1
+                 AND grant_id NOT IN (SELECT grant_id FROM grant_revocations)",
+                &[&grant.license_id],
+            )
+            .await
+            .map_err(PgError::query("read the grants of a license"))?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        scopes(&tx)
+            .await?
+            .check_install(&grant, &granted)
+            .map_err(|e: ScopeError| StateError::from(e))?;
+        let seats = grant.seats.map(|n| i32::try_from(n).unwrap_or(i32::MAX));
+        let n = tx
+            .execute(
+                "INSERT INTO grants (grant_id, license_id, issuer, seats, not_before, expires_at,
+                     plugins, customer, issued_at, installed_at, file)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                 ON CONFLICT (grant_id) DO NOTHING",
+                &[
+                    &grant.grant_id,
+                    &grant.license_id,
+                    &grant.issuer,
+                    &seats,
+                    &grant.not_before.map(secs),
+                    &grant.expires_at.map(secs),
+                    &grant.plugins.join("\n"),
+                    &grant.customer,
+                    &secs(issued_at),
+                    &secs(now),
+                    &text,
+                ],
+            )
+            .await
+            .map_err(PgError::query("install a grant"))?;
+        let revoked: bool = tx
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM revocations WHERE license_id = $1)",
+                &[&grant.license_id],
+            )
+            .await
+            .map_err(PgError::query("read a revocation"))?
+            .get(0);
+        tx.commit()
+            .await
+            .map_err(PgError::query("commit installing a license"))?;
+        Ok(Installed {
+            grant,
+            new: n == 1,
+            revoked,
+        })
+    }
+
+    /// Every installed grant, by license id then install time, each checked
+    /// against its stored signed text first.
+    pub async fn grants(&self) -> Result<Vec<Grant>, PgError> {
+        let client = self.client().await?;
+        grants(&client).await
+    }
+
+    /// Revokes every grant of `license_id`, also grants installed later.
+    pub async fn revoke(&self, license_id: &str, now: u64) -> Result<(), PgError> {
+        let client = self.client().await?;
+        known_license(&client, license_id).await?;
+        client
+            .execute(
+                "INSERT INTO revocations (license_id, revoked_at) VALUES ($1, $2)
+                 ON CONFLICT (license_id) DO NOTHING",
+                &[&license_id, &secs(now)],
+            )
+            .await
+            .map_err(PgError::query("revoke a license"))?;
+        Ok(())
+    }
+
+    /// Lifts the revocation of `license_id`; false if it was not revoked.
+    pub async fn unrevoke(&self, license_id: &str) -> Result<bool, PgError> {
+        let client = self.client().await?;
+        known_license(&client, license_id).await?;
+        let n = client
+            .execute(
+                "DELETE FROM revocations WHERE license_id = $1",
+                &[&license_id],
+            )
+            .await
+            .map_err(PgError::query("lift a revocation"))?;
+        Ok(n == 1)
+    }
+
+    /// Revokes one grant for good; returns its license id.
+    pub async fn revoke_grant(&self, grant_id: &str, now: u64) -> Result<String, PgError> {
+        let client = self.client().await?;
+        let license: String = client
+            .query_opt(
+                "SELECT license_id FROM grants WHERE grant_id = $1",
+                &[&grant_id],
+            )
+            .await
+            .map_err(PgError::query("read a grant"))?
+            .map(|r| r.get(0))
+            .ok_or_else(|| StateError::UnknownGrant(grant_id.to_string()))?;
+        client
+            .execute(
+                "INSERT INTO grant_revocations (grant_id, license_id, revoked_at)
+                 VALUES ($1, $2, $3) ON CONFLICT (grant_id) DO NOTHING",
+                &[&grant_id, &license, &secs(now)],
+            )
+            .await
+            .map_err(PgError::query("revoke a grant"))?;
+        Ok(license)
+    }
+
+    /// Revoked license ids with the time of revocation.
+    pub async fn revocations(&self) -> Result<BTreeMap<String, u64>, PgError> {
+        let client = self.client().await?;
+        Ok(client
+            .query("SELECT license_id, revoked_at FROM revocations", &[])
+            .await
+            .map_err(PgError::query("read revocations"))?
+            .iter()
+            .map(|r| (r.get(0), unsigned(Some(r.get(1))).unwrap_or(0)))
+            .collect())
+    }
+
+    /// The grants hosts enforce, per license id, as `State::seat_grants`
+    /// gives them: grants revoked alone, or left out by the issuers'
+    /// scopes, give no seat.
+    pub async fn seat_grants(&self) -> Result<BTreeMap<String, Vec<SeatGrant>>, PgError> {
+        let client = self.client().await?;
+        let revoked: BTreeSet<String> = client
+            .query("SELECT grant_id FROM grant_revocations", &[])
+            .await
+            .map_err(PgError::query("read grant revocations"))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let grants = grants(&client).await?;
+        let problems = scopes(&client).await?.problems(&grants, &revoked);
+        let left_out: BTreeSet<&str> = problems
+            .iter()
+            .flat_map(|p| p.grants.iter().map(String::as_str))
+            .collect();
+        Ok(seat_grants_of(&grants, &revoked, &left_out))
+    }
+}
+
+/// Serializes installs and trust changes across hosts (until commit).
+async fn lock_grants(client: &impl GenericClient) -> Result<(), PgError> {
+    client
+        .execute("SELECT pg_advisory_xact_lock($1)", &[&GRANTS_LOCK])
+        .await
+        .map_err(PgError::query("lock the grants"))?;
+    Ok(())
+}
+
+async fn trusted_keys(client: &impl GenericClient) -> Result<Vec<IssuerPublicKey>, PgError> {
+    client
+        .query("SELECT public_key FROM trusted_issuers", &[])
+        .await
+        .map_err(PgError::query("read trusted issuer keys"))?
+        .iter()
+        .map(|r| {
+            IssuerPublicKey::from_bytes(r.get::<_, &[u8]>(0))
+                .map_err(|e| PgError::Refused(StateError::from(e)))
+        })
+        .collect()
+}
+
+async fn scopes(client: &impl GenericClient) -> Result<Scopes, PgError> {
+    let by_name: Vec<(String, String)> = client
+        .query("SELECT name, patterns FROM issuer_scopes", &[])
+        .await
+        .map_err(PgError::query("read issuer scopes"))?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let names: Vec<(String, String)> = client
+        .query("SELECT key_id, name FROM trusted_issuers", &[])
+        .await
+        .map_err(PgError::query("read issuer names"))?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    Ok(Scopes::from_rows(by_name, names))
+}
+
+async fn grants(client: &impl GenericClient) -> Result<Vec<Grant>, PgError> {
+    let trusted = trusted_keys(client).await?;
+    let rows = client
+        .query(
+            "SELECT grant_id, license_id, issuer, seats, not_before, expires_at, plugins, customer,
+                    installed_at, issued_at, file
+             FROM grants ORDER BY license_id, installed_at, grant_id",
+            &[],
+        )
+        .await
+        .map_err(PgError::query("read grants"))?;
+    rows.iter()
+        .map(|r| {
+            let plugins: String = r.get(6);
+            let grant = Grant {
+                grant_id: r.get(0),
+                license_id: r.get(1),
+                issuer: r.get(2),
+                seats: r
+                    .get::<_, Option<i32>>(3)
+                    .map(|n| u32::try_from(n).unwrap_or(0)),
+                not_before: unsigned(r.get(4)),
+                expires_at: unsigned(r.get(5)),
+                plugins: plugins.lines().map(str::to_string).collect(),
+                customer: r.get(7),
+                installed_at: unsigned(Some(r.get(8))).unwrap_or(0),
+            };
+            let issued_at = unsigned(Some(r.get(9))).unwrap_or(0);
+            let file: String = r.get(10);
+            stored_grant_problem(&grant, issued_at, &file, &trusted).map_err(|reason| {
+                PgError::GrantRefused {
+                    grant: grant.grant_id.clone(),
+                    license: grant.license_id.clone(),
+                    reason,
+                }
+            })?;
+            Ok(grant)
+        })
+        .collect()
+}
+
+async fn known_license(client: &impl GenericClient, license_id: &str) -> Result<(), PgError> {
+    let known = client
+        .query_opt(
+            "SELECT 1 FROM grants WHERE license_id = $1 LIMIT 1",
+            &[&license_id],
+        )
+        .await
+        .map_err(PgError::query("read a license"))?;
+    match known {
+        Some(_) => Ok(()),
+        None => Err(StateError::UnknownLicense(license_id.to_string()).into()),
+    }
+}
