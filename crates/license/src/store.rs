@@ -144,7 +144,18 @@ pub fn recover(
 /// Puts the store's grants and revocations in force in `licenses`.
 pub fn apply(store: &dyn GrantStore, licenses: &LicenseManager) -> Result<(), RecoverError> {
     let revoked = store.revocations()?;
-    for (id, grants) in store.seat_grants()? {
+    Ok(apply_grants(licenses, store.seat_grants()?, &revoked)?)
+}
+
+/// Puts `grants` (per license id) in force in `licenses`, each id revoked
+/// or not as `revoked` says: what [`apply`] does with what a store read,
+/// for a store read another way (asynchronously, say).
+pub fn apply_grants(
+    licenses: &LicenseManager,
+    grants: BTreeMap<String, Vec<Grant>>,
+    revoked: &BTreeMap<String, u64>,
+) -> Result<(), LicenseError> {
+    for (id, grants) in grants {
         licenses.set_grants(&id, grants)?;
         if revoked.contains_key(&id) {
             licenses.revoke(&id)?;

@@ -88,7 +88,7 @@ impl Batcher {
                 // Notifications sent while not listening are lost; the
                 // renewal every third of the TTL is the fallback.
                 if listener.is_none() {
-                    listener = self.store.listen().await.ok();
+                    listener = self.store.listen(&[super::seats::CHANNEL]).await.ok();
                 }
             }
             if let Err(e) = self.round(renew).await {
@@ -100,7 +100,7 @@ impl Batcher {
                 () = tokio::time::sleep(wait) => {}
                 () = self.licenses.seats_wanted() => {}
                 notification = next_notification(&mut listener) => match notification {
-                    Some(payload) => heard = self.heard(&payload),
+                    Some((_, payload)) => heard = self.heard(&payload),
                     None => listener = None,
                 },
             }
@@ -236,7 +236,9 @@ impl Batcher {
 
 /// The next notification of `listener`; never, without one; `None` once its
 /// connection ended.
-async fn next_notification(listener: &mut Option<super::Listener>) -> Option<String> {
+pub(crate) async fn next_notification(
+    listener: &mut Option<super::Listener>,
+) -> Option<(String, String)> {
     match listener {
         Some(l) => l.recv().await,
         None => std::future::pending().await,

@@ -12,8 +12,13 @@ use crate::state::{
 use crate::{StateError, state::ScopeError};
 use deadpool_postgres::GenericClient;
 use std::collections::{BTreeMap, BTreeSet};
-use tollgate_license::Grant as SeatGrant;
 use tollgate_license::issuer::IssuerPublicKey;
+use tollgate_license::store::apply_grants;
+use tollgate_license::{Grant as SeatGrant, LicenseManager};
+
+/// The channel on which a change of trust, grants or revocations is
+/// announced, so every host reads the grants again at once.
+pub const CHANNEL: &str = "tollgate_grants";
 
 /// Key of the advisory lock that serializes installs and trust changes, so
 /// a scope check and the write it allows are one step across hosts.
@@ -88,6 +93,7 @@ impl PgStore {
             .map_err(PgError::query("trust an issuer"))?
                 == 1
         };
+        announce(&tx).await?;
         tx.commit()
             .await
             .map_err(PgError::query("commit trusting an issuer"))?;
@@ -177,6 +183,7 @@ impl PgStore {
             .await
             .map_err(PgError::query("read a revocation"))?
             .get(0);
+        announce(&tx).await?;
         tx.commit()
             .await
             .map_err(PgError::query("commit installing a license"))?;
@@ -206,7 +213,7 @@ impl PgStore {
             )
             .await
             .map_err(PgError::query("revoke a license"))?;
-        Ok(())
+        announce(&client).await
     }
 
     /// Lifts the revocation of `license_id`; false if it was not revoked.
@@ -220,6 +227,7 @@ impl PgStore {
             )
             .await
             .map_err(PgError::query("lift a revocation"))?;
+        announce(&client).await?;
         Ok(n == 1)
     }
 
@@ -243,6 +251,7 @@ impl PgStore {
             )
             .await
             .map_err(PgError::query("revoke a grant"))?;
+        announce(&client).await?;
         Ok(license)
     }
 
@@ -278,6 +287,59 @@ impl PgStore {
             .collect();
         Ok(seat_grants_of(&grants, &revoked, &left_out))
     }
+}
+
+impl PgStore {
+    /// Puts the store's grants and revocations in force in `licenses` (a
+    /// shared host's manager).
+    pub async fn apply_to(&self, licenses: &LicenseManager) -> Result<(), PgError> {
+        let revoked = self.revocations().await?;
+        let grants = self.seat_grants().await?;
+        apply_grants(licenses, grants, &revoked)?;
+        licenses.sweep();
+        Ok(())
+    }
+
+    /// Keeps `licenses` in step with the store until `shutdown` completes:
+    /// at once when a change is announced, and every `every` in any case
+    /// (announcements are lost while the listening connection is down).
+    /// A failed read is logged and tried again.
+    pub async fn keep_grants(
+        &self,
+        licenses: std::sync::Arc<LicenseManager>,
+        every: std::time::Duration,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut listener = None;
+        loop {
+            if listener.is_none() {
+                listener = self.listen(&[CHANNEL]).await.ok();
+            }
+            if let Err(e) = self.apply_to(&licenses).await {
+                tracing::warn!("grants not read from the shared store: {e}");
+            }
+            tokio::select! {
+                () = &mut shutdown => break,
+                () = tokio::time::sleep(every) => {}
+                heard = super::batches::next_notification(&mut listener) => {
+                    if heard.is_none() {
+                        listener = None;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Tells every listening host to read the grants again (on commit, inside
+/// a transaction).
+async fn announce(client: &impl GenericClient) -> Result<(), PgError> {
+    client
+        .execute("SELECT pg_notify($1, '')", &[&CHANNEL])
+        .await
+        .map_err(PgError::query("announce a change of grants"))?;
+    Ok(())
 }
 
 /// Serializes installs and trust changes across hosts (until commit).

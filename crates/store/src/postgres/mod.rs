@@ -188,6 +188,9 @@ pub enum PgError {
         /// What does not match.
         reason: String,
     },
+    /// The grants read could not be put in force.
+    #[error(transparent)]
+    License(#[from] tollgate_license::LicenseError),
     /// A grant the operation names is not in the store.
     #[error("grant {0} is not in the shared store")]
     UnknownGrant(String),
@@ -246,9 +249,9 @@ impl PgStore {
         Ok(store)
     }
 
-    /// Listens on channel [`seats::CHANNEL`] on a connection of its own:
-    /// the payloads of its notifications, until the connection ends.
-    pub async fn listen(&self) -> Result<Listener, PgError> {
+    /// Listens on `channels` on a connection of its own: the channel and
+    /// payload of each notification, until the connection ends.
+    pub async fn listen(&self, channels: &[&str]) -> Result<Listener, PgError> {
         let (client, mut connection) = self
             .config
             .connect(NoTls)
@@ -259,7 +262,8 @@ impl PgStore {
             loop {
                 match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
                     Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
-                        if tx.send(n.payload().to_string()).is_err() {
+                        let heard = (n.channel().to_string(), n.payload().to_string());
+                        if tx.send(heard).is_err() {
                             break;
                         }
                     }
@@ -268,10 +272,12 @@ impl PgStore {
                 }
             }
         });
-        client
-            .batch_execute(&format!("LISTEN {}", seats::CHANNEL))
-            .await
-            .map_err(PgError::query("listen for notifications"))?;
+        for channel in channels {
+            client
+                .batch_execute(&format!("LISTEN {channel}"))
+                .await
+                .map_err(PgError::query("listen for notifications"))?;
+        }
         Ok(Listener {
             _client: client,
             rx,
@@ -340,7 +346,7 @@ impl PgStore {
 /// Notifications from the shared store, on a connection of their own.
 pub struct Listener {
     _client: tokio_postgres::Client,
-    rx: tokio::sync::mpsc::UnboundedReceiver<String>,
+    rx: tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -351,9 +357,10 @@ impl std::fmt::Debug for Listener {
 }
 
 impl Listener {
-    /// The next notification's payload; `None` once the connection ended
-    /// (notifications sent meanwhile are lost: listen again and poll).
-    pub async fn recv(&mut self) -> Option<String> {
+    /// The next notification's channel and payload; `None` once the
+    /// connection ended (notifications sent meanwhile are lost: listen
+    /// again and poll).
+    pub async fn recv(&mut self) -> Option<(String, String)> {
         self.rx.recv().await
     }
 }

@@ -223,7 +223,8 @@ mod shared_hosts {
     use tokio_util_free::Shutdown;
     use tollgate_license::ledger::MemoryLedger;
     use tollgate_license::{
-        CallLimits, Entitlement, Grant, Holder, LicenseManager, ReclaimReason, Seats, SystemClock,
+        CallLimits, Clock, Entitlement, Grant, Holder, LicenseManager, ReclaimReason, Seats,
+        SystemClock,
     };
 
     /// A shutdown signal without another dependency: a watch channel.
@@ -647,6 +648,52 @@ mod shared_hosts {
         assert!(
             took < Duration::from_secs(10),
             "host 1 got every seat only after {took:?}"
+        );
+        cluster.stop();
+    }
+
+    #[test]
+    fn installs_and_revocations_reach_every_host_within_two_seconds() {
+        let cluster = Cluster::start();
+        let Cluster {
+            rt,
+            store,
+            hosts,
+            shutdown,
+            ..
+        } = &cluster;
+        // Hosts read the grants every minute; only the announcement can
+        // bring a change to them in time.
+        for h in hosts {
+            let (store, h, fired) = (store.clone(), h.clone(), shutdown.fired());
+            rt.spawn(async move { store.keep_grants(h, Duration::from_secs(60), fired).await });
+        }
+        let (mut held, lease) = {
+            let mut taken = None;
+            wait_for("a seat on host 0", Duration::from_secs(20), || {
+                taken = try_seat(&hosts[0], 1);
+                taken.is_some()
+            });
+            taken.expect("seat")
+        };
+        rt.block_on(install(store, "extra", Seats::Counted(2)));
+        wait_for(
+            "a new license on every host",
+            Duration::from_secs(2),
+            || hosts.iter().all(|h| h.pool("extra").is_some()),
+        );
+        rt.block_on(store.revoke("demo", SystemClock.now_secs()))
+            .expect("revoke");
+        wait_for("a revocation on every host", Duration::from_secs(2), || {
+            hosts
+                .iter()
+                .all(|h| h.describe("demo").is_some_and(|s| s.revoked))
+        });
+        assert!(!held.lease_is_valid(lease), "the held seat ended");
+        let ended = held.end(ReclaimReason::InvocationEnded);
+        assert_eq!(
+            ended.denied.get("demo"),
+            Some(&tollgate_license::Denial::Revoked)
         );
         cluster.stop();
     }
