@@ -6,8 +6,10 @@ use clap::{Args, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use tollgate::license::issuer::{IssuerPublicKey, format_time, parse_time, read_small_text};
 use tollgate::license::{Clock, SystemClock};
+use tollgate::store::postgres::PgStore;
 use tollgate::store::state::{
-    Checkpoint, CheckpointReport, IntegrityError, State, StateError, UsageFilter,
+    Checkpoint, CheckpointReport, Installed, IntegrityError, State, StateError, TrustedIssuer,
+    UsageFilter,
 };
 
 /// Where the host keeps its state.
@@ -16,6 +18,15 @@ pub(crate) struct StateArg {
     /// State directory [env: TOLLGATE_STATE; default: $XDG_STATE_HOME/tollgate or ~/.local/state/tollgate].
     #[arg(long, value_name = "DIR")]
     state: Option<PathBuf>,
+    /// The shared store of several hosts, a postgres:// URL, instead of the
+    /// state directory (trust add, license install/revoke/unrevoke).
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "TOLLGATE_STORE",
+        hide_env_values = true
+    )]
+    store: Option<String>,
 }
 
 impl StateArg {
@@ -23,8 +34,106 @@ impl StateArg {
         self.state.clone().unwrap_or_else(State::default_dir)
     }
 
+    /// The state directory; refused with `--store`, for a command that
+    /// works on a state directory only.
     fn open(&self) -> Result<State, Failure> {
+        if let Some(url) = &self.store {
+            return Err(Failure::usage(anyhow::anyhow!(
+                "this command works on a state directory; with a shared store ({url}) use `trust add`, `license install`, `license revoke` or `license unrevoke`, or drop --store (and TOLLGATE_STORE)"
+            )));
+        }
         State::open(&self.dir()).map_err(Failure::usage)
+    }
+
+    /// The state directory, or the shared store `--store` names.
+    fn target(&self) -> Result<Target, Failure> {
+        match &self.store {
+            None => Ok(Target::Dir(self.open()?)),
+            Some(url) => {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .context("starting the runtime")
+                    .map_err(Failure::usage)?;
+                let store = rt
+                    .block_on(PgStore::connect(url, 1))
+                    .map_err(Failure::usage)?;
+                Ok(Target::Shared { store, rt })
+            }
+        }
+    }
+}
+
+/// Where an operator command acts: one host's state directory, or the
+/// store several hosts share. Both make the same checks.
+enum Target {
+    /// A state directory.
+    Dir(State),
+    /// A shared store, with the runtime its calls run on.
+    Shared {
+        store: PgStore,
+        rt: tokio::runtime::Runtime,
+    },
+}
+
+impl Target {
+    /// What it is, for messages.
+    fn describe(&self) -> String {
+        match self {
+            Target::Dir(state) => state.dir().display().to_string(),
+            Target::Shared { .. } => "the shared store".to_string(),
+        }
+    }
+
+    fn trust(
+        &self,
+        key: &IssuerPublicKey,
+        name: Option<&str>,
+        ids: Option<&[String]>,
+    ) -> anyhow::Result<bool> {
+        Ok(match self {
+            Target::Dir(state) => state.trust_scoped(key, name, ids, now())?,
+            Target::Shared { store, rt } => rt.block_on(store.trust(key, name, ids, now()))?,
+        })
+    }
+
+    fn trusted(&self) -> anyhow::Result<Vec<TrustedIssuer>> {
+        Ok(match self {
+            Target::Dir(state) => state.trusted()?,
+            Target::Shared { store, rt } => rt.block_on(store.trusted())?,
+        })
+    }
+
+    fn install(&self, file: &std::path::Path) -> anyhow::Result<Installed> {
+        Ok(match self {
+            Target::Dir(state) => state.install_file(file, now())?,
+            Target::Shared { store, rt } => {
+                let text = read_small_text(file)?;
+                rt.block_on(store.install_text(&text, now()))?
+            }
+        })
+    }
+
+    fn revoke(&self, id: &str) -> anyhow::Result<()> {
+        match self {
+            Target::Dir(state) => state.revoke(id, now())?,
+            Target::Shared { store, rt } => rt.block_on(store.revoke(id, now()))?,
+        }
+        Ok(())
+    }
+
+    fn revoke_grant(&self, grant: &str) -> anyhow::Result<String> {
+        Ok(match self {
+            Target::Dir(state) => state.revoke_grant(grant, now())?,
+            Target::Shared { store, rt } => rt.block_on(store.revoke_grant(grant, now()))?,
+        })
+    }
+
+    fn unrevoke(&self, id: &str) -> anyhow::Result<bool> {
+        Ok(match self {
+            Target::Dir(state) => state.unrevoke(id)?,
+            Target::Shared { store, rt } => rt.block_on(store.unrevoke(id))?,
+        })
     }
 }
 
@@ -219,12 +328,12 @@ pub(crate) fn trust(cmd: TrustCommand) -> Result<Exit, Failure> {
             let key = IssuerPublicKey::from_file_text(&text)
                 .with_context(|| format!("{} is not an issuer public key", pubkey.display()))
                 .map_err(Failure::usage)?;
-            let state = state.open()?;
-            let new = state
-                .trust_scoped(&key, name.as_deref(), ids.as_deref(), now())
+            let target = state.target()?;
+            let new = target
+                .trust(&key, name.as_deref(), ids.as_deref())
                 .with_context(|| format!("issuer key {} was not trusted", key.key_id()))
                 .map_err(Failure::usage)?;
-            let issuer = state
+            let issuer = target
                 .trusted()
                 .map_err(Failure::usage)?
                 .into_iter()
@@ -235,7 +344,7 @@ pub(crate) fn trust(cmd: TrustCommand) -> Result<Exit, Failure> {
             let verb = if new { "now trusts" } else { "already trusted" };
             println!(
                 "{} {verb} issuer key {} as issuer {issuer_name:?}, which may grant license ids [{}]",
-                state.dir().display(),
+                target.describe(),
                 key.key_id(),
                 scope.join(", ")
             );
@@ -285,9 +394,9 @@ pub(crate) fn trust(cmd: TrustCommand) -> Result<Exit, Failure> {
 pub(crate) fn license(cmd: LicenseCommand) -> Result<Exit, Failure> {
     match cmd {
         LicenseCommand::Install { file, state } => {
-            let state = state.open()?;
             let installed = state
-                .install_file(&file, now())
+                .target()?
+                .install(&file)
                 .with_context(|| format!("{} was not installed", file.display()))
                 .map_err(Failure::usage)?;
             let g = &installed.grant;
@@ -356,8 +465,8 @@ pub(crate) fn license(cmd: LicenseCommand) -> Result<Exit, Failure> {
             state,
         } => {
             let id_of = state
-                .open()?
-                .revoke_grant(&grant, now())
+                .target()?
+                .revoke_grant(&grant)
                 .map_err(Failure::usage)?;
             if let Some(id) = id.filter(|id| *id != id_of) {
                 return Err(Failure::usage(anyhow::anyhow!(
@@ -374,7 +483,7 @@ pub(crate) fn license(cmd: LicenseCommand) -> Result<Exit, Failure> {
             grant: None,
             state,
         } => {
-            state.open()?.revoke(&id, now()).map_err(Failure::usage)?;
+            state.target()?.revoke(&id).map_err(Failure::usage)?;
             println!(
                 "license {id} revoked, every grant of it including grants installed later: a running host ends its seats within 2 s; `tollgate license unrevoke {id}` lifts it"
             );
@@ -388,7 +497,7 @@ pub(crate) fn license(cmd: LicenseCommand) -> Result<Exit, Failure> {
             "name the license id to revoke, or --grant GRANT for one grant"
         ))),
         LicenseCommand::Unrevoke { id, state } => {
-            let lifted = state.open()?.unrevoke(&id).map_err(Failure::usage)?;
+            let lifted = state.target()?.unrevoke(&id).map_err(Failure::usage)?;
             if lifted {
                 println!("license {id} is no longer revoked: its grants in force give seats again");
             } else {

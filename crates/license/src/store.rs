@@ -101,6 +101,25 @@ pub fn recover(
     ledger: Arc<dyn Ledger>,
     clock: Arc<dyn Clock>,
 ) -> Result<Arc<LicenseManager>, RecoverError> {
+    recover_as(store, ledger, clock, false)
+}
+
+/// Like [`recover`], for a host whose counted grants' seats are shared with
+/// other hosts ([`LicenseManager::shared`]).
+pub fn recover_shared(
+    store: &dyn GrantStore,
+    ledger: Arc<dyn Ledger>,
+    clock: Arc<dyn Clock>,
+) -> Result<Arc<LicenseManager>, RecoverError> {
+    recover_as(store, ledger, clock, true)
+}
+
+fn recover_as(
+    store: &dyn GrantStore,
+    ledger: Arc<dyn Ledger>,
+    clock: Arc<dyn Clock>,
+    shared: bool,
+) -> Result<Arc<LicenseManager>, RecoverError> {
     let open = store.open_seats()?;
     let reason = ReclaimReason::HostRestart;
     for seat in &open {
@@ -129,7 +148,11 @@ pub fn recover(
             open.len()
         );
     }
-    let licenses = Arc::new(LicenseManager::new(ledger, clock));
+    let licenses = Arc::new(if shared {
+        LicenseManager::shared(ledger, clock)
+    } else {
+        LicenseManager::new(ledger, clock)
+    });
     licenses.resume_lease_ids_after(store.last_lease_id()?);
     let mut history = store.ledger_counters()?;
     apply(store, &licenses)?;

@@ -14,6 +14,7 @@ mod admin;
 pub mod config;
 mod conn;
 mod metrics;
+mod shared;
 
 pub use admin::{AdminBody, parse_admin_body};
 
@@ -68,6 +69,12 @@ pub enum ServeError {
     /// The server failed while running.
     #[error("the server failed: {0}")]
     Io(#[from] std::io::Error),
+    /// The shared store could not be used.
+    #[error(transparent)]
+    Store(#[from] tollgate_store::postgres::PgError),
+    /// A shared store needs a state directory for the ledger spool.
+    #[error("a host on a shared store needs a state directory for its ledger spool; set `state`")]
+    SharedNeedsState,
 }
 
 /// Shared state of the running server.
@@ -145,17 +152,12 @@ pub fn build_host(config: &Config) -> Result<Host, ServeError> {
     if let Some(pins) = &config.trusted_issuers {
         builder = builder.pin_issuers(pins.clone());
     }
+    if config.store.is_some() {
+        builder = builder.shared_seats();
+    }
     let host = builder.build()?;
-    for (id, r) in &config.licenses {
-        let rules = Rules {
-            include: r.include.clone(),
-            exclude: r.exclude.clone(),
-            reserve: r.reserve.clone(),
-            max_per_plugin: r.max_per_plugin,
-        };
-        if host.licenses().set_rules(id, rules).is_err() {
-            tracing::warn!("rules for license {id} wait: no license {id} is installed yet");
-        }
+    if config.store.is_none() {
+        apply_rules(&host, config);
     }
     for spec in &config.plugins {
         let plugin = host
@@ -169,12 +171,33 @@ pub fn build_host(config: &Config) -> Result<Host, ServeError> {
     Ok(host)
 }
 
+/// Puts the config's `[license.*]` rules in force for the licenses
+/// installed on `host`.
+fn apply_rules(host: &Host, config: &Config) {
+    for (id, r) in &config.licenses {
+        let rules = Rules {
+            include: r.include.clone(),
+            exclude: r.exclude.clone(),
+            reserve: r.reserve.clone(),
+            max_per_plugin: r.max_per_plugin,
+        };
+        if host.licenses().set_rules(id, rules).is_err() {
+            tracing::warn!("rules for license {id} wait: no license {id} is installed yet");
+        }
+    }
+}
+
 /// Runs the server until SIGTERM or SIGINT, then drains: stops accepting,
 /// lets calls in flight finish within the grace period, cancels the rest,
 /// flushes the ledger. `ready` gets the bound address.
 pub async fn serve(config: Config, ready: impl FnOnce(SocketAddr)) -> Result<(), ServeError> {
     let host = Arc::new(tokio::task::block_in_place(|| build_host(&config))?);
     let server = Arc::new(Server::new(host.clone(), &config));
+    if let Some(url) = &config.store {
+        // The grants come from the store: the rules apply once they are in.
+        shared::start(url, config.seat_batch_ttl, &host, &server).await?;
+        apply_rules(&host, &config);
+    }
     let app = router(server.clone());
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

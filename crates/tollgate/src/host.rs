@@ -1,7 +1,9 @@
 //! [`Host`]: licenses plus plugins, the API an operator embeds.
 
 use crate::license::ledger::{Ledger, LedgerError, MemoryLedger};
-use crate::license::store::{InvocationIds, RecoverError, StoreError, apply, recover};
+use crate::license::store::{
+    InvocationIds, RecoverError, StoreError, apply, recover, recover_shared,
+};
 use crate::license::{
     CallLimits, Clock, Entitlement, Holder, LicenseError, LicenseId, LicenseManager, ManagerStatus,
     PluginName, SystemClock, Terms,
@@ -31,6 +33,7 @@ pub struct HostBuilder {
     compile_cache: Option<PathBuf>,
     protected: Vec<(PathBuf, String)>,
     pinned_issuers: Option<Vec<IssuerPin>>,
+    shared_seats: bool,
 }
 
 impl Default for HostBuilder {
@@ -45,6 +48,7 @@ impl Default for HostBuilder {
             compile_cache: None,
             protected: Vec::new(),
             pinned_issuers: None,
+            shared_seats: false,
         }
     }
 }
@@ -104,6 +108,15 @@ impl HostBuilder {
         self
     }
 
+    /// Shares counted grants' seats with other hosts through a shared store:
+    /// this host hands out only the seats of the batches it is given
+    /// ([`LicenseManager::set_share`]; `tollgate-server` leases them), and
+    /// takes its grants from that store, not the state directory.
+    pub fn shared_seats(mut self) -> Self {
+        self.shared_seats = true;
+        self
+    }
+
     /// Chooses how instances get memory (default: on demand).
     pub fn allocator(mut self, allocator: Allocator) -> Self {
         self.allocator = allocator;
@@ -151,7 +164,11 @@ impl HostBuilder {
                     .ledger
                     .clone()
                     .unwrap_or_else(|| Arc::new(MemoryLedger::default()));
-                let licenses = Arc::new(LicenseManager::new(ledger, self.clock.clone()));
+                let licenses = Arc::new(if self.shared_seats {
+                    LicenseManager::shared(ledger, self.clock.clone())
+                } else {
+                    LicenseManager::new(ledger, self.clock.clone())
+                });
                 (licenses, None, None, InvocationIds::in_memory())
             }
             Some(dir) => {
@@ -166,7 +183,11 @@ impl HostBuilder {
                     Some(l) => l.clone(),
                     None => sqlite,
                 };
-                let licenses = recover(&state, ledger, self.clock.clone())?;
+                let licenses = if self.shared_seats {
+                    recover_shared(&state, ledger, self.clock.clone())?
+                } else {
+                    recover(&state, ledger, self.clock.clone())?
+                };
                 let state = Arc::new(state);
                 let ids = InvocationIds::durable(state.clone())?;
                 (licenses, Some(state), Some(lock), ids)

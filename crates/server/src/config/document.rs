@@ -75,6 +75,18 @@ const SETTINGS: &[Setting] = &[
     Setting::own("allowed_hosts", |checker, value, c| {
         checker.allowed_hosts(value, c);
     }),
+    Setting::text(
+        "store",
+        "a string like \"postgres://tollgate@db.example:5432/tollgate\"",
+        |c, text| {
+            tollgate_store::postgres::check_url(text)?;
+            c.store = Some(text.to_string());
+            Ok(())
+        },
+    ),
+    Setting::duration("seat_batch_ttl", Some(MAX_SEAT_BATCH_TTL), |c| {
+        &mut c.seat_batch_ttl
+    }),
 ];
 
 /// Top-level keys that are sections with readers of their own, after the settings.
@@ -306,6 +318,8 @@ const MAX_TIME_LIMIT: Duration = Duration::from_secs(3600);
 const MAX_CONCURRENT_CALLS: i64 = 10_000;
 const MAX_CONNECTIONS: i64 = 100_000;
 const MAX_READ_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Longest `seat_batch_ttl`: a dead host's seats come back after it.
+const MAX_SEAT_BATCH_TTL: Duration = Duration::from_secs(600);
 /// Smallest `max_buffered_request_bytes`.
 const MIN_BUFFERED: u64 = 1024;
 
@@ -739,6 +753,8 @@ impl<'t> Checker<'t> {
             allowed_hosts: None,
             plugins: Vec::new(),
             licenses: BTreeMap::new(),
+            store: None,
+            seat_batch_ttl: Duration::from_secs(15),
         };
         let known: Vec<&str> = top_level_keys().collect();
         self.unknown_keys(root, &known, "");

@@ -88,6 +88,12 @@ pub struct Config {
     pub plugins: Vec<PluginSpec>,
     /// Rules per license id (`[license.<id>]`).
     pub licenses: BTreeMap<String, LicenseRules>,
+    /// The shared store several hosts use (`store`, a `postgres://` URL);
+    /// `None`: this host's own state directory.
+    pub store: Option<String>,
+    /// How long a seat batch leased from the shared store lives unless
+    /// renewed (`seat_batch_ttl`).
+    pub seat_batch_ttl: Duration,
 }
 
 impl fmt::Debug for Config {
@@ -121,6 +127,8 @@ impl fmt::Debug for Config {
             .field("allowed_hosts", &self.allowed_hosts)
             .field("plugins", &self.plugins)
             .field("licenses", &self.licenses)
+            .field("store", &self.store)
+            .field("seat_batch_ttl", &self.seat_batch_ttl)
             .finish()
     }
 }
@@ -258,7 +266,7 @@ impl Config {
 
     /// Applies `TOLLGATE_*` overrides read through `env`; on any problem nothing changes.
     ///
-    /// Variables: `TOLLGATE_LISTEN`, `TOLLGATE_STATE`, `TOLLGATE_ADMIN_TOKEN`,
+    /// Variables: `TOLLGATE_LISTEN`, `TOLLGATE_STATE`, `TOLLGATE_STORE`, `TOLLGATE_ADMIN_TOKEN`,
     /// `TOLLGATE_ADMIN_TOKEN_FILE`, `TOLLGATE_LOG_FORMAT`. An empty value counts
     /// as unset. Relative paths are taken as given (relative to the working
     /// directory).
@@ -277,6 +285,14 @@ impl Config {
         }
         if let Some(value) = var("TOLLGATE_STATE") {
             next.state = Some(PathBuf::from(value));
+        }
+        if let Some(value) = var("TOLLGATE_STORE") {
+            match tollgate_store::postgres::check_url(&value) {
+                Ok(()) => next.store = Some(value),
+                Err(why) => problems.push(Problem::outside(format!(
+                    "environment variable TOLLGATE_STORE: {why}"
+                ))),
+            }
         }
         let token = var("TOLLGATE_ADMIN_TOKEN");
         let token_file = var("TOLLGATE_ADMIN_TOKEN_FILE");

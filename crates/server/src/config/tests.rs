@@ -1243,3 +1243,42 @@ max_request_bytes = "2GiB"
         "allowed_hosts = [\"localhost\", \"*\"]\n",
     );
 }
+
+#[test]
+fn a_shared_store_is_a_postgres_url_with_a_batch_ttl() {
+    let dir = ConfigDir::new();
+    let config = ok(&dir, "");
+    assert_eq!(
+        (config.store.as_deref(), config.seat_batch_ttl),
+        (None, Duration::from_secs(15))
+    );
+    let config = ok(
+        &dir,
+        "store = \"postgres://tollgate@db.example:5432/tollgate\"\nseat_batch_ttl = \"30s\"\n",
+    );
+    assert_eq!(
+        config.store.as_deref(),
+        Some("postgres://tollgate@db.example:5432/tollgate")
+    );
+    assert_eq!(config.seat_batch_ttl, Duration::from_secs(30));
+    assert_problems(
+        "store_not_postgres_and_ttl_too_long",
+        &dir,
+        "store = \"mysql://db/x\"\nseat_batch_ttl = \"2h\"\n",
+    );
+
+    let mut config = ok(&dir, "");
+    config
+        .apply_env(env_of(&[("TOLLGATE_STORE", "postgresql://h/db")]))
+        .expect("a store from the environment");
+    assert_eq!(config.store.as_deref(), Some("postgresql://h/db"));
+    let err = config
+        .apply_env(env_of(&[("TOLLGATE_STORE", "db.example")]))
+        .expect_err("not a URL");
+    assert!(
+        err.to_string().contains(
+            "environment variable TOLLGATE_STORE: \"db.example\" is not a PostgreSQL URL"
+        ),
+        "{err}"
+    );
+}

@@ -203,6 +203,19 @@ impl PgError {
     }
 }
 
+/// Checks a shared store's URL: `postgres://` (or `postgresql://`), and a
+/// connection string PostgreSQL's client accepts; the reason if not.
+pub fn check_url(url: &str) -> Result<(), String> {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(format!(
+            "{url:?} is not a PostgreSQL URL; write postgres://USER@HOST:PORT/DB"
+        ));
+    }
+    url.parse::<tokio_postgres::Config>()
+        .map(drop)
+        .map_err(|e| format!("{url:?} is not a PostgreSQL connection string: {e}"))
+}
+
 /// A connection pool to the shared store, its schema migrated.
 #[derive(Clone)]
 pub struct PgStore {

@@ -1,0 +1,146 @@
+//! Two `tollgate serve` processes on one PostgreSQL database share one
+//! license's seats exactly, and a revocation made once reaches both.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+use test_postgres::TestPostgres;
+
+mod common;
+
+use common::*;
+
+/// Trusts a new issuer in the store at `url` and installs its license
+/// `demo` of `seats` there, from `root`.
+fn install_shared(root: &Path, url: &str, seats: &str) {
+    let p = |n: &str| root.join(n).to_string_lossy().into_owned();
+    let ok = |args: &[&str]| {
+        let out = tg(root, args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    ok(&["issuer", "keygen", "--out", &p("keys")]);
+    let trusted = ok(&["trust", "add", "--store", url, &p("keys/issuer.pub")]);
+    assert!(trusted.contains("the shared store now trusts"), "{trusted}");
+    ok(&[
+        "issuer",
+        "sign",
+        "--key",
+        &p("keys/issuer.key"),
+        "--license-id",
+        "demo",
+        "--seats",
+        seats,
+        "--out",
+        &p("demo.license"),
+    ]);
+    let installed = ok(&["license", "install", "--store", url, &p("demo.license")]);
+    assert!(installed.contains("installed license demo"), "{installed}");
+}
+
+/// Starts `tollgate serve` for host `name` under `root/name`, on the shared
+/// store at `url`, with plugin `early` requiring `demo`.
+fn shared_host(root: &Path, url: &str, name: &str) -> Server {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).expect("host dir");
+    let config = format!(
+        "listen = \"127.0.0.1:0\"\nstate = \"state\"\nstore = {url:?}\nseat_batch_ttl = \"3s\"\n\
+         [[plugin]]\nname = \"early\"\ncomponent = {:?}\nrequires = [\"demo\"]\n\
+         wait_for_seat = \"10s\"\ntime_limit = \"20s\"\n",
+        guest("early-release")
+    );
+    std::fs::write(dir.join("tollgate.toml"), config).expect("config");
+    Server::spawn(&dir, Command::new(BIN), &["--log-format", "json"])
+        .unwrap_or_else(|e| panic!("host {name} did not start: {e}"))
+}
+
+/// Spans `(start, end)` reported by the early-release guest for the calls
+/// delivered to `clients` HTTP clients of `host`.
+fn delivered(host: &Server, clients: usize, calls: usize) -> Vec<(u128, u128)> {
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..clients)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut spans = Vec::new();
+                    for _ in 0..calls {
+                        let (st, body, _) = host.invoke("early", b"4");
+                        if st == 200 {
+                            let (a, b) = body.split_once(' ').expect("START END");
+                            spans.push((a.parse().expect("start"), b.parse().expect("end")));
+                        }
+                    }
+                    spans
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("client"))
+            .collect()
+    })
+}
+
+/// The most spans running at any one moment.
+fn most_at_once(spans: &[(u128, u128)]) -> usize {
+    let mut edges: Vec<(u128, i32)> = spans.iter().flat_map(|&(a, b)| [(a, 1), (b, -1)]).collect();
+    // An end before a start at the same instant: touching is not overlapping.
+    edges.sort_unstable();
+    let (mut now, mut most) = (0i32, 0i32);
+    for (_, step) in edges {
+        now += step;
+        most = most.max(now);
+    }
+    usize::try_from(most).unwrap_or(0)
+}
+
+#[test]
+fn two_hosts_share_five_seats_exactly_and_a_revocation_reaches_both() {
+    let pg = TestPostgres::start();
+    let url = pg.url();
+    let scratch = tempfile::Builder::new()
+        .prefix("tollgate-shared-")
+        .tempdir()
+        .expect("scratch");
+    let root = scratch.path();
+    install_shared(root, &url, "5");
+    let hosts = [shared_host(root, &url, "a"), shared_host(root, &url, "b")];
+
+    // 12 clients, 6 on each host, with a guest that sends its license back
+    // early: the delivered calls never overlap more than the 5 seats.
+    let spans: Vec<(u128, u128)> = std::thread::scope(|scope| {
+        let runs: Vec<_> = hosts
+            .iter()
+            .map(|h| scope.spawn(move || delivered(h, 6, 6)))
+            .collect();
+        runs.into_iter()
+            .flat_map(|r| r.join().expect("host clients"))
+            .collect()
+    });
+    assert!(spans.len() >= 30, "only {} calls delivered", spans.len());
+    let most = most_at_once(&spans);
+    eprintln!("{} calls delivered, at most {most} at once", spans.len());
+    assert!(most <= 5, "{most} delivered calls ran at once on 5 seats");
+    assert!(most >= 2, "the hosts never ran calls together");
+
+    // A revocation made once, on the store, reaches both hosts within 2 s.
+    let revoked = tg(root, &["license", "revoke", "--store", &url, "demo"]);
+    assert!(
+        revoked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&revoked.stderr)
+    );
+    for h in &hosts {
+        let reached = wait_until(Duration::from_secs(2), || {
+            code(&h.invoke("early", b"1").1) == "revoked"
+        });
+        assert!(reached, "the revocation did not reach a host within 2 s");
+    }
+    for h in hosts {
+        assert!(h.terminate().success());
+    }
+}
