@@ -17,32 +17,6 @@ wait_for_seat = "10s"
 time_limit = "20s"
 "#;
 
-/// Spans `(start, end)` in nanoseconds reported by the early-release guest
-/// for the calls delivered to `clients` concurrent HTTP clients.
-fn delivered_spans(s: &Server, clients: usize, calls: usize) -> Vec<(u128, u128)> {
-    std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..clients)
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut spans = Vec::new();
-                    for _ in 0..calls {
-                        let (st, body, _) = s.invoke("early", b"4");
-                        if st == 200 {
-                            let (a, b) = body.split_once(' ').expect("START END");
-                            spans.push((a.parse().expect("start"), b.parse().expect("end")));
-                        }
-                    }
-                    spans
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .flat_map(|w| w.join().expect("client"))
-            .collect()
-    })
-}
-
 /// The delivered calls whose span overlaps another's.
 fn overlapping(spans: &[(u128, u128)]) -> usize {
     let mut sorted = spans.to_vec();

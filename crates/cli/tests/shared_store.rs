@@ -59,32 +59,6 @@ fn shared_host(root: &Path, url: &str, name: &str) -> Server {
         .unwrap_or_else(|e| panic!("host {name} did not start: {e}"))
 }
 
-/// Spans `(start, end)` reported by the early-release guest for the calls
-/// delivered to `clients` HTTP clients of `host`.
-fn delivered(host: &Server, clients: usize, calls: usize) -> Vec<(u128, u128)> {
-    std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..clients)
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut spans = Vec::new();
-                    for _ in 0..calls {
-                        let (st, body, _) = host.invoke("early", b"4");
-                        if st == 200 {
-                            let (a, b) = body.split_once(' ').expect("START END");
-                            spans.push((a.parse().expect("start"), b.parse().expect("end")));
-                        }
-                    }
-                    spans
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .flat_map(|w| w.join().expect("client"))
-            .collect()
-    })
-}
-
 /// The most spans running at any one moment.
 fn most_at_once(spans: &[(u128, u128)]) -> usize {
     let mut edges: Vec<(u128, i32)> = spans.iter().flat_map(|&(a, b)| [(a, 1), (b, -1)]).collect();
@@ -115,7 +89,7 @@ fn two_hosts_share_five_seats_exactly_and_a_revocation_reaches_both() {
     let spans: Vec<(u128, u128)> = std::thread::scope(|scope| {
         let runs: Vec<_> = hosts
             .iter()
-            .map(|h| scope.spawn(move || delivered(h, 6, 6)))
+            .map(|h| scope.spawn(move || delivered_spans(h, 6, 6)))
             .collect();
         runs.into_iter()
             .flat_map(|r| r.join().expect("host clients"))

@@ -49,22 +49,7 @@ pub fn prepare(tag: &str, seats: &str) -> tempfile::TempDir {
             .status
             .success()
     );
-    let sign = tg(
-        root,
-        &[
-            "issuer",
-            "sign",
-            "--key",
-            &p("keys/issuer.key"),
-            "--license-id",
-            "demo",
-            "--seats",
-            seats,
-            "--out",
-            &p("demo.license"),
-        ],
-    );
-    assert!(sign.status.success());
+    sign_demo(root, seats);
     assert!(
         tg(root, &["license", "install", &p("demo.license")])
             .status
@@ -464,4 +449,56 @@ impl Drop for Server {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Spans `(start, end)` in nanoseconds reported by the early-release guest
+/// for the calls delivered to `clients` concurrent HTTP clients.
+pub fn delivered_spans(s: &Server, clients: usize, calls: usize) -> Vec<(u128, u128)> {
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..clients)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut spans = Vec::new();
+                    for _ in 0..calls {
+                        let (st, body, _) = s.invoke("early", b"4");
+                        if st == 200 {
+                            let (a, b) = body.split_once(' ').expect("START END");
+                            spans.push((a.parse().expect("start"), b.parse().expect("end")));
+                        }
+                    }
+                    spans
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("client"))
+            .collect()
+    })
+}
+
+/// Signs license `demo` of `seats` with `root/keys/issuer.key` into
+/// `root/demo.license`.
+pub fn sign_demo(root: &std::path::Path, seats: &str) {
+    let p = |n: &str| root.join(n).to_string_lossy().into_owned();
+    let sign = tg(
+        root,
+        &[
+            "issuer",
+            "sign",
+            "--key",
+            &p("keys/issuer.key"),
+            "--license-id",
+            "demo",
+            "--seats",
+            seats,
+            "--out",
+            &p("demo.license"),
+        ],
+    );
+    assert!(
+        sign.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sign.stderr)
+    );
 }
