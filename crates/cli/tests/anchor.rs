@@ -529,25 +529,7 @@ fn state_files_are_private_whatever_the_umask() {
             .success()
     );
     open_umask(&["trust", "add", &p("keys/issuer.pub")]);
-    assert!(
-        tg(
-            root,
-            &[
-                "issuer",
-                "sign",
-                "--key",
-                &p("keys/issuer.key"),
-                "--license-id",
-                "demo",
-                "--seats",
-                "1",
-                "--out",
-                &p("demo.license")
-            ]
-        )
-        .status
-        .success()
-    );
+    sign_demo(root, "1");
     open_umask(&["license", "install", &p("demo.license")]);
     open_umask(&["audit", "checkpoint"]);
     std::fs::write(root.join("admin.token"), TOKEN).expect("token");

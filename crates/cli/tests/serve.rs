@@ -117,26 +117,7 @@ fn every_status_admin_auth_and_live_license_changes() {
     assert_eq!(usage[0]["checkouts"], 1, "{usage}");
 
     // Install a second grant over the API while calls run: seats add up at once.
-    let p = |n: &str| root.join(n).to_string_lossy().into_owned();
-    assert!(
-        tg(
-            root,
-            &[
-                "issuer",
-                "sign",
-                "--key",
-                &p("keys/issuer.key"),
-                "--license-id",
-                "demo",
-                "--seats",
-                "2",
-                "--out",
-                &p("more.license")
-            ]
-        )
-        .status
-        .success()
-    );
+    sign_license(root, "demo", "2", "more.license");
     let text = std::fs::read_to_string(root.join("more.license")).expect("license");
     let (st, body) = s.admin("POST", "/v1/admin/licenses", Some(&text), Some(TOKEN));
     assert_eq!(st, 201, "{body}");

@@ -27,18 +27,7 @@ fn install_shared(root: &Path, url: &str, seats: &str) {
     ok(&["issuer", "keygen", "--out", &p("keys")]);
     let trusted = ok(&["trust", "add", "--store", url, &p("keys/issuer.pub")]);
     assert!(trusted.contains("the shared store now trusts"), "{trusted}");
-    ok(&[
-        "issuer",
-        "sign",
-        "--key",
-        &p("keys/issuer.key"),
-        "--license-id",
-        "demo",
-        "--seats",
-        seats,
-        "--out",
-        &p("demo.license"),
-    ]);
+    sign_demo(root, seats);
     let installed = ok(&["license", "install", "--store", url, &p("demo.license")]);
     assert!(installed.contains("installed license demo"), "{installed}");
 }

@@ -477,28 +477,33 @@ pub fn delivered_spans(s: &Server, clients: usize, calls: usize) -> Vec<(u128, u
     })
 }
 
-/// Signs license `demo` of `seats` with `root/keys/issuer.key` into
-/// `root/demo.license`.
-pub fn sign_demo(root: &std::path::Path, seats: &str) {
+/// Signs license `id` of `seats` with `root/keys/issuer.key` into
+/// `root/out`.
+pub fn sign_license(root: &std::path::Path, id: &str, seats: &str, out: &str) {
     let p = |n: &str| root.join(n).to_string_lossy().into_owned();
-    let sign = tg(
-        root,
-        &[
-            "issuer",
-            "sign",
-            "--key",
-            &p("keys/issuer.key"),
-            "--license-id",
-            "demo",
-            "--seats",
-            seats,
-            "--out",
-            &p("demo.license"),
-        ],
-    );
+    let key = p("keys/issuer.key");
+    let out = p(out);
+    let args = [
+        "issuer",
+        "sign",
+        "--key",
+        &key,
+        "--license-id",
+        id,
+        "--seats",
+        seats,
+        "--out",
+        &out,
+    ];
+    let sign = tg(root, &args);
     assert!(
         sign.status.success(),
         "{}",
         String::from_utf8_lossy(&sign.stderr)
     );
+}
+
+/// Signs license `demo` of `seats` into `root/demo.license`.
+pub fn sign_demo(root: &std::path::Path, seats: &str) {
+    sign_license(root, "demo", seats, "demo.license");
 }
