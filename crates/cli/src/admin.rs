@@ -8,8 +8,8 @@ use tollgate::license::issuer::{IssuerPublicKey, format_time, parse_time, read_s
 use tollgate::license::{Clock, SystemClock};
 use tollgate::store::postgres::PgStore;
 use tollgate::store::state::{
-    Checkpoint, CheckpointReport, Installed, IntegrityError, State, StateError, TrustedIssuer,
-    UsageFilter,
+    Checkpoint, CheckpointReport, Grant, Installed, IntegrityError, State, StateError,
+    TrustedIssuer, UsageFilter,
 };
 
 /// Where the host keeps its state.
@@ -19,7 +19,7 @@ pub(crate) struct StateArg {
     #[arg(long, value_name = "DIR")]
     state: Option<PathBuf>,
     /// The shared store of several hosts, a postgres:// URL, instead of the
-    /// state directory (trust add, license install/revoke/unrevoke).
+    /// state directory (trust add/list, license install/list/revoke/unrevoke).
     #[arg(
         long,
         value_name = "URL",
@@ -39,7 +39,7 @@ impl StateArg {
     fn open(&self) -> Result<State, Failure> {
         if let Some(url) = &self.store {
             return Err(Failure::usage(anyhow::anyhow!(
-                "this command works on a state directory; with a shared store ({url}) use `trust add`, `license install`, `license revoke` or `license unrevoke`, or drop --store (and TOLLGATE_STORE)"
+                "this command works on a state directory only, for now; with a shared store ({url}) use `trust add`, `trust list`, `license install`, `license list`, `license revoke` or `license unrevoke`, or drop --store (and TOLLGATE_STORE)"
             )));
         }
         State::open(&self.dir()).map_err(Failure::usage)
@@ -126,6 +126,13 @@ impl Target {
         Ok(match self {
             Target::Dir(state) => state.revoke_grant(grant, now())?,
             Target::Shared { store, rt } => rt.block_on(store.revoke_grant(grant, now()))?,
+        })
+    }
+
+    fn grants(&self) -> anyhow::Result<Vec<Grant>> {
+        Ok(match self {
+            Target::Dir(state) => state.grants()?,
+            Target::Shared { store, rt } => rt.block_on(store.grants())?,
         })
     }
 
@@ -371,7 +378,7 @@ pub(crate) fn trust(cmd: TrustCommand) -> Result<Exit, Failure> {
             json: as_json,
             state,
         } => {
-            let issuers = state.open()?.trusted().map_err(Failure::usage)?;
+            let issuers = state.target()?.trusted().map_err(Failure::usage)?;
             listing(
                 &issuers,
                 as_json,
@@ -433,7 +440,7 @@ pub(crate) fn license(cmd: LicenseCommand) -> Result<Exit, Failure> {
             json: as_json,
             state,
         } => {
-            let grants = state.open()?.grants().map_err(Failure::usage)?;
+            let grants = state.target()?.grants().map_err(Failure::usage)?;
             listing(
                 &grants,
                 as_json,

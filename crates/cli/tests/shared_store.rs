@@ -30,6 +30,22 @@ fn install_shared(root: &Path, url: &str, seats: &str) {
     sign_demo(root, seats);
     let installed = ok(&["license", "install", "--store", url, &p("demo.license")]);
     assert!(installed.contains("installed license demo"), "{installed}");
+    let listed = ok(&["license", "list", "--store", url]);
+    assert!(
+        listed
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.starts_with("demo ")),
+        "{listed}"
+    );
+    // Commands that read a state directory only say so.
+    let status = tg(root, &["status", "--store", url]);
+    assert_eq!(status.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&status.stderr).contains("works on a state directory only"),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
 }
 
 /// Starts `tollgate serve` for host `name` under `root/name`, on the shared
