@@ -53,8 +53,10 @@ fn install_shared(root: &Path, url: &str, seats: &str) {
 fn shared_host(root: &Path, url: &str, name: &str) -> Server {
     let dir = root.join(name);
     std::fs::create_dir_all(&dir).expect("host dir");
+    std::fs::write(dir.join("admin.token"), TOKEN).expect("token");
     let config = format!(
         "listen = \"127.0.0.1:0\"\nstate = \"state\"\nstore = {url:?}\nseat_batch_ttl = \"3s\"\n\
+         admin_token_file = \"admin.token\"\n\
          [[plugin]]\nname = \"early\"\ncomponent = {:?}\nrequires = [\"demo\"]\n\
          wait_for_seat = \"10s\"\ntime_limit = \"20s\"\n",
         guest("early-release")
@@ -105,6 +107,33 @@ fn two_hosts_share_five_seats_exactly_and_a_revocation_reaches_both() {
     eprintln!("{} calls delivered, at most {most} at once", spans.len());
     assert!(most <= 5, "{most} delivered calls ran at once on 5 seats");
     assert!(most >= 2, "the hosts never ran calls together");
+
+    // Every row the hosts committed reaches the shared ledger, each host's
+    // chain whole.
+    for h in &hosts {
+        let shipped = wait_until(Duration::from_secs(10), || {
+            h.metrics().value("tollgate_ledger_unshipped_rows", &[]) == Some(0.0)
+        });
+        assert!(shipped, "a host's ledger was not shipped within 10 s");
+    }
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let store = rt
+        .block_on(tollgate_store::postgres::PgStore::connect(&url, 1))
+        .expect("store");
+    let ledger = rt.block_on(store.ledger_hosts()).expect("ledger");
+    assert_eq!(ledger.len(), 2, "{ledger:?}");
+    for (host, rows) in &ledger {
+        let verified = rt.block_on(store.verify_host_chain(host)).expect("verify");
+        assert_eq!(verified, Ok(*rows), "host {host}");
+        // At least a checkout and a return for each delivered call.
+        assert!(*rows >= 2, "host {host}: {rows} rows");
+    }
+    let rows: u64 = ledger.iter().map(|(_, n)| n).sum();
+    assert!(
+        rows >= 2 * spans.len() as u64,
+        "{rows} rows for {} calls",
+        spans.len()
+    );
 
     // A revocation made once, on the store, reaches both hosts within 2 s.
     let revoked = tg(root, &["license", "revoke", "--store", &url, "demo"]);

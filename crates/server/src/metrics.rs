@@ -13,8 +13,8 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 use std::fmt;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tollgate::Host;
 
@@ -50,6 +50,8 @@ pub(crate) struct Metrics {
     registry: Registry,
     calls: Family<CallLabels, Counter>,
     latency: Family<PluginLabels, Histogram, fn() -> Histogram>,
+    /// On a shared store: the last ledger row the store holds.
+    shipped: Arc<OnceLock<Arc<AtomicU64>>>,
 }
 
 impl Metrics {
@@ -71,13 +73,25 @@ impl Metrics {
             Unit::Seconds,
             latency.clone(),
         );
+        let shipped = Arc::new(OnceLock::new());
+        registry.register_collector(Box::new(Shipping {
+            host: host.clone(),
+            shipped: shipped.clone(),
+        }));
         registry.register_collector(Box::new(LicenseCounters { host }));
         registry.register_collector(Box::new(ClientLimits { bodies, clients }));
         Self {
             registry,
             calls,
             latency,
+            shipped,
         }
+    }
+
+    /// Reports the shipping lag from now on: `shipped` holds the last
+    /// ledger row the shared store holds.
+    pub(crate) fn shipping(&self, shipped: Arc<AtomicU64>) {
+        let _ = self.shipped.set(shipped);
     }
 
     /// Records one finished call.
@@ -373,5 +387,29 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == family), "{family} in\n{text}");
         }
+    }
+}
+
+/// The ledger rows committed here and not yet in the shared store.
+#[derive(Debug)]
+struct Shipping {
+    host: Arc<Host>,
+    shipped: Arc<OnceLock<Arc<AtomicU64>>>,
+}
+
+impl Collector for Shipping {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let (Some(shipped), Some(stats)) = (self.shipped.get(), self.host.ledger_stats()) else {
+            return Ok(());
+        };
+        let behind = stats
+            .last_seq
+            .saturating_sub(shipped.load(Ordering::Acquire));
+        gauge(
+            &mut encoder,
+            "ledger_unshipped_rows",
+            "Ledger rows committed on this host and not yet in the shared store.",
+            usize::try_from(behind).unwrap_or(usize::MAX),
+        )
     }
 }

@@ -49,6 +49,7 @@ pub(crate) async fn start(
         Batcher::new(store.clone(), licenses, host_id.clone(), settings).run(until_shutdown()),
     );
     let shipper = Shipper::new(store, state.db_path(), &host_id).await?;
+    server.metrics.shipping(shipper.shipped_handle());
     server
         .tasks
         .spawn(shipper.run(SHIP_EVERY, until_shutdown()));

@@ -65,6 +65,8 @@ pub struct CommitStats {
     pub commits: u64,
     /// Rows written.
     pub rows: u64,
+    /// The sequence number of the last row committed (0: none).
+    pub last_seq: u64,
 }
 
 /// A usage ledger in an SQLite database, written by a background thread.
@@ -187,6 +189,7 @@ impl SqliteLedger {
         CommitStats {
             commits: self.shared.commits.load(Ordering::Relaxed),
             rows: self.shared.rows.load(Ordering::Relaxed),
+            last_seq: self.shared.lock().committed_seq,
         }
     }
 }

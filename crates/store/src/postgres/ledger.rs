@@ -217,6 +217,21 @@ fn read_spool(spool: &Path, after: u64) -> Result<Vec<Spooled>, PgError> {
 }
 
 impl PgStore {
+    /// Every host with rows in the shared ledger, with how many.
+    pub async fn ledger_hosts(&self) -> Result<Vec<(String, u64)>, PgError> {
+        let client = self.client().await?;
+        Ok(client
+            .query(
+                "SELECT host_id, count(*) FROM ledger GROUP BY host_id ORDER BY host_id",
+                &[],
+            )
+            .await
+            .map_err(PgError::query("list the hosts in the ledger"))?
+            .iter()
+            .map(|r| (r.get(0), u64::try_from(r.get::<_, i64>(1)).unwrap_or(0)))
+            .collect())
+    }
+
     /// Verifies host `host_id`'s chain in the shared ledger: the number of
     /// rows, or the first sequence number whose hash does not follow.
     pub async fn verify_host_chain(&self, host_id: &str) -> Result<Result<u64, u64>, PgError> {
