@@ -152,3 +152,54 @@ fn two_hosts_share_five_seats_exactly_and_a_revocation_reaches_both() {
         assert!(h.terminate().success());
     }
 }
+
+#[test]
+fn with_the_store_away_a_host_serves_from_its_batch_then_says_store_unavailable_then_recovers() {
+    let pg = TestPostgres::start();
+    let url = pg.url();
+    let scratch = tempfile::Builder::new()
+        .prefix("tollgate-shared-away-")
+        .tempdir()
+        .expect("scratch");
+    let root = scratch.path();
+    install_shared(root, &url, "5");
+    let host = shared_host(root, &url, "a");
+    let ready = || host.admin("GET", "/readyz", None, None);
+    assert!(
+        wait_until(Duration::from_secs(20), || ready().0 == 200),
+        "never ready: {:?}",
+        ready()
+    );
+    assert_eq!(host.invoke("early", b"1").0, 200);
+
+    pg.stop();
+    // Its batch outlives the store for a while: calls go on meanwhile.
+    assert_eq!(host.invoke("early", b"1").0, 200, "served from the batch");
+    // Then the host holds no
+    // seats and says why: not ready, and calls refused as
+    // store-unavailable rather than as exhausted seats.
+    let mut last = (0, String::new());
+    let away = wait_until(Duration::from_secs(15), || {
+        last = ready();
+        last.0 == 503
+    });
+    assert!(away, "still ready with the store stopped: {last:?}");
+    assert_eq!(code(&last.1), "store-unavailable", "{}", last.1);
+    let (st, body, _) = host.invoke("early", b"1");
+    assert_eq!(
+        (st, code(&body).as_str()),
+        (503, "store-unavailable"),
+        "{body}"
+    );
+
+    pg.restart();
+    let back = wait_until(Duration::from_secs(30), || {
+        ready().0 == 200 && host.invoke("early", b"1").0 == 200
+    });
+    assert!(
+        back,
+        "did not recover after the store came back: {:?}",
+        ready()
+    );
+    assert!(host.terminate().success());
+}

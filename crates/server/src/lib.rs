@@ -100,6 +100,9 @@ pub(crate) struct Server {
     clients: Arc<ClientSlots>,
     /// Host names requests must name; `None`: any.
     allowed_hosts: Option<Vec<AllowedHost>>,
+    /// On a shared store: whether its seat batches can be in force.
+    pub(crate) store_health:
+        std::sync::OnceLock<Arc<tollgate_store::postgres::batches::StoreHealth>>,
 }
 
 impl Server {
@@ -123,6 +126,7 @@ impl Server {
             bodies,
             clients,
             allowed_hosts: config.allowed_hosts(),
+            store_health: std::sync::OnceLock::new(),
         }
     }
 }
@@ -430,9 +434,33 @@ async fn readyz(Extract(server): Extract<Arc<Server>>) -> Response {
         )
     } else if let Err(e) = server.host.ledger_ready() {
         error(StatusCode::SERVICE_UNAVAILABLE, "ledger-unavailable", e)
+    } else if server.store_unavailable() {
+        store_unavailable()
     } else {
         (StatusCode::OK, "ready\n").into_response()
     }
+}
+
+impl Server {
+    /// Whether this host is on a shared store whose batches cannot be in
+    /// force now (it has not answered for longer than they live).
+    fn store_unavailable(&self) -> bool {
+        self.store_health.get().is_some_and(|h| !h.available())
+    }
+}
+
+/// 503 `store-unavailable`: the shared store has not answered long enough
+/// that this host holds no seats.
+fn store_unavailable() -> Response {
+    let mut response = error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store-unavailable",
+        "the shared store has not answered for longer than seat batches live, so this host holds no seats; it serves again when the store is back",
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
 }
 
 /// A JSON error body: `{"error": CODE, "message": ...}`.
@@ -615,6 +643,14 @@ async fn invoke(
             output,
         )
             .into_response(),
+        // No seat because the shared store is away, not because the
+        // license's seats are taken.
+        Err(e)
+            if matches!(e.code(), "exhausted" | "seat-wait-timed-out")
+                && server.store_unavailable() =>
+        {
+            store_unavailable()
+        }
         Err(e) => invoke_error(&e),
     };
     // The ledger's invocation id, so a caller can match a response to its

@@ -45,9 +45,9 @@ pub(crate) async fn start(
         margin: ttl / 5,
         ..BatchSettings::default()
     };
-    server.tasks.spawn(
-        Batcher::new(store.clone(), licenses, host_id.clone(), settings).run(until_shutdown()),
-    );
+    let batcher = Batcher::new(store.clone(), licenses, host_id.clone(), settings);
+    let _ = server.store_health.set(batcher.health());
+    server.tasks.spawn(batcher.run(until_shutdown()));
     let shipper = Shipper::new(store, state.db_path(), &host_id).await?;
     server.metrics.shipping(shipper.shipped_handle());
     server

@@ -33,6 +33,34 @@ impl Default for BatchSettings {
     }
 }
 
+/// Whether a host's batches can still be in force: the store answered a
+/// round recently enough that batches leased then have not passed their
+/// deadline. A host without it holds no seats: it is not ready, and its
+/// refusals are the store's fault, not the license's.
+#[derive(Debug)]
+pub struct StoreHealth {
+    last_ok: std::sync::Mutex<Option<Instant>>,
+    /// How long a batch leased at a successful round stays usable here.
+    window: Duration,
+}
+
+impl StoreHealth {
+    /// Whether the last successful round is recent enough.
+    pub fn available(&self) -> bool {
+        self.last_ok
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some_and(|at| at.elapsed() < self.window)
+    }
+
+    fn answered(&self, asked: Instant) {
+        *self
+            .last_ok
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(asked);
+    }
+}
+
 /// One host's batches of every counted grant of a shared license manager.
 pub struct Batcher {
     store: PgStore,
@@ -42,6 +70,7 @@ pub struct Batcher {
     /// Grants whose other hosts asked for seats in vain at the last lease:
     /// this host keeps none idle of them.
     contended: std::sync::Mutex<std::collections::HashSet<String>>,
+    health: Arc<StoreHealth>,
 }
 
 impl std::fmt::Debug for Batcher {
@@ -67,7 +96,17 @@ impl Batcher {
             host_id: host_id.into(),
             settings,
             contended: std::sync::Mutex::default(),
+            health: Arc::new(StoreHealth {
+                last_ok: std::sync::Mutex::new(None),
+                window: settings.ttl.saturating_sub(settings.margin),
+            }),
         }
+    }
+
+    /// Whether the store answers well enough for this host's batches to
+    /// be in force; readable after the batcher moved into its task.
+    pub fn health(&self) -> Arc<StoreHealth> {
+        self.health.clone()
     }
 
     /// Renews every batch each third of the TTL, and grows them as soon as
@@ -91,8 +130,12 @@ impl Batcher {
                     listener = self.store.listen(&[super::seats::CHANNEL]).await.ok();
                 }
             }
-            if let Err(e) = self.round(renew).await {
-                tracing::warn!(host = %self.host_id, "seat batches not renewed: {e}");
+            let asked = Instant::now();
+            match self.round(renew).await {
+                // Only a full round proves every batch was renewed.
+                Ok(()) if renew => self.health.answered(asked),
+                Ok(()) => {}
+                Err(e) => tracing::warn!(host = %self.host_id, "seat batches not renewed: {e}"),
             }
             let wait = renew_at.saturating_duration_since(Instant::now());
             tokio::select! {
