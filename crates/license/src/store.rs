@@ -105,7 +105,8 @@ pub fn recover(
 }
 
 /// Like [`recover`], for a host whose counted grants' seats are shared with
-/// other hosts ([`LicenseManager::shared`]).
+/// other hosts ([`LicenseManager::shared`]): its grants come from the shared
+/// store, so none of `store`'s (the host's own state) are put in force.
 pub fn recover_shared(
     store: &dyn GrantStore,
     ledger: Arc<dyn Ledger>,
@@ -155,7 +156,9 @@ fn recover_as(
     });
     licenses.resume_lease_ids_after(store.last_lease_id()?);
     let mut history = store.ledger_counters()?;
-    apply(store, &licenses)?;
+    if !shared {
+        apply(store, &licenses)?;
+    }
     for id in licenses.ids() {
         if let Some((totals, per_plugin)) = history.remove(&id) {
             licenses.seed(&id, totals, per_plugin)?;
@@ -371,6 +374,30 @@ mod tests {
         assert_eq!(demo.seats.limit(), Some(2));
         assert!(!demo.revoked);
         assert_eq!((demo.counters.checkouts, demo.counters.releases), (4, 3));
+    }
+
+    #[test]
+    fn a_shared_host_takes_no_grant_from_its_own_state() {
+        let store = Remembered::default();
+        let ledger = Arc::new(MemoryLedger::default());
+        let licenses = recover_shared(
+            &store,
+            ledger.clone(),
+            Arc::new(ManualClock::at_secs(1_000)),
+        )
+        .expect("recovers");
+        assert!(licenses.is_shared());
+        assert!(
+            licenses.ids().is_empty(),
+            "the host's own grant of demo must not be in force"
+        );
+        // What a stopped host left taken is still returned.
+        assert!(
+            ledger
+                .events()
+                .iter()
+                .any(|e| e.kind == EventKind::Return(ReclaimReason::HostRestart))
+        );
     }
 
     #[test]

@@ -562,7 +562,8 @@ impl Host {
     /// and ends the seats of grants that expired. Without a state directory
     /// only the latter.
     pub fn reload_licenses(&self) -> Result<(), HostError> {
-        if let Some(state) = &self.state {
+        // A host sharing seats takes its grants from the shared store.
+        if let Some(state) = self.state.as_ref().filter(|_| !self.licenses.is_shared()) {
             apply(state.as_ref(), &self.licenses)?;
         }
         self.licenses.sweep();
