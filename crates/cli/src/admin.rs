@@ -19,7 +19,8 @@ pub(crate) struct StateArg {
     #[arg(long, value_name = "DIR")]
     state: Option<PathBuf>,
     /// The shared store of several hosts, a postgres:// URL, instead of the
-    /// state directory (trust add/list, license install/list/revoke/unrevoke).
+    /// state directory (trust add/list, license install/list/revoke/unrevoke,
+    /// audit verify).
     #[arg(
         long,
         value_name = "URL",
@@ -39,7 +40,7 @@ impl StateArg {
     fn open(&self) -> Result<State, Failure> {
         if let Some(url) = &self.store {
             return Err(Failure::usage(anyhow::anyhow!(
-                "this command works on a state directory only, for now; with a shared store ({url}) use `trust add`, `trust list`, `license install`, `license list`, `license revoke` or `license unrevoke`, or drop --store (and TOLLGATE_STORE)"
+                "this command works on a state directory only, for now; with a shared store ({url}) use `trust add`, `trust list`, `license install`, `license list`, `license revoke`, `license unrevoke` or `audit verify` (without --checkpoint), or drop --store (and TOLLGATE_STORE)"
             )));
         }
         State::open(&self.dir()).map_err(Failure::usage)
@@ -711,6 +712,12 @@ pub(crate) fn audit(cmd: AuditCommand) -> Result<Exit, Failure> {
 }
 
 fn verify(checkpoint: Option<PathBuf>, as_json: bool, state: &StateArg) -> Result<Exit, Failure> {
+    if state.store.is_some()
+        && checkpoint.is_none()
+        && let Target::Shared { store, rt } = state.target()?
+    {
+        return verify_shared(&store, &rt, as_json);
+    }
     let checkpoint = checkpoint
         .map(|path| Checkpoint::read(&path))
         .transpose()
@@ -752,6 +759,44 @@ fn verify(checkpoint: Option<PathBuf>, as_json: bool, state: &StateArg) -> Resul
                 for p in &c.problems {
                     println!("  - {p}");
                 }
+            }
+        }
+    }
+    Ok(if ok { Exit::Ok } else { Exit::AuditFailed })
+}
+
+/// Verifies every host's chain in the shared ledger.
+fn verify_shared(
+    store: &PgStore,
+    rt: &tokio::runtime::Runtime,
+    as_json: bool,
+) -> Result<Exit, Failure> {
+    let hosts = rt.block_on(store.ledger_hosts()).map_err(Failure::usage)?;
+    let mut reports = Vec::new();
+    for (host, rows) in hosts {
+        let verified = rt
+            .block_on(store.verify_host_chain(&host))
+            .map_err(Failure::usage)?;
+        reports.push(serde_json::json!({
+            "host": host,
+            "rows": rows,
+            "ok": verified.is_ok(),
+            "broken_at": verified.err(),
+        }));
+    }
+    let ok = reports.iter().all(|r| r["ok"] == true);
+    if as_json {
+        json(&reports)?;
+    } else if reports.is_empty() {
+        println!("the shared ledger has no rows yet");
+    } else {
+        for r in &reports {
+            match r["broken_at"].as_u64() {
+                None => println!("host {}: {} rows, chain verified", r["host"], r["rows"]),
+                Some(seq) => println!(
+                    "host {}: chain FAILED verification at row {seq} (edited, inserted or deleted)",
+                    r["host"]
+                ),
             }
         }
     }

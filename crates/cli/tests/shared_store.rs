@@ -134,6 +134,10 @@ fn two_hosts_share_five_seats_exactly_and_a_revocation_reaches_both() {
         "{rows} rows for {} calls",
         spans.len()
     );
+    let audit = tg(root, &["audit", "verify", "--store", &url]);
+    let shown = String::from_utf8_lossy(&audit.stdout);
+    assert!(audit.status.success(), "{shown}");
+    assert_eq!(shown.matches("chain verified").count(), 2, "{shown}");
 
     // A revocation made once, on the store, reaches both hosts within 2 s.
     let revoked = tg(root, &["license", "revoke", "--store", &url, "demo"]);
