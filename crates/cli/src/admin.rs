@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use tollgate::license::issuer::{IssuerPublicKey, format_time, parse_time, read_small_text};
 use tollgate::license::{Clock, SystemClock};
 use tollgate::store::postgres::PgStore;
+use tollgate::store::postgres::grants::HostShare;
 use tollgate::store::state::{
     Checkpoint, CheckpointReport, Grant, Installed, IntegrityError, State, StateError,
     TrustedIssuer, UsageFilter,
@@ -20,7 +21,7 @@ pub(crate) struct StateArg {
     state: Option<PathBuf>,
     /// The shared store of several hosts, a postgres:// URL, instead of the
     /// state directory (trust add/list, license install/list/revoke/unrevoke,
-    /// audit verify).
+    /// status, audit verify).
     #[arg(
         long,
         value_name = "URL",
@@ -40,7 +41,7 @@ impl StateArg {
     fn open(&self) -> Result<State, Failure> {
         if let Some(url) = &self.store {
             return Err(Failure::usage(anyhow::anyhow!(
-                "this command works on a state directory only, for now; with a shared store ({url}) use `trust add`, `trust list`, `license install`, `license list`, `license revoke`, `license unrevoke` or `audit verify` (without --checkpoint), or drop --store (and TOLLGATE_STORE)"
+                "this command works on a state directory only, for now; with a shared store ({url}) use `trust add`, `trust list`, `license install`, `license list`, `license revoke`, `license unrevoke`, `status` or `audit verify` (without --checkpoint), or drop --store (and TOLLGATE_STORE)"
             )));
         }
         State::open(&self.dir()).map_err(Failure::usage)
@@ -527,6 +528,11 @@ pub(crate) struct StatusArgs {
 }
 
 pub(crate) fn status(args: StatusArgs) -> Result<Exit, Failure> {
+    if args.state.store.is_some()
+        && let Target::Shared { store, rt } = args.state.target()?
+    {
+        return shared_status(&store, &rt, args.json);
+    }
     let reports = args.state.open()?.status(now()).map_err(Failure::usage)?;
     if args.json {
         json(&reports)?;
@@ -763,6 +769,54 @@ fn verify(checkpoint: Option<PathBuf>, as_json: bool, state: &StateArg) -> Resul
         }
     }
     Ok(if ok { Exit::Ok } else { Exit::AuditFailed })
+}
+
+/// Every grant on the shared store with each host's batch and seats in use.
+fn shared_status(
+    store: &PgStore,
+    rt: &tokio::runtime::Runtime,
+    as_json: bool,
+) -> Result<Exit, Failure> {
+    let grants = rt.block_on(store.shared_status()).map_err(Failure::usage)?;
+    if as_json {
+        json(&grants)?;
+        return Ok(Exit::Ok);
+    }
+    if grants.is_empty() {
+        println!(
+            "no licenses on the shared store; install one with `tollgate license install --store URL FILE`"
+        );
+    }
+    let mut license = "";
+    for g in &grants {
+        if g.license_id != license {
+            license = &g.license_id;
+            println!("license {license}");
+        }
+        let per_host = |f: fn(&HostShare) -> u32| {
+            let parts: Vec<String> = g
+                .hosts
+                .iter()
+                .filter(|h| f(h) > 0)
+                .map(|h| format!("{} {}", h.host, f(h)))
+                .collect();
+            let total: u32 = g.hosts.iter().map(f).sum();
+            if parts.is_empty() {
+                total.to_string()
+            } else {
+                format!("{total} ({})", parts.join(", "))
+            }
+        };
+        println!(
+            "  grant {}: {} seat(s){}, in batches {}, in use {}",
+            g.grant_id,
+            seats(g.seats),
+            if g.revoked { ", revoked" } else { "" },
+            per_host(|h| h.batch),
+            per_host(|h| h.in_use),
+        );
+    }
+    Ok(Exit::Ok)
 }
 
 /// Verifies every host's chain in the shared ledger.

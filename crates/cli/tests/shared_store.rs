@@ -39,7 +39,7 @@ fn install_shared(root: &Path, url: &str, seats: &str) {
         "{listed}"
     );
     // Commands that read a state directory only say so.
-    let status = tg(root, &["status", "--store", url]);
+    let status = tg(root, &["usage", "--store", url]);
     assert_eq!(status.status.code(), Some(2));
     assert!(
         String::from_utf8_lossy(&status.stderr).contains("works on a state directory only"),
@@ -134,6 +134,25 @@ fn two_hosts_share_five_seats_exactly_and_a_revocation_reaches_both() {
         "{rows} rows for {} calls",
         spans.len()
     );
+    // Status on the store: both hosts' batches of the one grant, within
+    // its seats, and nothing in use once the calls are over.
+    let status = tg(root, &["status", "--store", &url, "--json"]);
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let grants: serde_json::Value = serde_json::from_slice(&status.stdout).expect("json");
+    let demo = &grants[0];
+    assert_eq!(
+        (demo["license_id"].as_str(), demo["seats"].as_u64()),
+        (Some("demo"), Some(5))
+    );
+    let shares = demo["hosts"].as_array().expect("hosts");
+    let batched: u64 = shares.iter().filter_map(|h| h["batch"].as_u64()).sum();
+    let in_use: u64 = shares.iter().filter_map(|h| h["in_use"].as_u64()).sum();
+    assert!(batched <= 5, "{grants}");
+    assert_eq!(in_use, 0, "{grants}");
     let audit = tg(root, &["audit", "verify", "--store", &url]);
     let shown = String::from_utf8_lossy(&audit.stdout);
     assert!(audit.status.success(), "{shown}");
@@ -152,6 +171,9 @@ fn two_hosts_share_five_seats_exactly_and_a_revocation_reaches_both() {
         });
         assert!(reached, "the revocation did not reach a host within 2 s");
     }
+    let status = tg(root, &["status", "--store", &url, "--json"]);
+    let grants: serde_json::Value = serde_json::from_slice(&status.stdout).expect("json");
+    assert_eq!(grants[0]["revoked"], true, "{grants}");
     for h in hosts {
         assert!(h.terminate().success());
     }

@@ -436,3 +436,115 @@ async fn known_license(client: &impl GenericClient, license_id: &str) -> Result<
         None => Err(StateError::UnknownLicense(license_id.to_string()).into()),
     }
 }
+
+/// One host's share of a grant, as the shared store sees it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct HostShare {
+    /// The host id.
+    pub host: String,
+    /// Seats in its batch (0 when it has none or it lapsed).
+    pub batch: u32,
+    /// Seats its calls hold, from its shipped ledger rows.
+    pub in_use: u32,
+}
+
+/// One grant across every host sharing it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct SharedGrant {
+    /// The license id.
+    pub license_id: String,
+    /// The grant id.
+    pub grant_id: String,
+    /// Its seats (`None`: unlimited).
+    pub seats: Option<u32>,
+    /// Revoked alone or with its license id.
+    pub revoked: bool,
+    /// Each host with a live batch of it or seats of it in use.
+    pub hosts: Vec<HostShare>,
+}
+
+impl PgStore {
+    /// Every grant with each host's live batch and seats in use (from the
+    /// rows shipped so far), by license id then grant.
+    pub async fn shared_status(&self) -> Result<Vec<SharedGrant>, PgError> {
+        let client = self.client().await?;
+        let revoked: BTreeSet<String> = client
+            .query(
+                "SELECT grant_id FROM grant_revocations
+                 UNION SELECT g.grant_id FROM grants g JOIN revocations r USING (license_id)",
+                &[],
+            )
+            .await
+            .map_err(PgError::query("read revocations"))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let mut hosts: BTreeMap<(String, String), HostShare> = BTreeMap::new();
+        let count = |n: i64| u32::try_from(n.max(0)).unwrap_or(u32::MAX);
+        for r in client
+            .query(
+                "SELECT grant_id, host_id, seats FROM seat_batches
+                 WHERE expires_at > clock_timestamp()",
+                &[],
+            )
+            .await
+            .map_err(PgError::query("read seat batches"))?
+        {
+            let (grant, host): (String, String) = (r.get(0), r.get(1));
+            hosts.insert(
+                (grant, host.clone()),
+                HostShare {
+                    host,
+                    batch: count(i64::from(r.get::<_, i32>(2))),
+                    in_use: 0,
+                },
+            );
+        }
+        for r in client
+            .query(
+                "SELECT grant_id, host_id,
+                        sum(CASE kind WHEN 'checkout' THEN 1 WHEN 'return' THEN -1 ELSE 0 END)::bigint
+                 FROM ledger WHERE grant_id IS NOT NULL GROUP BY grant_id, host_id",
+                &[],
+            )
+            .await
+            .map_err(PgError::query("read seats in use"))?
+        {
+            let (grant, host, in_use): (String, String, i64) = (r.get(0), r.get(1), r.get(2));
+            if in_use > 0 || hosts.contains_key(&(grant.clone(), host.clone())) {
+                hosts
+                    .entry((grant, host.clone()))
+                    .or_insert(HostShare {
+                        host,
+                        batch: 0,
+                        in_use: 0,
+                    })
+                    .in_use = count(in_use);
+            }
+        }
+        let grants = client
+            .query(
+                "SELECT license_id, grant_id, seats FROM grants ORDER BY license_id, installed_at, grant_id",
+                &[],
+            )
+            .await
+            .map_err(PgError::query("read grants"))?;
+        Ok(grants
+            .iter()
+            .map(|r| {
+                let grant_id: String = r.get(1);
+                SharedGrant {
+                    license_id: r.get(0),
+                    revoked: revoked.contains(&grant_id),
+                    seats: r.get::<_, Option<i32>>(2).map(|n| count(i64::from(n))),
+                    hosts: hosts
+                        .range((grant_id.clone(), String::new())..)
+                        .take_while(|((g, _), _)| *g == grant_id)
+                        .map(|(_, share)| share.clone())
+                        .collect(),
+                    grant_id,
+                }
+            })
+            .collect())
+    }
+}
