@@ -21,7 +21,7 @@ pub(crate) struct StateArg {
     state: Option<PathBuf>,
     /// The shared store of several hosts, a postgres:// URL, instead of the
     /// state directory (trust add/list, license install/list/revoke/unrevoke,
-    /// status, audit verify).
+    /// status, usage, audit verify).
     #[arg(
         long,
         value_name = "URL",
@@ -41,7 +41,7 @@ impl StateArg {
     fn open(&self) -> Result<State, Failure> {
         if let Some(url) = &self.store {
             return Err(Failure::usage(anyhow::anyhow!(
-                "this command works on a state directory only, for now; with a shared store ({url}) use `trust add`, `trust list`, `license install`, `license list`, `license revoke`, `license unrevoke`, `status` or `audit verify` (without --checkpoint), or drop --store (and TOLLGATE_STORE)"
+                "this command works on a state directory only, for now; with a shared store ({url}) use `trust add`, `trust list`, `license install`, `license list`, `license revoke`, `license unrevoke`, `status`, `usage` or `audit verify` (without --checkpoint), or drop --store (and TOLLGATE_STORE)"
             )));
         }
         State::open(&self.dir()).map_err(Failure::usage)
@@ -620,7 +620,12 @@ pub(crate) fn usage(args: UsageArgs) -> Result<Exit, Failure> {
         license: args.license,
         plugin: args.plugin,
     };
-    let rows = args.state.open()?.usage(&filter).map_err(Failure::usage)?;
+    let rows = match args.state.target()? {
+        Target::Dir(state) => state.usage(&filter).map_err(Failure::usage)?,
+        Target::Shared { store, rt } => {
+            rt.block_on(store.usage(&filter)).map_err(Failure::usage)?
+        }
+    };
     match args.format {
         Format::Json => json(&rows)?,
         Format::Csv => {

@@ -39,7 +39,7 @@ fn install_shared(root: &Path, url: &str, seats: &str) {
         "{listed}"
     );
     // Commands that read a state directory only say so.
-    let status = tg(root, &["usage", "--store", url]);
+    let status = tg(root, &["audit", "checkpoint", "--store", url]);
     assert_eq!(status.status.code(), Some(2));
     assert!(
         String::from_utf8_lossy(&status.stderr).contains("works on a state directory only"),
@@ -153,6 +153,21 @@ fn two_hosts_share_five_seats_exactly_and_a_revocation_reaches_both() {
     let in_use: u64 = shares.iter().filter_map(|h| h["in_use"].as_u64()).sum();
     assert!(batched <= 5, "{grants}");
     assert_eq!(in_use, 0, "{grants}");
+    // Usage over both hosts: a checkout per delivered call.
+    let usage = tg(root, &["usage", "--store", &url, "--format", "json"]);
+    assert!(
+        usage.status.success(),
+        "{}",
+        String::from_utf8_lossy(&usage.stderr)
+    );
+    let rows: serde_json::Value = serde_json::from_slice(&usage.stdout).expect("json");
+    let checkouts: u64 = rows
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter_map(|r| r["checkouts"].as_u64())
+        .sum();
+    assert!(checkouts >= spans.len() as u64, "{rows}");
     let audit = tg(root, &["audit", "verify", "--store", &url]);
     let shown = String::from_utf8_lossy(&audit.stdout);
     assert!(audit.status.success(), "{shown}");

@@ -11,6 +11,7 @@
 use super::{PgError, PgStore};
 use crate::chain::{kind_from_names, row_hash_in};
 use crate::ledger::{LEDGER_COLUMNS, event_from_row};
+use crate::state::UsageRow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -217,6 +218,44 @@ fn read_spool(spool: &Path, after: u64) -> Result<Vec<Spooled>, PgError> {
 }
 
 impl PgStore {
+    /// Usage per day (UTC), license and plugin over every host's shipped
+    /// rows, as `State::usage` gives it for one host.
+    pub async fn usage(&self, f: &crate::state::UsageFilter) -> Result<Vec<UsageRow>, PgError> {
+        let client = self.client().await?;
+        let secs = |t: Option<u64>| t.map(|t| i64::try_from(t).unwrap_or(i64::MAX));
+        let rows = client
+            .query(
+                "SELECT to_char(to_timestamp(at_ms / 1000) AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS day,
+                        license_id, plugin,
+                        sum(CASE WHEN kind IN ('checkout', 'retake') THEN count ELSE 0 END)::bigint,
+                        sum(CASE WHEN kind = 'release' THEN count ELSE 0 END)::bigint,
+                        sum(CASE WHEN kind = 'reclaim' THEN count ELSE 0 END)::bigint,
+                        sum(CASE WHEN kind = 'denial' THEN count ELSE 0 END)::bigint,
+                        sum(CASE WHEN kind = 'withheld' THEN count ELSE 0 END)::bigint
+                 FROM ledger
+                 WHERE ($1::bigint IS NULL OR at_ms >= $1 * 1000) AND ($2::bigint IS NULL OR at_ms < $2 * 1000)
+                   AND ($3::text IS NULL OR license_id = $3) AND ($4::text IS NULL OR plugin = $4)
+                 GROUP BY day, license_id, plugin ORDER BY day, license_id, plugin",
+                &[&secs(f.since), &secs(f.until), &f.license, &f.plugin],
+            )
+            .await
+            .map_err(PgError::query("read usage"))?;
+        let n = |r: &tokio_postgres::Row, i| u64::try_from(r.get::<_, i64>(i)).unwrap_or(0);
+        Ok(rows
+            .iter()
+            .map(|r| UsageRow {
+                day: r.get(0),
+                license_id: r.get(1),
+                plugin: r.get(2),
+                checkouts: n(r, 3),
+                releases: n(r, 4),
+                reclaims: n(r, 5),
+                denials: n(r, 6),
+                withheld: n(r, 7),
+            })
+            .collect())
+    }
+
     /// Every host with rows in the shared ledger, with how many.
     pub async fn ledger_hosts(&self) -> Result<Vec<(String, u64)>, PgError> {
         let client = self.client().await?;
