@@ -4,10 +4,10 @@
 //! that issuer's scope; every grant is checked again against its signed
 //! text whenever the grants are read.
 
-use super::{PgError, PgStore};
+use super::{PgError, PgStore, from_db, to_db};
 use crate::state::{
-    Grant, Installed, Scopes, TrustedIssuer, scope_to_store, seat_grants_of, stored_grant_problem,
-    verified_grant,
+    Grant, Installed, Scopes, TrustedIssuer, issuer_name, scope_to_store, seat_grants_of,
+    stored_grant_problem, verified_grant,
 };
 use crate::{StateError, state::ScopeError};
 use deadpool_postgres::GenericClient;
@@ -23,15 +23,6 @@ pub const CHANNEL: &str = "tollgate_grants";
 /// Key of the advisory lock that serializes installs and trust changes, so
 /// a scope check and the write it allows are one step across hosts.
 const GRANTS_LOCK: i64 = 0x7467_6772_616e_7473; // "tggrants"
-
-/// Unix seconds as the store's BIGINT.
-fn secs(t: u64) -> i64 {
-    i64::try_from(t).unwrap_or(i64::MAX)
-}
-
-fn unsigned(n: Option<i64>) -> Option<u64> {
-    n.map(|n| u64::try_from(n).unwrap_or(0))
-}
 
 impl PgStore {
     /// Trusts an issuer key under issuer `name` (its key id when `None`),
@@ -59,11 +50,7 @@ impl PgStore {
             .await
             .map_err(PgError::query("read a trusted issuer"))?
             .map(|r| r.get(0));
-        let name = match (&known, name.map(str::trim).filter(|n| !n.is_empty())) {
-            (Some(known), _) => known.clone(),
-            (None, Some(name)) => name.to_string(),
-            (None, None) => key_id.clone(),
-        };
+        let name = issuer_name(known.as_deref(), name, &key_id);
         let stored: Option<String> = tx
             .query_opt(
                 "SELECT patterns FROM issuer_scopes WHERE name = $1",
@@ -87,7 +74,7 @@ impl PgStore {
             tx.execute(
                 "INSERT INTO trusted_issuers (key_id, public_key, name, added_at)
                  VALUES ($1, $2, $3, $4) ON CONFLICT (key_id) DO NOTHING",
-                &[&key_id, &&key.to_bytes()[..], &name, &secs(now)],
+                &[&key_id, &&key.to_bytes()[..], &name, &to_db(now)],
             )
             .await
             .map_err(PgError::query("trust an issuer"))?
@@ -119,7 +106,7 @@ impl PgStore {
                     key_id: r.get(0),
                     scope: scopes.patterns(&name),
                     name: Some(name),
-                    added_at: unsigned(Some(r.get(2))).unwrap_or(0),
+                    added_at: from_db(r.get(2)),
                 }
             })
             .collect())
@@ -164,12 +151,12 @@ impl PgStore {
                     &grant.license_id,
                     &grant.issuer,
                     &seats,
-                    &grant.not_before.map(secs),
-                    &grant.expires_at.map(secs),
+                    &grant.not_before.map(to_db),
+                    &grant.expires_at.map(to_db),
                     &grant.plugins.join("\n"),
                     &grant.customer,
-                    &secs(issued_at),
-                    &secs(now),
+                    &to_db(issued_at),
+                    &to_db(now),
                     &text,
                 ],
             )
@@ -209,7 +196,7 @@ impl PgStore {
             .execute(
                 "INSERT INTO revocations (license_id, revoked_at) VALUES ($1, $2)
                  ON CONFLICT (license_id) DO NOTHING",
-                &[&license_id, &secs(now)],
+                &[&license_id, &to_db(now)],
             )
             .await
             .map_err(PgError::query("revoke a license"))?;
@@ -247,7 +234,7 @@ impl PgStore {
             .execute(
                 "INSERT INTO grant_revocations (grant_id, license_id, revoked_at)
                  VALUES ($1, $2, $3) ON CONFLICT (grant_id) DO NOTHING",
-                &[&grant_id, &license, &secs(now)],
+                &[&grant_id, &license, &to_db(now)],
             )
             .await
             .map_err(PgError::query("revoke a grant"))?;
@@ -263,7 +250,7 @@ impl PgStore {
             .await
             .map_err(PgError::query("read revocations"))?
             .iter()
-            .map(|r| (r.get(0), unsigned(Some(r.get(1))).unwrap_or(0)))
+            .map(|r| (r.get(0), from_db(r.get(1))))
             .collect())
     }
 
@@ -403,13 +390,13 @@ async fn grants(client: &impl GenericClient) -> Result<Vec<Grant>, PgError> {
                 seats: r
                     .get::<_, Option<i32>>(3)
                     .map(|n| u32::try_from(n).unwrap_or(0)),
-                not_before: unsigned(r.get(4)),
-                expires_at: unsigned(r.get(5)),
+                not_before: r.get::<_, Option<i64>>(4).map(from_db),
+                expires_at: r.get::<_, Option<i64>>(5).map(from_db),
                 plugins: plugins.lines().map(str::to_string).collect(),
                 customer: r.get(7),
-                installed_at: unsigned(Some(r.get(8))).unwrap_or(0),
+                installed_at: from_db(r.get(8)),
             };
-            let issued_at = unsigned(Some(r.get(9))).unwrap_or(0);
+            let issued_at = from_db(r.get(9));
             let file: String = r.get(10);
             stored_grant_problem(&grant, issued_at, &file, &trusted).map_err(|reason| {
                 PgError::GrantRefused {

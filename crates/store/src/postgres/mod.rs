@@ -203,6 +203,16 @@ impl PgError {
     }
 }
 
+/// A count or a time as the store's BIGINT (saturating).
+pub(crate) fn to_db(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// A BIGINT read back as a count or a time (a negative one as 0).
+pub(crate) fn from_db(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
 /// Checks a shared store's URL: `postgres://` (or `postgresql://`), and a
 /// connection string PostgreSQL's client accepts; the reason if not.
 pub fn check_url(url: &str) -> Result<(), String> {

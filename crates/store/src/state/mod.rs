@@ -407,11 +407,7 @@ impl State {
             )
             .optional()
             .map_err(|e| self.err(e))?;
-        let name = match (&known, name.map(str::trim).filter(|n| !n.is_empty())) {
-            (Some(known), _) => known.clone(),
-            (None, Some(name)) => name.to_string(),
-            (None, None) => key_id.clone(),
-        };
+        let name = issuer_name(known.as_deref(), name, &key_id);
         self.scope_for_new_key(&name, ids)?;
         if known.is_some() {
             return Ok(false);
@@ -791,6 +787,15 @@ impl GrantStore for State {
     fn revoke_grant(&self, grant_id: &str, now: u64) -> Result<String, StoreError> {
         Ok(State::revoke_grant(self, grant_id, now)?)
     }
+}
+
+/// The issuer name a key being trusted goes under: the name it is known by
+/// already (a key keeps its name), else the `given` one, else its key id.
+pub(crate) fn issuer_name(known: Option<&str>, given: Option<&str>, key_id: &str) -> String {
+    known
+        .or(given.map(str::trim).filter(|n| !n.is_empty()))
+        .unwrap_or(key_id)
+        .to_string()
 }
 
 /// Parses license `text` and verifies it for installing at `now` under the
