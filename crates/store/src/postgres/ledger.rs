@@ -8,13 +8,13 @@
 //! in between, and a restarted host ships what it had not. Each host keeps
 //! its own hash chain, so hosts never contend on one chain head.
 
-use super::{PgError, PgStore};
+use super::{PgError, PgStore, from_db, to_db};
 use crate::chain::{kind_from_names, row_hash_in};
 use crate::ledger::{LEDGER_COLUMNS, event_from_row};
 use crate::state::UsageRow;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 use tollgate_license::ledger::UsageEvent;
 
@@ -34,6 +34,9 @@ struct Spooled {
 pub struct Shipper {
     store: PgStore,
     spool: PathBuf,
+    /// The spool's read connection, opened at the first read and kept (its
+    /// statement cache with it); dropped after a failed read.
+    reader: Arc<std::sync::Mutex<Option<rusqlite::Connection>>>,
     host_id: String,
     /// The last sequence number the store holds for this host.
     shipped: Arc<AtomicU64>,
@@ -56,8 +59,9 @@ impl Shipper {
         Ok(Self {
             store,
             spool: spool.to_path_buf(),
+            reader: Arc::default(),
             host_id: host_id.to_string(),
-            shipped: Arc::new(AtomicU64::new(u64::try_from(shipped).unwrap_or(0))),
+            shipped: Arc::new(AtomicU64::new(from_db(shipped))),
         })
     }
 
@@ -76,10 +80,17 @@ impl Shipper {
     /// store is up to date with the spool).
     pub async fn ship_once(&self) -> Result<usize, PgError> {
         let after = self.shipped();
-        let spool = self.spool.clone();
-        let rows = tokio::task::spawn_blocking(move || read_spool(&spool, after))
-            .await
-            .map_err(|_| PgError::Interrupted("reading the ledger spool"))??;
+        let (spool, reader) = (self.spool.clone(), self.reader.clone());
+        let rows = tokio::task::spawn_blocking(move || {
+            let mut reader = reader.lock().unwrap_or_else(PoisonError::into_inner);
+            let read = read_spool(&spool, &mut reader, after);
+            if read.is_err() {
+                *reader = None;
+            }
+            read
+        })
+        .await
+        .map_err(|_| PgError::Interrupted("reading the ledger spool"))??;
         let Some(last) = rows.last().map(|r| r.event.seq) else {
             return Ok(0);
         };
@@ -184,13 +195,21 @@ impl Shipper {
     }
 }
 
-/// Reads up to [`BATCH`] spooled rows after sequence number `after`.
-fn read_spool(spool: &Path, after: u64) -> Result<Vec<Spooled>, PgError> {
+/// Reads up to [`BATCH`] spooled rows after sequence number `after`
+/// through `reader`, which it opens on `spool` if it is not open.
+fn read_spool(
+    spool: &Path,
+    reader: &mut Option<rusqlite::Connection>,
+    after: u64,
+) -> Result<Vec<Spooled>, PgError> {
     let err = |source| PgError::Spool {
         path: spool.to_path_buf(),
         source,
     };
-    let conn = crate::ledger::connect(spool).map_err(err)?;
+    let conn = match reader {
+        Some(conn) => conn,
+        None => reader.insert(crate::ledger::connect(spool).map_err(err)?),
+    };
     let mut stmt = conn
         .prepare_cached(&format!(
             "SELECT {LEDGER_COLUMNS} FROM ledger WHERE seq > ?1 ORDER BY seq LIMIT ?2"
@@ -222,7 +241,6 @@ impl PgStore {
     /// rows, as `State::usage` gives it for one host.
     pub async fn usage(&self, f: &crate::state::UsageFilter) -> Result<Vec<UsageRow>, PgError> {
         let client = self.client().await?;
-        let secs = |t: Option<u64>| t.map(|t| i64::try_from(t).unwrap_or(i64::MAX));
         let rows = client
             .query(
                 "SELECT to_char(to_timestamp(at_ms / 1000) AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS day,
@@ -236,11 +254,11 @@ impl PgStore {
                  WHERE ($1::bigint IS NULL OR at_ms >= $1 * 1000) AND ($2::bigint IS NULL OR at_ms < $2 * 1000)
                    AND ($3::text IS NULL OR license_id = $3) AND ($4::text IS NULL OR plugin = $4)
                  GROUP BY day, license_id, plugin ORDER BY day, license_id, plugin",
-                &[&secs(f.since), &secs(f.until), &f.license, &f.plugin],
+                &[&f.since.map(to_db), &f.until.map(to_db), &f.license, &f.plugin],
             )
             .await
             .map_err(PgError::query("read usage"))?;
-        let n = |r: &tokio_postgres::Row, i| u64::try_from(r.get::<_, i64>(i)).unwrap_or(0);
+        let n = |r: &tokio_postgres::Row, i| from_db(r.get(i));
         Ok(rows
             .iter()
             .map(|r| UsageRow {
@@ -267,7 +285,7 @@ impl PgStore {
             .await
             .map_err(PgError::query("list the hosts in the ledger"))?
             .iter()
-            .map(|r| (r.get(0), u64::try_from(r.get::<_, i64>(1)).unwrap_or(0)))
+            .map(|r| (r.get(0), from_db(r.get(1))))
             .collect())
     }
 
@@ -286,23 +304,22 @@ impl PgStore {
             .map_err(PgError::query("read a host's ledger"))?;
         let mut prev = crate::chain::GENESIS;
         let mut expected = 1u64;
-        let unsigned = |n: i64| u64::try_from(n).unwrap_or(0);
         for r in &rows {
-            let seq = unsigned(r.get(0));
+            let seq = from_db(r.get(0));
             let kind: String = r.get(2);
             let reason: Option<String> = r.get(3);
             let event = kind_from_names(&kind, reason.as_deref()).map(|kind| UsageEvent {
                 seq,
-                at_ms: unsigned(r.get(1)),
+                at_ms: from_db(r.get(1)),
                 kind,
                 license_id: r.get::<_, String>(4).into(),
                 plugin: r.get::<_, String>(5).into(),
                 component_digest: r.get::<_, String>(6).into(),
-                lease_id: r.get::<_, Option<i64>>(7).map(unsigned),
-                invocation_id: unsigned(r.get(8)),
-                seat_id: r.get::<_, Option<i64>>(11).map(unsigned),
+                lease_id: r.get::<_, Option<i64>>(7).map(from_db),
+                invocation_id: from_db(r.get(8)),
+                seat_id: r.get::<_, Option<i64>>(11).map(from_db),
                 grant_id: r.get::<_, Option<String>>(12).map(Into::into),
-                count: unsigned(r.get(13)),
+                count: from_db(r.get(13)),
                 token: r.get(14),
             });
             let stored: Vec<u8> = r.get(9);
