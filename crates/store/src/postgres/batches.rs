@@ -178,9 +178,7 @@ impl Batcher {
         for demand in self.licenses.demand() {
             if !demand.in_force {
                 if demand.share.is_some_and(|s| s.seats > 0) {
-                    self.store
-                        .return_batch(&demand.grant_id, &self.host_id)
-                        .await?;
+                    self.give_back(&demand).await?;
                 }
                 continue;
             }
@@ -269,9 +267,16 @@ impl Batcher {
     /// is left to lapse in the store.
     pub async fn return_all(&self) -> Result<(), PgError> {
         for d in self.licenses.demand() {
-            if self.licenses.shrink_share(&d.license_id, &d.grant_id, 0) == Some(0) {
-                self.store.return_batch(&d.grant_id, &self.host_id).await?;
-            }
+            self.give_back(&d).await?;
+        }
+        Ok(())
+    }
+
+    /// Hands a grant's batch back to the store once no call here holds a
+    /// seat of it (it is emptied here first, so none takes one meanwhile).
+    async fn give_back(&self, d: &GrantDemand) -> Result<(), PgError> {
+        if self.licenses.shrink_share(&d.license_id, &d.grant_id, 0) == Some(0) {
+            self.store.return_batch(&d.grant_id, &self.host_id).await?;
         }
         Ok(())
     }

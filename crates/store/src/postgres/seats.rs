@@ -134,7 +134,7 @@ impl PgStore {
             .await
             .map_err(PgError::query("commit a seat lease"))?;
         Ok(Batch {
-            seats: u32::try_from(row.get::<_, i32>(0)).unwrap_or(0),
+            seats: u32::try_from(granted).unwrap_or(0),
             token: row.get(1),
             unlimited: seats.is_none(),
             others_short: u32::try_from(row.get::<_, i64>(2)).unwrap_or(u32::MAX),
