@@ -326,8 +326,18 @@ mod shared_hosts {
         }
     }
 
-    /// One call of `plugin` on `host` that waits up to 10 s for a seat.
+    /// One call on `host` that waits up to 10 s for a seat.
     fn call(host: &Arc<LicenseManager>, invocation: u64) -> tollgate_license::CallSeats {
+        call_waiting(host, invocation, Some(Duration::from_secs(10)))
+    }
+
+    /// One call of plugin `p` on `host`, entitled to `demo`, that waits for
+    /// a seat as `wait` says.
+    fn call_waiting(
+        host: &Arc<LicenseManager>,
+        invocation: u64,
+        wait: Option<Duration>,
+    ) -> tollgate_license::CallSeats {
         host.call(
             Holder {
                 plugin: "p".into(),
@@ -336,7 +346,7 @@ mod shared_hosts {
             },
             Arc::new(Entitlement::to(["demo"])),
             CallLimits {
-                wait: Some(Duration::from_secs(10)),
+                wait,
                 max_leases: 4,
                 max_acquires: 100,
             },
@@ -440,19 +450,7 @@ mod shared_hosts {
         host: &Arc<LicenseManager>,
         invocation: u64,
     ) -> Option<(tollgate_license::CallSeats, u64)> {
-        let mut c = host.call(
-            Holder {
-                plugin: "p".into(),
-                component_digest: "d".into(),
-                invocation,
-            },
-            Arc::new(Entitlement::to(["demo"])),
-            CallLimits {
-                wait: None,
-                max_leases: 4,
-                max_acquires: 100,
-            },
-        );
+        let mut c = call_waiting(host, invocation, None);
         c.acquire("demo").ok().map(|lease| (c, lease))
     }
 
