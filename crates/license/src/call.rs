@@ -2,7 +2,7 @@
 //! its plugin holds on them, and its refusals, counted when it ends.
 
 use crate::clock::Timer;
-use crate::pool::{Holder, Seat, SeatPool, Seats};
+use crate::pool::{Holder, Seat, SeatLost, SeatPool, Seats};
 use crate::reason::{Denial, ReclaimReason};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -78,6 +78,9 @@ pub struct CallLicensing {
     /// Why the call lacks an id it asked for: the last refusal, or why the
     /// seat it held ended early (`revoked`, `expired`).
     pub denied: BTreeMap<String, Denial>,
+    /// Ids whose seat ended during the call because its shared-store batch
+    /// lapsed: the call ran without the seat being sure.
+    pub lapsed: BTreeSet<String>,
     /// Every lease handed out during the call, in order.
     pub leases: Vec<u64>,
 }
@@ -277,11 +280,18 @@ impl CallSeats {
                 }
             }
         }
-        // A seat whose grant was revoked or expired during the call says
-        // why the call lacks that license.
+        // A seat whose grant was revoked or expired, or whose batch lapsed,
+        // during the call says why the call lacks that license.
         for (id, why) in lost {
             if !self.outcome.held_to_end.contains(&id) {
-                self.outcome.denied.insert(id, why);
+                match why {
+                    SeatLost::Denied(denial) => {
+                        self.outcome.denied.insert(id, denial);
+                    }
+                    SeatLost::Lapsed => {
+                        self.outcome.lapsed.insert(id);
+                    }
+                }
             }
         }
         for ((id, denial), count) in std::mem::take(&mut self.refused) {

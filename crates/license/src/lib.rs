@@ -19,7 +19,7 @@ pub use clock::{Clock, ManualClock, SystemClock, Timer};
 pub use names::{InvalidLicenseId, InvalidPluginName, LicenseId, PluginName};
 pub use pool::{
     Counters, Grant, GrantDemand, GrantStatus, Holder, LeaseEnding, LicenseStatus, Rules, Seat,
-    SeatPool, Seats, Share, Terms, within_window,
+    SeatLost, SeatPool, Seats, Share, Terms, within_window,
 };
 pub use reason::{Denial, ReasonCounts, ReclaimReason};
 
@@ -136,6 +136,13 @@ impl LicenseManager {
     /// size (`None`: no such grant, or no batch).
     pub fn shrink_share(&self, id: &str, grant: &str, seats: u32) -> Option<u32> {
         self.pool(id)?.shrink_share(grant, seats)
+    }
+
+    /// Caps the seats of this host's batch of grant `grant` of license `id`
+    /// that calls here may hold at once, while other hosts wait for seats
+    /// of it (`None`: the whole batch). `None` if there is no such grant.
+    pub fn cap_share(&self, id: &str, grant: &str, cap: Option<u32>) -> Option<()> {
+        self.pool(id)?.cap_share(grant, cap)
     }
 
     /// What this host's calls want of each counted grant now: the seats

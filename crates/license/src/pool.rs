@@ -291,6 +291,9 @@ struct GrantSlot {
     shared: bool,
     /// This host's batch, for a shared grant.
     share: Option<Share>,
+    /// The most seats of its batch calls here may hold at once, when other
+    /// hosts wait for seats of it: seats above it drain as calls end.
+    cap: Option<u32>,
 }
 
 impl GrantSlot {
@@ -305,7 +308,9 @@ impl GrantSlot {
         self.terms.seats.limit().map(|n| {
             let here = match self.share {
                 _ if !self.shared => n,
-                Some(share) if share.until > at => share.seats.min(n),
+                Some(share) if share.until > at => {
+                    share.seats.min(n).min(self.cap.unwrap_or(u32::MAX))
+                }
                 _ => 0,
             };
             u64::from(here).saturating_sub(u64::from(self.counters.in_use))
@@ -329,6 +334,17 @@ impl GrantSlot {
     fn ends(&self) -> u64 {
         self.terms.expires_at.unwrap_or(u64::MAX)
     }
+}
+
+/// Why a call's seat ended before the call did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SeatLost {
+    /// Its grant was revoked or expired: the call lacks the license for
+    /// that reason.
+    Denied(Denial),
+    /// Its shared-store batch lapsed (not renewed in time): another host
+    /// may hold the seat now.
+    Lapsed,
 }
 
 /// A seat held by a running call.
@@ -620,20 +636,21 @@ impl SeatPool {
         if unchanged {
             return;
         }
-        let mut old: HashMap<Arc<str>, (Counters, Option<Share>)> = st
+        let mut old: HashMap<Arc<str>, (Counters, Option<Share>, Option<u32>)> = st
             .grants
             .drain(..)
-            .map(|g| (g.id, (g.counters, g.share)))
+            .map(|g| (g.id, (g.counters, g.share, g.cap)))
             .collect();
         let shared = st.shared;
         st.grants = grants
             .into_iter()
             .map(|g| {
                 let id: Arc<str> = g.id.into();
-                let (counters, share) = old.remove(&id).unwrap_or_default();
+                let (counters, share, cap) = old.remove(&id).unwrap_or_default();
                 GrantSlot {
                     counters,
                     share,
+                    cap,
                     shared,
                     id,
                     terms: g.terms,
@@ -1030,6 +1047,21 @@ impl SeatPool {
         Some(share.seats)
     }
 
+    /// Caps the seats of `grant` that calls here may hold at once (`None`:
+    /// the whole batch); seats held above the cap stay until their calls
+    /// end. `None` if the grant is not here.
+    pub fn cap_share(&self, grant: &str, cap: Option<u32>) -> Option<()> {
+        let mut st = self.lock();
+        let slot = st.grant_mut(grant)?;
+        let raised = cap.unwrap_or(u32::MAX) > slot.cap.unwrap_or(u32::MAX);
+        slot.cap = cap;
+        drop(st);
+        if raised {
+            self.wake_waiters();
+        }
+        Some(())
+    }
+
     /// What calls here want of each counted grant now.
     pub fn demand(&self) -> Vec<GrantDemand> {
         let st = self.lock();
@@ -1183,16 +1215,17 @@ impl SeatPool {
 
     /// Returns `seat` (from `grant`) to the pool at the end of its call:
     /// `Ok` if it was still held and its grant in force up to that moment,
-    /// else why not (`revoked` or `expired`).
-    fn give_back(&self, seat: u64, grant: &str, reason: ReclaimReason) -> Result<(), Denial> {
+    /// else why not (revoked, expired, or its batch lapsed).
+    fn give_back(&self, seat: u64, grant: &str, reason: ReclaimReason) -> Result<(), SeatLost> {
         let mut st = self.lock();
         let (_, now) = self.sweep_locked(&mut st);
         let outcome = if st.held.contains_key(&seat) && st.grant_in_force(grant, now) {
             Ok(())
         } else {
             match st.grant(grant) {
-                Some(g) if !st.revoked && !g.revoked => Err(Denial::Expired),
-                _ => Err(Denial::Revoked),
+                Some(g) if g.in_force(st.revoked, now) => Err(SeatLost::Lapsed),
+                Some(g) if !st.revoked && !g.revoked => Err(SeatLost::Denied(Denial::Expired)),
+                _ => Err(SeatLost::Denied(Denial::Revoked)),
             }
         };
         let ended = self.end_seat(&mut st, seat, reason);
@@ -1290,8 +1323,9 @@ impl Seat {
 
     /// Ends the call's hold: an open lease is reclaimed for `reason` and the
     /// seat goes back to the pool. `Ok` if the seat was still held and its
-    /// grant in force (not revoked, not expired) up to now, else why not.
-    pub fn give_back(mut self, reason: ReclaimReason) -> Result<(), Denial> {
+    /// grant in force (not revoked, not expired, its batch not lapsed) up
+    /// to now, else why not.
+    pub fn give_back(mut self, reason: ReclaimReason) -> Result<(), SeatLost> {
         self.held = false;
         self.pool.give_back(self.id, &self.grant, reason)
     }

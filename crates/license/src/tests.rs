@@ -955,6 +955,9 @@ fn seats_of_a_lapsed_batch_end_and_their_calls_are_withheld() {
     assert_eq!(call(&m, "p", 2).acquire("a"), Err(Denial::Exhausted));
     let outcome = held.end(ReclaimReason::InvocationEnded);
     assert!(!outcome.held_to_end.contains("a"), "withheld");
+    // Withheld because the batch lapsed, not because the license did.
+    assert!(outcome.lapsed.contains("a"), "{outcome:?}");
+    assert_eq!(outcome.denied.get("a"), None);
     let cs = counters(&m, "a");
     assert_eq!(cs.reclaims.get(ReclaimReason::LeaseLapsed), 1);
     assert_eq!(cs.returns.get(ReclaimReason::LeaseLapsed), 1);
@@ -965,6 +968,34 @@ fn seats_of_a_lapsed_batch_end_and_their_calls_are_withheld() {
             .iter()
             .any(|e| e.kind == EventKind::Return(ReclaimReason::LeaseLapsed) && e.token == Some(1))
     );
+}
+
+#[test]
+fn a_capped_batch_keeps_its_held_seats_and_drains_to_the_cap() {
+    let (m, _) = shared_five();
+    m.set_share("a", "g", share(4, 1, Duration::from_secs(60)))
+        .expect("grant");
+    let mut calls: Vec<CallSeats> = (1..=4).map(|i| call(&m, "p", i)).collect();
+    for c in &mut calls {
+        c.acquire("a").expect("seat");
+    }
+    // Other hosts wait: this host's part is 2. No held seat ends.
+    m.cap_share("a", "g", Some(2)).expect("grant");
+    assert_eq!(counters(&m, "a").in_use, 4);
+    // Seats freed above the cap are not taken again here.
+    for mut c in calls.drain(..2) {
+        c.end(ReclaimReason::InvocationEnded);
+    }
+    assert_eq!(call(&m, "p", 5).acquire("a"), Err(Denial::Exhausted));
+    for mut c in calls.drain(..1) {
+        c.end(ReclaimReason::InvocationEnded);
+    }
+    let mut under = call(&m, "p", 6);
+    under.acquire("a").expect("below the cap");
+    assert_eq!(call(&m, "p", 7).acquire("a"), Err(Denial::Exhausted));
+    // Lifting the cap gives the whole batch again.
+    m.cap_share("a", "g", None).expect("grant");
+    call(&m, "p", 8).acquire("a").expect("the cap lifted");
 }
 
 #[test]

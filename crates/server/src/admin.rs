@@ -18,6 +18,7 @@ use subtle::ConstantTimeEq;
 use tollgate::PluginSpec;
 use tollgate_license::issuer::{MAX_LICENSE_BYTES, SignedLicense, parse_time};
 use tollgate_license::{Clock, LicenseId, PluginName, SystemClock};
+use tollgate_store::postgres::PgError;
 use tollgate_store::state::UsageFilter;
 
 /// Largest license file accepted over the API (as large as from a file),
@@ -140,8 +141,14 @@ async fn install(
         Ok(text) => text,
         Err(response) => return response,
     };
-    let host = server.host.clone();
-    match blocking(&server, move || host.install_license_text(&text)).await {
+    let installed = match server.shared_store.get() {
+        Some(store) => shared(&server, store.install_text(&text, now())).await,
+        None => {
+            let host = server.host.clone();
+            blocking(&server, move || host.install_license_text(&text)).await
+        }
+    };
+    match installed {
         Ok(installed) => {
             let status = if installed.new {
                 StatusCode::CREATED
@@ -163,11 +170,46 @@ async fn revoke(Extract(server): Extract<Arc<Server>>, Path(id): Path<String>) -
             format!("no license {id:?} is installed"),
         );
     }
-    let host = server.host.clone();
-    match blocking(&server, move || host.revoke_license(&id)).await {
+    let reclaimed = match server.shared_store.get() {
+        // Revoked in the store for every host, and here at once, with the
+        // leases it ends here.
+        Some(store) => match shared(&server, store.revoke(&id, now())).await {
+            Ok(()) => server.host.licenses().revoke(&id).map_err(state_error),
+            Err(response) => Err(response),
+        },
+        None => {
+            let host = server.host.clone();
+            blocking(&server, move || host.revoke_license(&id)).await
+        }
+    };
+    match reclaimed {
         Ok(n) => Json(json!({ "revoked": true, "leases_reclaimed": n })).into_response(),
         Err(response) => response,
     }
+}
+
+/// Runs a change on the shared store, then puts the store's grants in
+/// force here at once (the other hosts hear of it within their grants
+/// period): a refusal is a 400 naming it, a store that does not answer a
+/// 503.
+async fn shared<T>(
+    server: &Server,
+    change: impl std::future::Future<Output = Result<T, PgError>>,
+) -> Result<T, Response> {
+    let done = change.await.map_err(|e| match e {
+        PgError::Refused(_) | PgError::GrantRefused { .. } | PgError::UnknownGrant(_) => {
+            state_error(e)
+        }
+        e => error(StatusCode::SERVICE_UNAVAILABLE, "store-unavailable", e),
+    })?;
+    if let Some(store) = server.shared_store.get()
+        && let Err(e) = store.apply_to(server.host.licenses()).await
+    {
+        tracing::warn!(
+            "the change is in the shared store; putting it in force here failed, and is tried again: {e}"
+        );
+    }
+    Ok(done)
 }
 
 async fn plugins(Extract(server): Extract<Arc<Server>>) -> Response {

@@ -103,6 +103,9 @@ pub(crate) struct Server {
     /// On a shared store: whether its seat batches can be in force.
     pub(crate) store_health:
         std::sync::OnceLock<Arc<tollgate_store::postgres::batches::StoreHealth>>,
+    /// On a shared store: the store, where the admin API installs and
+    /// revokes licenses for every host.
+    pub(crate) shared_store: std::sync::OnceLock<tollgate_store::postgres::PgStore>,
 }
 
 impl Server {
@@ -127,6 +130,7 @@ impl Server {
             clients,
             allowed_hosts: config.allowed_hosts(),
             store_health: std::sync::OnceLock::new(),
+            shared_store: std::sync::OnceLock::new(),
         }
     }
 }
@@ -586,10 +590,10 @@ async fn invoke(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let Some(limit) = server
+    let Some((limit, licensed)) = server
         .host
         .plugin(&name)
-        .map(|p| p.limits().max_input_bytes)
+        .map(|p| (p.limits().max_input_bytes, !p.spec().requires.is_empty()))
     else {
         return error(
             StatusCode::NOT_FOUND,
@@ -624,6 +628,12 @@ async fn invoke(
         Ok(read) => read,
         Err(response) => return response,
     };
+    // With the shared store away this host holds no seats: a plugin that
+    // requires a license is refused at once rather than left to wait (its
+    // body read, so the connection serves the next request).
+    if licensed && server.store_unavailable() {
+        return store_unavailable();
+    }
     // Counted in flight until the handler finishes or is dropped.
     let _in_flight = server.in_flight.token();
     let started = Instant::now();
@@ -670,7 +680,7 @@ pub const INVOCATION_HEADER: &str = "x-tollgate-invocation";
 fn invoke_error(e: &InvokeError) -> Response {
     let status = match e.code() {
         "unknown-plugin" => StatusCode::NOT_FOUND,
-        "exhausted" | "seat-wait-timed-out" | "ledger-unavailable" => {
+        "exhausted" | "seat-wait-timed-out" | "ledger-unavailable" | "lease-lapsed" => {
             StatusCode::SERVICE_UNAVAILABLE
         }
         "plugin-error" => StatusCode::UNPROCESSABLE_ENTITY,

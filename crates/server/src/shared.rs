@@ -32,6 +32,7 @@ pub(crate) async fn start(
         .key_id();
     let licenses = host.licenses().clone();
     store.apply_to(&licenses).await?;
+    let _ = server.shared_store.set(store.clone());
     let until_shutdown = || server.shutdown.clone().cancelled_owned();
     {
         let (store, licenses) = (store.clone(), licenses.clone());

@@ -69,11 +69,19 @@ pub struct MissingLicense {
     pub id: String,
     /// Why the host refused it, if the plugin asked.
     pub denial: Option<Denial>,
+    /// Its seat ended during the call because the shared store's batch it
+    /// came from lapsed (another host may hold that seat now).
+    pub lapsed: bool,
 }
 
 impl fmt::Display for MissingLicense {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.denial {
+            _ if self.lapsed => write!(
+                f,
+                "{} (its seat's batch from the shared store lapsed during the call)",
+                self.id
+            ),
             Some(d) => write!(f, "{} (its request was refused: {d})", self.id),
             None => write!(f, "{} (never acquired)", self.id),
         }
@@ -89,9 +97,13 @@ pub(crate) fn list(missing: &[MissingLicense]) -> String {
         .join(", ")
 }
 
-/// The stable code of a result withheld for lacking `missing`: the first
+/// The stable code of a result withheld for lacking `missing`:
+/// `lease-lapsed` when a seat's shared batch lapsed, else the first
 /// refusal's reason, or `unlicensed` when the plugin never asked.
 pub(crate) fn unlicensed_code(missing: &[MissingLicense]) -> &'static str {
+    if missing.iter().any(|m| m.lapsed) {
+        return "lease-lapsed";
+    }
     match missing.iter().find_map(|m| m.denial) {
         Some(Denial::NotEntitled) => "not-entitled",
         Some(Denial::Exhausted) => "exhausted",
@@ -223,6 +235,7 @@ impl LicensedCall {
                     .map(|id| MissingLicense {
                         id: id.clone(),
                         denial: ended.denied.get(id).copied(),
+                        lapsed: ended.lapsed.contains(id),
                     })
                     .collect();
                 if missing.is_empty() {

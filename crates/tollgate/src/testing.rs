@@ -249,7 +249,8 @@ mod tests {
                 missing,
                 vec![crate::runtime::MissingLicense {
                     id: "old".into(),
-                    denial: Some(crate::Denial::Expired)
+                    denial: Some(crate::Denial::Expired),
+                    lapsed: false,
                 }]
             ),
             other => panic!("expected the result withheld, got {other:?}"),

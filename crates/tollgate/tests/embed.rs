@@ -174,6 +174,7 @@ async fn a_call_without_its_license_is_withheld_by_the_guard() {
     let missing = [MissingLicense {
         id: "demo".into(),
         denial: None,
+        lapsed: false,
     }];
     assert_eq!(ended.withheld(), Some(&missing[..]));
     let err = ended.commit_async().await.expect_err("withheld");

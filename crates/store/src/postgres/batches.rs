@@ -67,9 +67,11 @@ pub struct Batcher {
     licenses: Arc<LicenseManager>,
     host_id: String,
     settings: BatchSettings,
-    /// Grants whose other hosts asked for seats in vain at the last lease:
-    /// this host keeps none idle of them.
-    contended: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Grants whose other hosts asked for seats in vain at the last lease,
+    /// with this host's fair part of each (`u32::MAX` until a lease tells
+    /// it): this host keeps none idle of them, and lets its calls hold no
+    /// more than its part, so hosts that wait are not starved by busy ones.
+    contended: std::sync::Mutex<std::collections::HashMap<String, u32>>,
     health: Arc<StoreHealth>,
 }
 
@@ -167,7 +169,8 @@ impl Batcher {
         self.contended
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(grant.to_string());
+            .entry(grant.to_string())
+            .or_insert(u32::MAX);
         true
     }
 
@@ -195,9 +198,11 @@ impl Batcher {
     }
 
     /// The batch size for a grant's demand when `have` is held.
-    /// Seats are kept idle only while no other host wants them.
+    /// Seats are kept idle only while no other host wants them, and then
+    /// no more than this host's fair part is asked for.
     fn want(&self, d: &GrantDemand, have: u32) -> u32 {
-        let (spare, max_idle) = if self.is_contended(&d.grant_id) {
+        let part = self.part(&d.grant_id);
+        let (spare, max_idle) = if part.is_some() {
             (0, 0)
         } else {
             (self.settings.spare, self.settings.max_idle)
@@ -208,14 +213,16 @@ impl Batcher {
         } else {
             have
         };
-        want.min(d.seats)
+        want.min(d.seats).min(part.unwrap_or(u32::MAX))
     }
 
-    fn is_contended(&self, grant: &str) -> bool {
+    /// This host's fair part of a grant other hosts wait for, if they do.
+    fn part(&self, grant: &str) -> Option<u32> {
         self.contended
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .contains(grant)
+            .get(grant)
+            .copied()
     }
 
     /// Leases `want` seats of a grant and puts the batch in force here. A
@@ -241,17 +248,22 @@ impl Batcher {
         .await
         .map_err(|_| PgError::TimedOut(patience))??;
         let until = asked + self.settings.ttl.saturating_sub(self.settings.margin);
+        // Others short of seats: this host's calls hold at most its fair
+        // part, the rest draining as calls end and going back at the next
+        // lease.
+        let part = (batch.others_short > 0)
+            .then(|| d.seats.div_ceil(batch.others_wanting.saturating_add(1)));
         {
             let mut contended = self
                 .contended
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if batch.others_short > 0 {
-                contended.insert(d.grant_id.clone());
-            } else {
-                contended.remove(&d.grant_id);
-            }
+            match part {
+                Some(part) => contended.insert(d.grant_id.clone(), part),
+                None => contended.remove(&d.grant_id),
+            };
         }
+        let _ = self.licenses.cap_share(&d.license_id, &d.grant_id, part);
         let share = Share {
             seats: batch.seats,
             token: batch.token,

@@ -36,14 +36,17 @@ pub struct Batch {
     /// Seats the other hosts' live batches asked for and did not get: when
     /// above 0, this host should give back what it holds idle.
     pub others_short: u32,
+    /// Other hosts whose live batches ask for seats: with them, this host's
+    /// fair part of the grant is its seats over one more than these.
+    pub others_wanting: u32,
 }
 
 /// The second statement of a lease, run after the grant's row is locked
 /// (so, at READ COMMITTED, with a snapshot that sees every batch committed
 /// before the lock was had): sizes the batch from the seats the others'
 /// live batches leave, stores it (with what was asked) under a new token,
-/// logs it, and tells how many seats the others asked for in vain and how
-/// many this host held before.
+/// logs it, and tells how many seats the others asked for in vain, how
+/// many this host held before, and how many other hosts want seats.
 const LEASE: &str = "
 WITH mine AS (
     SELECT coalesce(sum(seats) FILTER (WHERE expires_at > clock_timestamp()), 0)::bigint AS held,
@@ -51,7 +54,8 @@ WITH mine AS (
     FROM seat_batches WHERE grant_id = $1 AND host_id = $2
 ), others AS (
     SELECT coalesce(sum(seats), 0)::bigint AS taken,
-           coalesce(sum(greatest(wanted - seats, 0)), 0)::bigint AS short
+           coalesce(sum(greatest(wanted - seats, 0)), 0)::bigint AS short,
+           count(*) FILTER (WHERE wanted > 0) AS wanting
     FROM seat_batches
     WHERE grant_id = $1 AND host_id <> $2 AND expires_at > clock_timestamp()
 ), granted AS (
@@ -59,7 +63,7 @@ WITH mine AS (
                 ELSE least($3::bigint, greatest($4::bigint - taken, 0)) END::integer AS seats,
            nextval('fencing_tokens') AS token,
            now() + make_interval(secs => $5::float8) AS expires_at,
-           short
+           short, wanting
     FROM others
 ), stored AS (
     INSERT INTO seat_batches (grant_id, host_id, seats, wanted, token, expires_at)
@@ -71,7 +75,8 @@ WITH mine AS (
     INSERT INTO seat_batch_log (token, grant_id, host_id, seats, granted_at, expires_at)
     SELECT token, $1, $2, seats, clock_timestamp(), expires_at FROM granted
 )
-SELECT seats, token, short, (SELECT held FROM mine), (SELECT asked FROM mine) FROM granted";
+SELECT seats, token, short, (SELECT held FROM mine), (SELECT asked FROM mine), wanting
+FROM granted";
 
 impl PgStore {
     /// Sets `host_id`'s batch of grant `grant_id` to `want` seats, or to as
@@ -138,6 +143,7 @@ impl PgStore {
             token: row.get(1),
             unlimited: seats.is_none(),
             others_short: u32::try_from(row.get::<_, i64>(2)).unwrap_or(u32::MAX),
+            others_wanting: u32::try_from(row.get::<_, i64>(5)).unwrap_or(u32::MAX),
         })
     }
 

@@ -435,6 +435,54 @@ mod shared_hosts {
         assert_eq!(left, 0);
     }
 
+    #[test]
+    fn a_host_that_waits_gets_its_part_from_a_host_kept_busy() {
+        let cluster = Cluster::start();
+        let Cluster {
+            rt, store, hosts, ..
+        } = &cluster;
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            // Host 0 is never idle: 8 callers, more than the seats, back to
+            // back, so it always has calls waiting.
+            for caller in 0..8u64 {
+                let (host, stop) = (hosts[0].clone(), &stop);
+                scope.spawn(move || {
+                    let mut i = 0;
+                    while !stop.load(Ordering::SeqCst) {
+                        i += 1;
+                        let mut c = call(&host, caller * 100_000 + i);
+                        if c.acquire("demo").is_ok() {
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                        c.end(ReclaimReason::InvocationEnded);
+                    }
+                });
+            }
+            wait_for("host 0 holds every seat", Duration::from_secs(10), || {
+                db_batch(rt, store, "host-0") == i64::from(SEATS)
+            });
+            // A call on host 1 gets a seat within a few rounds: host 0 is
+            // told others wait, and its calls drain to its part.
+            let asked = Instant::now();
+            let mut c = call(&hosts[1], 1);
+            let got = c.acquire("demo");
+            let took = asked.elapsed();
+            stop.store(true, Ordering::SeqCst);
+            assert!(
+                got.is_ok(),
+                "host 1 got no seat from a busy host 0: {got:?}"
+            );
+            assert!(took < Duration::from_secs(5), "host 1 waited {took:?}");
+            assert!(
+                c.end(ReclaimReason::InvocationEnded)
+                    .held_to_end
+                    .contains("demo")
+            );
+        });
+        cluster.stop();
+    }
+
     /// Polls `done` every 10 ms until it holds; fails after `within`.
     fn wait_for(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
         let deadline = Instant::now() + within;
