@@ -18,8 +18,8 @@ pub use call::{CallLicensing, CallLimits, CallSeats, Entitlement, LicenseInfo, P
 pub use clock::{Clock, ManualClock, SystemClock, Timer};
 pub use names::{InvalidLicenseId, InvalidPluginName, LicenseId, PluginName};
 pub use pool::{
-    Counters, Grant, GrantDemand, GrantStatus, Holder, LeaseEnding, LicenseStatus, Rules, Seat,
-    SeatLost, SeatPool, Seats, Share, Terms, within_window,
+    Counters, Grant, GrantDemand, GrantStatus, Holder, LeaseEnding, LicenseStatus, Rules,
+    STORE_ANSWER_WAIT, Seat, SeatLost, SeatPool, Seats, Share, Terms, within_window,
 };
 pub use reason::{Denial, ReasonCounts, ReclaimReason};
 

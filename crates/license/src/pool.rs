@@ -6,7 +6,7 @@ use super::clock::Clock;
 use super::clock::Timer;
 use super::reason::{Denial, ReasonCounts, ReclaimReason};
 use crate::ledger::{EventKind, Ledger, UsageEvent};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -204,6 +204,8 @@ pub struct GrantDemand {
     pub in_use: u32,
     /// Calls here waiting for a seat of the license.
     pub waiting: u32,
+    /// The license's pool is exact: no seat is kept that no call holds.
+    pub exact: bool,
     /// This host's batch of it.
     pub share: Option<Share>,
 }
@@ -260,7 +262,8 @@ pub enum LeaseEnding {
 /// `include` / `exclude`; the validity window; then `max_per_plugin` and
 /// seats, where seats `reserve`d for other plugins (and not yet used by
 /// them) count as taken.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Rules {
     /// Only these plugins may use the license (empty: every plugin).
     pub include: Vec<String>,
@@ -270,6 +273,11 @@ pub struct Rules {
     pub reserve: BTreeMap<String, u32>,
     /// Most seats one plugin may hold at once.
     pub max_per_plugin: Option<u32>,
+    /// On a shared store, no seat is kept here that no call holds: each
+    /// seat is asked of the store when a call wants it and handed back
+    /// when it ends (`pool = "exact"`), for scarce, expensive licenses.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub exact: bool,
 }
 
 impl Rules {
@@ -336,6 +344,10 @@ impl GrantSlot {
     }
 }
 
+/// How long a call that may not wait for a seat waits, on a shared host,
+/// for the store to answer its one request for more.
+pub const STORE_ANSWER_WAIT: Duration = Duration::from_secs(2);
+
 /// Why a call's seat ended before the call did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SeatLost {
@@ -371,6 +383,13 @@ struct PoolState {
     /// Waiters in arrival order: ticket and who waits.
     queue: VecDeque<(u64, Holder)>,
     next_ticket: u64,
+    /// Batches put in force here so far (a shared pool): how a waiter that
+    /// asked the store once knows it answered.
+    share_rounds: u64,
+    /// Waiters of a shared pool that may not wait for a seat, by ticket,
+    /// with the batches put in force when they came: each waits for one
+    /// answer of the store, then takes a seat or is refused.
+    asking: HashMap<u64, u64>,
 }
 
 impl PoolState {
@@ -478,6 +497,7 @@ impl PoolState {
 
     fn leave_queue(&mut self, ticket: u64) {
         self.queue.retain(|(t, _)| *t != ticket);
+        self.asking.remove(&ticket);
     }
 
     /// Applies `f` to the totals, the plugin's and the grant's counters.
@@ -580,6 +600,8 @@ impl SeatPool {
                 per_plugin: HashMap::new(),
                 queue: VecDeque::new(),
                 next_ticket: 0,
+                share_rounds: 0,
+                asking: HashMap::new(),
             }),
             seat_freed: Condvar::new(),
             seat_freed_async: tokio::sync::Notify::new(),
@@ -739,6 +761,10 @@ impl SeatPool {
             });
         }
         st.count(&hold.holder, Some(&hold.grant), |c| c.give_back(reason));
+        // An exact pool keeps no seat idle: the batcher gives it back.
+        if st.shared && st.rules.exact {
+            self.wanted.notify_one();
+        }
         self.record(Row {
             kind: EventKind::Return(reason),
             holder: &hold.holder,
@@ -904,11 +930,19 @@ impl SeatPool {
         if st.shared {
             self.wanted.notify_one();
         }
+        let ticket = st.next_ticket;
         if let Some(wait) = wait.filter(|w| !w.is_zero()) {
-            let ticket = st.next_ticket;
             st.next_ticket += 1;
             st.queue.push_back((ticket, holder.clone()));
             return Ok(Admission::Queued(ticket, wait));
+        }
+        // A host sharing seats asks the store once before it says
+        // exhausted: its batch may grow.
+        if st.shared && st.grants.iter().any(|g| g.terms.seats.limit().is_some()) {
+            st.next_ticket += 1;
+            st.queue.push_back((ticket, holder.clone()));
+            st.asking.insert(ticket, st.share_rounds);
+            return Ok(Admission::Queued(ticket, STORE_ANSWER_WAIT));
         }
         Err(Denial::Exhausted)
     }
@@ -934,6 +968,14 @@ impl SeatPool {
                 self.wake_waiters();
             }
             return Some(Ok(taken));
+        } else if let Some(&round) = st.asking.get(&ticket) {
+            // It asked the store once: refused when the store answered
+            // without a seat for it (or did not answer in time).
+            if st.share_rounds > round || expired {
+                Err(Denial::Exhausted)
+            } else {
+                return None;
+            }
         } else if expired {
             Err(Denial::TimedOut)
         } else {
@@ -1014,6 +1056,7 @@ impl SeatPool {
     /// `lease-lapsed`; returns how many.
     pub fn set_share(&self, grant: &str, share: Share) -> Option<usize> {
         let mut st = self.lock();
+        st.share_rounds += 1;
         let slot = st.grant_mut(grant)?;
         slot.share = Some(share);
         let over = slot.counters.in_use.saturating_sub(share.seats) as usize;
@@ -1077,6 +1120,7 @@ impl SeatPool {
                     in_force: g.in_force(st.revoked, now),
                     in_use: g.counters.in_use,
                     waiting,
+                    exact: st.rules.exact,
                     share: g.share,
                 })
             })

@@ -490,6 +490,7 @@ fn operator_rules_include_exclude_reserve_and_cap() {
         exclude: vec!["rogue".into()],
         reserve: [("vip".to_string(), 2)].into_iter().collect(),
         max_per_plugin: Some(3),
+        exact: false,
     };
     m.set_rules("a", rules).expect("installed");
     assert_eq!(
@@ -968,6 +969,44 @@ fn seats_of_a_lapsed_batch_end_and_their_calls_are_withheld() {
             .iter()
             .any(|e| e.kind == EventKind::Return(ReclaimReason::LeaseLapsed) && e.token == Some(1))
     );
+}
+
+#[test]
+fn a_call_that_may_not_wait_asks_the_store_once_before_it_is_refused() {
+    let (m, _) = shared_five();
+    m.set_share("a", "g", share(1, 1, Duration::from_secs(60)))
+        .expect("grant");
+    let mut first = call(&m, "p", 1);
+    first.acquire("a").expect("the batch's one seat");
+    let waiting = |m: &LicenseManager| m.demand().first().map_or(0, |d| d.waiting);
+    std::thread::scope(|scope| {
+        // The batch grows while the call waits: it gets a seat.
+        let asker = scope.spawn(|| {
+            let mut second = call(&m, "p", 2);
+            second.acquire("a").map(|_| second)
+        });
+        while waiting(&m) == 0 {
+            std::thread::yield_now();
+        }
+        m.set_share("a", "g", share(2, 2, Duration::from_secs(60)))
+            .expect("grant");
+        let _second = asker
+            .join()
+            .expect("asker")
+            .expect("the grown batch's seat");
+        // The store answers with no more: refused at once, not after the
+        // longest wait.
+        let asked = Instant::now();
+        let mut third = call(&m, "p", 3);
+        let asker = scope.spawn(move || third.acquire("a"));
+        while waiting(&m) == 0 {
+            std::thread::yield_now();
+        }
+        m.set_share("a", "g", share(2, 3, Duration::from_secs(60)))
+            .expect("grant");
+        assert_eq!(asker.join().expect("asker"), Err(Denial::Exhausted));
+        assert!(asked.elapsed() < STORE_ANSWER_WAIT, "{:?}", asked.elapsed());
+    });
 }
 
 #[test]

@@ -39,7 +39,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tollgate::runtime::{Allocator, InvokeError};
 use tollgate::{Host, HostError};
-use tollgate_license::Rules;
 use tollgate_store::state::State;
 
 /// Errors starting the server.
@@ -182,14 +181,8 @@ pub fn build_host(config: &Config) -> Result<Host, ServeError> {
 /// Puts the config's `[license.*]` rules in force for the licenses
 /// installed on `host`.
 fn apply_rules(host: &Host, config: &Config) {
-    for (id, r) in &config.licenses {
-        let rules = Rules {
-            include: r.include.clone(),
-            exclude: r.exclude.clone(),
-            reserve: r.reserve.clone(),
-            max_per_plugin: r.max_per_plugin,
-        };
-        if host.licenses().set_rules(id, rules).is_err() {
+    for (id, rules) in &config.licenses {
+        if host.licenses().set_rules(id, rules.clone()).is_err() {
             tracing::warn!("rules for license {id} wait: no license {id} is installed yet");
         }
     }

@@ -270,6 +270,9 @@ const LICENSE_RULES: &[(&str, RuleReader)] = &[
     ("max_per_plugin", |checker, value, place, _, draft| {
         draft.max_per_plugin = checker.max_per_plugin(value, place);
     }),
+    ("pool", |checker, value, place, _, draft| {
+        draft.exact = checker.pool(value, place);
+    }),
 ];
 
 /// Reads one key of a `[license.<id>]` table: the checker, the value, the
@@ -287,6 +290,8 @@ struct RulesDraft {
     reserve: Vec<Reservation>,
     /// `max_per_plugin`, where valid.
     max_per_plugin: Option<u32>,
+    /// `pool = "exact"`.
+    exact: bool,
 }
 
 /// What a configured path must name.
@@ -1426,6 +1431,7 @@ impl<'t> Checker<'t> {
         }
         let mut rules = LicenseRules {
             max_per_plugin: draft.max_per_plugin,
+            exact: draft.exact,
             ..LicenseRules::default()
         };
         for entry in &draft.reserve {
@@ -1452,6 +1458,24 @@ impl<'t> Checker<'t> {
         rules.include = draft.include.into_iter().map(|(n, _)| n).collect();
         rules.exclude = draft.exclude.into_iter().map(|(n, _)| n).collect();
         Some(rules)
+    }
+
+    /// Reads `pool`: `"batch"` (the default) or `"exact"`; whether exact.
+    fn pool(&mut self, value: &Value<'_>, place: &str) -> bool {
+        let expected = "\"batch\" or \"exact\"";
+        match self.string(value, "pool", place, expected) {
+            Some("exact") => true,
+            Some("batch") | None => false,
+            Some(other) => {
+                self.problem(
+                    value.span(),
+                    format!(
+                        "`pool`{place} is {other:?}; use \"batch\" (seats leased from the shared store in batches, the default) or \"exact\" (one store round trip per seat, none kept idle)"
+                    ),
+                );
+                false
+            }
+        }
     }
 
     /// Reads `max_per_plugin`: a number of seats from 1.

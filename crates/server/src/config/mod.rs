@@ -143,18 +143,8 @@ pub enum LogFormat {
     Json,
 }
 
-/// Rules for one license id (`[license.<id>]`).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct LicenseRules {
-    /// Only these plugins may use the license; empty: every plugin.
-    pub include: Vec<String>,
-    /// These plugins may not use the license.
-    pub exclude: Vec<String>,
-    /// Seats reserved per plugin: other plugins may not take them.
-    pub reserve: BTreeMap<String, u32>,
-    /// Most seats any one plugin may hold at once.
-    pub max_per_plugin: Option<u32>,
-}
+/// Rules for one license id (`[license.<id>]`): the license manager's own.
+pub type LicenseRules = tollgate_license::Rules;
 
 /// One thing wrong with a config, where it is and what to do about it.
 #[derive(Clone, Debug, PartialEq, Eq)]

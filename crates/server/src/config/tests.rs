@@ -197,6 +197,7 @@ include = ["hello", "other_2"]
 exclude = []
 reserve = { hello = 2, other_2 = 0 }
 max_per_plugin = 3
+pool = "exact"
 
 [license."acme:pro"]
 exclude = ["other_2"]
@@ -261,6 +262,7 @@ exclude = ["other_2"]
         BTreeMap::from([("hello".to_string(), 2), ("other_2".to_string(), 0)])
     );
     assert_eq!(demo.max_per_plugin, Some(3));
+    assert!(demo.exact, "pool = \"exact\"");
     assert_eq!(
         config.licenses["acme:pro"],
         LicenseRules {
@@ -647,7 +649,7 @@ fn license_rule_values_are_checked() {
         "license_rule_types",
         &dir,
         &format!(
-            "{MINIMAL_PLUGIN}requires = [\"demo\", \"pro\"]\nmay_use = [\"x\"]\n\n[license.demo]\ninclude = \"hello\"\nexclude = [1]\nreserve = [\"hello\"]\nmax_per_plugin = \"2\"\n\n[license.pro]\ninclude = []\n\n[license.x]\nnotes = \"\"\nreserve = {{ hello = \"1\" }}\nexclude = [\"hello\"]\n"
+            "{MINIMAL_PLUGIN}requires = [\"demo\", \"pro\"]\nmay_use = [\"x\"]\n\n[license.demo]\ninclude = \"hello\"\nexclude = [1]\nreserve = [\"hello\"]\nmax_per_plugin = \"2\"\n\n[license.pro]\ninclude = []\npool = \"fast\"\n\n[license.x]\npool = 1\nnotes = \"\"\nreserve = {{ hello = \"1\" }}\nexclude = [\"hello\"]\n"
         ),
     );
     assert_problems(

@@ -198,11 +198,13 @@ impl Batcher {
     }
 
     /// The batch size for a grant's demand when `have` is held.
-    /// Seats are kept idle only while no other host wants them, and then
-    /// no more than this host's fair part is asked for.
+    /// Seats are kept idle only while no other host wants them and the
+    /// pool is not exact; while others want them, no more than this
+    /// host's fair part is asked for.
     fn want(&self, d: &GrantDemand, have: u32) -> u32 {
         let part = self.part(&d.grant_id);
-        let (spare, max_idle) = if part.is_some() {
+        // An exact pool keeps none idle either.
+        let (spare, max_idle) = if part.is_some() || d.exact {
             (0, 0)
         } else {
             (self.settings.spare, self.settings.max_idle)
