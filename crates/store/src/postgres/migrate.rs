@@ -18,7 +18,7 @@ use super::{PgError, PgStore};
 use crate::state::{Grant, HostKey, HostLock, IntegrityError, State, StateError, TrustedIssuer};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use tollgate_license::issuer::IssuerPublicKey;
+use tollgate_license::issuer::{IssuerPublicKey, format_time};
 
 /// Why a state directory was not moved, or not wholly.
 #[derive(Debug, thiserror::Error)]
@@ -191,9 +191,17 @@ fn issuer_terms(i: &TrustedIssuer) -> String {
 
 /// A grant's terms as people see them in a conflict.
 fn grant_terms(g: &Grant) -> String {
+    let time = |t: Option<u64>| t.map_or_else(|| "-".to_string(), format_time);
     format!(
-        "license {}, issuer {}, seats {:?}, window {:?}..{:?}, plugins {:?}, customer {:?}",
-        g.license_id, g.issuer, g.seats, g.not_before, g.expires_at, g.plugins, g.customer
+        "license {}, issuer {}, {} seat(s), {} .. {}, plugins {:?}, customer {:?}",
+        g.license_id,
+        g.issuer,
+        g.seats
+            .map_or_else(|| "unlimited".to_string(), |n| n.to_string()),
+        time(g.not_before),
+        time(g.expires_at),
+        g.plugins,
+        g.customer
     )
 }
 
