@@ -2,11 +2,13 @@
 //! rows from real licensed calls, moved into a throwaway PostgreSQL store;
 //! the store then shows what the state directory showed, a rerun moves
 //! nothing, and a tampered ledger, a running host or a bad URL is refused
-//! with nothing written.
+//! with nothing written; a moved host started on the store extends its
+//! chain there.
 
 use serde_json::Value;
 use std::path::Path;
 use std::process::Output;
+use std::time::Duration;
 use test_postgres::TestPostgres;
 
 mod common;
@@ -246,7 +248,7 @@ fn a_bad_url_an_unreachable_store_or_a_tampered_ledger_is_refused_with_nothing_w
 }
 
 #[test]
-fn a_running_host_is_refused_and_its_state_moves_once_it_stopped() {
+fn a_running_host_is_refused_then_moves_once_stopped_and_goes_on_with_the_store() {
     let pg = TestPostgres::start();
     let url = pg.url();
     let dir = prepare("migrate-running", "2");
@@ -280,6 +282,32 @@ fn a_running_host_is_refused_and_its_state_moves_once_it_stopped() {
         moved.contains(&format!("ledger rows:       {rows} moved, 0 already there")),
         "{moved}"
     );
+
+    // The host started again on the store, as the summary says: the
+    // migrated grant gives it seats, and its new rows extend the same chain.
+    let settings = format!("store = {url:?}\nseat_batch_ttl = \"3s\"");
+    let shared = Server::start_with(root, "1s", &settings);
+    let ready = wait_until(Duration::from_secs(20), || {
+        shared.admin("GET", "/readyz", None, None).0 == 200
+    });
+    assert!(ready, "the host on the store never got ready");
+    assert_eq!(shared.invoke("hello", b"operator").0, 200);
+    let shipped = wait_until(Duration::from_secs(10), || {
+        shared
+            .metrics()
+            .value("tollgate_ledger_unshipped_rows", &[])
+            == Some(0.0)
+    });
+    assert!(shipped, "the host's new rows were not shipped within 10 s");
+    assert!(shared.terminate().success());
+    let now = verified_rows(root);
+    assert!(now > rows, "no new rows: {now}");
+    let verified = expect(root, 0, &["audit", "verify", "--store", &url]);
+    assert!(
+        verified.contains(&format!("{now} rows, chain verified")),
+        "{verified}"
+    );
+    assert_eq!(verified.matches("chain verified").count(), 1, "{verified}");
 }
 
 #[test]
