@@ -8,6 +8,7 @@ mod issuer;
 mod new;
 mod run;
 mod serve;
+mod store;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -118,6 +119,9 @@ enum Command {
     /// Check the usage ledger's hash chain; make and check signed checkpoints of it.
     #[command(subcommand)]
     Audit(admin::AuditCommand),
+    /// The shared store of several hosts: move a single host's state directory into it.
+    #[command(subcommand)]
+    Store(store::StoreCommand),
 }
 
 /// Logs to stderr, filtered by `TOLLGATE_LOG`; a server logs every call by
@@ -155,6 +159,7 @@ fn main() -> ExitCode {
         Command::Status(args) => admin::status(args),
         Command::Usage(args) => admin::usage(args),
         Command::Audit(cmd) => admin::audit(cmd),
+        Command::Store(cmd) => store::run(cmd),
         Command::Serve(args) => serve::serve(args),
         Command::Inspect(args) => inspect::run(args),
         Command::New(args) => new::run(args),

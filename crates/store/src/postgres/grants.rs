@@ -254,18 +254,18 @@ impl PgStore {
             .collect())
     }
 
+    /// Grants revoked one by one, with the time of revocation.
+    pub async fn grant_revocations(&self) -> Result<BTreeMap<String, u64>, PgError> {
+        let client = self.client().await?;
+        grant_revocations(&client).await
+    }
+
     /// The grants hosts enforce, per license id, as `State::seat_grants`
     /// gives them: grants revoked alone, or left out by the issuers'
     /// scopes, give no seat.
     pub async fn seat_grants(&self) -> Result<BTreeMap<String, Vec<SeatGrant>>, PgError> {
         let client = self.client().await?;
-        let revoked: BTreeSet<String> = client
-            .query("SELECT grant_id FROM grant_revocations", &[])
-            .await
-            .map_err(PgError::query("read grant revocations"))?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+        let revoked: BTreeSet<String> = grant_revocations(&client).await?.into_keys().collect();
         let grants = grants(&client).await?;
         let problems = scopes(&client).await?.problems(&grants, &revoked);
         let left_out: BTreeSet<&str> = problems
@@ -408,6 +408,16 @@ async fn grants(client: &impl GenericClient) -> Result<Vec<Grant>, PgError> {
             Ok(grant)
         })
         .collect()
+}
+
+async fn grant_revocations(client: &impl GenericClient) -> Result<BTreeMap<String, u64>, PgError> {
+    Ok(client
+        .query("SELECT grant_id, revoked_at FROM grant_revocations", &[])
+        .await
+        .map_err(PgError::query("read grant revocations"))?
+        .iter()
+        .map(|r| (r.get(0), from_db(r.get(1))))
+        .collect())
 }
 
 async fn known_license(client: &impl GenericClient, license_id: &str) -> Result<(), PgError> {

@@ -18,6 +18,15 @@ use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 use tollgate_license::ledger::UsageEvent;
 
+/// The head of a host's verified chain in the shared ledger.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChainHead {
+    /// Its rows (sequence numbers 1 to `rows`).
+    pub rows: u64,
+    /// The hash of its last row (the genesis hash when it has none).
+    pub hash: [u8; 32],
+}
+
 /// Rows shipped per transaction at most.
 const BATCH: usize = 1000;
 
@@ -292,6 +301,13 @@ impl PgStore {
     /// Verifies host `host_id`'s chain in the shared ledger: the number of
     /// rows, or the first sequence number whose hash does not follow.
     pub async fn verify_host_chain(&self, host_id: &str) -> Result<Result<u64, u64>, PgError> {
+        Ok(self.host_chain(host_id).await?.map(|head| head.rows))
+    }
+
+    /// Verifies host `host_id`'s chain in the shared ledger as
+    /// [`PgStore::verify_host_chain`] does: its head, or the first sequence
+    /// number whose hash does not follow.
+    pub async fn host_chain(&self, host_id: &str) -> Result<Result<ChainHead, u64>, PgError> {
         let client = self.client().await?;
         let rows = client
             .query(
@@ -331,6 +347,9 @@ impl PgStore {
             prev = computed.unwrap_or(prev);
             expected += 1;
         }
-        Ok(Ok(expected - 1))
+        Ok(Ok(ChainHead {
+            rows: expected - 1,
+            hash: prev,
+        }))
     }
 }

@@ -10,6 +10,7 @@
 pub mod batches;
 pub mod grants;
 pub mod ledger;
+pub mod migrate;
 pub mod seats;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};

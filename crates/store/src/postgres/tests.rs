@@ -757,7 +757,7 @@ mod shipping {
 
     /// A spool (a state directory's database) with `n` rows recorded from
     /// invocation `first`, every other one with a batch token.
-    fn record(ledger: &SqliteLedger, first: u64, n: u64) {
+    pub(super) fn record(ledger: &SqliteLedger, first: u64, n: u64) {
         for i in first..first + n {
             ledger.record(UsageEvent {
                 lease_id: Some(i),
@@ -1090,5 +1090,247 @@ mod grants {
             refused.to_string().contains("column `seats` says 50"),
             "{refused}"
         );
+    }
+}
+
+mod migrate {
+    //! A single host's state directory moved into the shared store: whole,
+    //! once, verified; refused with nothing written when it cannot be.
+
+    use super::*;
+    use crate::SqliteLedger;
+    use crate::postgres::migrate::{MigrateError, Moved, SourceDir};
+    use crate::state::{HostKey, State, UsageFilter};
+    use std::path::Path;
+
+    fn now() -> u64 {
+        SystemClock.now_secs()
+    }
+
+    /// A state directory with issuer "acme" (scope `acme-*`), three grants
+    /// (two of acme-a, one of acme-b), the second revoked alone, license
+    /// acme-b revoked, and `rows` ledger rows.
+    fn state_dir(rows: u64) -> (tempfile::TempDir, IssuerKey) {
+        let dir = tempfile::tempdir().expect("scratch");
+        let state = State::open(dir.path()).expect("state");
+        let key = IssuerKey::generate().expect("issuer key");
+        let ids = ["acme-*".to_string()];
+        assert!(
+            state
+                .trust_scoped(&key.public(), Some("acme"), Some(&ids), now() - 50)
+                .expect("trust")
+        );
+        let grant = |id: &str, seats: Seats, at: u64| {
+            let text = key
+                .sign(LicenseTerms::new(id, seats), at)
+                .expect("sign")
+                .to_file_text();
+            state
+                .install_text(&text, at)
+                .expect("install")
+                .grant
+                .grant_id
+        };
+        grant("acme-a", Seats::Counted(2), now() - 40);
+        let second = grant("acme-a", Seats::Counted(1), now() - 30);
+        grant("acme-b", Seats::Unlimited, now() - 20);
+        state
+            .revoke_grant(&second, now() - 10)
+            .expect("revoke grant");
+        state.revoke("acme-b", now() - 5).expect("revoke");
+        let ledger = SqliteLedger::open(state.db_path()).expect("ledger");
+        super::shipping::record(&ledger, 1, rows);
+        (dir, key)
+    }
+
+    /// Everything the store shows of what moved, as the state directory
+    /// shows it.
+    async fn same_as_the_state_dir(store: &PgStore, dir: &Path) {
+        let state = State::open_read_only(dir).expect("state");
+        assert_eq!(
+            store.trusted().await.expect("trusted"),
+            state.trusted().expect("trusted")
+        );
+        assert_eq!(
+            store.grants().await.expect("grants"),
+            state.grants().expect("grants")
+        );
+        assert_eq!(
+            store.revocations().await.expect("revocations"),
+            state.revocations().expect("revocations")
+        );
+        assert_eq!(
+            store.grant_revocations().await.expect("grant revocations"),
+            state.grant_revocations().expect("grant revocations")
+        );
+        let all = UsageFilter::default();
+        assert_eq!(
+            store.usage(&all).await.expect("usage"),
+            state.usage(&all).expect("usage")
+        );
+        assert_eq!(
+            store.seat_grants().await.expect("seat grants"),
+            state.seat_grants().expect("seat grants")
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_state_dir_moves_whole_once_and_a_rerun_moves_nothing() {
+        let pg = TestPostgres::start();
+        let store = store(&pg).await;
+        let (dir, _) = state_dir(1_500);
+        assert!(HostKey::open(dir.path()).expect("key").is_none());
+        let audit_before = State::open_read_only(dir.path())
+            .expect("state")
+            .audit()
+            .expect("audit");
+
+        let source = SourceDir::open(dir.path()).expect("source");
+        let moved = store.migrate_from(&source).await.expect("migrate");
+        drop(source);
+        let host = HostKey::open(dir.path())
+            .expect("key")
+            .expect("made")
+            .key_id();
+        assert_eq!(moved.host_id, host);
+        assert!(moved.host_key_made);
+        let new = |n| Moved {
+            moved: n,
+            already: 0,
+        };
+        assert_eq!(
+            (
+                moved.issuers,
+                moved.grants,
+                moved.revocations,
+                moved.grant_revocations,
+                moved.rows
+            ),
+            (new(1), new(3), new(1), new(1), new(1_500))
+        );
+        assert_eq!(
+            store.verify_host_chain(&host).await.expect("verify"),
+            Ok(1_500)
+        );
+        same_as_the_state_dir(&store, dir.path()).await;
+        let state = State::open_read_only(dir.path()).expect("state");
+        assert_eq!(
+            moved.head_hash,
+            hex::encode(state.chain_hash_at(1_500).expect("head"))
+        );
+        assert_eq!(
+            state.audit().expect("audit"),
+            audit_before,
+            "the source is unchanged"
+        );
+
+        // Again: nothing moves twice, and what was there is counted.
+        let source = SourceDir::open(dir.path()).expect("source");
+        let again = store.migrate_from(&source).await.expect("again");
+        let there = |n| Moved {
+            moved: 0,
+            already: n,
+        };
+        assert!(!again.host_key_made);
+        assert_eq!(
+            (
+                again.issuers,
+                again.grants,
+                again.revocations,
+                again.grant_revocations,
+                again.rows
+            ),
+            (there(1), there(3), there(1), there(1), there(1_500))
+        );
+        assert_eq!(again.head_hash, moved.head_hash);
+        assert_eq!(
+            store.ledger_hosts().await.expect("hosts"),
+            vec![(host, 1_500)]
+        );
+        same_as_the_state_dir(&store, dir.path()).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_conflict_is_named_and_leaves_the_store_unchanged() {
+        let pg = TestPostgres::start();
+        let store = store(&pg).await;
+        let (dir, key) = state_dir(5);
+        // The store trusts the same key under another name.
+        store
+            .trust(&key.public(), Some("someone"), None, now())
+            .await
+            .expect("trust");
+        let before = store.trusted().await.expect("trusted");
+        let source = SourceDir::open(dir.path()).expect("source");
+        let err = store.migrate_from(&source).await.expect_err("conflict");
+        let shown = err.to_string();
+        assert!(matches!(err, MigrateError::Conflict { .. }), "{shown}");
+        assert!(
+            shown.contains(&format!("issuer key {}", key.public().key_id())),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("\"someone\"") && shown.contains("\"acme\""),
+            "{shown}"
+        );
+        assert_eq!(store.trusted().await.expect("trusted"), before);
+        assert!(store.grants().await.expect("grants").is_empty());
+        assert!(store.ledger_hosts().await.expect("hosts").is_empty());
+
+        // Another state directory with this one's host key but other rows:
+        // the ledger conflicts, and nothing of it is written.
+        let moved = tempfile::tempdir().expect("scratch");
+        let copy = tempfile::tempdir().expect("scratch");
+        for (d, first) in [(&moved, 1), (&copy, 100)] {
+            let state = State::open(d.path()).expect("state");
+            let ledger = SqliteLedger::open(state.db_path()).expect("ledger");
+            super::shipping::record(&ledger, first, 3);
+        }
+        let source = SourceDir::open(moved.path()).expect("source");
+        let first = store.migrate_from(&source).await.expect("migrate");
+        std::fs::copy(
+            moved.path().join(crate::state::HOST_KEY_FILE),
+            copy.path().join(crate::state::HOST_KEY_FILE),
+        )
+        .expect("copy the host key");
+        let source = SourceDir::open(copy.path()).expect("source");
+        let err = store.migrate_from(&source).await.expect_err("conflict");
+        let shown = err.to_string();
+        assert!(
+            shown.contains(&format!("ledger row 3 of host {}", first.host_id)),
+            "{shown}"
+        );
+        assert_eq!(
+            store
+                .verify_host_chain(&first.host_id)
+                .await
+                .expect("verify"),
+            Ok(3)
+        );
+        assert_eq!(store.ledger_hosts().await.expect("hosts").len(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_tampered_ledger_or_a_running_host_is_refused_before_anything_moves() {
+        let pg = TestPostgres::start();
+        let store = store(&pg).await;
+        let (dir, _) = state_dir(10);
+
+        let host = State::open(dir.path()).expect("state");
+        let lock = host.lock_host().expect("a host runs");
+        let err = SourceDir::open(dir.path()).expect_err("running");
+        assert!(matches!(err, MigrateError::HostRunning(_)), "{err}");
+        drop(lock);
+
+        rusqlite::Connection::open(dir.path().join(crate::state::DB_FILE))
+            .expect("db")
+            .execute("UPDATE ledger SET plugin = 'other' WHERE seq = 4", [])
+            .expect("tamper");
+        let err = SourceDir::open(dir.path()).expect_err("tampered");
+        let shown = err.to_string();
+        assert!(matches!(err, MigrateError::ChainBroken { .. }), "{shown}");
+        assert!(shown.contains("row 4 does not match its hash"), "{shown}");
+        assert!(store.ledger_hosts().await.expect("hosts").is_empty());
+        assert!(store.trusted().await.expect("trusted").is_empty());
     }
 }

@@ -383,20 +383,24 @@ impl State {
         }
         let key = HostKey::open_or_create(self.dir())?;
         let seq = report.head_seq;
-        let hash = if seq == 0 {
-            GENESIS
-        } else {
-            let stored: Vec<u8> = self
-                .conn()
-                .query_row("SELECT hash FROM ledger WHERE seq = ?1", [seq], |r| {
-                    r.get(0)
-                })
-                .map_err(|e| self.err(e))?;
-            stored.try_into().map_err(|_| {
-                IntegrityError::ChainBroken(vec![format!("row {seq} has no 32-byte hash")])
-            })?
-        };
+        let hash = self.chain_hash_at(seq)?;
         Ok(Checkpoint::sign(&key, seq, hash, now))
+    }
+
+    /// The stored hash of ledger row `seq` (the genesis hash for 0).
+    pub fn chain_hash_at(&self, seq: u64) -> Result<[u8; 32], StateError> {
+        if seq == 0 {
+            return Ok(GENESIS);
+        }
+        let stored: Vec<u8> = self
+            .conn()
+            .query_row("SELECT hash FROM ledger WHERE seq = ?1", [seq], |r| {
+                r.get(0)
+            })
+            .map_err(|e| self.err(e))?;
+        Ok(stored.try_into().map_err(|_| {
+            IntegrityError::ChainBroken(vec![format!("row {seq} has no 32-byte hash")])
+        })?)
     }
 
     /// Whether the ledger still extends `checkpoint`: its row is there with

@@ -110,6 +110,22 @@ pub enum StateError {
         /// Its version.
         found: i64,
     },
+    /// Written by an older tollgate and not upgraded yet (only a read-only
+    /// open says so; [`State::open`] upgrades it).
+    #[error(
+        "the state database {path} has schema version {found}, older than this tollgate's ({SCHEMA_VERSION}); open it once with this tollgate to upgrade it (for example `tollgate status --state DIR`), then try again"
+    )]
+    OlderSchema {
+        /// The database file.
+        path: PathBuf,
+        /// Its version.
+        found: i64,
+    },
+    /// The directory holds no state database.
+    #[error(
+        "{0} is not a tollgate state directory: it has no {DB_FILE}; name the directory the host ran with (its --state, or `state` in its tollgate.toml)"
+    )]
+    NotAStateDir(PathBuf),
     /// Another host is running on this state directory.
     #[error(
         "another tollgate host is running with state directory {0}; stop it first or use another --state"
@@ -311,6 +327,36 @@ impl State {
         })
     }
 
+    /// Opens the database of an existing state directory read-only: nothing
+    /// in it is created, upgraded or written through this handle, so only
+    /// its reads work (a database of an older schema is refused).
+    pub fn open_read_only(dir: &Path) -> Result<Self, StateError> {
+        use rusqlite::OpenFlags;
+        let db = dir.join(DB_FILE);
+        if !db.is_file() {
+            return Err(StateError::NotAStateDir(dir.to_path_buf()));
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(&db, flags).map_err(|e| db_error(&db, e))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(|e| db_error(&db, e))?;
+        let found: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(|e| db_error(&db, e))?;
+        if found > SCHEMA_VERSION {
+            return Err(StateError::NewerSchema { path: db, found });
+        }
+        if found < SCHEMA_VERSION {
+            return Err(StateError::OlderSchema { path: db, found });
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            db,
+            conn: Mutex::new(conn),
+            reported: Mutex::new(BTreeSet::new()),
+        })
+    }
+
     /// The directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -443,7 +489,8 @@ impl State {
         Ok(issuers)
     }
 
-    fn trusted_keys(&self) -> Result<Vec<IssuerPublicKey>, StateError> {
+    /// The public key of every trusted issuer.
+    pub(crate) fn trusted_keys(&self) -> Result<Vec<IssuerPublicKey>, StateError> {
         let blobs: Vec<Vec<u8>> =
             self.query("SELECT public_key FROM trusted_issuers", [], |r| r.get(0))?;
         blobs
@@ -495,6 +542,16 @@ impl State {
     /// checked against its stored signed license text first: a grant whose
     /// text does not verify, or whose columns disagree with it, is refused.
     pub fn grants(&self) -> Result<Vec<Grant>, StateError> {
+        Ok(self
+            .grants_with_text()?
+            .into_iter()
+            .map(|(grant, _)| grant)
+            .collect())
+    }
+
+    /// [`State::grants`], each with the signed license text it was checked
+    /// against.
+    pub(crate) fn grants_with_text(&self) -> Result<Vec<(Grant, String)>, StateError> {
         let rows: Vec<(Grant, u64, String)> = self.query(
             "SELECT grant_id, license_id, issuer, seats, not_before, expires_at, plugins, customer, installed_at, issued_at, file
              FROM grants ORDER BY license_id, installed_at, grant_id",
@@ -519,7 +576,7 @@ impl State {
         rows.into_iter()
             .map(|(grant, issued_at, file)| {
                 anchor::check_stored_grant(&self.db, &grant, issued_at, &file, &trusted)?;
-                Ok(grant)
+                Ok((grant, file))
             })
             .collect()
     }
@@ -596,6 +653,16 @@ impl State {
         Ok(rows.into_iter().collect())
     }
 
+    /// Grants revoked one by one, with the time of revocation.
+    pub fn grant_revocations(&self) -> Result<BTreeMap<String, u64>, StateError> {
+        let rows: Vec<(String, u64)> = self.query(
+            "SELECT grant_id, revoked_at FROM grant_revocations",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok(rows.into_iter().collect())
+    }
+
     /// The grants a host enforces, per license id: every installed grant
     /// with its own seats, window and plugins, and whether it was revoked
     /// alone. The pool judges each window at every request, so a grant
@@ -611,10 +678,7 @@ impl State {
     /// [`State::seat_grants`] without logging, with what it was worked out
     /// from, so a report needs no second load (and check) of the grants.
     pub(crate) fn enforced_grants(&self) -> Result<EnforcedGrants, StateError> {
-        let revoked: BTreeSet<String> = self
-            .query("SELECT grant_id FROM grant_revocations", [], |r| r.get(0))?
-            .into_iter()
-            .collect();
+        let revoked: BTreeSet<String> = self.grant_revocations()?.into_keys().collect();
         let grants = self.grants()?;
         let problems = self.scopes()?.problems(&grants, &revoked);
         let left_out: BTreeSet<&str> = problems
