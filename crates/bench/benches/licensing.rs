@@ -19,6 +19,9 @@ use tollgate::runtime::Allocator;
 use tollgate::store::state::State;
 use tollgate::{Host, Limits, PluginSpec, Seats, Terms};
 
+#[path = "licensing/shared.rs"]
+mod shared;
+
 const LICENSE: &str = "bench";
 
 /// The results file this run writes besides stdout, once opened.
@@ -203,6 +206,18 @@ fn side_by_side_rounds(
         }
     }
     (xs, ys)
+}
+
+/// The ratio of the medians of `xs` and `ys`, with the lowest and highest
+/// ratio of one round's pair: `0.931 (0.88–0.97)`.
+fn ratio_with_spread(xs: &[f64], ys: &[f64]) -> String {
+    let ratios: Vec<f64> = xs.iter().zip(ys).map(|(x, y)| x / y).collect();
+    let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!(
+        "{:.3} ({lo:.2}–{hi:.2})",
+        median(xs.to_vec()) / median(ys.to_vec())
+    )
 }
 
 fn row(case: &str, what: &str, licensed: String, baseline: String, ratio: String, target: &str) {
@@ -521,20 +536,26 @@ fn case_e(plan: &Plan) {
 }
 
 fn durable_host(dir: &std::path::Path) -> Host {
+    let host = durable_host_with(dir, Seats::Unlimited);
+    load_pair(&host);
+    host
+}
+
+/// A host on a fresh state directory `dir` (durable SQLite ledger) with a
+/// signed license [`LICENSE`] of `seats` installed there; no plugin loaded.
+fn durable_host_with(dir: &std::path::Path, seats: Seats) -> Host {
     let state = State::open(dir).expect("state");
     let key = IssuerKey::generate().expect("key");
     let now = SystemClock.now_secs();
     state.trust(&key.public(), None, now).expect("trust");
     let license = key
-        .sign(LicenseTerms::new(LICENSE, Seats::Unlimited), now)
+        .sign(LicenseTerms::new(LICENSE, seats), now)
         .expect("sign");
     state
         .install_text(&license.to_file_text(), now)
         .expect("install");
     drop(state);
-    let host = Host::builder().state(dir).build().expect("durable host");
-    load_pair(&host);
-    host
+    Host::builder().state(dir).build().expect("durable host")
 }
 
 fn case_f(plan: &Plan) {
@@ -847,7 +868,7 @@ fn main() {
     say("| case | what | licensed | baseline | ratio | target |");
     say("|---|---|---|---|---|---|");
     let wanted = |case: &str| only.is_empty() || only.iter().any(|o| o.eq_ignore_ascii_case(case));
-    let cases: [(&str, &Case); 9] = [
+    let cases: [(&str, &Case); 10] = [
         ("A", &case_a),
         ("B", &case_b),
         ("B0", &case_b0),
@@ -857,6 +878,7 @@ fn main() {
         ("F", &case_f),
         ("G", &case_g),
         ("H", &|_: &Plan| case_h()),
+        ("I", &shared::case_i),
     ];
     for (name, case) in cases {
         if wanted(name) {
