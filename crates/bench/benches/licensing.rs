@@ -3,11 +3,15 @@
 //! measured in the same run with the rounds interleaved.
 //!
 //! Run: `cargo bench -p tollgate-bench --bench licensing` (add `-- --quick` for a
-//! short smoke run). Prints a Markdown table.
+//! short smoke run). Prints a Markdown table, headed by the commit it ran
+//! on, and writes the same lines to
+//! `bench-results/<date>-<commit>/licensing[-<cases>].txt` (a `--quick` run
+//! writes nothing there; `TOLLGATE_BENCH_RESULTS=DIR` writes under `DIR`).
 
+use std::io::Write as _;
 use std::path::PathBuf;
-use std::sync::Barrier;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Barrier, Mutex};
 use std::time::{Duration, Instant};
 use tollgate::license::issuer::{IssuerKey, LicenseTerms};
 use tollgate::license::{Clock, SystemClock};
@@ -15,7 +19,97 @@ use tollgate::runtime::Allocator;
 use tollgate::store::state::State;
 use tollgate::{Host, Limits, PluginSpec, Seats, Terms};
 
+#[path = "licensing/shared.rs"]
+mod shared;
+
 const LICENSE: &str = "bench";
+
+/// The results file this run writes besides stdout, once opened.
+static RESULTS: Mutex<Option<std::fs::File>> = Mutex::new(None);
+
+/// Prints `line` and writes it to the results file, if there is one.
+fn say(line: &str) {
+    println!("{line}");
+    let mut results = RESULTS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(file) = results.as_mut()
+        && let Err(e) = writeln!(file, "{line}")
+    {
+        eprintln!("results file not written ({e}); stdout has the run");
+        *results = None;
+    }
+}
+
+/// The short commit hash the bench was built from, `+dirty` when tracked
+/// files differ from it, or `unknown` outside a git checkout.
+fn commit() -> String {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(root)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    match git(&["rev-parse", "--short", "HEAD"]) {
+        Some(hash) => match git(&["status", "--porcelain", "--untracked-files=no"]) {
+            Some(changes) if changes.is_empty() => hash,
+            _ => format!("{hash}+dirty"),
+        },
+        None => "unknown".into(),
+    }
+}
+
+/// Today's date (UTC) as `YYYY-MM-DD`.
+fn today() -> String {
+    let days = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() / 86_400) as i64;
+    // Days since 1970-01-01 to a civil date (proleptic Gregorian).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+/// Opens `bench-results/<date>-<commit>/licensing[-<cases>].txt` (under
+/// `TOLLGATE_BENCH_RESULTS` if set) for [`say`]; returns its path.
+fn open_results(date: &str, commit: &str, cases: &[String]) -> Option<PathBuf> {
+    let root = std::env::var_os("TOLLGATE_BENCH_RESULTS").map_or_else(
+        || PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../bench-results")),
+        PathBuf::from,
+    );
+    let dir = root.join(format!("{date}-{commit}"));
+    let name = if cases.is_empty() {
+        "licensing.txt".to_string()
+    } else {
+        format!("licensing-{}.txt", cases.join("-"))
+    };
+    let path = dir.join(name);
+    let opened = std::fs::create_dir_all(&dir).and_then(|()| std::fs::File::create(&path));
+    match opened {
+        Ok(file) => {
+            *RESULTS
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(file);
+            Some(path)
+        }
+        Err(e) => {
+            eprintln!("cannot write {} ({e}); stdout has the run", path.display());
+            None
+        }
+    }
+}
 
 fn guest(name: &str) -> PathBuf {
     PathBuf::from(test_guests::path(name))
@@ -89,11 +183,18 @@ fn throughput(host: &Host, plugin: &str, input: &[u8], threads: usize, window: D
 }
 
 /// Runs `a` and `b` alternately `rounds` times; returns their medians.
-fn side_by_side(
+fn side_by_side(rounds: usize, a: impl FnMut() -> f64, b: impl FnMut() -> f64) -> (f64, f64) {
+    let (xs, ys) = side_by_side_rounds(rounds, a, b);
+    (median(xs), median(ys))
+}
+
+/// Runs `a` and `b` alternately (A B B A …) `rounds` times; returns every
+/// round's figures, in round order.
+fn side_by_side_rounds(
     rounds: usize,
     mut a: impl FnMut() -> f64,
     mut b: impl FnMut() -> f64,
-) -> (f64, f64) {
+) -> (Vec<f64>, Vec<f64>) {
     let (mut xs, mut ys) = (Vec::new(), Vec::new());
     for r in 0..rounds {
         if r % 2 == 0 {
@@ -104,11 +205,25 @@ fn side_by_side(
             xs.push(a());
         }
     }
-    (median(xs), median(ys))
+    (xs, ys)
+}
+
+/// The ratio of the medians of `xs` and `ys`, with the lowest and highest
+/// ratio of one round's pair: `0.931 (0.88–0.97)`.
+fn ratio_with_spread(xs: &[f64], ys: &[f64]) -> String {
+    let ratios: Vec<f64> = xs.iter().zip(ys).map(|(x, y)| x / y).collect();
+    let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!(
+        "{:.3} ({lo:.2}–{hi:.2})",
+        median(xs.to_vec()) / median(ys.to_vec())
+    )
 }
 
 fn row(case: &str, what: &str, licensed: String, baseline: String, ratio: String, target: &str) {
-    println!("| {case} | {what} | {licensed} | {baseline} | {ratio} | {target} |");
+    say(&format!(
+        "| {case} | {what} | {licensed} | {baseline} | {ratio} | {target} |"
+    ));
 }
 
 /// Both instance allocators, each with its label, or the one named by
@@ -421,20 +536,26 @@ fn case_e(plan: &Plan) {
 }
 
 fn durable_host(dir: &std::path::Path) -> Host {
+    let host = durable_host_with(dir, Seats::Unlimited);
+    load_pair(&host);
+    host
+}
+
+/// A host on a fresh state directory `dir` (durable SQLite ledger) with a
+/// signed license [`LICENSE`] of `seats` installed there; no plugin loaded.
+fn durable_host_with(dir: &std::path::Path, seats: Seats) -> Host {
     let state = State::open(dir).expect("state");
     let key = IssuerKey::generate().expect("key");
     let now = SystemClock.now_secs();
     state.trust(&key.public(), None, now).expect("trust");
     let license = key
-        .sign(LicenseTerms::new(LICENSE, Seats::Unlimited), now)
+        .sign(LicenseTerms::new(LICENSE, seats), now)
         .expect("sign");
     state
         .install_text(&license.to_file_text(), now)
         .expect("install");
     drop(state);
-    let host = Host::builder().state(dir).build().expect("durable host");
-    load_pair(&host);
-    host
+    Host::builder().state(dir).build().expect("durable host")
 }
 
 fn case_f(plan: &Plan) {
@@ -711,20 +832,43 @@ fn main() {
                 .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
         })
         .unwrap_or_default();
-    println!(
-        "machine: {} cores, {cpu}; rounds {} (medians of interleaved rounds)\n",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        plan.rounds
-    );
-    println!("| case | what | licensed | baseline | ratio | target |");
-    println!("|---|---|---|---|---|---|");
     // Case letters on the command line (e.g. `-- B C`) pick cases; default all.
     let only: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
+    let (date, commit) = (today(), commit());
+    let written = if quick && std::env::var_os("TOLLGATE_BENCH_RESULTS").is_none() {
+        None
+    } else {
+        open_results(&date, &commit, &only)
+    };
+    let knobs: Vec<String> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("TOLLGATE_BENCH_"))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    say(&format!(
+        "commit {commit}, {date}; cases: {}; {}",
+        if only.is_empty() {
+            "all".to_string()
+        } else {
+            only.join(" ")
+        },
+        if knobs.is_empty() {
+            "no TOLLGATE_BENCH_* settings".to_string()
+        } else {
+            knobs.join(" ")
+        }
+    ));
+    say(&format!(
+        "machine: {} cores, {cpu}; rounds {} (medians of interleaved rounds)\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        plan.rounds
+    ));
+    say("| case | what | licensed | baseline | ratio | target |");
+    say("|---|---|---|---|---|---|");
     let wanted = |case: &str| only.is_empty() || only.iter().any(|o| o.eq_ignore_ascii_case(case));
-    let cases: [(&str, &Case); 9] = [
+    let cases: [(&str, &Case); 10] = [
         ("A", &case_a),
         ("B", &case_b),
         ("B0", &case_b0),
@@ -734,10 +878,14 @@ fn main() {
         ("F", &case_f),
         ("G", &case_g),
         ("H", &|_: &Plan| case_h()),
+        ("I", &shared::case_i),
     ];
     for (name, case) in cases {
         if wanted(name) {
             case(&plan);
         }
+    }
+    if let Some(path) = written {
+        eprintln!("table written to {}", path.display());
     }
 }
