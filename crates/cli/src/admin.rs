@@ -236,6 +236,23 @@ pub(crate) enum LicenseCommand {
         #[command(flatten)]
         state: StateArg,
     },
+    /// Show the license rules every host on a shared store runs with, or
+    /// set them from a config file's [license.*] tables (running hosts put
+    /// them in force within 2 s; a host whose own config differs refuses
+    /// to start).
+    Rules {
+        /// The shared store.
+        #[arg(
+            long,
+            value_name = "URL",
+            env = "TOLLGATE_STORE",
+            hide_env_values = true
+        )]
+        store: String,
+        /// Set the shared rules from this config file's [license.*] tables.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
 }
 
 /// Output formats of `tollgate usage`.
@@ -505,6 +522,7 @@ pub(crate) fn license(cmd: LicenseCommand) -> Result<Exit, Failure> {
         } => Err(Failure::usage(anyhow::anyhow!(
             "name the license id to revoke, or --grant GRANT for one grant"
         ))),
+        LicenseCommand::Rules { store, config } => shared_rules(&store, config.as_deref()),
         LicenseCommand::Unrevoke { id, state } => {
             let lifted = state.target()?.unrevoke(&id).map_err(Failure::usage)?;
             if lifted {
@@ -515,6 +533,60 @@ pub(crate) fn license(cmd: LicenseCommand) -> Result<Exit, Failure> {
             Ok(Exit::Ok)
         }
     }
+}
+
+/// `tollgate license rules`: prints the shared rules, or sets them from
+/// `config` and prints what changed.
+fn shared_rules(url: &str, config: Option<&std::path::Path>) -> Result<Exit, Failure> {
+    let arg = StateArg {
+        state: None,
+        store: Some(url.to_string()),
+    };
+    let Target::Shared { store, rt } = arg.target()? else {
+        return Err(Failure::usage(anyhow::anyhow!(
+            "--store names no shared store"
+        )));
+    };
+    let Some(config) = config else {
+        let rules = rt.block_on(store.shared_rules()).map_err(Failure::usage)?;
+        match rules {
+            Some(rules) => println!(
+                "{}",
+                serde_json::to_string_pretty(&rules)
+                    .map_err(|e| Failure::usage(anyhow::Error::from(e)))?
+            ),
+            None => println!(
+                "no license rules set yet: the first host to start sets them from its config, or set them with `tollgate license rules --store URL --config FILE`"
+            ),
+        }
+        return Ok(Exit::Ok);
+    };
+    let rules = tollgate_server::config::Config::load(config)
+        .map_err(Failure::usage)?
+        .licenses;
+    let changed = rt
+        .block_on(store.set_rules(
+            &rules,
+            &format!("tollgate license rules --config {}", config.display()),
+            now(),
+        ))
+        .map_err(Failure::usage)?;
+    if changed.is_empty() {
+        println!(
+            "the shared license rules already were those of {}; nothing changed",
+            config.display()
+        );
+    } else {
+        println!(
+            "the shared license rules are now those of {} ({} rule set(s)); running hosts put them in force within 2 s. Changed:",
+            config.display(),
+            rules.len()
+        );
+        for change in changed {
+            println!("  {change}");
+        }
+    }
+    Ok(Exit::Ok)
 }
 
 /// Arguments of `tollgate status`.
@@ -813,13 +885,26 @@ fn shared_status(
             }
         };
         println!(
-            "  grant {}: {} seat(s){}, in batches {}, in use {}",
+            "  grant {}: {} seat(s){}, in batches {}, in use {}, waiting {}",
             g.grant_id,
             seats(g.seats),
             if g.revoked { ", revoked" } else { "" },
             per_host(|h| h.batch),
             per_host(|h| h.in_use),
+            per_host(|h| h.waiting),
         );
+        let holders: Vec<String> = g
+            .hosts
+            .iter()
+            .flat_map(|h| {
+                h.holders
+                    .iter()
+                    .map(move |(plugin, n)| format!("{plugin} {n} on {}", h.host))
+            })
+            .collect();
+        if !holders.is_empty() {
+            println!("    held by {}", holders.join(", "));
+        }
     }
     Ok(Exit::Ok)
 }

@@ -70,6 +70,13 @@ struct Host {
 /// Starts `tollgate serve` for host `name` under `root/name`, on the shared
 /// store at `url`, with plugin `early` requiring `demo`.
 fn shared_host(root: &Path, url: &str, name: &str) -> Host {
+    shared_host_with(root, url, name, "")
+        .unwrap_or_else(|e| panic!("host {name} did not start: {e}"))
+}
+
+/// [`shared_host`] with `extra` config lines after the plugin (such as a
+/// `[license.demo]` table): the host, or why it did not start.
+fn shared_host_with(root: &Path, url: &str, name: &str, extra: &str) -> Result<Host, String> {
     let dir = root.join(name);
     std::fs::create_dir_all(&dir).expect("host dir");
     std::fs::write(dir.join("admin.token"), TOKEN).expect("token");
@@ -77,13 +84,12 @@ fn shared_host(root: &Path, url: &str, name: &str) -> Host {
         "listen = \"127.0.0.1:0\"\nstate = \"state\"\nstore = {url:?}\nseat_batch_ttl = \"{}s\"\n\
          admin_token_file = \"admin.token\"\n\
          [[plugin]]\nname = \"early\"\ncomponent = {:?}\nrequires = [\"demo\"]\n\
-         wait_for_seat = \"10s\"\ntime_limit = \"20s\"\n",
+         wait_for_seat = \"10s\"\ntime_limit = \"20s\"\n{extra}",
         TTL.as_secs(),
         guest("early-release")
     );
     std::fs::write(dir.join("tollgate.toml"), config).expect("config");
-    let server = Server::spawn(&dir, Command::new(BIN), &["--log-format", "json"])
-        .unwrap_or_else(|e| panic!("host {name} did not start: {e}"));
+    let server = Server::spawn(&dir, Command::new(BIN), &["--log-format", "json"])?;
     let id = tollgate_store::state::HostKey::open(&dir.join("state"))
         .expect("host key readable")
         .expect("a host on a shared store has a host key")
@@ -93,9 +99,10 @@ fn shared_host(root: &Path, url: &str, name: &str) -> Host {
     // balancer would wait for.
     assert!(
         wait_until(Duration::from_secs(20), || ready(&host)),
-        "host {name} never became ready"
+        "host {name} never became ready: {}",
+        std::fs::read_to_string(dir.join("serve.log")).unwrap_or_default()
     );
-    host
+    Ok(host)
 }
 
 /// A call as its client saw it.
@@ -537,11 +544,28 @@ fn a_host_killed_holding_every_seat_leaves_them_to_the_others_within_the_ttl() {
     let victim = hosts[0].id.clone();
     let (killed_at, outcomes) = {
         let a = [(0, &hosts[0])];
-        under_load(&a, SEATS, 2000, |_| {
+        // Two more clients than seats: two of them wait.
+        under_load(&a, SEATS + 2, 2000, |_| {
             let all = wait_until(Duration::from_secs(20), || {
                 batch_of(&victim) == SEATS as u32
             });
             assert!(all, "host a never held every seat");
+            // `status --store`: its holders (from its shipped rows) and its
+            // queue (from its last lease).
+            let mut last = None;
+            let shown = wait_until(Duration::from_secs(10), || {
+                let grants = rt.block_on(store.shared_status()).expect("status");
+                let share = grants[0].hosts.iter().find(|h| h.host == victim).cloned();
+                let seen = share.as_ref().is_some_and(|h| {
+                    h.holders.get("early") == Some(&(SEATS as u32)) && h.waiting == 2
+                });
+                last = share;
+                seen
+            });
+            assert!(
+                shown,
+                "status does not show host a's holders and queue: {last:?}"
+            );
             let killed_at = (Instant::now(), SystemTime::now());
             // SIGKILL: nothing is handed back.
             let pid = hosts[0].server.child.id().to_string();
@@ -693,4 +717,55 @@ fn a_store_hung_for_ten_seconds_under_load_costs_no_seat_and_no_acknowledged_row
         TestPostgres::pause,
         TestPostgres::resume,
     );
+}
+
+#[test]
+fn a_host_whose_rules_differ_is_refused_and_rules_set_once_reach_every_host() {
+    let (pg, scratch) = shared_setup("tollgate-shared-rules-");
+    let (url, root) = (pg.url(), scratch.path());
+    // The first host sets the shared rules: none for `demo`.
+    let a = shared_host(root, &url, "a");
+    let rules = "\n[license.demo]\nmax_per_plugin = 1\n";
+    let refused = shared_host_with(root, &url, "b", rules)
+        .err()
+        .expect("other rules refused");
+    assert!(
+        refused.contains("license rules differ")
+            && refused.contains(r#"[license."demo"] max_per_plugin: here 1, shared none"#),
+        "{refused}"
+    );
+    // Set from b's config, once: host a runs with them within 2 s (one
+    // plugin holds one seat at most), and b now starts.
+    let config = root.join("b/tollgate.toml").to_string_lossy().into_owned();
+    let set = tg(
+        root,
+        &["license", "rules", "--store", &url, "--config", &config],
+    );
+    let said = String::from_utf8_lossy(&set.stdout);
+    assert!(
+        set.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&set.stderr)
+    );
+    assert!(
+        said.contains("max_per_plugin: here 1, shared none"),
+        "{said}"
+    );
+    let shown = tg(root, &["license", "rules", "--store", &url]);
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).expect("rules as JSON");
+    assert_eq!(shown["demo"]["max_per_plugin"], 1, "{shown}");
+    let set_at = Instant::now();
+    let one_at_once = wait_until(
+        Duration::from_secs(2).saturating_sub(set_at.elapsed()),
+        || most_at_once(&spans(&fixed_load(&[(0, &a)], 3, 1, 150))) == 1,
+    );
+    assert!(
+        one_at_once,
+        "host a still lets one plugin hold more than one seat"
+    );
+    let b = shared_host_with(root, &url, "b", rules).expect("b's rules are the shared ones now");
+    assert_eq!(most_at_once(&spans(&fixed_load(&[(0, &b)], 3, 1, 150))), 1);
+    for h in [a, b] {
+        assert!(h.server.terminate().success());
+    }
 }

@@ -793,8 +793,12 @@ impl SeatPool {
 
     /// Replaces the operator's rules.
     pub(super) fn set_rules(&self, rules: Rules) {
-        self.lock().rules = rules;
-        self.wake_waiters();
+        let mut st = self.lock();
+        if st.rules != rules {
+            st.rules = rules;
+            drop(st);
+            self.wake_waiters();
+        }
     }
 
     /// Counts `count` refusals of `holder` for `denial` and records them as

@@ -195,9 +195,9 @@ pub async fn serve(config: Config, ready: impl FnOnce(SocketAddr)) -> Result<(),
     let host = Arc::new(tokio::task::block_in_place(|| build_host(&config))?);
     let server = Arc::new(Server::new(host.clone(), &config));
     if let Some(url) = &config.store {
-        // The grants come from the store: the rules apply once they are in.
-        shared::start(url, config.seat_batch_ttl, &host, &server).await?;
-        apply_rules(&host, &config);
+        // The grants and the rules come from the store, which refuses this
+        // host if its rules differ from every other host's.
+        shared::start(url, &config, &host, &server).await?;
     }
     let app = router(server.clone());
     let listener = tokio::net::TcpListener::bind(config.listen)

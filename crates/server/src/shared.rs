@@ -1,10 +1,11 @@
 //! A host on a shared store: its grants from PostgreSQL, kept in step; its
 //! seat batches leased, renewed and handed back; its ledger spool shipped.
 
-use crate::{ServeError, Server};
+use crate::{Config, ServeError, Server};
 use std::sync::Arc;
 use std::time::Duration;
 use tollgate::Host;
+use tollgate_license::Clock;
 use tollgate_store::postgres::PgStore;
 use tollgate_store::postgres::batches::{BatchSettings, Batcher};
 use tollgate_store::postgres::ledger::Shipper;
@@ -17,19 +18,23 @@ const GRANTS_EVERY: Duration = Duration::from_secs(1);
 const SHIP_EVERY: Duration = Duration::from_millis(200);
 
 /// Connects `host` to the shared store at `url` and starts its work on
-/// the server's tasks, which end at shutdown: the store's grants are in
-/// force before this returns.
+/// the server's tasks, which end at shutdown: the store's grants and
+/// license rules are in force before this returns. A host whose config's
+/// license rules differ from the shared ones is refused.
 pub(crate) async fn start(
     url: &str,
-    ttl: Duration,
+    config: &Config,
     host: &Arc<Host>,
     server: &Server,
 ) -> Result<(), ServeError> {
+    let ttl = config.seat_batch_ttl;
     let store = PgStore::connect(url, 8).await?;
     let state = host.state().ok_or(ServeError::SharedNeedsState)?;
     let host_id = HostKey::open_or_create(state.dir())
         .map_err(|e| ServeError::Host(tollgate_store::StateError::from(e).into()))?
         .key_id();
+    let now = tollgate_license::SystemClock.now_secs();
+    store.agree_rules(&config.licenses, &host_id, now).await?;
     let licenses = host.licenses().clone();
     store.apply_to(&licenses).await?;
     let _ = server.shared_store.set(store.clone());

@@ -244,8 +244,16 @@ impl Batcher {
         let patience = self.settings.ttl / 3;
         let batch = tokio::time::timeout(
             patience,
-            self.store
-                .lease_batch(&d.grant_id, &self.host_id, want, self.settings.ttl),
+            self.store.lease_batch_reporting(
+                &d.grant_id,
+                &self.host_id,
+                want,
+                self.settings.ttl,
+                super::seats::Load {
+                    in_use: d.in_use,
+                    waiting: d.waiting,
+                },
+            ),
         )
         .await
         .map_err(|_| PgError::TimedOut(patience))??;

@@ -277,12 +277,13 @@ impl PgStore {
 }
 
 impl PgStore {
-    /// Puts the store's grants and revocations in force in `licenses` (a
-    /// shared host's manager).
+    /// Puts the store's grants, revocations and license rules in force in
+    /// `licenses` (a shared host's manager).
     pub async fn apply_to(&self, licenses: &LicenseManager) -> Result<(), PgError> {
         let revoked = self.revocations().await?;
         let grants = self.seat_grants().await?;
         apply_grants(licenses, grants, &revoked)?;
+        self.apply_rules_to(licenses).await?;
         licenses.sweep();
         Ok(())
     }
@@ -321,7 +322,7 @@ impl PgStore {
 
 /// Tells every listening host to read the grants again (on commit, inside
 /// a transaction).
-async fn announce(client: &impl GenericClient) -> Result<(), PgError> {
+pub(super) async fn announce(client: &impl GenericClient) -> Result<(), PgError> {
     client
         .execute("SELECT pg_notify($1, '')", &[&CHANNEL])
         .await
@@ -330,7 +331,7 @@ async fn announce(client: &impl GenericClient) -> Result<(), PgError> {
 }
 
 /// Serializes installs and trust changes across hosts (until commit).
-async fn lock_grants(client: &impl GenericClient) -> Result<(), PgError> {
+pub(super) async fn lock_grants(client: &impl GenericClient) -> Result<(), PgError> {
     client
         .execute("SELECT pg_advisory_xact_lock($1)", &[&GRANTS_LOCK])
         .await
@@ -443,6 +444,10 @@ pub struct HostShare {
     pub batch: u32,
     /// Seats its calls hold, from its shipped ledger rows.
     pub in_use: u32,
+    /// Its calls waiting for a seat of the license, at its last lease.
+    pub waiting: u32,
+    /// Seats held per plugin, from its shipped ledger rows.
+    pub holders: BTreeMap<String, u32>,
 }
 
 /// One grant across every host sharing it.
@@ -480,7 +485,7 @@ impl PgStore {
         let count = |n: i64| u32::try_from(n.max(0)).unwrap_or(u32::MAX);
         for r in client
             .query(
-                "SELECT grant_id, host_id, seats FROM seat_batches
+                "SELECT grant_id, host_id, seats, waiting FROM seat_batches
                  WHERE expires_at > clock_timestamp()",
                 &[],
             )
@@ -494,29 +499,35 @@ impl PgStore {
                     host,
                     batch: count(i64::from(r.get::<_, i32>(2))),
                     in_use: 0,
+                    waiting: count(i64::from(r.get::<_, i32>(3))),
+                    holders: BTreeMap::new(),
                 },
             );
         }
         for r in client
             .query(
-                "SELECT grant_id, host_id,
+                "SELECT grant_id, host_id, plugin,
                         sum(CASE kind WHEN 'checkout' THEN 1 WHEN 'return' THEN -1 ELSE 0 END)::bigint
-                 FROM ledger WHERE grant_id IS NOT NULL GROUP BY grant_id, host_id",
+                 FROM ledger WHERE grant_id IS NOT NULL GROUP BY grant_id, host_id, plugin",
                 &[],
             )
             .await
             .map_err(PgError::query("read seats in use"))?
         {
-            let (grant, host, in_use): (String, String, i64) = (r.get(0), r.get(1), r.get(2));
-            if in_use > 0 || hosts.contains_key(&(grant.clone(), host.clone())) {
-                hosts
+            let (grant, host, plugin, in_use): (String, String, String, i64) =
+                (r.get(0), r.get(1), r.get(2), r.get(3));
+            if in_use > 0 {
+                let share = hosts
                     .entry((grant, host.clone()))
                     .or_insert(HostShare {
                         host,
                         batch: 0,
                         in_use: 0,
-                    })
-                    .in_use = count(in_use);
+                        waiting: 0,
+                        holders: BTreeMap::new(),
+                    });
+                share.in_use = share.in_use.saturating_add(count(in_use));
+                share.holders.insert(plugin, count(in_use));
             }
         }
         let grants = client

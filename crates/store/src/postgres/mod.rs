@@ -11,6 +11,7 @@ pub mod batches;
 pub mod grants;
 pub mod ledger;
 pub mod migrate;
+pub mod rules;
 pub mod seats;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -90,6 +91,17 @@ const MIGRATIONS: &[&str] = &[
          PRIMARY KEY (host_id, seq)
      );
      CREATE INDEX ledger_license ON ledger (license_id, at_ms);",
+    // 3: the license rules every host runs with (one row: all of them), and
+    // what each host's calls hold and wait for at its last lease.
+    "CREATE TABLE license_rules (
+         one BOOLEAN PRIMARY KEY DEFAULT true CHECK (one),
+         rules TEXT NOT NULL,
+         set_at BIGINT NOT NULL,
+         set_by TEXT NOT NULL
+     );
+     ALTER TABLE seat_batches
+         ADD COLUMN in_use INTEGER NOT NULL DEFAULT 0,
+         ADD COLUMN waiting INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// The schema version this build writes and understands.
@@ -195,6 +207,17 @@ pub enum PgError {
     /// A grant the operation names is not in the store.
     #[error("grant {0} is not in the shared store")]
     UnknownGrant(String),
+    /// This host's license rules are not the ones every host shares.
+    #[error(
+        "this host's license rules differ from the shared store's: {}. Make this host's [license.*] tables match, or set the shared rules from this config with `tollgate license rules --store URL --config FILE` (every host then runs with them)",
+        .0.join("; ")
+    )]
+    RulesDiffer(Vec<String>),
+    /// The shared rules could not be read or written as JSON.
+    #[error(
+        "the shared store's license rules are unreadable: {0}; set them again with `tollgate license rules --store URL --config FILE`"
+    )]
+    RulesUnreadable(String),
 }
 
 impl PgError {

@@ -23,6 +23,15 @@ use tokio_postgres::IsolationLevel;
 /// fewer seats than it asked for, or that gave seats back.
 pub const CHANNEL: &str = "tollgate_seats";
 
+/// What a host's calls hold and wait for of a grant, as it leases.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Load {
+    /// Seats its calls hold.
+    pub in_use: u32,
+    /// Its calls waiting for a seat of the license.
+    pub waiting: u32,
+}
+
 /// What the store granted a host: its batch of one grant's seats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Batch {
@@ -66,11 +75,12 @@ WITH mine AS (
            short, wanting
     FROM others
 ), stored AS (
-    INSERT INTO seat_batches (grant_id, host_id, seats, wanted, token, expires_at)
-    SELECT $1, $2, seats, $3::integer, token, expires_at FROM granted
+    INSERT INTO seat_batches (grant_id, host_id, seats, wanted, token, expires_at, in_use, waiting)
+    SELECT $1, $2, seats, $3::integer, token, expires_at, $6, $7 FROM granted
     ON CONFLICT (grant_id, host_id) DO UPDATE
         SET seats = EXCLUDED.seats, wanted = EXCLUDED.wanted, token = EXCLUDED.token,
-            expires_at = EXCLUDED.expires_at
+            expires_at = EXCLUDED.expires_at, in_use = EXCLUDED.in_use,
+            waiting = EXCLUDED.waiting
 ), logged AS (
     INSERT INTO seat_batch_log (token, grant_id, host_id, seats, granted_at, expires_at)
     SELECT token, $1, $2, seats, clock_timestamp(), expires_at FROM granted
@@ -90,6 +100,20 @@ impl PgStore {
         host_id: &str,
         want: u32,
         ttl: Duration,
+    ) -> Result<Batch, PgError> {
+        self.lease_batch_reporting(grant_id, host_id, want, ttl, Load::default())
+            .await
+    }
+
+    /// [`PgStore::lease_batch`], storing with the batch what `load` says
+    /// the host's calls hold and wait for (for `tollgate status --store`).
+    pub async fn lease_batch_reporting(
+        &self,
+        grant_id: &str,
+        host_id: &str,
+        want: u32,
+        ttl: Duration,
+        load: Load,
     ) -> Result<Batch, PgError> {
         let mut client = self.client().await?;
         let tx = client
@@ -116,6 +140,8 @@ impl PgStore {
                     &i64::from(want),
                     &seats.map(i64::from),
                     &ttl.as_secs_f64(),
+                    &i32::try_from(load.in_use).unwrap_or(i32::MAX),
+                    &i32::try_from(load.waiting).unwrap_or(i32::MAX),
                 ],
             )
             .await

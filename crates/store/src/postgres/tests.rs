@@ -112,6 +112,100 @@ async fn a_bad_url_or_unknown_grant_is_named() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_host_sets_the_shared_rules_and_a_host_that_differs_is_refused() {
+    use tollgate_license::{Entitlement, Holder, LicenseManager, Rules};
+    let pg = TestPostgres::start();
+    let s = store(&pg).await;
+    let now = SystemClock.now_secs();
+    let rules = |exclude: &[&str], max: Option<u32>, exact: bool| {
+        BTreeMap::from([(
+            "demo".to_string(),
+            Rules {
+                include: vec!["b".into(), "a".into()],
+                exclude: exclude.iter().map(|p| p.to_string()).collect(),
+                max_per_plugin: max,
+                exact,
+                ..Rules::default()
+            },
+        )])
+    };
+    assert_eq!(s.shared_rules().await.expect("read"), None);
+    s.agree_rules(&rules(&[], Some(2), false), "h1", now)
+        .await
+        .expect("the first host sets them");
+    // The same rules, lists in another order: agreed.
+    let mut reordered = rules(&[], Some(2), false);
+    reordered.get_mut("demo").expect("demo").include.reverse();
+    s.agree_rules(&reordered, "h2", now)
+        .await
+        .expect("the same rules");
+    // Others: refused, each difference named.
+    let refused = s
+        .agree_rules(&rules(&[], Some(3), true), "h3", now)
+        .await
+        .expect_err("other rules");
+    let PgError::RulesDiffer(found) = &refused else {
+        panic!("{refused}");
+    };
+    assert_eq!(
+        found,
+        &[
+            "[license.\"demo\"] max_per_plugin: here 3, shared 2".to_string(),
+            "[license.\"demo\"] pool: here \"exact\", shared \"batch\"".to_string(),
+        ]
+    );
+    assert!(
+        refused
+            .to_string()
+            .contains("tollgate license rules --store URL --config FILE")
+    );
+    let missing = s
+        .agree_rules(&BTreeMap::new(), "h4", now)
+        .await
+        .expect_err("no rules");
+    assert!(
+        missing
+            .to_string()
+            .contains("here [], shared [\"a\", \"b\"]"),
+        "{missing}"
+    );
+
+    // Set anew: a shared host puts them in force with the grants.
+    install(&s, "demo", Seats::Counted(5)).await;
+    let host = std::sync::Arc::new(LicenseManager::shared(
+        std::sync::Arc::new(tollgate_license::ledger::MemoryLedger::default()),
+        std::sync::Arc::new(SystemClock),
+    ));
+    s.apply_to(&host).await.expect("apply");
+    let changed = s
+        .set_rules(&rules(&["a"], Some(2), false), "operator", now)
+        .await
+        .expect("set");
+    assert_eq!(
+        changed,
+        ["[license.\"demo\"] exclude: here [\"a\"], shared []"]
+    );
+    s.apply_to(&host).await.expect("apply");
+    let mut call = host.call(
+        Holder {
+            plugin: "a".into(),
+            component_digest: "d".into(),
+            invocation: 1,
+        },
+        std::sync::Arc::new(Entitlement::to(["demo"])),
+        tollgate_license::CallLimits {
+            wait: None,
+            max_leases: 4,
+            max_acquires: 100,
+        },
+    );
+    assert_eq!(
+        call.acquire("demo"),
+        Err(tollgate_license::Denial::NotEntitled)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_of_a_grant_never_sum_above_its_seats() {
     let pg = TestPostgres::start();
     let s = store(&pg).await;
@@ -442,7 +536,16 @@ mod shared_hosts {
             rt, store, hosts, ..
         } = &cluster;
         let stop = std::sync::atomic::AtomicBool::new(false);
+        /// Stops the callers however the test ends, so a failure does not
+        /// leave them running.
+        struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for StopOnDrop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
         std::thread::scope(|scope| {
+            let _stop = StopOnDrop(&stop);
             // Host 0 is never idle: 8 callers, more than the seats, back to
             // back, so it always has calls waiting.
             for caller in 0..8u64 {
