@@ -165,7 +165,8 @@ fn no_license() {
             plugin: "freeloader".into(),
             missing: vec![MissingLicense {
                 id: SEAT.into(),
-                denial: None
+                denial: None,
+                lapsed: false,
             }],
         }
     );
