@@ -769,3 +769,47 @@ fn a_host_whose_rules_differ_is_refused_and_rules_set_once_reach_every_host() {
         assert!(h.server.terminate().success());
     }
 }
+
+#[test]
+fn a_password_comes_from_the_password_file_never_the_url() {
+    let (pg, scratch) = shared_setup("tollgate-shared-pass-");
+    let root = scratch.path();
+    pg.add_password_user("tg", "s3cr:et");
+    let url = format!("postgres://tg@127.0.0.1:{}/postgres", pg.port());
+    let list = |passfile: &Path| {
+        Command::new(BIN)
+            .args(["license", "list", "--store", &url])
+            .env("PGPASSFILE", passfile)
+            .output()
+            .expect("tollgate runs")
+    };
+    // Without a password: refused by the server (once it has reloaded its
+    // authentication rules).
+    let none = root.join("no.pgpass");
+    let refused = wait_until(Duration::from_secs(10), || !list(&none).status.success());
+    assert!(refused, "the server let the role in without a password");
+    let said = String::from_utf8_lossy(&list(&none).stderr).into_owned();
+    assert!(said.contains("password"), "{said}");
+    // A file others may read is ignored, as PostgreSQL's own tools do.
+    let file = root.join("pgpass");
+    let port = pg.port();
+    std::fs::write(
+        &file,
+        format!("# the store\n127.0.0.1:{port}:postgres:tg:s3cr\\:et\n"),
+    )
+    .expect("pgpass");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    assert!(
+        !list(&file).status.success(),
+        "a world-readable password file was used"
+    );
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let listed = list(&file);
+    let shown = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.status.success() && shown.contains("demo"),
+        "{shown}{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+}

@@ -177,6 +177,37 @@ impl TestPostgres {
         check("kill", out)
     }
 
+    /// Adds login role `user` with `password`, which must give it over TCP
+    /// (SCRAM), as a server with password authentication does; the other
+    /// roles keep trust authentication.
+    pub fn add_password_user(&self, user: &str, password: &str) {
+        let sql = format!("CREATE ROLE \"{user}\" LOGIN SUPERUSER PASSWORD '{password}'");
+        let out = as_user(&self.run_as, &self.bin.join("psql"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-v",
+                "ON_ERROR_STOP=1",
+            ])
+            .args(["-p", &self.port.to_string(), "-c", &sql])
+            .output();
+        if let Err(e) = check("psql", out) {
+            panic!("{e}");
+        }
+        let hba = self.dir.path().join("data/pg_hba.conf");
+        let rules = std::fs::read_to_string(&hba).unwrap_or_else(|e| panic!("{e}"));
+        // First match wins: this role's line goes first.
+        let rules = format!("host all {user} 127.0.0.1/32 scram-sha-256\n{rules}");
+        std::fs::write(&hba, rules).unwrap_or_else(|e| panic!("{e}"));
+        if let Err(e) = check("pg_ctl reload", self.pg_ctl(&["reload"]).output()) {
+            panic!("{e}");
+        }
+    }
+
     fn start_server(&self) -> Result<(), Unavailable> {
         let options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=on -c synchronous_commit=on -c max_connections=200",

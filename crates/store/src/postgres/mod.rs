@@ -11,6 +11,7 @@ pub mod batches;
 pub mod grants;
 pub mod ledger;
 pub mod migrate;
+pub mod passfile;
 pub mod rules;
 pub mod seats;
 
@@ -270,6 +271,11 @@ impl PgStore {
     pub async fn connect(url: &str, max_connections: usize) -> Result<Self, PgError> {
         let mut config: tokio_postgres::Config =
             url.parse().map_err(|source| PgError::Url { source })?;
+        if config.get_password().is_none()
+            && let Some(password) = passfile::password_for(&config)
+        {
+            config.password(password);
+        }
         config.connect_timeout(Duration::from_secs(5));
         config.application_name("tollgate");
         let listen_config = std::sync::Arc::new(config.clone());
