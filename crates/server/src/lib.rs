@@ -137,6 +137,15 @@ impl Server {
 /// Builds the host a config describes: state, compile cache, pooling
 /// allocator sized from the config, license rules, and every plugin.
 pub fn build_host(config: &Config) -> Result<Host, ServeError> {
+    build_host_on(config, None)
+}
+
+/// [`build_host`], reading time from `clock` when given (a host on a
+/// shared store reads the database's).
+fn build_host_on(
+    config: &Config,
+    clock: Option<Arc<tollgate_store::postgres::clock::StoreClock>>,
+) -> Result<Host, ServeError> {
     let state_dir = config.state.clone().unwrap_or_else(State::default_dir);
     let cache = config
         .compile_cache
@@ -161,6 +170,9 @@ pub fn build_host(config: &Config) -> Result<Host, ServeError> {
     }
     if config.store.is_some() {
         builder = builder.shared_seats();
+    }
+    if let Some(clock) = clock {
+        builder = builder.clock(clock);
     }
     let host = builder.build()?;
     if config.store.is_none() {
@@ -192,12 +204,21 @@ fn apply_rules(host: &Host, config: &Config) {
 /// lets calls in flight finish within the grace period, cancels the rest,
 /// flushes the ledger. `ready` gets the bound address.
 pub async fn serve(config: Config, ready: impl FnOnce(SocketAddr)) -> Result<(), ServeError> {
-    let host = Arc::new(tokio::task::block_in_place(|| build_host(&config))?);
+    // A host on a shared store judges grant windows, and stamps its ledger
+    // rows, by the database's clock.
+    let clock = config
+        .store
+        .as_ref()
+        .map(|_| Arc::new(tollgate_store::postgres::clock::StoreClock::default()));
+    let host = Arc::new(tokio::task::block_in_place(|| {
+        build_host_on(&config, clock.clone())
+    })?);
     let server = Arc::new(Server::new(host.clone(), &config));
     if let Some(url) = &config.store {
         // The grants and the rules come from the store, which refuses this
         // host if its rules differ from every other host's.
-        shared::start(url, &config, &host, &server).await?;
+        let clock = clock.unwrap_or_default();
+        shared::start(url, &config, &clock, &host, &server).await?;
     }
     let app = router(server.clone());
     let listener = tokio::net::TcpListener::bind(config.listen)

@@ -8,11 +8,15 @@ use tollgate::Host;
 use tollgate_license::Clock;
 use tollgate_store::postgres::PgStore;
 use tollgate_store::postgres::batches::{BatchSettings, Batcher};
+use tollgate_store::postgres::clock::StoreClock;
 use tollgate_store::postgres::ledger::Shipper;
 use tollgate_store::state::HostKey;
 
 /// How often a shared host reads the grants again without being told.
 const GRANTS_EVERY: Duration = Duration::from_secs(1);
+
+/// How often a shared host reads the database's clock again.
+const CLOCK_EVERY: Duration = Duration::from_secs(10);
 
 /// How often the shipper looks for rows to ship when it has none.
 const SHIP_EVERY: Duration = Duration::from_millis(200);
@@ -24,6 +28,7 @@ const SHIP_EVERY: Duration = Duration::from_millis(200);
 pub(crate) async fn start(
     url: &str,
     config: &Config,
+    clock: &Arc<StoreClock>,
     host: &Arc<Host>,
     server: &Server,
 ) -> Result<(), ServeError> {
@@ -33,8 +38,10 @@ pub(crate) async fn start(
     let host_id = HostKey::open_or_create(state.dir())
         .map_err(|e| ServeError::Host(tollgate_store::StateError::from(e).into()))?
         .key_id();
-    let now = tollgate_license::SystemClock.now_secs();
-    store.agree_rules(&config.licenses, &host_id, now).await?;
+    store.sync_clock(clock).await?;
+    store
+        .agree_rules(&config.licenses, &host_id, clock.now_secs())
+        .await?;
     let licenses = host.licenses().clone();
     store.apply_to(&licenses).await?;
     let _ = server.shared_store.set(store.clone());
@@ -45,6 +52,22 @@ pub(crate) async fn start(
         server
             .tasks
             .spawn(async move { store.keep_grants(licenses, GRANTS_EVERY, stop).await });
+    }
+    {
+        let (store, clock) = (store.clone(), clock.clone());
+        let mut stop = Box::pin(until_shutdown());
+        server.tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = &mut stop => break,
+                    () = tokio::time::sleep(CLOCK_EVERY) => {
+                        if let Err(e) = store.sync_clock(&clock).await {
+                            tracing::warn!("the database's clock not read: {e}");
+                        }
+                    }
+                }
+            }
+        });
     }
     let settings = BatchSettings {
         ttl,

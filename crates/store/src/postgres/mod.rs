@@ -8,6 +8,7 @@
 //! trip per call.
 
 pub mod batches;
+pub mod clock;
 pub mod grants;
 pub mod ledger;
 pub mod migrate;

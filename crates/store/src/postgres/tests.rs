@@ -206,6 +206,53 @@ async fn the_first_host_sets_the_shared_rules_and_a_host_that_differs_is_refused
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_host_judges_grant_windows_by_the_databases_clock() {
+    use super::clock::StoreClock;
+    use tollgate_license::{Entitlement, Grant, Holder, LicenseManager, Terms};
+    let pg = TestPostgres::start();
+    let s = store(&pg).await;
+    let clock = std::sync::Arc::new(StoreClock::default());
+    // On this machine the database's clock is this host's.
+    clock.set_offset_ms(123_456);
+    s.sync_clock(&clock).await.expect("sync");
+    assert!(
+        clock.offset_ms().abs() < 1000,
+        "offset {} ms",
+        clock.offset_ms()
+    );
+    // A database a day ahead: a grant that ends in an hour on this host's
+    // clock has ended by the database's, and the host refuses it.
+    let host = std::sync::Arc::new(LicenseManager::shared(
+        std::sync::Arc::new(tollgate_license::ledger::MemoryLedger::default()),
+        clock.clone(),
+    ));
+    let mut terms = Terms::new(Seats::Unlimited);
+    terms.expires_at = Some(SystemClock.now_secs() + 3600);
+    host.set_grants("demo", vec![Grant::new("g", terms)])
+        .expect("grant");
+    let take = || {
+        host.call(
+            Holder {
+                plugin: "p".into(),
+                component_digest: "d".into(),
+                invocation: 1,
+            },
+            std::sync::Arc::new(Entitlement::to(["demo"])),
+            tollgate_license::CallLimits {
+                wait: None,
+                max_leases: 4,
+                max_acquires: 100,
+            },
+        )
+        .acquire("demo")
+        .map(drop)
+    };
+    assert_eq!(take(), Ok(()));
+    clock.set_offset_ms(24 * 3600 * 1000);
+    assert_eq!(take(), Err(tollgate_license::Denial::Expired));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_of_a_grant_never_sum_above_its_seats() {
     let pg = TestPostgres::start();
     let s = store(&pg).await;
