@@ -12,6 +12,7 @@ use super::{PgError, PgStore, from_db, to_db};
 use crate::chain::{kind_from_names, row_hash_in};
 use crate::ledger::{LEDGER_COLUMNS, event_from_row};
 use crate::state::UsageRow;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError};
@@ -36,6 +37,26 @@ struct Spooled {
     event: UsageEvent,
     hash: Vec<u8>,
     format: u8,
+}
+
+/// A batch of ledger rows, one array per column, for one `INSERT`.
+#[derive(Default)]
+struct Columns<'a> {
+    seq: Vec<i64>,
+    at_ms: Vec<i64>,
+    kind: Vec<&'a str>,
+    reason: Vec<Option<&'a str>>,
+    license_id: Vec<&'a str>,
+    plugin: Vec<&'a str>,
+    digest: Vec<&'a str>,
+    lease_id: Vec<Option<i64>>,
+    invocation_id: Vec<i64>,
+    hash: Vec<&'a [u8]>,
+    format: Vec<i16>,
+    seat_id: Vec<Option<i64>>,
+    grant_id: Vec<Option<&'a str>>,
+    count: Vec<i64>,
+    token: Vec<Option<i64>>,
 }
 
 /// Copies one host's spool to the shared ledger.
@@ -103,66 +124,97 @@ impl Shipper {
         let Some(last) = rows.last().map(|r| r.event.seq) else {
             return Ok(0);
         };
+        // The batch as one column array each: one statement inserts it.
+        let big =
+            |what, n: u64| i64::try_from(n).map_err(|_| PgError::OutOfRange { what, value: n });
+        let mut cols = Columns::default();
+        for row in &rows {
+            let e = &row.event;
+            let (kind, reason) = crate::chain::kind_names(e.kind);
+            cols.seq.push(big("sequence number", e.seq)?);
+            cols.at_ms.push(big("time", e.at_ms)?);
+            cols.kind.push(kind);
+            cols.reason.push(reason);
+            cols.license_id.push(&e.license_id);
+            cols.plugin.push(&e.plugin);
+            cols.digest.push(&e.component_digest);
+            cols.lease_id
+                .push(e.lease_id.map(|l| big("lease id", l)).transpose()?);
+            cols.invocation_id
+                .push(big("invocation id", e.invocation_id)?);
+            cols.hash.push(&row.hash);
+            cols.format.push(i16::from(row.format));
+            cols.seat_id
+                .push(e.seat_id.map(|l| big("seat id", l)).transpose()?);
+            cols.grant_id.push(e.grant_id.as_deref());
+            cols.count.push(big("count", e.count)?);
+            cols.token.push(e.token);
+        }
         let mut client = self.store.client().await?;
         let tx = client
             .transaction()
             .await
             .map_err(PgError::query("begin shipping ledger rows"))?;
-        let insert = tx
-            .prepare(
+        let inserted: HashSet<i64> = tx
+            .query(
                 "INSERT INTO ledger (host_id, seq, at_ms, kind, reason, license_id, plugin, digest,
                      lease_id, invocation_id, hash, format, seat_id, grant_id, count, token)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
-                 ON CONFLICT (host_id, seq) DO NOTHING",
+                 SELECT $1, * FROM unnest($2::bigint[], $3::bigint[], $4::text[], $5::text[],
+                     $6::text[], $7::text[], $8::text[], $9::bigint[], $10::bigint[], $11::bytea[],
+                     $12::smallint[], $13::bigint[], $14::text[], $15::bigint[], $16::bigint[])
+                 ON CONFLICT (host_id, seq) DO NOTHING
+                 RETURNING seq",
+                &[
+                    &self.host_id,
+                    &cols.seq,
+                    &cols.at_ms,
+                    &cols.kind,
+                    &cols.reason,
+                    &cols.license_id,
+                    &cols.plugin,
+                    &cols.digest,
+                    &cols.lease_id,
+                    &cols.invocation_id,
+                    &cols.hash,
+                    &cols.format,
+                    &cols.seat_id,
+                    &cols.grant_id,
+                    &cols.count,
+                    &cols.token,
+                ],
             )
             .await
-            .map_err(PgError::query("prepare shipping ledger rows"))?;
-        for row in &rows {
-            let e = &row.event;
-            let (kind, reason) = crate::chain::kind_names(e.kind);
-            let big =
-                |what, n: u64| i64::try_from(n).map_err(|_| PgError::OutOfRange { what, value: n });
-            let inserted = tx
-                .execute(
-                    &insert,
-                    &[
-                        &self.host_id,
-                        &big("sequence number", e.seq)?,
-                        &big("time", e.at_ms)?,
-                        &kind,
-                        &reason,
-                        &&*e.license_id,
-                        &&*e.plugin,
-                        &&*e.component_digest,
-                        &e.lease_id.map(|l| big("lease id", l)).transpose()?,
-                        &big("invocation id", e.invocation_id)?,
-                        &row.hash,
-                        &i16::from(row.format),
-                        &e.seat_id.map(|s| big("seat id", s)).transpose()?,
-                        &e.grant_id.as_deref(),
-                        &big("count", e.count)?,
-                        &e.token,
-                    ],
+            .map_err(PgError::query("ship ledger rows"))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if inserted.len() < rows.len() {
+            // Rows shipped before (a crash between commit and our count):
+            // each must be the very same row.
+            let again: Vec<i64> = cols
+                .seq
+                .iter()
+                .copied()
+                .filter(|s| !inserted.contains(s))
+                .collect();
+            let stored: HashMap<i64, Vec<u8>> = tx
+                .query(
+                    "SELECT seq, hash FROM ledger WHERE host_id = $1 AND seq = ANY($2)",
+                    &[&self.host_id, &again],
                 )
                 .await
-                .map_err(PgError::query("ship a ledger row"))?;
-            if inserted == 0 {
-                // Shipped before (a crash between commit and our count):
-                // it must be the very same row.
-                let stored: Vec<u8> = tx
-                    .query_one(
-                        "SELECT hash FROM ledger WHERE host_id = $1 AND seq = $2",
-                        &[&self.host_id, &big("sequence number", e.seq)?],
-                    )
-                    .await
-                    .map_err(PgError::query("compare a shipped ledger row"))?
-                    .get(0);
-                if stored != row.hash {
-                    return Err(PgError::Diverged {
-                        host: self.host_id.clone(),
-                        seq: e.seq,
-                    });
-                }
+                .map_err(PgError::query("compare shipped ledger rows"))?
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect();
+            if let Some(row) = rows.iter().find(|row| {
+                let seq = i64::try_from(row.event.seq).unwrap_or(i64::MAX);
+                !inserted.contains(&seq) && stored.get(&seq) != Some(&row.hash)
+            }) {
+                return Err(PgError::Diverged {
+                    host: self.host_id.clone(),
+                    seq: row.event.seq,
+                });
             }
         }
         tx.commit()
