@@ -41,7 +41,7 @@ impl StateArg {
     fn open(&self) -> Result<State, Failure> {
         if let Some(url) = &self.store {
             return Err(Failure::usage(anyhow::anyhow!(
-                "this command works on a state directory only, for now; with a shared store ({url}) use `trust add`, `trust list`, `license install`, `license list`, `license revoke`, `license unrevoke`, `status`, `usage` or `audit verify` (without --checkpoint), or drop --store (and TOLLGATE_STORE)"
+                "this command works on a state directory only, for now; with a shared store ({url}) use `trust add`, `trust list`, `trust scope`, `license install`, `license list`, `license revoke`, `license unrevoke`, `status`, `usage` or `audit verify` (without --checkpoint), or drop --store (and TOLLGATE_STORE)"
             )));
         }
         State::open(&self.dir()).map_err(Failure::usage)
@@ -380,7 +380,25 @@ pub(crate) fn trust(cmd: TrustCommand) -> Result<Exit, Failure> {
             Ok(Exit::Ok)
         }
         TrustCommand::Scope { name, ids, state } => {
-            let state = state.open()?;
+            let state = match state.target()? {
+                Target::Dir(state) => state,
+                Target::Shared { store, rt } => {
+                    let old = rt
+                        .block_on(store.set_scope(&name, &ids))
+                        .map_err(Failure::usage)?;
+                    let issuers = rt.block_on(store.trusted()).map_err(Failure::usage)?;
+                    let now = issuers
+                        .iter()
+                        .find(|i| i.name.as_deref() == Some(name.as_str()))
+                        .map(|i| i.scope.join(", "))
+                        .unwrap_or_default();
+                    println!(
+                        "issuer {name:?} may now grant license ids [{now}] (was [{}]) on the shared store; every host applies it within 2 s",
+                        old.join(", ")
+                    );
+                    return Ok(Exit::Ok);
+                }
+            };
             let old = state.set_scope(&name, &ids).map_err(Failure::usage)?;
             println!(
                 "issuer {name:?} may now grant license ids [{}] (was [{}]); a running host applies it within 2 s",

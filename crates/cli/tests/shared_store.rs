@@ -40,6 +40,20 @@ fn install_shared(root: &Path, url: &str, seats: &str) {
     ok(&["issuer", "keygen", "--out", &p("keys")]);
     let trusted = ok(&["trust", "add", "--store", url, &p("keys/issuer.pub")]);
     assert!(trusted.contains("the shared store now trusts"), "{trusted}");
+    // The issuer's scope, set on the store.
+    let listed = ok(&["trust", "list", "--store", url, "--json"]);
+    let issuers: serde_json::Value = serde_json::from_str(&listed).expect("json");
+    let name = issuers[0]["name"]
+        .as_str()
+        .expect("issuer name")
+        .to_string();
+    let scoped = ok(&[
+        "trust", "scope", "--store", url, &name, "--ids", "demo", "demo-*",
+    ]);
+    assert!(
+        scoped.contains("[demo, demo-*]") && scoped.contains("shared store"),
+        "{scoped}"
+    );
     sign_demo(root, seats);
     let installed = ok(&["license", "install", "--store", url, &p("demo.license")]);
     assert!(installed.contains("installed license demo"), "{installed}");

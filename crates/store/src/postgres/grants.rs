@@ -277,6 +277,35 @@ impl PgStore {
 }
 
 impl PgStore {
+    /// Gives issuer `name` the id scope `patterns`, replacing its scope;
+    /// returns the scope it had. Every host applies it within its grants
+    /// period (a grant outside its issuer's scope gives no seats).
+    pub async fn set_scope(&self, name: &str, patterns: &[String]) -> Result<Vec<String>, PgError> {
+        let patterns = crate::state::clean_scope(patterns).map_err(StateError::from)?;
+        let mut client = self.client().await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(PgError::query("begin setting an issuer scope"))?;
+        lock_grants(&tx).await?;
+        let known = scopes(&tx).await?;
+        if !known.knows(name) {
+            return Err(StateError::from(ScopeError::UnknownIssuer(name.to_string())).into());
+        }
+        tx.execute(
+            "INSERT INTO issuer_scopes (name, patterns) VALUES ($1, $2)
+             ON CONFLICT (name) DO UPDATE SET patterns = EXCLUDED.patterns",
+            &[&name, &patterns.join("\n")],
+        )
+        .await
+        .map_err(PgError::query("store an issuer scope"))?;
+        announce(&tx).await?;
+        tx.commit()
+            .await
+            .map_err(PgError::query("commit an issuer scope"))?;
+        Ok(known.patterns(name))
+    }
+
     /// Puts the store's grants, revocations and license rules in force in
     /// `licenses` (a shared host's manager).
     pub async fn apply_to(&self, licenses: &LicenseManager) -> Result<(), PgError> {

@@ -253,6 +253,45 @@ async fn a_shared_host_judges_grant_windows_by_the_databases_clock() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_issuer_scope_set_on_the_store_leaves_grants_outside_it_without_seats() {
+    let pg = TestPostgres::start();
+    let s = store(&pg).await;
+    let now = SystemClock.now_secs();
+    let key = IssuerKey::generate().expect("issuer key");
+    s.trust(&key.public(), Some("acme"), None, now)
+        .await
+        .expect("trust");
+    let license = key
+        .sign(LicenseTerms::new("demo", Seats::Counted(2)), now)
+        .expect("sign");
+    s.install_text(&license.to_file_text(), now)
+        .await
+        .expect("install");
+    assert!(s.seat_grants().await.expect("grants").contains_key("demo"));
+    let old = s
+        .set_scope("acme", &["other-*".to_string()])
+        .await
+        .expect("scope");
+    assert_eq!(old, ["*"]);
+    let trusted = s.trusted().await.expect("trusted");
+    assert_eq!(trusted[0].scope, ["other-*"]);
+    let grants = s.seat_grants().await.expect("grants");
+    assert!(
+        grants
+            .get("demo")
+            .is_none_or(|g| g.iter().all(|g| g.revoked)),
+        "a grant outside its issuer's scope still gives seats: {grants:?}"
+    );
+    let unknown = s
+        .set_scope("nobody", &["*".to_string()])
+        .await
+        .expect_err("unknown issuer");
+    assert!(unknown.to_string().contains("nobody"), "{unknown}");
+    let bad = s.set_scope("acme", &[]).await.expect_err("no pattern");
+    assert!(bad.to_string().contains("at least one pattern"), "{bad}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_of_a_grant_never_sum_above_its_seats() {
     let pg = TestPostgres::start();
     let s = store(&pg).await;

@@ -19,7 +19,7 @@ pub use scopes::{
     validate_pattern,
 };
 #[cfg(feature = "postgres")]
-pub(crate) use scopes::{Scopes, scope_to_store};
+pub(crate) use scopes::{Scopes, clean as clean_scope, scope_to_store};
 
 use crate::chain::kind_from_names;
 use crate::ledger::connect;

@@ -172,6 +172,11 @@ impl Scopes {
     }
 
     /// The patterns of issuer `name`.
+    /// Whether `name` is a trusted issuer's name or has a scope of its own.
+    pub(crate) fn knows(&self, name: &str) -> bool {
+        self.names.values().any(|n| n == name) || self.by_name.contains_key(name)
+    }
+
     pub(crate) fn patterns(&self, name: &str) -> Vec<String> {
         self.by_name
             .get(name)
@@ -352,7 +357,7 @@ pub struct IssuerScope {
 }
 
 /// Checks and deduplicates patterns, keeping their order.
-fn clean(patterns: &[String]) -> Result<Vec<String>, ScopeError> {
+pub(crate) fn clean(patterns: &[String]) -> Result<Vec<String>, ScopeError> {
     let mut out: Vec<String> = Vec::new();
     for p in patterns {
         let p = p.trim();
@@ -436,7 +441,7 @@ impl State {
     pub fn set_scope(&self, name: &str, patterns: &[String]) -> Result<Vec<String>, StateError> {
         let patterns = clean(patterns)?;
         let scopes = self.scopes()?;
-        if !scopes.names.values().any(|n| n == name) && !scopes.by_name.contains_key(name) {
+        if !scopes.knows(name) {
             return Err(ScopeError::UnknownIssuer(name.to_string()).into());
         }
         let old = scopes.patterns(name);
