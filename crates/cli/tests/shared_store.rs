@@ -827,3 +827,193 @@ fn a_password_comes_from_the_password_file_never_the_url() {
         String::from_utf8_lossy(&listed.stderr)
     );
 }
+
+/// A network namespace joined to this one by two veth pairs: one that
+/// clients reach it through, one for its link to the database, which
+/// [`Netns::cut`] takes down. Removed when dropped.
+struct Netns {
+    name: String,
+    /// This side of the database link.
+    db_link: String,
+    /// This side of the clients' link.
+    client_link: String,
+}
+
+/// Runs `ip` with `args`, failing the test if it fails.
+fn ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("ip runs (iproute2)");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Netns {
+    /// Clients reach the namespace at 10.201.0.2; from it, the database
+    /// side is 10.202.0.1.
+    fn new() -> Self {
+        let id = std::process::id() % 100_000;
+        let ns = Netns {
+            name: format!("tg{id}"),
+            db_link: format!("tgd{id}"),
+            client_link: format!("tgc{id}"),
+        };
+        let inside = |link: &str| format!("{link}x");
+        ip(&["netns", "add", &ns.name]);
+        for (link, net) in [(&ns.client_link, "10.201.0"), (&ns.db_link, "10.202.0")] {
+            let peer = inside(link);
+            ip(&["link", "add", link, "type", "veth", "peer", "name", &peer]);
+            ip(&["link", "set", &peer, "netns", &ns.name]);
+            ip(&["addr", "add", &format!("{net}.1/24"), "dev", link]);
+            ip(&["link", "set", link, "up"]);
+            ip(&[
+                "netns",
+                "exec",
+                &ns.name,
+                "ip",
+                "addr",
+                "add",
+                &format!("{net}.2/24"),
+                "dev",
+                &peer,
+            ]);
+            ip(&["netns", "exec", &ns.name, "ip", "link", "set", &peer, "up"]);
+        }
+        ip(&["netns", "exec", &ns.name, "ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Takes the database link down: its packets go nowhere.
+    fn cut(&self) {
+        ip(&["link", "set", &self.db_link, "down"]);
+    }
+
+    /// Brings the database link back.
+    fn restore(&self) {
+        ip(&["link", "set", &self.db_link, "up"]);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for link in [&self.db_link, &self.client_link] {
+            let _ = Command::new("ip").args(["link", "del", link]).output();
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+#[test]
+fn a_host_cut_off_from_the_store_in_its_own_network_namespace_keeps_the_seats_exact() {
+    let ns = Netns::new();
+    let pg = TestPostgres::start_also_on("10.202.0.1");
+    let scratch = tempfile::Builder::new()
+        .prefix("tollgate-shared-netns-")
+        .tempdir()
+        .expect("scratch");
+    let root = scratch.path();
+    install_shared(root, &pg.url(), &SEATS.to_string());
+    let a = shared_host(root, &pg.url(), "a");
+    // Host n runs in the namespace: clients reach it on 10.201.0.2, it
+    // reaches the store on 10.202.0.1.
+    let n = {
+        let dir = root.join("n");
+        std::fs::create_dir_all(&dir).expect("host dir");
+        std::fs::write(dir.join("admin.token"), TOKEN).expect("token");
+        let url = format!("postgres://postgres@10.202.0.1:{}/postgres", pg.port());
+        let config = format!(
+            "listen = \"10.201.0.2:0\"\nallowed_hosts = [\"10.201.0.2\"]\nstate = \"state\"\n\
+             store = {url:?}\nseat_batch_ttl = \"{}s\"\nadmin_token_file = \"admin.token\"\n\
+             [[plugin]]\nname = \"early\"\ncomponent = {:?}\nrequires = [\"demo\"]\n\
+             wait_for_seat = \"10s\"\ntime_limit = \"20s\"\n",
+            TTL.as_secs(),
+            guest("early-release")
+        );
+        std::fs::write(dir.join("tollgate.toml"), config).expect("config");
+        let mut inside = Command::new("ip");
+        inside.args(["netns", "exec", &ns.name, BIN]);
+        let server = Server::spawn(&dir, inside, &["--log-format", "json"])
+            .unwrap_or_else(|e| panic!("host n did not start: {e}"));
+        let id = tollgate_store::state::HostKey::open(&dir.join("state"))
+            .expect("host key readable")
+            .expect("host key")
+            .key_id();
+        Host { server, id }
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || ready(&n)),
+        "host n never became ready"
+    );
+    let hosts = [a, n];
+    let both: Vec<(usize, &Host)> = hosts.iter().enumerate().collect();
+    let ((cut, lapsed, back), outcomes) = under_load(&both, 3, 20, |delivered| {
+        // (`back` marks when the link came back.)
+        assert!(
+            wait_until(Duration::from_secs(20), || delivered
+                .load(Ordering::Relaxed)
+                >= 20),
+            "no load before the cut"
+        );
+        let cut = Instant::now();
+        ns.cut();
+        // Host n serves from its batch, then refuses once it lapses; host
+        // a, which still reaches the store, goes on.
+        let refused = wait_until(Duration::from_secs(15), || !ready(&hosts[1]));
+        assert!(refused, "host n stayed ready cut off from its store");
+        let lapsed = Instant::now();
+        assert!(ready(&hosts[0]), "host a lost its store too");
+        std::thread::sleep(Duration::from_secs(10).saturating_sub(cut.elapsed()));
+        ns.restore();
+        let back = Instant::now();
+        // Host n itself delivers again.
+        let recovered = wait_until(Duration::from_secs(60), || {
+            ready(&hosts[1]) && call(&hosts[1], 1, 1).status == 200
+        });
+        assert!(recovered, "host n did not recover once its link came back");
+        (cut, lapsed, back)
+    });
+    for o in &outcomes {
+        assert!(
+            o.status == 200
+                || (o.status == 503
+                    && ["store-unavailable", "lease-lapsed"].contains(&o.code.as_str())),
+            "a call was refused otherwise than for the store: {o:?}"
+        );
+    }
+    let on = |host: usize, from: Instant, to: Instant| {
+        outcomes
+            .iter()
+            .filter(|o| o.host == host && o.status == 200 && o.sent > from && o.sent < to)
+            .count()
+    };
+    assert!(
+        on(1, cut, lapsed) > 0,
+        "host n served nothing from its batch"
+    );
+    assert!(
+        on(0, lapsed, back) > 0,
+        "host a served nothing while host n was cut off"
+    );
+    let most = most_at_once(&spans(&outcomes));
+    assert!(
+        most <= SEATS,
+        "{most} delivered calls ran at once on {SEATS} seats"
+    );
+    let hosts_ref: Vec<&Host> = hosts.iter().collect();
+    let replay = check_ledger(&pg.url(), &hosts_ref, &outcomes);
+    eprintln!(
+        "{} calls delivered; at most {most} at once, {} in the ledger",
+        spans(&outcomes).len(),
+        replay.peak
+    );
+    for h in hosts {
+        assert!(h.server.terminate().success());
+    }
+}

@@ -38,12 +38,30 @@ pub struct TestPostgres {
     port: u16,
     /// The user the server runs as, when started by root.
     run_as: Option<String>,
+    /// An address it listens on besides the loopback one.
+    also_on: Option<String>,
 }
 
 impl TestPostgres {
     /// Starts a new server, or panics naming why none could be started.
     pub fn start() -> Self {
         Self::try_start().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Starts a new server that also listens on `addr` (an address of
+    /// this machine, such as one end of a veth pair) and lets any client
+    /// of `addr`'s /24 in, or panics naming why none could be started.
+    pub fn start_also_on(addr: &str) -> Self {
+        let server = Self::start();
+        let hba = server.dir.path().join("data/pg_hba.conf");
+        let rules = std::fs::read_to_string(&hba).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&hba, format!("{rules}\nhost all all {addr}/24 trust\n"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut server = server;
+        server.stop();
+        server.also_on = Some(addr.to_string());
+        server.restart();
+        server
     }
 
     /// Starts a new server.
@@ -73,6 +91,7 @@ impl TestPostgres {
             dir,
             port: 0,
             run_as,
+            also_on: None,
         };
         // A port found free may be taken before the server binds it: try
         // a few.
@@ -209,8 +228,12 @@ impl TestPostgres {
     }
 
     fn start_server(&self) -> Result<(), Unavailable> {
+        let listen = match &self.also_on {
+            Some(addr) => format!("'127.0.0.1,{addr}'"),
+            None => "127.0.0.1".to_string(),
+        };
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=on -c synchronous_commit=on -c max_connections=200",
+            "-p {} -k {} -c listen_addresses={listen} -c fsync=on -c synchronous_commit=on -c max_connections=200",
             self.port,
             self.dir.path().display()
         );
