@@ -41,7 +41,7 @@ impl StateArg {
     fn open(&self) -> Result<State, Failure> {
         if let Some(url) = &self.store {
             return Err(Failure::usage(anyhow::anyhow!(
-                "this command works on a state directory only, for now; with a shared store ({url}) use `trust add`, `trust list`, `trust scope`, `license install`, `license list`, `license revoke`, `license unrevoke`, `status`, `usage` or `audit verify` (without --checkpoint), or drop --store (and TOLLGATE_STORE)"
+                "this command works on a state directory only, for now; with a shared store ({url}) use `trust add`, `trust list`, `trust scope`, `license install`, `license list`, `license revoke`, `license unrevoke`, `status`, `usage` or `audit verify`, or drop --store (and TOLLGATE_STORE)"
             )));
         }
         State::open(&self.dir()).map_err(Failure::usage)
@@ -813,16 +813,15 @@ pub(crate) fn audit(cmd: AuditCommand) -> Result<Exit, Failure> {
 }
 
 fn verify(checkpoint: Option<PathBuf>, as_json: bool, state: &StateArg) -> Result<Exit, Failure> {
-    if state.store.is_some()
-        && checkpoint.is_none()
-        && let Target::Shared { store, rt } = state.target()?
-    {
-        return verify_shared(&store, &rt, as_json);
-    }
     let checkpoint = checkpoint
         .map(|path| Checkpoint::read(&path))
         .transpose()
         .map_err(Failure::usage)?;
+    if state.store.is_some()
+        && let Target::Shared { store, rt } = state.target()?
+    {
+        return verify_shared(&store, &rt, checkpoint.as_ref(), as_json);
+    }
     let state = state.open()?;
     let report = state.audit().map_err(Failure::usage)?;
     let anchored = checkpoint
@@ -846,24 +845,30 @@ fn verify(checkpoint: Option<PathBuf>, as_json: bool, state: &StateArg) -> Resul
                 println!("  - {p}");
             }
         }
-        match &anchored {
-            None => {}
-            Some(c) if c.ok() => println!(
-                "checkpoint verified: the ledger extends row {} ({}) signed by this host (key {}) at {}",
-                c.seq, c.hash, c.host_key, c.time
-            ),
-            Some(c) => {
-                println!(
-                    "checkpoint FAILED: row {} at {}, signed by host key {}:",
-                    c.seq, c.time, c.host_key
-                );
-                for p in &c.problems {
-                    println!("  - {p}");
-                }
-            }
+        if let Some(c) = &anchored {
+            print_checkpoint(c, "signed by this host");
         }
     }
     Ok(if ok { Exit::Ok } else { Exit::AuditFailed })
+}
+
+/// Prints what a checkpoint's check found; `whose` says whose ledger the
+/// row is in.
+fn print_checkpoint(c: &CheckpointReport, whose: &str) {
+    if c.ok() {
+        println!(
+            "checkpoint verified: the ledger extends row {} ({}) {whose} (key {}) at {}",
+            c.seq, c.hash, c.host_key, c.time
+        );
+    } else {
+        println!(
+            "checkpoint FAILED: row {} at {}, signed by host key {}:",
+            c.seq, c.time, c.host_key
+        );
+        for p in &c.problems {
+            println!("  - {p}");
+        }
+    }
 }
 
 /// Every grant on the shared store with each host's batch and seats in use.
@@ -931,8 +936,13 @@ fn shared_status(
 fn verify_shared(
     store: &PgStore,
     rt: &tokio::runtime::Runtime,
+    checkpoint: Option<&Checkpoint>,
     as_json: bool,
 ) -> Result<Exit, Failure> {
+    let anchored = checkpoint
+        .map(|cp| rt.block_on(store.verify_checkpoint(cp)))
+        .transpose()
+        .map_err(Failure::usage)?;
     let hosts = rt.block_on(store.ledger_hosts()).map_err(Failure::usage)?;
     let mut reports = Vec::new();
     for (host, rows) in hosts {
@@ -946,10 +956,19 @@ fn verify_shared(
             "broken_at": verified.err(),
         }));
     }
-    let ok = reports.iter().all(|r| r["ok"] == true);
+    let ok = reports.iter().all(|r| r["ok"] == true)
+        && anchored.as_ref().is_none_or(CheckpointReport::ok);
     if as_json {
-        json(&reports)?;
-    } else if reports.is_empty() {
+        match &anchored {
+            None => json(&reports)?,
+            Some(c) => json(&serde_json::json!({ "hosts": reports, "checkpoint": c }))?,
+        }
+        return Ok(if ok { Exit::Ok } else { Exit::AuditFailed });
+    }
+    if let Some(c) = &anchored {
+        print_checkpoint(c, "signed by that host, in its chain in the shared store");
+    }
+    if reports.is_empty() {
         println!("the shared ledger has no rows yet");
     } else {
         for r in &reports {

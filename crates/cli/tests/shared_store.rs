@@ -526,9 +526,57 @@ fn three_hosts_share_five_seats_exactly_and_a_revocation_on_one_reaches_all() {
     let status = tg(root, &["status", "--store", &url, "--json"]);
     let grants: serde_json::Value = serde_json::from_slice(&status.stdout).expect("json");
     assert_eq!(grants[0]["revoked"], true, "{grants}");
+    let a_id = hosts[0].id.clone();
     for h in hosts {
         assert!(h.server.terminate().success());
     }
+
+    // A checkpoint host a signed of its own ledger vouches for its chain in
+    // the store; once the store's chain is cut short, it says so.
+    let state_a = root.join("a/state").to_string_lossy().into_owned();
+    let file = root.join("a.checkpoint").to_string_lossy().into_owned();
+    let made = tg(
+        root,
+        &["audit", "checkpoint", "--state", &state_a, "--out", &file],
+    );
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let verify = || {
+        tg(
+            root,
+            &["audit", "verify", "--store", &url, "--checkpoint", &file],
+        )
+    };
+    let verified = verify();
+    let shown = String::from_utf8_lossy(&verified.stdout).into_owned();
+    assert!(verified.status.success(), "{shown}");
+    assert!(shown.contains("checkpoint verified"), "{shown}");
+    let seq = tollgate_store::state::Checkpoint::read(Path::new(&file))
+        .expect("checkpoint")
+        .seq;
+    rt.block_on(async {
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(connection);
+        client
+            .execute(
+                "DELETE FROM ledger WHERE host_id = $1 AND seq >= $2",
+                &[&a_id, &i64::try_from(seq).expect("seq")],
+            )
+            .await
+            .expect("cut the chain short");
+    });
+    let cut = verify();
+    let shown = String::from_utf8_lossy(&cut.stdout).into_owned();
+    assert_eq!(cut.status.code(), Some(5), "{shown}");
+    assert!(
+        shown.contains("checkpoint FAILED") && shown.contains("behind the checkpoint's row"),
+        "{shown}"
+    );
 }
 
 #[test]

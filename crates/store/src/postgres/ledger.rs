@@ -405,3 +405,44 @@ impl PgStore {
         }))
     }
 }
+
+impl PgStore {
+    /// Whether the shared ledger still extends `checkpoint` (made with
+    /// `tollgate audit checkpoint` on the host whose key signed it): that
+    /// host's chain verifies, reaches the checkpoint's row, and has its hash
+    /// there.
+    pub async fn verify_checkpoint(
+        &self,
+        checkpoint: &crate::state::Checkpoint,
+    ) -> Result<crate::state::CheckpointReport, PgError> {
+        let mut report = crate::state::checkpoint_report(checkpoint);
+        if !report.ok() {
+            return Ok(report);
+        }
+        // The host id in the store is the id of the key that signed it.
+        let host = report.host_key.clone();
+        let head = match self.host_chain(&host).await? {
+            Ok(head) => head.rows,
+            Err(seq) => {
+                report.problems.push(format!(
+                    "host {host}'s chain in the shared ledger fails verification at row {seq}"
+                ));
+                return Ok(report);
+            }
+        };
+        if checkpoint.seq == 0 {
+            return Ok(report);
+        }
+        let client = self.client().await?;
+        let row: Option<Vec<u8>> = client
+            .query_opt(
+                "SELECT hash FROM ledger WHERE host_id = $1 AND seq = $2",
+                &[&host, &to_db(checkpoint.seq)],
+            )
+            .await
+            .map_err(PgError::query("read a checkpoint's row"))?
+            .map(|r| r.get(0));
+        crate::state::judge_checkpoint(&mut report, checkpoint, head, row);
+        Ok(report)
+    }
+}

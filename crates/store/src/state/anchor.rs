@@ -410,17 +410,8 @@ impl State {
         &self,
         checkpoint: &Checkpoint,
     ) -> Result<CheckpointReport, StateError> {
-        let mut report = CheckpointReport {
-            seq: checkpoint.seq,
-            hash: checkpoint.hash_hex(),
-            time: format_time(checkpoint.time),
-            host_key: checkpoint.host_key_id(),
-            problems: Vec::new(),
-        };
-        if !checkpoint.signature_ok() {
-            report.problems.push(
-                "the checkpoint's signature does not match its contents: the checkpoint file was altered; use an unaltered copy".to_string(),
-            );
+        let mut report = checkpoint_report(checkpoint);
+        if !report.ok() {
             return Ok(report);
         }
         let key_path = self.dir().join(HOST_KEY_FILE);
@@ -459,24 +450,57 @@ impl State {
             tx.commit().map_err(|e| self.err(e))?;
             (head, row)
         };
-        let made = &report.time;
-        if head < seq {
-            report.problems.push(format!(
-                "the ledger's chain head is at row {head}, behind the checkpoint's row {seq} made {made}: rows the checkpoint vouches for were removed and the chain head moved back"
-            ));
-        }
-        match row {
-            None => report.problems.push(format!(
-                "row {seq}, which the checkpoint made {made} vouches for, is missing from the ledger"
-            )),
-            Some(stored) if stored.as_slice() != checkpoint.hash => report.problems.push(format!(
-                "row {seq} has hash {}, not the {} the checkpoint made {made} records: the ledger up to row {seq} was rewritten since",
-                hex::encode(stored),
-                report.hash
-            )),
-            Some(_) => {}
-        }
+        judge_checkpoint(&mut report, checkpoint, head, row);
         Ok(report)
+    }
+}
+
+/// A report on `checkpoint` with its fields filled in, and the one problem
+/// found without a ledger: a signature that does not match.
+pub(crate) fn checkpoint_report(checkpoint: &Checkpoint) -> CheckpointReport {
+    let mut report = CheckpointReport {
+        seq: checkpoint.seq,
+        hash: checkpoint.hash_hex(),
+        time: format_time(checkpoint.time),
+        host_key: checkpoint.host_key_id(),
+        problems: Vec::new(),
+    };
+    if !checkpoint.signature_ok() {
+        report.problems.push(
+            "the checkpoint's signature does not match its contents: the checkpoint file was altered; use an unaltered copy".to_string(),
+        );
+    }
+    report
+}
+
+/// Adds to `report` what is wrong with a ledger whose chain head is `head`
+/// and whose row at the checkpoint's place has hash `row` (`None`: no such
+/// row): a head behind the checkpoint (rows cut off), a missing row, or
+/// another hash (rewritten). Shared by the state directory and the shared
+/// store, which judge their own chains the same way.
+pub(crate) fn judge_checkpoint(
+    report: &mut CheckpointReport,
+    checkpoint: &Checkpoint,
+    head: u64,
+    row: Option<Vec<u8>>,
+) {
+    let seq = checkpoint.seq;
+    let made = &report.time;
+    if head < seq {
+        report.problems.push(format!(
+            "the ledger's chain head is at row {head}, behind the checkpoint's row {seq} made {made}: rows the checkpoint vouches for were removed and the chain head moved back"
+        ));
+    }
+    match row {
+        None => report.problems.push(format!(
+            "row {seq}, which the checkpoint made {made} vouches for, is missing from the ledger"
+        )),
+        Some(stored) if stored.as_slice() != checkpoint.hash => report.problems.push(format!(
+            "row {seq} has hash {}, not the {} the checkpoint made {made} records: the ledger up to row {seq} was rewritten since",
+            hex::encode(stored),
+            report.hash
+        )),
+        Some(_) => {}
     }
 }
 

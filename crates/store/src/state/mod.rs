@@ -13,6 +13,8 @@ pub use anchor::{
     CHECKPOINT_HEADER, Checkpoint, CheckpointReport, HOST_KEY_FILE, HostKey, IntegrityError,
     IssuerPin,
 };
+#[cfg(feature = "postgres")]
+pub(crate) use anchor::{checkpoint_report, judge_checkpoint};
 pub use reports::{AuditReport, GrantReport, LicenseReport, UsageFilter, UsageRow};
 pub use scopes::{
     DEFAULT_PATTERN, IssuerScope, ProblemKind, ScopeError, ScopeProblem, glob_matches,
