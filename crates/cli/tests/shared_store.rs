@@ -91,11 +91,32 @@ fn shared_host(root: &Path, url: &str, name: &str) -> Host {
 /// [`shared_host`] with `extra` config lines after the plugin (such as a
 /// `[license.demo]` table): the host, or why it did not start.
 fn shared_host_with(root: &Path, url: &str, name: &str, extra: &str) -> Result<Host, String> {
+    shared_host_on(
+        root,
+        url,
+        name,
+        extra,
+        "listen = \"127.0.0.1:0\"",
+        Command::new(BIN),
+    )
+}
+
+/// [`shared_host_with`], with `top` as its first config lines (where it
+/// listens) and started through `command` (the binary, or a wrapper that
+/// execs it).
+fn shared_host_on(
+    root: &Path,
+    url: &str,
+    name: &str,
+    extra: &str,
+    top: &str,
+    command: Command,
+) -> Result<Host, String> {
     let dir = root.join(name);
     std::fs::create_dir_all(&dir).expect("host dir");
     std::fs::write(dir.join("admin.token"), TOKEN).expect("token");
     let config = format!(
-        "listen = \"127.0.0.1:0\"\nstate = \"state\"\nstore = {url:?}\nseat_batch_ttl = \"{}s\"\n\
+        "{top}\nstate = \"state\"\nstore = {url:?}\nseat_batch_ttl = \"{}s\"\n\
          admin_token_file = \"admin.token\"\n\
          [[plugin]]\nname = \"early\"\ncomponent = {:?}\nrequires = [\"demo\"]\n\
          wait_for_seat = \"10s\"\ntime_limit = \"20s\"\n{extra}",
@@ -103,7 +124,7 @@ fn shared_host_with(root: &Path, url: &str, name: &str, extra: &str) -> Result<H
         guest("early-release")
     );
     std::fs::write(dir.join("tollgate.toml"), config).expect("config");
-    let server = Server::spawn(&dir, Command::new(BIN), &["--log-format", "json"])?;
+    let server = Server::spawn(&dir, command, &["--log-format", "json"])?;
     let id = tollgate_store::state::HostKey::open(&dir.join("state"))
         .expect("host key readable")
         .expect("a host on a shared store has a host key")
@@ -972,33 +993,13 @@ fn a_host_cut_off_from_the_store_in_its_own_network_namespace_keeps_the_seats_ex
     // Host n runs in the namespace: clients reach it on 10.201.0.2, it
     // reaches the store on 10.202.0.1.
     let n = {
-        let dir = root.join("n");
-        std::fs::create_dir_all(&dir).expect("host dir");
-        std::fs::write(dir.join("admin.token"), TOKEN).expect("token");
         let url = format!("postgres://postgres@10.202.0.1:{}/postgres", pg.port());
-        let config = format!(
-            "listen = \"10.201.0.2:0\"\nallowed_hosts = [\"10.201.0.2\"]\nstate = \"state\"\n\
-             store = {url:?}\nseat_batch_ttl = \"{}s\"\nadmin_token_file = \"admin.token\"\n\
-             [[plugin]]\nname = \"early\"\ncomponent = {:?}\nrequires = [\"demo\"]\n\
-             wait_for_seat = \"10s\"\ntime_limit = \"20s\"\n",
-            TTL.as_secs(),
-            guest("early-release")
-        );
-        std::fs::write(dir.join("tollgate.toml"), config).expect("config");
         let mut inside = Command::new("ip");
         inside.args(["netns", "exec", &ns.name, BIN]);
-        let server = Server::spawn(&dir, inside, &["--log-format", "json"])
-            .unwrap_or_else(|e| panic!("host n did not start: {e}"));
-        let id = tollgate_store::state::HostKey::open(&dir.join("state"))
-            .expect("host key readable")
-            .expect("host key")
-            .key_id();
-        Host { server, id }
+        let top = "listen = \"10.201.0.2:0\"\nallowed_hosts = [\"10.201.0.2\"]";
+        shared_host_on(root, &url, "n", "", top, inside)
+            .unwrap_or_else(|e| panic!("host n did not start: {e}"))
     };
-    assert!(
-        wait_until(Duration::from_secs(20), || ready(&n)),
-        "host n never became ready"
-    );
     let hosts = [a, n];
     let both: Vec<(usize, &Host)> = hosts.iter().enumerate().collect();
     let ((cut, lapsed, back), outcomes) = under_load(&both, 3, 20, |delivered| {
