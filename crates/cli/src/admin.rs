@@ -52,18 +52,25 @@ impl StateArg {
         match &self.store {
             None => Ok(Target::Dir(self.open()?)),
             Some(url) => {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .context("starting the runtime")
-                    .map_err(Failure::usage)?;
-                let store = rt
-                    .block_on(PgStore::connect(url, 1))
-                    .map_err(Failure::usage)?;
+                let (store, rt) = connect_store(url)?;
                 Ok(Target::Shared { store, rt })
             }
         }
     }
+}
+
+/// Connects to the shared store at `url` (migrating its schema), with the
+/// runtime its calls run on.
+pub(crate) fn connect_store(url: &str) -> Result<(PgStore, tokio::runtime::Runtime), Failure> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")
+        .map_err(Failure::usage)?;
+    let store = rt
+        .block_on(PgStore::connect(url, 1))
+        .map_err(Failure::usage)?;
+    Ok((store, rt))
 }
 
 /// Where an operator command acts: one host's state directory, or the
@@ -556,15 +563,7 @@ pub(crate) fn license(cmd: LicenseCommand) -> Result<Exit, Failure> {
 /// `tollgate license rules`: prints the shared rules, or sets them from
 /// `config` and prints what changed.
 fn shared_rules(url: &str, config: Option<&std::path::Path>) -> Result<Exit, Failure> {
-    let arg = StateArg {
-        state: None,
-        store: Some(url.to_string()),
-    };
-    let Target::Shared { store, rt } = arg.target()? else {
-        return Err(Failure::usage(anyhow::anyhow!(
-            "--store names no shared store"
-        )));
-    };
+    let (store, rt) = connect_store(url)?;
     let Some(config) = config else {
         let rules = rt.block_on(store.shared_rules()).map_err(Failure::usage)?;
         match rules {

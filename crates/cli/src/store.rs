@@ -1,11 +1,10 @@
 //! `tollgate store …`: the shared store of several hosts.
 
 use super::{Exit, Failure};
-use anyhow::Context;
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
+use tollgate::store::postgres::check_url;
 use tollgate::store::postgres::migrate::{Moved, SourceDir};
-use tollgate::store::postgres::{PgStore, check_url};
 use tollgate::store::state::HOST_KEY_FILE;
 
 /// `tollgate store …`
@@ -64,16 +63,9 @@ fn migrate(args: &MigrateArgs) -> Result<Exit, Failure> {
         .map_err(anyhow::Error::msg)
         .map_err(Failure::usage)?;
     let source = SourceDir::open(&args.from).map_err(Failure::usage)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")
-        .map_err(Failure::usage)?;
+    let (store, rt) = super::admin::connect_store(&args.to)?;
     let done = rt
-        .block_on(async {
-            let store = PgStore::connect(&args.to, 1).await?;
-            store.migrate_from(&source).await
-        })
+        .block_on(store.migrate_from(&source))
         .map_err(Failure::usage)?;
     drop(source);
     println!(
