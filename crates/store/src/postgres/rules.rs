@@ -77,12 +77,7 @@ pub fn differences(here: &RuleSet, shared: &RuleSet) -> Vec<String> {
 impl PgStore {
     /// The shared rules; `None` when no host or operator has set them yet.
     pub async fn shared_rules(&self) -> Result<Option<RuleSet>, PgError> {
-        let client = self.client().await?;
-        let row = client
-            .query_opt("SELECT rules FROM license_rules", &[])
-            .await
-            .map_err(PgError::query("read the license rules"))?;
-        row.map(|r| parse(&r.get::<_, String>(0))).transpose()
+        stored(&self.client().await?).await
     }
 
     /// Checks a starting host's rules against the shared ones: sets them
@@ -95,13 +90,9 @@ impl PgStore {
             .await
             .map_err(PgError::query("begin checking the license rules"))?;
         lock_grants(&tx).await?;
-        let stored = tx
-            .query_opt("SELECT rules FROM license_rules", &[])
-            .await
-            .map_err(PgError::query("read the license rules"))?;
-        match stored {
-            Some(row) => {
-                let found = differences(here, &parse(&row.get::<_, String>(0))?);
+        match stored(&tx).await? {
+            Some(shared) => {
+                let found = differences(here, &shared);
                 if !found.is_empty() {
                     return Err(PgError::RulesDiffer(found));
                 }
@@ -127,14 +118,7 @@ impl PgStore {
             .await
             .map_err(PgError::query("begin setting the license rules"))?;
         lock_grants(&tx).await?;
-        let before = match tx
-            .query_opt("SELECT rules FROM license_rules", &[])
-            .await
-            .map_err(PgError::query("read the license rules"))?
-        {
-            Some(row) => parse(&row.get::<_, String>(0))?,
-            None => RuleSet::new(),
-        };
+        let before = stored(&tx).await?.unwrap_or_default();
         write(&tx, rules, by, now).await?;
         announce(&tx).await?;
         tx.commit()
@@ -158,9 +142,19 @@ impl PgStore {
     }
 }
 
-/// Reads stored rules.
-fn parse(text: &str) -> Result<RuleSet, PgError> {
-    serde_json::from_str(text).map_err(|e| PgError::RulesUnreadable(e.to_string()))
+/// The stored rules; `None` when none are set.
+async fn stored(
+    client: &impl deadpool_postgres::GenericClient,
+) -> Result<Option<RuleSet>, PgError> {
+    let row = client
+        .query_opt("SELECT rules FROM license_rules", &[])
+        .await
+        .map_err(PgError::query("read the license rules"))?;
+    row.map(|r| {
+        serde_json::from_str(&r.get::<_, String>(0))
+            .map_err(|e| PgError::RulesUnreadable(e.to_string()))
+    })
+    .transpose()
 }
 
 /// Stores `rules` as the shared ones.
