@@ -18,7 +18,7 @@ use subtle::ConstantTimeEq;
 use tollgate::PluginSpec;
 use tollgate_license::issuer::{MAX_LICENSE_BYTES, SignedLicense, parse_time};
 use tollgate_license::{Clock, LicenseId, PluginName, SystemClock};
-use tollgate_store::postgres::PgError;
+use tollgate_store::postgres::{PgError, PgStore};
 use tollgate_store::state::UsageFilter;
 
 /// Largest license file accepted over the API (as large as from a file),
@@ -142,7 +142,7 @@ async fn install(
         Err(response) => return response,
     };
     let installed = match server.shared_store.get() {
-        Some(store) => shared(&server, store.install_text(&text, now())).await,
+        Some(store) => shared(&server, store, store.install_text(&text, now())).await,
         None => {
             let host = server.host.clone();
             blocking(&server, move || host.install_license_text(&text)).await
@@ -173,7 +173,7 @@ async fn revoke(Extract(server): Extract<Arc<Server>>, Path(id): Path<String>) -
     let reclaimed = match server.shared_store.get() {
         // Revoked in the store for every host, and here at once, with the
         // leases it ends here.
-        Some(store) => match shared(&server, store.revoke(&id, now())).await {
+        Some(store) => match shared(&server, store, store.revoke(&id, now())).await {
             Ok(()) => server.host.licenses().revoke(&id).map_err(state_error),
             Err(response) => Err(response),
         },
@@ -194,6 +194,7 @@ async fn revoke(Extract(server): Extract<Arc<Server>>, Path(id): Path<String>) -
 /// 503.
 async fn shared<T>(
     server: &Server,
+    store: &PgStore,
     change: impl std::future::Future<Output = Result<T, PgError>>,
 ) -> Result<T, Response> {
     let done = change.await.map_err(|e| match e {
@@ -202,9 +203,7 @@ async fn shared<T>(
         }
         e => error(StatusCode::SERVICE_UNAVAILABLE, "store-unavailable", e),
     })?;
-    if let Some(store) = server.shared_store.get()
-        && let Err(e) = store.apply_to(server.host.licenses()).await
-    {
+    if let Err(e) = store.apply_to(server.host.licenses()).await {
         tracing::warn!(
             "the change is in the shared store; putting it in force here failed, and is tried again: {e}"
         );
