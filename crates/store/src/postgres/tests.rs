@@ -31,6 +31,29 @@ async fn install(store: &PgStore, id: &str, seats: Seats) -> String {
         .grant_id
 }
 
+/// One call of `plugin` on `host`, entitled to `demo`, that waits for a
+/// seat as `wait` says.
+fn demo_call(
+    host: &std::sync::Arc<tollgate_license::LicenseManager>,
+    plugin: &str,
+    invocation: u64,
+    wait: Option<Duration>,
+) -> tollgate_license::CallSeats {
+    host.call(
+        tollgate_license::Holder {
+            plugin: plugin.into(),
+            component_digest: "d".into(),
+            invocation,
+        },
+        std::sync::Arc::new(tollgate_license::Entitlement::to(["demo"])),
+        tollgate_license::CallLimits {
+            wait,
+            max_leases: 4,
+            max_acquires: 100,
+        },
+    )
+}
+
 /// Replays lease log rows (host, seats, granted at, expires at; in the
 /// order the leases took the grant's lock): each host's batch is its latest
 /// lease, and at each lease's moment the live ones must fit in `seats`
@@ -113,7 +136,7 @@ async fn a_bad_url_or_unknown_grant_is_named() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_first_host_sets_the_shared_rules_and_a_host_that_differs_is_refused() {
-    use tollgate_license::{Entitlement, Holder, LicenseManager, Rules};
+    use tollgate_license::{LicenseManager, Rules};
     let pg = TestPostgres::start();
     let s = store(&pg).await;
     let now = SystemClock.now_secs();
@@ -186,21 +209,8 @@ async fn the_first_host_sets_the_shared_rules_and_a_host_that_differs_is_refused
         ["[license.\"demo\"] exclude: here [\"a\"], shared []"]
     );
     s.apply_to(&host).await.expect("apply");
-    let mut call = host.call(
-        Holder {
-            plugin: "a".into(),
-            component_digest: "d".into(),
-            invocation: 1,
-        },
-        std::sync::Arc::new(Entitlement::to(["demo"])),
-        tollgate_license::CallLimits {
-            wait: None,
-            max_leases: 4,
-            max_acquires: 100,
-        },
-    );
     assert_eq!(
-        call.acquire("demo"),
+        demo_call(&host, "a", 1, None).acquire("demo"),
         Err(tollgate_license::Denial::NotEntitled)
     );
 }
@@ -208,7 +218,7 @@ async fn the_first_host_sets_the_shared_rules_and_a_host_that_differs_is_refused
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shared_host_judges_grant_windows_by_the_databases_clock() {
     use super::clock::StoreClock;
-    use tollgate_license::{Entitlement, Grant, Holder, LicenseManager, Terms};
+    use tollgate_license::{Grant, LicenseManager, Terms};
     let pg = TestPostgres::start();
     let s = store(&pg).await;
     let clock = std::sync::Arc::new(StoreClock::default());
@@ -230,23 +240,7 @@ async fn a_shared_host_judges_grant_windows_by_the_databases_clock() {
     terms.expires_at = Some(SystemClock.now_secs() + 3600);
     host.set_grants("demo", vec![Grant::new("g", terms)])
         .expect("grant");
-    let take = || {
-        host.call(
-            Holder {
-                plugin: "p".into(),
-                component_digest: "d".into(),
-                invocation: 1,
-            },
-            std::sync::Arc::new(Entitlement::to(["demo"])),
-            tollgate_license::CallLimits {
-                wait: None,
-                max_leases: 4,
-                max_acquires: 100,
-            },
-        )
-        .acquire("demo")
-        .map(drop)
-    };
+    let take = || demo_call(&host, "p", 1, None).acquire("demo").map(drop);
     assert_eq!(take(), Ok(()));
     clock.set_offset_ms(24 * 3600 * 1000);
     assert_eq!(take(), Err(tollgate_license::Denial::Expired));
@@ -402,10 +396,7 @@ mod shared_hosts {
     use std::time::Instant;
     use tokio_util_free::Shutdown;
     use tollgate_license::ledger::MemoryLedger;
-    use tollgate_license::{
-        CallLimits, Clock, Entitlement, Grant, Holder, LicenseManager, ReclaimReason, Seats,
-        SystemClock,
-    };
+    use tollgate_license::{Clock, Grant, LicenseManager, ReclaimReason, Seats, SystemClock};
 
     /// A shutdown signal without another dependency: a watch channel.
     mod tokio_util_free {
@@ -518,19 +509,7 @@ mod shared_hosts {
         invocation: u64,
         wait: Option<Duration>,
     ) -> tollgate_license::CallSeats {
-        host.call(
-            Holder {
-                plugin: "p".into(),
-                component_digest: "d".into(),
-                invocation,
-            },
-            Arc::new(Entitlement::to(["demo"])),
-            CallLimits {
-                wait,
-                max_leases: 4,
-                max_acquires: 100,
-            },
-        )
+        demo_call(host, "p", invocation, wait)
     }
 
     #[test]
