@@ -29,7 +29,17 @@ pub struct ChainHead {
 }
 
 /// Rows shipped per transaction at most.
-const BATCH: usize = 1000;
+pub(crate) const BATCH: usize = 2000;
+
+/// The shipping statement: one batch, one array per column.
+const INSERT_BATCH: &str =
+    "INSERT INTO ledger (host_id, seq, at_ms, kind, reason, license_id, plugin, digest,
+         lease_id, invocation_id, hash, format, seat_id, grant_id, count, token)
+     SELECT $1, * FROM unnest($2::bigint[], $3::bigint[], $4::text[], $5::text[],
+         $6::text[], $7::text[], $8::text[], $9::bigint[], $10::bigint[], $11::bytea[],
+         $12::smallint[], $13::bigint[], $14::text[], $15::bigint[], $16::bigint[])
+     ON CONFLICT (host_id, seq) DO NOTHING
+     RETURNING seq";
 
 /// One spooled row: the event, its hash and its format.
 #[derive(Clone, Debug)]
@@ -155,15 +165,14 @@ impl Shipper {
             .transaction()
             .await
             .map_err(PgError::query("begin shipping ledger rows"))?;
+        // Prepared once per connection, not parsed and planned per batch.
+        let insert = tx
+            .prepare_cached(INSERT_BATCH)
+            .await
+            .map_err(PgError::query("prepare shipping ledger rows"))?;
         let inserted: HashSet<i64> = tx
             .query(
-                "INSERT INTO ledger (host_id, seq, at_ms, kind, reason, license_id, plugin, digest,
-                     lease_id, invocation_id, hash, format, seat_id, grant_id, count, token)
-                 SELECT $1, * FROM unnest($2::bigint[], $3::bigint[], $4::text[], $5::text[],
-                     $6::text[], $7::text[], $8::text[], $9::bigint[], $10::bigint[], $11::bytea[],
-                     $12::smallint[], $13::bigint[], $14::text[], $15::bigint[], $16::bigint[])
-                 ON CONFLICT (host_id, seq) DO NOTHING
-                 RETURNING seq",
+                &insert,
                 &[
                     &self.host_id,
                     &cols.seq,
@@ -224,19 +233,24 @@ impl Shipper {
         Ok(rows.len())
     }
 
-    /// Ships until `shutdown` completes, then ships what is left: a batch
-    /// as soon as there is one, else a look every `every`; after a
-    /// failure, again after a pause that doubles up to 5 s.
+    /// Ships until `shutdown` completes, then ships what is left. It looks
+    /// for rows every `every`, so that a busy host's rows go in batches of
+    /// what gathered meanwhile (a few statements per `every`, not a few
+    /// per call); a full batch is followed at once by the next. After a
+    /// failure it tries again after a pause that doubles up to 5 s.
     pub async fn run(self, every: Duration, shutdown: impl std::future::Future<Output = ()>) {
         let mut shutdown = std::pin::pin!(shutdown);
         let mut pause = every;
         loop {
             let wait = match self.ship_once().await {
-                Ok(n) if n > 0 => {
+                Ok(BATCH) => {
                     pause = every;
                     continue;
                 }
-                Ok(_) => every,
+                Ok(_) => {
+                    pause = every;
+                    every
+                }
                 Err(e) => {
                     tracing::warn!(host = %self.host_id, "ledger rows not shipped yet: {e}");
                     pause = (pause * 2).min(Duration::from_secs(5));

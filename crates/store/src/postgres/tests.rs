@@ -974,7 +974,7 @@ mod shipping {
             if n == 0 {
                 break;
             }
-            assert!(n <= 1000, "one batch per transaction");
+            assert!(n <= crate::postgres::ledger::BATCH, "one batch per transaction");
             shipped += n;
         }
         assert_eq!(shipped, 2_500);
