@@ -227,6 +227,44 @@ impl TestPostgres {
         }
     }
 
+    /// Turns TLS on with the server certificate `cert_pem` and its private
+    /// key `key_pem` (PEM); with `only`, connections over TCP without TLS
+    /// are refused.
+    pub fn enable_tls(&self, cert_pem: &str, key_pem: &str, only: bool) {
+        use std::os::unix::fs::PermissionsExt;
+        let data = self.dir.path().join("data");
+        for (file, pem) in [("server.crt", cert_pem), ("server.key", key_pem)] {
+            let path = data.join(file);
+            std::fs::write(&path, pem).unwrap_or_else(|e| panic!("{e}"));
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .unwrap_or_else(|e| panic!("{e}"));
+            if let Some(user) = &self.run_as {
+                let chown = Command::new("chown").arg(user).arg(&path).output();
+                check("chown", chown).unwrap_or_else(|e| panic!("{e}"));
+            }
+        }
+        let conf = data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).unwrap_or_else(|e| panic!("{e}"));
+        text.push_str("\nssl = on\n");
+        std::fs::write(&conf, text).unwrap_or_else(|e| panic!("{e}"));
+        if only {
+            let hba = data.join("pg_hba.conf");
+            let rules = std::fs::read_to_string(&hba).unwrap_or_else(|e| panic!("{e}"));
+            let rules = format!("hostnossl all all 0.0.0.0/0 reject\n{rules}");
+            std::fs::write(&hba, rules).unwrap_or_else(|e| panic!("{e}"));
+        }
+        if let Err(e) = check("pg_ctl reload", self.pg_ctl(&["reload"]).output()) {
+            panic!("{e}");
+        }
+        // The reload is read by the postmaster between connections: wait
+        // until a TLS handshake is offered.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !offers_tls(self.port) {
+            assert!(Instant::now() < deadline, "the server did not turn TLS on");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn start_server(&self) -> Result<(), Unavailable> {
         let listen = match &self.also_on {
             Some(addr) => format!("'127.0.0.1,{addr}'"),
@@ -279,6 +317,21 @@ fn wait_accepting(port: u16) -> Result<(), Unavailable> {
         }
         std::thread::yield_now();
     }
+}
+
+/// Whether the server on `port` answers PostgreSQL's TLS request with
+/// yes (`S`).
+fn offers_tls(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    // SSLRequest: length 8, code 80877103.
+    let request = [0u8, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+    let mut answer = [0u8; 1];
+    stream.write_all(&request).is_ok()
+        && stream.read_exact(&mut answer).is_ok()
+        && answer[0] == b'S'
 }
 
 fn free_port() -> Result<u16, Unavailable> {

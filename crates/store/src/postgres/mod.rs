@@ -15,10 +15,11 @@ pub mod migrate;
 pub mod passfile;
 pub mod rules;
 pub mod seats;
+pub mod tls;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use std::time::Duration;
-use tokio_postgres::NoTls;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// The migrations, in order: migration `i` takes the schema from version
 /// `i` to `i + 1`. Append only; never edit one that has shipped.
@@ -117,7 +118,8 @@ const MIGRATION_LOCK: i64 = 0x746f_6c6c_6761_7465; // "tollgate"
 pub enum PgError {
     /// The store URL does not parse.
     #[error(
-        "the store URL is not a PostgreSQL connection string: {source}; write postgres://USER@HOST:PORT/DB (a password belongs in a password file, not the URL)"
+        "the store URL is not a PostgreSQL connection string: {}; write postgres://USER@HOST:PORT/DB (a password belongs in a password file, not the URL)",
+        causes(source)
     )]
     Url {
         /// What the parser said.
@@ -125,14 +127,14 @@ pub enum PgError {
         source: tokio_postgres::Error,
     },
     /// No connection could be had from the pool.
-    #[error("cannot connect to the shared store: {source}")]
+    #[error("cannot connect to the shared store: {}", causes(source))]
     Connect {
         /// Why.
         #[source]
         source: deadpool_postgres::PoolError,
     },
     /// A statement failed.
-    #[error("the shared store failed to {action}: {source}")]
+    #[error("the shared store failed to {action}: {}", causes(source))]
     Query {
         /// What was being done.
         action: &'static str,
@@ -203,6 +205,9 @@ pub enum PgError {
         /// What does not match.
         reason: String,
     },
+    /// The store URL's TLS settings are unusable.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     /// The grants read could not be put in force.
     #[error(transparent)]
     License(#[from] tollgate_license::LicenseError),
@@ -220,6 +225,23 @@ pub enum PgError {
         "the shared store's license rules are unreadable: {0}; set them again with `tollgate license rules --store URL --config FILE`"
     )]
     RulesUnreadable(String),
+}
+
+/// `error` and what caused it, each cause not already said: the client
+/// library's errors say what failed ("db error", "error performing TLS
+/// handshake") and leave why to their causes.
+pub(crate) fn causes(error: &dyn std::error::Error) -> String {
+    let mut said = error.to_string();
+    let mut next = error.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !said.contains(&text) {
+            said.push_str(": ");
+            said.push_str(&text);
+        }
+        next = cause.source();
+    }
+    said
 }
 
 impl PgError {
@@ -247,7 +269,8 @@ pub fn check_url(url: &str) -> Result<(), String> {
             "{url:?} is not a PostgreSQL URL; write postgres://USER@HOST:PORT/DB"
         ));
     }
-    url.parse::<tokio_postgres::Config>()
+    let (rest, _) = tls::split_url(url, |_| None).map_err(|e| format!("{url:?}: {e}"))?;
+    rest.parse::<tokio_postgres::Config>()
         .map(drop)
         .map_err(|e| format!("{url:?} is not a PostgreSQL connection string: {e}"))
 }
@@ -258,6 +281,8 @@ pub struct PgStore {
     pool: Pool,
     /// How to open a connection of its own (to listen for notifications).
     config: std::sync::Arc<tokio_postgres::Config>,
+    /// The TLS connector its connections use (as `sslmode` says).
+    tls: MakeRustlsConnect,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -268,10 +293,16 @@ impl std::fmt::Debug for PgStore {
 
 impl PgStore {
     /// Connects to the database at `url` with up to `max_connections`
-    /// connections, and migrates its schema.
+    /// connections, and migrates its schema. TLS is set up from the URL's
+    /// `sslmode`, `sslrootcert`, `sslcert` and `sslkey` (else PostgreSQL's
+    /// `PGSSL…` environment variables), as [`tls`] says.
     pub async fn connect(url: &str, max_connections: usize) -> Result<Self, PgError> {
+        let (url, settings) = tls::split_url(url, |var| std::env::var(var).ok())?;
         let mut config: tokio_postgres::Config =
             url.parse().map_err(|source| PgError::Url { source })?;
+        config.ssl_mode(settings.client_mode());
+        let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
+        let tls = settings.connector(home.as_deref())?;
         if config.get_password().is_none()
             && let Some(password) = passfile::password_for(&config)
         {
@@ -282,7 +313,7 @@ impl PgStore {
         let listen_config = std::sync::Arc::new(config.clone());
         let manager = Manager::from_config(
             config,
-            NoTls,
+            tls.clone(),
             ManagerConfig {
                 // A connection whose request was abandoned (a timeout) is
                 // checked before it serves again.
@@ -298,6 +329,7 @@ impl PgStore {
         let store = Self {
             pool,
             config: listen_config,
+            tls,
         };
         store.migrate().await?;
         Ok(store)
@@ -308,7 +340,7 @@ impl PgStore {
     pub async fn listen(&self, channels: &[&str]) -> Result<Listener, PgError> {
         let (client, mut connection) = self
             .config
-            .connect(NoTls)
+            .connect(self.tls.clone())
             .await
             .map_err(PgError::query("connect to listen for notifications"))?;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();

@@ -1502,3 +1502,132 @@ mod migrate {
         assert!(store.trusted().await.expect("trusted").is_empty());
     }
 }
+
+/// TLS to the store, against a server with TLS on and plain TCP refused.
+mod tls_to_the_store {
+    use super::*;
+
+    /// Whether `store`'s connections use TLS, as the server sees them.
+    async fn over_tls(store: &PgStore) -> bool {
+        let client = store.client().await.expect("connection");
+        client
+            .query_one(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await
+            .expect("pg_stat_ssl")
+            .get(0)
+    }
+
+    /// A certificate authority named `name`.
+    fn authority(name: &str) -> (rcgen::Certificate, rcgen::Issuer<'static, rcgen::KeyPair>) {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.self_signed(&key).expect("ca");
+        (cert, rcgen::Issuer::new(params, key))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_sslmode_connects_checks_or_refuses_as_postgres_clients_do() {
+        let pg = TestPostgres::start();
+        let (ca, issuer) = authority("tollgate test root");
+        let (stranger, _) = authority("someone else's root");
+        // The server's certificate names "localhost" only, not 127.0.0.1.
+        let server_key = rcgen::KeyPair::generate().expect("key");
+        let server = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .expect("params")
+            .signed_by(&server_key, &issuer)
+            .expect("server certificate");
+        pg.enable_tls(&server.pem(), &server_key.serialize_pem(), true);
+        let dir = tempfile::tempdir().expect("dir");
+        let (root, other) = (dir.path().join("root.pem"), dir.path().join("other.pem"));
+        std::fs::write(&root, ca.pem()).expect("write");
+        std::fs::write(&other, stranger.pem()).expect("write");
+        let at = |host: &str, query: String| {
+            format!("postgres://postgres@{host}:{}/postgres?{query}", pg.port())
+        };
+
+        let full = at(
+            "localhost",
+            format!("sslmode=verify-full&sslrootcert={}", root.display()),
+        );
+        let store = PgStore::connect(&full, 2)
+            .await
+            .expect("verify-full by name");
+        assert!(over_tls(&store).await);
+
+        let wrong_name = at(
+            "127.0.0.1",
+            format!("sslmode=verify-full&sslrootcert={}", root.display()),
+        );
+        let e = PgStore::connect(&wrong_name, 2)
+            .await
+            .expect_err("the name differs");
+        assert!(e.to_string().contains("not valid for name"), "{e}");
+
+        let ca_only = at(
+            "127.0.0.1",
+            format!("sslmode=verify-ca&sslrootcert={}", root.display()),
+        );
+        let store = PgStore::connect(&ca_only, 2)
+            .await
+            .expect("verify-ca ignores the name");
+        assert!(over_tls(&store).await);
+
+        let strange = at(
+            "localhost",
+            format!("sslmode=verify-ca&sslrootcert={}", other.display()),
+        );
+        let e = PgStore::connect(&strange, 2)
+            .await
+            .expect_err("another root");
+        assert!(e.to_string().contains("UnknownIssuer"), "{e}");
+        let e = PgStore::connect(
+            &at(
+                "localhost",
+                format!("sslmode=require&sslrootcert={}", other.display()),
+            ),
+            2,
+        )
+        .await
+        .expect_err("require checks the chain when a root is given");
+        assert!(e.to_string().contains("UnknownIssuer"), "{e}");
+
+        let store = PgStore::connect(&at("127.0.0.1", "sslmode=require".into()), 2)
+            .await
+            .expect("require without roots");
+        assert!(over_tls(&store).await);
+        let store = PgStore::connect(&at("127.0.0.1", String::new()), 2)
+            .await
+            .expect("prefer, the default, takes TLS when offered");
+        assert!(over_tls(&store).await);
+
+        let e = PgStore::connect(&at("127.0.0.1", "sslmode=disable".into()), 2)
+            .await
+            .expect_err("the server refuses plain TCP");
+        assert!(
+            e.to_string().contains("no encryption") || e.to_string().contains("reject"),
+            "{e}"
+        );
+
+        // Notifications come over a connection of their own, with TLS too.
+        let store = PgStore::connect(&full, 2).await.expect("verify-full");
+        let mut heard = store.listen(&["tls_check"]).await.expect("listen over TLS");
+        store
+            .client()
+            .await
+            .expect("connection")
+            .batch_execute("NOTIFY tls_check, 'over tls'")
+            .await
+            .expect("notify");
+        let got = tokio::time::timeout(Duration::from_secs(5), heard.recv())
+            .await
+            .expect("heard in time");
+        assert_eq!(got, Some(("tls_check".to_string(), "over tls".to_string())));
+    }
+}
