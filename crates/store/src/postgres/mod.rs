@@ -105,6 +105,11 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE seat_batches
          ADD COLUMN in_use INTEGER NOT NULL DEFAULT 0,
          ADD COLUMN waiting INTEGER NOT NULL DEFAULT 0;",
+    // 4: the ledger's time index as a BRIN range index. Rows arrive in
+    // about time order, so a block range summary serves `usage` by time;
+    // the B-tree on (license, time) cost a third more per shipped row.
+    "DROP INDEX ledger_license;
+     CREATE INDEX ledger_time ON ledger USING brin (at_ms);",
 ];
 
 /// The schema version this build writes and understands.
