@@ -50,6 +50,8 @@ struct Shared {
     /// The most bytes the database may grow to (0: no cap), applied by the
     /// writer before its next commit.
     size_limit: AtomicU64,
+    /// The writer thread's kernel thread id (0: not known), for its CPU time.
+    writer_tid: AtomicU64,
 }
 
 impl Shared {
@@ -67,6 +69,9 @@ pub struct CommitStats {
     pub rows: u64,
     /// The sequence number of the last row committed (0: none).
     pub last_seq: u64,
+    /// CPU time the writer thread has used so far (hashing, SQLite, the
+    /// commits' system calls), where the system reports it (Linux).
+    pub writer_cpu: Option<std::time::Duration>,
 }
 
 /// A usage ledger in an SQLite database, written by a background thread.
@@ -160,6 +165,7 @@ impl SqliteLedger {
             commits: AtomicU64::new(0),
             rows: AtomicU64::new(0),
             size_limit: AtomicU64::new(0),
+            writer_tid: AtomicU64::new(0),
         });
         let writer_shared = shared.clone();
         let writer = std::thread::Builder::new()
@@ -190,8 +196,38 @@ impl SqliteLedger {
             commits: self.shared.commits.load(Ordering::Relaxed),
             rows: self.shared.rows.load(Ordering::Relaxed),
             last_seq: self.shared.lock().committed_seq,
+            writer_cpu: match self.shared.writer_tid.load(Ordering::Acquire) {
+                0 => None,
+                tid => thread_cpu(tid),
+            },
         }
     }
+}
+
+/// This thread's kernel thread id, where `/proc` tells it.
+fn own_tid() -> Option<u64> {
+    let link = std::fs::read_link("/proc/thread-self").ok()?;
+    link.file_name()?.to_str()?.parse().ok()
+}
+
+/// CPU time used so far by thread `tid` of this process: the kernel's
+/// scheduler statistics (nanoseconds), else its tick counts.
+fn thread_cpu(tid: u64) -> Option<std::time::Duration> {
+    let dir = format!("/proc/self/task/{tid}");
+    if let Ok(text) = std::fs::read_to_string(format!("{dir}/schedstat"))
+        && let Some(ns) = text.split_whitespace().next().and_then(|f| f.parse().ok())
+    {
+        return Some(std::time::Duration::from_nanos(ns));
+    }
+    // stat: fields 14 and 15 (user and system time, in ticks of 1/100 s
+    // on every Linux configuration tollgate runs on), after the
+    // parenthesized name.
+    let stat = std::fs::read_to_string(format!("{dir}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    Some(std::time::Duration::from_millis((user + system) * 10))
 }
 
 /// Sets SQLite's page cap for `max_bytes` (0: the largest it allows).
@@ -206,6 +242,9 @@ fn apply_size_limit(conn: &Connection, max_bytes: u64) -> rusqlite::Result<()> {
 }
 
 fn write_loop(mut conn: Connection, mut head: [u8; 32], shared: &Shared) {
+    shared
+        .writer_tid
+        .store(own_tid().unwrap_or(0), Ordering::Release);
     let mut retry = RETRY_FIRST;
     let mut applied_limit = 0;
     loop {

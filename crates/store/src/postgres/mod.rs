@@ -115,6 +115,18 @@ const MIGRATIONS: &[&str] = &[
 /// The schema version this build writes and understands.
 pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
 
+/// How long the server lets one of our sessions sit idle inside a
+/// transaction before it ends the session (and its locks with it): ours
+/// never pause there for more than a round trip.
+pub const SESSION_IDLE_IN_TRANSACTION: Duration = Duration::from_secs(5);
+
+/// How long one of our statements waits for a lock before it fails.
+pub const LOCK_WAIT: Duration = Duration::from_secs(10);
+
+/// How long the server keeps sending to one of our sessions that
+/// acknowledges nothing before it ends the session.
+pub const UNACKNOWLEDGED: Duration = Duration::from_secs(20);
+
 /// Key of the advisory lock held while migrating.
 const MIGRATION_LOCK: i64 = 0x746f_6c6c_6761_7465; // "tollgate"
 
@@ -315,6 +327,25 @@ impl PgStore {
         }
         config.connect_timeout(Duration::from_secs(5));
         config.application_name("tollgate");
+        // A host cut off in the middle of a transaction must not keep the
+        // rows it locked (a grant's row, while leasing) from every other
+        // host until TCP gives up on it, which takes minutes: the server
+        // ends such a session after SESSION_IDLE_IN_TRANSACTION, and a
+        // statement waits for a lock at most LOCK_WAIT (the caller tries
+        // again). Options the URL gives come first; these are added.
+        // The same for a session whose sent data the host never acknowledges
+        // (tcp_user_timeout; TCP connections only).
+        let ours = format!(
+            "-c idle_in_transaction_session_timeout={} -c lock_timeout={} -c tcp_user_timeout={}",
+            SESSION_IDLE_IN_TRANSACTION.as_millis(),
+            LOCK_WAIT.as_millis(),
+            UNACKNOWLEDGED.as_millis()
+        );
+        let options = match config.get_options() {
+            Some(given) if !given.trim().is_empty() => format!("{given} {ours}"),
+            _ => ours,
+        };
+        config.options(options);
         let listen_config = std::sync::Arc::new(config.clone());
         let manager = Manager::from_config(
             config,

@@ -120,6 +120,46 @@ async fn migrations_run_once_and_a_newer_schema_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_gone_silent_inside_a_lease_loses_its_lock_and_the_others_lease_again() {
+    let pg = TestPostgres::start();
+    let silent_host = store(&pg).await;
+    let grant = install(&silent_host, "demo", Seats::Counted(5)).await;
+    // A host locks the grant's row, as a lease does, and then neither
+    // commits nor closes: its link to the database was cut.
+    let silent = silent_host.client().await.expect("connection");
+    silent.batch_execute("BEGIN").await.expect("begin");
+    silent
+        .execute(
+            "SELECT seats FROM grants WHERE grant_id = $1 FOR UPDATE",
+            &[&grant],
+        )
+        .await
+        .expect("lock the grant");
+    let other = store(&pg).await;
+    let started = std::time::Instant::now();
+    let batch = tokio::time::timeout(
+        Duration::from_secs(30),
+        other.lease_batch(&grant, "h2", 5, LONG),
+    )
+    .await
+    .expect("the silent session's lock is not held for ever")
+    .expect("the other host leases once the silent session is ended");
+    let waited = started.elapsed();
+    assert_eq!(batch.seats, 5);
+    assert!(
+        waited >= SESSION_IDLE_IN_TRANSACTION - Duration::from_millis(500)
+            && waited < SESSION_IDLE_IN_TRANSACTION + Duration::from_secs(3),
+        "the lock was held {waited:?}, not about {SESSION_IDLE_IN_TRANSACTION:?}"
+    );
+    // The server ended the silent session: its transaction is gone.
+    silent
+        .batch_execute("COMMIT")
+        .await
+        .expect_err("the session was ended");
+    assert!(silent.is_closed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_url_or_unknown_grant_is_named() {
     let bad = PgStore::connect("postgres://host:notaport/db", 1)
         .await
@@ -974,7 +1014,10 @@ mod shipping {
             if n == 0 {
                 break;
             }
-            assert!(n <= crate::postgres::ledger::BATCH, "one batch per transaction");
+            assert!(
+                n <= crate::postgres::ledger::BATCH,
+                "one batch per transaction"
+            );
             shipped += n;
         }
         assert_eq!(shipped, 2_500);
