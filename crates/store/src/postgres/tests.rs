@@ -1595,70 +1595,54 @@ mod tls_to_the_store {
             format!("postgres://postgres@{host}:{}/postgres?{query}", pg.port())
         };
 
-        let full = at(
-            "localhost",
-            format!("sslmode=verify-full&sslrootcert={}", root.display()),
-        );
-        let store = PgStore::connect(&full, 2)
-            .await
-            .expect("verify-full by name");
-        assert!(over_tls(&store).await);
-
-        let wrong_name = at(
-            "127.0.0.1",
-            format!("sslmode=verify-full&sslrootcert={}", root.display()),
-        );
-        let e = PgStore::connect(&wrong_name, 2)
-            .await
-            .expect_err("the name differs");
-        assert!(e.to_string().contains("not valid for name"), "{e}");
-
-        let ca_only = at(
-            "127.0.0.1",
-            format!("sslmode=verify-ca&sslrootcert={}", root.display()),
-        );
-        let store = PgStore::connect(&ca_only, 2)
-            .await
-            .expect("verify-ca ignores the name");
-        assert!(over_tls(&store).await);
-
-        let strange = at(
-            "localhost",
-            format!("sslmode=verify-ca&sslrootcert={}", other.display()),
-        );
-        let e = PgStore::connect(&strange, 2)
-            .await
-            .expect_err("another root");
-        assert!(e.to_string().contains("UnknownIssuer"), "{e}");
-        let e = PgStore::connect(
-            &at(
-                "localhost",
-                format!("sslmode=require&sslrootcert={}", other.display()),
+        let rooted = |mode: &str, root: &std::path::Path| {
+            format!("sslmode={mode}&sslrootcert={}", root.display())
+        };
+        // Host, TLS parameters, and what must happen: `None` connects over
+        // TLS, `Some(text)` is refused with `text` in the error.
+        let cases = [
+            ("localhost", rooted("verify-full", &root), None),
+            (
+                "127.0.0.1",
+                rooted("verify-full", &root),
+                Some("not valid for name"),
             ),
-            2,
-        )
-        .await
-        .expect_err("require checks the chain when a root is given");
-        assert!(e.to_string().contains("UnknownIssuer"), "{e}");
-
-        let store = PgStore::connect(&at("127.0.0.1", "sslmode=require".into()), 2)
-            .await
-            .expect("require without roots");
-        assert!(over_tls(&store).await);
-        let store = PgStore::connect(&at("127.0.0.1", String::new()), 2)
-            .await
-            .expect("prefer, the default, takes TLS when offered");
-        assert!(over_tls(&store).await);
-
-        let e = PgStore::connect(&at("127.0.0.1", "sslmode=disable".into()), 2)
-            .await
-            .expect_err("the server refuses plain TCP");
-        assert!(
-            e.to_string().contains("no encryption") || e.to_string().contains("reject"),
-            "{e}"
-        );
+            ("127.0.0.1", rooted("verify-ca", &root), None),
+            (
+                "localhost",
+                rooted("verify-ca", &other),
+                Some("UnknownIssuer"),
+            ),
+            // require checks the chain when a root is given, as libpq does
+            (
+                "localhost",
+                rooted("require", &other),
+                Some("UnknownIssuer"),
+            ),
+            ("127.0.0.1", "sslmode=require".to_string(), None),
+            // prefer, the default, takes TLS when the server offers it
+            ("127.0.0.1", String::new(), None),
+            // the server refuses plain TCP
+            (
+                "127.0.0.1",
+                "sslmode=disable".to_string(),
+                Some("rejects connection"),
+            ),
+        ];
+        for (host, query, refused) in cases {
+            let url = at(host, query);
+            match (PgStore::connect(&url, 2).await, refused) {
+                (Ok(store), None) => assert!(over_tls(&store).await, "{url}: not over TLS"),
+                (Err(e), Some(text)) => assert!(e.to_string().contains(text), "{url}: {e}"),
+                (Ok(_), Some(text)) => {
+                    panic!("{url} connected; expected a refusal naming {text:?}")
+                }
+                (Err(e), None) => panic!("{url}: {e}"),
+            }
+        }
 
         // Notifications come over a connection of their own, with TLS too.
+        let full = at("localhost", rooted("verify-full", &root));
         let store = PgStore::connect(&full, 2).await.expect("verify-full");
         let mut heard = store.listen(&["tls_check"]).await.expect("listen over TLS");
         store
