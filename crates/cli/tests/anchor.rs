@@ -100,6 +100,87 @@ fn recompute_chain(conn: &Connection) {
 }
 
 #[test]
+fn verify_since_a_checkpoint_reads_only_the_rows_added_after_it() {
+    let scratch = prepare("anchor-since", "2");
+    let root = scratch.path();
+    let cp = root.join("cp").to_string_lossy().into_owned();
+    record_calls(root, 1, 10);
+    let made = tg(root, &["audit", "checkpoint", "--out", &cp]);
+    assert!(made.status.success(), "{}", text(&made));
+    record_calls(root, 11, 5);
+    let since = |json: bool| {
+        let mut args = vec!["audit", "verify", "--checkpoint", &cp, "--since-checkpoint"];
+        if json {
+            args.push("--json");
+        }
+        tg(root, &args)
+    };
+
+    let out = since(true);
+    assert!(out.status.success(), "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        (&report["rows"], &report["after"], &report["head_seq"]),
+        (&Value::from(10), &Value::from(20), &Value::from(30)),
+        "only rows 21..30 are read: {report}"
+    );
+    assert_eq!(report["checkpoint"]["problems"], Value::Array(vec![]));
+    let out = since(false);
+    assert!(
+        text(&out)
+            .contains("ledger verified after checkpoint row 20: 10 rows, chain head at row 30"),
+        "{}",
+        text(&out)
+    );
+
+    // A row after the checkpoint edited: named.
+    db(root)
+        .execute("UPDATE ledger SET plugin = 'other' WHERE seq = 25", [])
+        .expect("tamper");
+    let out = since(false);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    assert!(
+        text(&out).contains("row 25 does not match its hash"),
+        "{}",
+        text(&out)
+    );
+    db(root)
+        .execute("UPDATE ledger SET plugin = 'hello' WHERE seq = 25", [])
+        .expect("restore");
+
+    // A row before it edited: not read again, so only the full check sees it.
+    db(root)
+        .execute("UPDATE ledger SET plugin = 'other' WHERE seq = 5", [])
+        .expect("tamper");
+    let out = since(false);
+    assert!(out.status.success(), "{}", text(&out));
+    let full = tg(root, &["audit", "verify", "--checkpoint", &cp]);
+    assert_eq!(full.status.code(), Some(5), "{}", text(&full));
+    assert!(
+        text(&full).contains("row 5 does not match its hash"),
+        "{}",
+        text(&full)
+    );
+
+    // The row the checkpoint vouches for edited: the checkpoint fails, and
+    // every row is checked.
+    db(root)
+        .execute("UPDATE ledger SET hash = zeroblob(32) WHERE seq = 20", [])
+        .expect("tamper");
+    let out = since(true);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        (&report["rows"], &report["after"]),
+        (&Value::from(30), &Value::from(0))
+    );
+
+    let alone = tg(root, &["audit", "verify", "--since-checkpoint"]);
+    assert_eq!(alone.status.code(), Some(2), "{}", text(&alone));
+    assert!(text(&alone).contains("--checkpoint"), "{}", text(&alone));
+}
+
+#[test]
 fn checkpoints_catch_a_cut_tail_and_a_recomputed_chain() {
     let scratch = prepare("anchor-cp", "2");
     let root = scratch.path();
