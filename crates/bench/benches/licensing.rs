@@ -639,6 +639,112 @@ fn rss_bytes() -> u64 {
         .expect("case H reads resident memory, which this system does not report")
 }
 
+/// Case S: what a large ledger costs the operations that must stay quick.
+/// A state directory is filled with `TOLLGATE_BENCH_S_ROWS` ledger rows
+/// (default 10,000,000: checkout, release and return of one seat per
+/// call), written by the ledger writer every host uses; then start-up
+/// (`Host::builder().state(..).build()`), `status`, and `audit verify`
+/// in full and `--since-checkpoint` over the last 1,000 rows are timed.
+fn case_s() {
+    let rows: u64 = std::env::var("TOLLGATE_BENCH_S_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000_000);
+    let dir = tempfile::Builder::new()
+        .prefix("tollgate-bench-s-")
+        .tempdir()
+        .expect("scratch dir");
+    let state_dir = dir.path().join("state");
+    drop(durable_host_with(&state_dir, Seats::Unlimited));
+    let filling = Instant::now();
+    {
+        use tollgate::license::ReclaimReason;
+        use tollgate::license::ledger::{EventKind, Ledger, UsageEvent};
+        let ledger =
+            tollgate::store::SqliteLedger::open(&state_dir.join("tollgate.db")).expect("ledger");
+        let (license, plugin, digest): (
+            std::sync::Arc<str>,
+            std::sync::Arc<str>,
+            std::sync::Arc<str>,
+        ) = (LICENSE.into(), "licensed".into(), "d".repeat(64).into());
+        let start_ms = SystemClock.now_secs().saturating_sub(86_400) * 1000;
+        for call in 1..=rows / 3 {
+            for kind in [
+                EventKind::Checkout,
+                EventKind::Release,
+                EventKind::Return(ReclaimReason::InvocationEnded),
+            ] {
+                ledger.record(UsageEvent {
+                    lease_id: (kind != EventKind::Return(ReclaimReason::InvocationEnded))
+                        .then_some(call),
+                    seat_id: Some(call),
+                    grant_id: Some("bench-grant".into()),
+                    ..UsageEvent::new(
+                        kind,
+                        start_ms + call / 100,
+                        license.clone(),
+                        plugin.clone(),
+                        digest.clone(),
+                        call,
+                    )
+                });
+            }
+            if call % 30_000 == 0 {
+                ledger.sync().expect("rows committed");
+            }
+        }
+        ledger.sync().expect("rows committed");
+    }
+    let filled = filling.elapsed();
+    let time = |f: &mut dyn FnMut()| {
+        let t = Instant::now();
+        f();
+        t.elapsed().as_secs_f64()
+    };
+    let mut host = None;
+    let start = time(&mut || host = Some(Host::builder().state(&state_dir).build().expect("host")));
+    let host = host.expect("host started");
+    let written = host.ledger_stats().map_or(0, |s| s.last_seq);
+    let status = time(&mut || drop(host.status()));
+    drop(host);
+    let state = State::open(&state_dir).expect("state");
+    let mut full_rows = 0;
+    let full = time(&mut || full_rows = state.audit().expect("audit").rows);
+    let after = written.saturating_sub(1_000);
+    let hash = state.chain_hash_at(after).expect("hash");
+    let mut since_rows = 0;
+    let since = time(&mut || since_rows = state.audit_after(after, hash).expect("audit").rows);
+    let verdict = |secs: f64| if secs < 1.0 { "met" } else { "missed" };
+    let what = format!(
+        "{written} ledger rows (filled in {:.0} s)",
+        filled.as_secs_f64()
+    );
+    row(
+        "S",
+        &format!("start-up of a host on {what} (s)"),
+        format!("{start:.2}"),
+        "-".into(),
+        verdict(start).into(),
+        "< 1 s",
+    );
+    row(
+        "S",
+        &format!("status of that host (s)"),
+        format!("{status:.3}"),
+        "-".into(),
+        verdict(status).into(),
+        "< 1 s",
+    );
+    row(
+        "S",
+        "audit verify --since-checkpoint (last 1,000 rows) vs in full (s)",
+        format!("{since:.3} ({since_rows} rows)"),
+        format!("{full:.2} ({full_rows} rows)"),
+        format!("{:.4}", since / full),
+        "only what came after",
+    );
+}
+
 fn case_h() {
     let host = Host::builder()
         .license(LICENSE, Terms::new(Seats::Unlimited))
@@ -903,7 +1009,7 @@ fn main() {
     say("| case | what | licensed | baseline | ratio | target |");
     say("|---|---|---|---|---|---|");
     let wanted = |case: &str| only.is_empty() || only.iter().any(|o| o.eq_ignore_ascii_case(case));
-    let cases: [(&str, &Case); 10] = [
+    let cases: [(&str, &Case); 11] = [
         ("A", &case_a),
         ("B", &case_b),
         ("B0", &case_b0),
@@ -914,6 +1020,7 @@ fn main() {
         ("G", &case_g),
         ("H", &|_: &Plan| case_h()),
         ("I", &shared::case_i),
+        ("S", &|_: &Plan| case_s()),
     ];
     for (name, case) in cases {
         if wanted(name) {
