@@ -121,6 +121,8 @@ struct Plan {
     calls: u32,
     window: Duration,
     pairs: u32,
+    /// Ledger rows of case S (`TOLLGATE_BENCH_S_ROWS` overrides).
+    ledger_rows: u64,
 }
 
 fn host(allocator: Allocator) -> Host {
@@ -641,15 +643,15 @@ fn rss_bytes() -> u64 {
 
 /// Case S: what a large ledger costs the operations that must stay quick.
 /// A state directory is filled with `TOLLGATE_BENCH_S_ROWS` ledger rows
-/// (default 10,000,000: checkout, release and return of one seat per
+/// (default 10,000,000, 30,000 with `--quick`: checkout, release and return of one seat per
 /// call), written by the ledger writer every host uses; then start-up
 /// (`Host::builder().state(..).build()`), `status`, and `audit verify`
 /// in full and `--since-checkpoint` over the last 1,000 rows are timed.
-fn case_s() {
+fn case_s(plan: &Plan) {
     let rows: u64 = std::env::var("TOLLGATE_BENCH_S_ROWS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000_000);
+        .unwrap_or(plan.ledger_rows);
     let dir = tempfile::Builder::new()
         .prefix("tollgate-bench-s-")
         .tempdir()
@@ -995,6 +997,7 @@ fn main() {
             calls: 200,
             window: Duration::from_millis(300),
             pairs: 20_000,
+            ledger_rows: 30_000,
         }
     } else {
         Plan {
@@ -1002,6 +1005,7 @@ fn main() {
             calls: 2_000,
             window: Duration::from_millis(1_500),
             pairs: 200_000,
+            ledger_rows: 10_000_000,
         }
     };
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
@@ -1059,7 +1063,7 @@ fn main() {
         ("G", &case_g),
         ("H", &|_: &Plan| case_h()),
         ("I", &shared::case_i),
-        ("S", &|_: &Plan| case_s()),
+        ("S", &case_s),
     ];
     for (name, case) in cases {
         if wanted(name) {
