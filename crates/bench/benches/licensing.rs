@@ -770,7 +770,7 @@ fn case_s(plan: &Plan) {
     );
     row(
         "S",
-        &format!("status of that host (s)"),
+        "status of that host (s)",
         format!("{status:.3}"),
         "-".into(),
         verdict(status).into(),
