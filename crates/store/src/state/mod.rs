@@ -6,6 +6,7 @@ mod ids;
 
 mod reports;
 mod scopes;
+mod sums;
 
 #[cfg(feature = "postgres")]
 pub(crate) use anchor::stored_grant_problem;
@@ -23,7 +24,6 @@ pub use scopes::{
 #[cfg(feature = "postgres")]
 pub(crate) use scopes::{Scopes, clean as clean_scope, scope_to_store};
 
-use crate::chain::kind_from_names;
 use crate::ledger::connect;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use std::collections::{BTreeMap, BTreeSet};
@@ -315,6 +315,8 @@ impl State {
             return Err(StateError::NewerSchema { path: db, found });
         }
         conn.execute_batch(SCHEMA).map_err(|e| db_error(&db, e))?;
+        conn.execute_batch(sums::SCHEMA)
+            .map_err(|e| db_error(&db, e))?;
         upgrade(&conn).map_err(|e| db_error(&db, e))?;
         scopes::upgrade(&conn).map_err(|e| db_error(&db, e))?;
         conn.execute_batch("CREATE INDEX IF NOT EXISTS ledger_seat ON ledger(seat_id)")
@@ -705,42 +707,6 @@ impl State {
                 tracing::warn!(license = %p.license_id, "{}", p.decide);
             }
         }
-    }
-
-    /// Counters per license id (and per plugin) computed from the ledger
-    /// alone. Rows of format 1 (before seats lingered with their call) end
-    /// the seat with the lease: their release or reclaim counts as a return.
-    pub fn ledger_counters(&self) -> Result<LedgerCounters, StateError> {
-        let mut out = LedgerCounters::new();
-        let rows: Vec<(String, String, String, Option<String>, i64, u64)> = self.query(
-            "SELECT license_id, plugin, kind, reason, format, sum(count) FROM ledger GROUP BY 1, 2, 3, 4, 5",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
-        )?;
-        for (license, plugin, kind, reason, format, n) in rows {
-            let Some(kind) = kind_from_names(&kind, reason.as_deref()) else {
-                continue;
-            };
-            let entry = out.entry(license).or_default();
-            add(&mut entry.0, kind, format, n);
-            add(entry.1.entry(plugin).or_default(), kind, format, n);
-        }
-        let peaks = format!(
-            "SELECT license_id, plugin, max(run_l), max(run_p) FROM (
-               SELECT license_id, plugin,
-                 {SEAT_MOVE} OVER (PARTITION BY license_id ORDER BY seq ROWS UNBOUNDED PRECEDING) AS run_l,
-                 {SEAT_MOVE} OVER (PARTITION BY license_id, plugin ORDER BY seq ROWS UNBOUNDED PRECEDING) AS run_p
-               FROM ledger) GROUP BY license_id, plugin"
-        );
-        let rows: Vec<(String, String, i64, i64)> = self.query(&peaks, [], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-        })?;
-        for (license, plugin, peak_l, peak_p) in rows {
-            let entry = out.entry(license).or_default();
-            entry.0.peak = entry.0.peak.max(clamp(peak_l));
-            entry.1.entry(plugin).or_default().peak = clamp(peak_p);
-        }
-        Ok(out)
     }
 
     /// Seats taken and never returned, with the lease still open on each.

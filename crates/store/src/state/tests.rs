@@ -232,6 +232,86 @@ fn ledger_commits_chain_and_counts() {
     assert!(none.is_empty());
 }
 
+/// One row of plugin `plugin` of license "a" (seat = lease = `seat`).
+fn row_of(plugin: &str, n: u64, kind: EventKind, seat: Option<u64>) -> UsageEvent {
+    UsageEvent {
+        plugin: plugin.into(),
+        ..event(n, kind, seat)
+    }
+}
+
+#[test]
+fn counters_kept_across_starts_match_the_ledger_counted_from_scratch() {
+    let temp = temp_dir("sums");
+    let state = State::open(temp.path()).expect("opens");
+    let ledger = SqliteLedger::open(state.db_path()).expect("ledger");
+    let ended = EventKind::Return(ReclaimReason::InvocationEnded);
+    // Before the first mark: p holds seats 1 and 2, q seat 3.
+    for (n, plugin, seat) in [(1, "p", 1), (2, "p", 2), (3, "q", 3)] {
+        ledger.record(row_of(plugin, n, EventKind::Checkout, Some(seat)));
+    }
+    ledger.sync().expect("durable");
+    let first = state.ledger_counters().expect("counters");
+    assert_eq!((first["a"].0.in_use, first["a"].0.peak), (3, 3));
+    // After it: seat 1 back, then p takes 4 and 5 (license in use 4, p 3),
+    // then everything back, a denial and a withheld call.
+    ledger.record(row_of("p", 4, ended, Some(1)));
+    ledger.record(row_of("p", 5, EventKind::Checkout, Some(4)));
+    ledger.record(row_of("p", 6, EventKind::Checkout, Some(5)));
+    for (n, plugin, seat) in [(7, "p", 2), (8, "q", 3), (9, "p", 4), (10, "p", 5)] {
+        ledger.record(row_of(plugin, n, ended, Some(seat)));
+    }
+    ledger.record(row_of("q", 11, EventKind::Denial(Denial::Exhausted), None));
+    ledger.record(row_of("q", 12, EventKind::Withheld, None));
+    ledger.sync().expect("durable");
+    let kept = state.ledger_counters().expect("counters");
+    let (c, per_plugin) = &kept["a"];
+    assert_eq!(
+        (c.checkouts, c.in_use, c.peak, c.returns.total()),
+        (5, 0, 4, 5)
+    );
+    assert_eq!((per_plugin["p"].peak, per_plugin["q"].peak), (3, 1));
+    assert_eq!(
+        (
+            per_plugin["q"].withheld,
+            per_plugin["q"].denials.get(Denial::Exhausted)
+        ),
+        (1, 1)
+    );
+    // No new rows: the same counters, read from the kept sums alone.
+    assert_eq!(state.ledger_counters().expect("counters"), kept);
+    // Counted again from the first row: the same.
+    state
+        .conn()
+        .execute("DELETE FROM ledger_sums_mark", [])
+        .expect("drop the mark");
+    assert_eq!(state.ledger_counters().expect("counters"), kept);
+    assert!(state.audit().expect("audit").ok());
+
+    // Sums edited behind tollgate's back: the audit names them.
+    let report = tamper(
+        &state,
+        "UPDATE ledger_sums SET n = n + 1 WHERE kind = 'checkout'",
+    );
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.contains("stored usage sums up to row 12")),
+        "{:?}",
+        report.problems
+    );
+    let report = tamper(&state, "UPDATE ledger_runs SET peak = 9");
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.contains("stored seat peaks up to row 12")),
+        "{:?}",
+        report.problems
+    );
+}
+
 #[test]
 fn a_call_waits_only_for_its_own_rows() {
     let temp = temp_dir("own-rows");

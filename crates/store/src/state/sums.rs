@@ -1,0 +1,224 @@
+//! The ledger's sums kept up to a row, so that start-up reads only the rows
+//! after it: per (license, plugin, kind, reason, format) the sum of the
+//! rows' counts, and per license and per (license, plugin) the seats in use
+//! at that row and the most held at once up to it. Each start adds the rows
+//! written since and moves the mark; a full audit checks the stored sums
+//! against the ledger.
+
+use super::{SEAT_MOVE, State, StateError, add, clamp};
+use crate::chain::kind_from_names;
+use rusqlite::{OptionalExtension, Transaction, params};
+use std::collections::BTreeMap;
+use tollgate_license::store::LedgerCounters;
+
+/// The tables (created with the schema).
+pub(super) const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS ledger_sums (
+    license_id TEXT NOT NULL, plugin TEXT NOT NULL, kind TEXT NOT NULL,
+    reason TEXT NOT NULL, format INTEGER NOT NULL, n INTEGER NOT NULL,
+    PRIMARY KEY (license_id, plugin, kind, reason, format));
+CREATE TABLE IF NOT EXISTS ledger_runs (
+    license_id TEXT NOT NULL, plugin TEXT NOT NULL, peak INTEGER NOT NULL, run INTEGER NOT NULL,
+    PRIMARY KEY (license_id, plugin));
+CREATE TABLE IF NOT EXISTS ledger_sums_mark (id INTEGER PRIMARY KEY CHECK (id = 1), upto INTEGER NOT NULL);
+";
+
+/// The `plugin` of a license's own row in `ledger_runs` (plugin names are
+/// never empty).
+const WHOLE_LICENSE: &str = "";
+
+/// Sums of rows, keyed (license, plugin, kind, reason or "", format).
+type Sums = BTreeMap<(String, String, String, String, i64), i64>;
+/// Seat runs, keyed (license, plugin or [`WHOLE_LICENSE`]): (peak, run).
+type Runs = BTreeMap<(String, String), (i64, i64)>;
+
+/// The sums and runs of rows `after < seq <= upto`, starting from `runs`.
+fn fold(
+    tx: &Transaction<'_>,
+    after: u64,
+    upto: u64,
+    sums: &mut Sums,
+    runs: &mut Runs,
+) -> rusqlite::Result<()> {
+    let mut stmt = tx.prepare(
+        "SELECT license_id, plugin, kind, coalesce(reason, ''), format, sum(count) FROM ledger
+         WHERE seq > ?1 AND seq <= ?2 GROUP BY 1, 2, 3, 4, 5",
+    )?;
+    let rows = stmt.query_map(params![after, upto], |r| {
+        Ok((
+            (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?),
+            r.get::<_, i64>(5)?,
+        ))
+    })?;
+    for row in rows {
+        let (key, n) = row?;
+        *sums.entry(key).or_default() += n;
+    }
+    // Per license, then per plugin: the highest running sum of seat moves
+    // over the new rows, and their total.
+    for (partition, by_plugin) in [("license_id", false), ("license_id, plugin", true)] {
+        let sql = format!(
+            "SELECT license_id, plugin, max(run), sum(CASE WHEN last THEN run ELSE 0 END) FROM (
+               SELECT license_id, plugin,
+                 {SEAT_MOVE} OVER (PARTITION BY {partition} ORDER BY seq ROWS UNBOUNDED PRECEDING) AS run,
+                 row_number() OVER (PARTITION BY {partition} ORDER BY seq DESC) = 1 AS last
+               FROM ledger WHERE seq > ?1 AND seq <= ?2)
+             GROUP BY license_id{}",
+            if by_plugin { ", plugin" } else { "" }
+        );
+        let mut stmt = tx.prepare(&sql)?;
+        let rows = stmt.query_map(params![after, upto], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })?;
+        for row in rows {
+            let (license, plugin, highest, total) = row?;
+            let key = (
+                license,
+                if by_plugin {
+                    plugin
+                } else {
+                    WHOLE_LICENSE.to_string()
+                },
+            );
+            let (peak, run) = runs.entry(key).or_default();
+            *peak = (*peak).max(*run + highest);
+            *run += total;
+        }
+    }
+    Ok(())
+}
+
+/// The stored sums and runs, and the row they go up to (none without a
+/// mark).
+fn stored(tx: &Transaction<'_>) -> rusqlite::Result<(u64, Sums, Runs)> {
+    let Some(upto) = tx
+        .query_row("SELECT upto FROM ledger_sums_mark WHERE id = 1", [], |r| {
+            r.get::<_, u64>(0)
+        })
+        .optional()?
+    else {
+        // No mark: whatever the tables hold counts for nothing.
+        return Ok((0, Sums::new(), Runs::new()));
+    };
+    let mut sums = Sums::new();
+    let mut stmt =
+        tx.prepare("SELECT license_id, plugin, kind, reason, format, n FROM ledger_sums")?;
+    for row in stmt.query_map([], |r| {
+        Ok((
+            (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?),
+            r.get::<_, i64>(5)?,
+        ))
+    })? {
+        let (key, n) = row?;
+        sums.insert(key, n);
+    }
+    let mut runs = Runs::new();
+    let mut stmt = tx.prepare("SELECT license_id, plugin, peak, run FROM ledger_runs")?;
+    for row in stmt.query_map([], |r| {
+        Ok((
+            (r.get(0)?, r.get(1)?),
+            (r.get::<_, i64>(2)?, r.get::<_, i64>(3)?),
+        ))
+    })? {
+        let (key, value) = row?;
+        runs.insert(key, value);
+    }
+    Ok((upto, sums, runs))
+}
+
+/// Replaces the stored sums and runs with these, up to row `upto`.
+fn store(tx: &Transaction<'_>, upto: u64, sums: &Sums, runs: &Runs) -> rusqlite::Result<()> {
+    tx.execute_batch("DELETE FROM ledger_sums; DELETE FROM ledger_runs;")?;
+    let mut put = tx.prepare(
+        "INSERT INTO ledger_sums (license_id, plugin, kind, reason, format, n) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    for ((license, plugin, kind, reason, format), n) in sums {
+        put.execute(params![license, plugin, kind, reason, format, n])?;
+    }
+    let mut put = tx.prepare(
+        "INSERT INTO ledger_runs (license_id, plugin, peak, run) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    for ((license, plugin), (peak, run)) in runs {
+        put.execute(params![license, plugin, peak, run])?;
+    }
+    tx.execute(
+        "INSERT INTO ledger_sums_mark (id, upto) VALUES (1, ?1)
+         ON CONFLICT(id) DO UPDATE SET upto = excluded.upto",
+        [upto],
+    )?;
+    Ok(())
+}
+
+/// The counters that `sums` and `runs` give.
+fn counters(sums: &Sums, runs: &Runs) -> LedgerCounters {
+    let mut out = LedgerCounters::new();
+    for ((license, plugin, kind, reason, format), n) in sums {
+        let reason = (!reason.is_empty()).then_some(reason.as_str());
+        let Some(kind) = kind_from_names(kind, reason) else {
+            continue;
+        };
+        let n = u64::try_from(*n).unwrap_or(0);
+        let entry = out.entry(license.clone()).or_default();
+        add(&mut entry.0, kind, *format, n);
+        add(entry.1.entry(plugin.clone()).or_default(), kind, *format, n);
+    }
+    for ((license, plugin), (peak, _)) in runs {
+        let entry = out.entry(license.clone()).or_default();
+        if plugin == WHOLE_LICENSE {
+            entry.0.peak = entry.0.peak.max(clamp(*peak));
+        } else {
+            entry.1.entry(plugin.clone()).or_default().peak = clamp(*peak);
+        }
+    }
+    out
+}
+
+impl State {
+    /// Counters per license id (and per plugin) computed from the ledger
+    /// alone: the stored sums up to their mark, plus the rows written since,
+    /// which move the mark. Rows of format 1 (before seats lingered with
+    /// their call) end the seat with the lease: their release or reclaim
+    /// counts as a return.
+    pub fn ledger_counters(&self) -> Result<LedgerCounters, StateError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        let (after, mut sums, mut runs) = stored(&tx).map_err(|e| self.err(e))?;
+        let upto: u64 = tx
+            .query_row("SELECT coalesce(max(seq), 0) FROM ledger", [], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        if upto > after {
+            fold(&tx, after, upto, &mut sums, &mut runs).map_err(|e| self.err(e))?;
+            store(&tx, upto, &sums, &runs).map_err(|e| self.err(e))?;
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(counters(&sums, &runs))
+    }
+
+    /// What differs between the stored sums and the ledger's rows up to the
+    /// sums' mark, each as a problem for the audit (empty: they agree).
+    pub(crate) fn check_sums(&self) -> Result<Vec<String>, StateError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        let (upto, sums, runs) = stored(&tx).map_err(|e| self.err(e))?;
+        let (mut found_sums, mut found_runs) = (Sums::new(), Runs::new());
+        fold(&tx, 0, upto, &mut found_sums, &mut found_runs).map_err(|e| self.err(e))?;
+        drop(tx);
+        let mut problems = Vec::new();
+        if sums != found_sums {
+            problems.push(format!(
+                "the stored usage sums up to row {upto} differ from the ledger's rows (edited): delete the rows of table ledger_sums_mark and the sums are computed again at the next start"
+            ));
+        }
+        if runs != found_runs {
+            problems.push(format!(
+                "the stored seat peaks up to row {upto} differ from the ledger's rows (edited): delete the rows of table ledger_sums_mark and the peaks are computed again at the next start"
+            ));
+        }
+        Ok(problems)
+    }
+}
