@@ -731,9 +731,9 @@ fn case_s(plan: &Plan) {
             }),
         ),
         (
-            "last ids",
+            "last lease id",
             time(&mut || {
-                std::hint::black_box(state.last_ids().expect("last ids"));
+                std::hint::black_box(state.last_lease_id().expect("last lease id"));
             }),
         ),
         (

@@ -186,16 +186,38 @@ impl State {
     /// counts as a return.
     pub fn ledger_counters(&self) -> Result<LedgerCounters, StateError> {
         let mut conn = self.conn();
-        let tx = conn.transaction().map_err(|e| self.err(e))?;
-        let (after, mut sums, mut runs) = stored(&tx).map_err(|e| self.err(e))?;
-        let upto: u64 = tx
-            .query_row("SELECT coalesce(max(seq), 0) FROM ledger", [], |r| r.get(0))
-            .map_err(|e| self.err(e))?;
+        // The rows are folded in a read transaction, which never holds up a
+        // running host's ledger writer (WAL); only storing the result takes
+        // the write lock, briefly.
+        let (after, upto, sums, runs) = {
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Deferred)
+                .map_err(|e| self.err(e))?;
+            let (after, mut sums, mut runs) = stored(&tx).map_err(|e| self.err(e))?;
+            let upto: u64 = tx
+                .query_row("SELECT coalesce(max(seq), 0) FROM ledger", [], |r| r.get(0))
+                .map_err(|e| self.err(e))?;
+            if upto > after {
+                fold(&tx, after, upto, &mut sums, &mut runs).map_err(|e| self.err(e))?;
+            }
+            (after, upto, sums, runs)
+        };
         if upto > after {
-            fold(&tx, after, upto, &mut sums, &mut runs).map_err(|e| self.err(e))?;
-            store(&tx, upto, &sums, &runs).map_err(|e| self.err(e))?;
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(|e| self.err(e))?;
+            let mark: Option<u64> = tx
+                .query_row("SELECT upto FROM ledger_sums_mark WHERE id = 1", [], |r| {
+                    r.get(0)
+                })
+                .optional()
+                .map_err(|e| self.err(e))?;
+            // Another reader may have moved the mark meanwhile: keep its.
+            if mark.unwrap_or(0) == after {
+                store(&tx, upto, &sums, &runs).map_err(|e| self.err(e))?;
+            }
+            tx.commit().map_err(|e| self.err(e))?;
         }
-        tx.commit().map_err(|e| self.err(e))?;
         Ok(counters(&sums, &runs))
     }
 
@@ -203,7 +225,9 @@ impl State {
     /// sums' mark, each as a problem for the audit (empty: they agree).
     pub(crate) fn check_sums(&self) -> Result<Vec<String>, StateError> {
         let mut conn = self.conn();
-        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Deferred)
+            .map_err(|e| self.err(e))?;
         let (upto, sums, runs) = stored(&tx).map_err(|e| self.err(e))?;
         let (mut found_sums, mut found_runs) = (Sums::new(), Runs::new());
         fold(&tx, 0, upto, &mut found_sums, &mut found_runs).map_err(|e| self.err(e))?;

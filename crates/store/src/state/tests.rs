@@ -211,6 +211,7 @@ fn ledger_commits_chain_and_counts() {
     assert_eq!(c.denials.get(Denial::Exhausted), 1);
     assert_eq!(per_plugin["p"], *c);
     assert_eq!(state.last_ids().expect("ids"), (2, 8));
+    assert_eq!(state.last_lease_id().expect("lease id"), 2);
     let usage = state.usage(&UsageFilter::default()).expect("usage");
     assert_eq!(usage.len(), 1);
     assert_eq!(
