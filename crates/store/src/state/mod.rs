@@ -909,11 +909,11 @@ fn clamp(n: i64) -> u32 {
     u32::try_from(n.max(0)).unwrap_or(u32::MAX)
 }
 
-/// How a ledger row moves the seats in use, as an SQL window sum: a seat is
+/// How a ledger row moves the seats in use, as an SQL expression: a seat is
 /// taken by a checkout and returned by a return row (or, in format 1, by the
 /// release or reclaim of its only lease).
-pub(crate) const SEAT_MOVE: &str = "sum(CASE WHEN kind = 'checkout' THEN 1 WHEN kind = 'return' THEN -1 \
-     WHEN kind IN ('release', 'reclaim') AND format = 1 THEN -1 ELSE 0 END)";
+pub(crate) const SEAT_MOVE: &str = "CASE WHEN kind = 'checkout' THEN 1 WHEN kind = 'return' THEN -1 \
+     WHEN kind IN ('release', 'reclaim') AND format = 1 THEN -1 ELSE 0 END";
 
 fn add(c: &mut Counters, kind: EventKind, format: i64, n: u64) {
     match kind {

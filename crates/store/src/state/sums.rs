@@ -54,41 +54,44 @@ fn fold(
         let (key, n) = row?;
         *sums.entry(key).or_default() += n;
     }
-    // Per license, then per plugin: the highest running sum of seat moves
-    // over the new rows, and their total.
-    for (partition, by_plugin) in [("license_id", false), ("license_id, plugin", true)] {
-        let sql = format!(
-            "SELECT license_id, plugin, max(run), sum(CASE WHEN last THEN run ELSE 0 END) FROM (
-               SELECT license_id, plugin,
-                 {SEAT_MOVE} OVER (PARTITION BY {partition} ORDER BY seq ROWS UNBOUNDED PRECEDING) AS run,
-                 row_number() OVER (PARTITION BY {partition} ORDER BY seq DESC) = 1 AS last
-               FROM ledger WHERE seq > ?1 AND seq <= ?2)
-             GROUP BY license_id{}",
-            if by_plugin { ", plugin" } else { "" }
-        );
-        let mut stmt = tx.prepare(&sql)?;
-        let rows = stmt.query_map(params![after, upto], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, i64>(3)?,
-            ))
-        })?;
-        for row in rows {
-            let (license, plugin, highest, total) = row?;
-            let key = (
-                license,
-                if by_plugin {
-                    plugin
-                } else {
-                    WHOLE_LICENSE.to_string()
-                },
-            );
-            let (peak, run) = runs.entry(key).or_default();
-            *peak = (*peak).max(*run + highest);
-            *run += total;
-        }
+    // Per (license, plugin): the highest running sum of seat moves over the
+    // new rows, per license and per plugin, and the plugin's total move.
+    let sql = format!(
+        "SELECT license_id, plugin, max(run_l), max(run_p), sum(mv) FROM (
+           SELECT license_id, plugin, {SEAT_MOVE} AS mv,
+             sum({SEAT_MOVE}) OVER (PARTITION BY license_id ORDER BY seq ROWS UNBOUNDED PRECEDING) AS run_l,
+             sum({SEAT_MOVE}) OVER (PARTITION BY license_id, plugin ORDER BY seq ROWS UNBOUNDED PRECEDING) AS run_p
+           FROM ledger WHERE seq > ?1 AND seq <= ?2)
+         GROUP BY license_id, plugin"
+    );
+    let mut stmt = tx.prepare(&sql)?;
+    let rows = stmt.query_map(params![after, upto], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, i64>(2)?,
+            r.get::<_, i64>(3)?,
+            r.get::<_, i64>(4)?,
+        ))
+    })?;
+    // Per license: the highest running sum and the total move, applied
+    // after every plugin's row, from the run the license had before.
+    let mut whole: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+    for row in rows {
+        let (license, plugin, highest_l, highest_p, total) = row?;
+        let (peak, run) = runs.entry((license.clone(), plugin)).or_default();
+        *peak = (*peak).max(*run + highest_p);
+        *run += total;
+        let (highest, sum) = whole.entry(license).or_insert((i64::MIN, 0));
+        *highest = (*highest).max(highest_l);
+        *sum += total;
+    }
+    for (license, (highest, total)) in whole {
+        let (peak, run) = runs
+            .entry((license, WHOLE_LICENSE.to_string()))
+            .or_default();
+        *peak = (*peak).max(*run + highest);
+        *run += total;
     }
     Ok(())
 }
