@@ -53,10 +53,9 @@ impl TestPostgres {
     /// of `addr`'s /24 in, or panics naming why none could be started.
     pub fn start_also_on(addr: &str) -> Self {
         let server = Self::start();
-        let hba = server.dir.path().join("data/pg_hba.conf");
-        let rules = std::fs::read_to_string(&hba).unwrap_or_else(|e| panic!("{e}"));
-        std::fs::write(&hba, format!("{rules}\nhost all all {addr}/24 trust\n"))
-            .unwrap_or_else(|e| panic!("{e}"));
+        server.edit_conf("pg_hba.conf", |rules| {
+            format!("{rules}\nhost all all {addr}/24 trust\n")
+        });
         let mut server = server;
         server.stop();
         server.also_on = Some(addr.to_string());
@@ -217,14 +216,11 @@ impl TestPostgres {
         if let Err(e) = check("psql", out) {
             panic!("{e}");
         }
-        let hba = self.dir.path().join("data/pg_hba.conf");
-        let rules = std::fs::read_to_string(&hba).unwrap_or_else(|e| panic!("{e}"));
         // First match wins: this role's line goes first.
-        let rules = format!("host all {user} 127.0.0.1/32 scram-sha-256\n{rules}");
-        std::fs::write(&hba, rules).unwrap_or_else(|e| panic!("{e}"));
-        if let Err(e) = check("pg_ctl reload", self.pg_ctl(&["reload"]).output()) {
-            panic!("{e}");
-        }
+        self.edit_conf("pg_hba.conf", |rules| {
+            format!("host all {user} 127.0.0.1/32 scram-sha-256\n{rules}")
+        });
+        self.reload();
     }
 
     /// Turns TLS on with the server certificate `cert_pem` and its private
@@ -243,25 +239,34 @@ impl TestPostgres {
                 check("chown", chown).unwrap_or_else(|e| panic!("{e}"));
             }
         }
-        let conf = data.join("postgresql.conf");
-        let mut text = std::fs::read_to_string(&conf).unwrap_or_else(|e| panic!("{e}"));
-        text.push_str("\nssl = on\n");
-        std::fs::write(&conf, text).unwrap_or_else(|e| panic!("{e}"));
+        self.edit_conf("postgresql.conf", |conf| format!("{conf}\nssl = on\n"));
         if only {
-            let hba = data.join("pg_hba.conf");
-            let rules = std::fs::read_to_string(&hba).unwrap_or_else(|e| panic!("{e}"));
-            let rules = format!("hostnossl all all 0.0.0.0/0 reject\n{rules}");
-            std::fs::write(&hba, rules).unwrap_or_else(|e| panic!("{e}"));
+            self.edit_conf("pg_hba.conf", |rules| {
+                format!("hostnossl all all 0.0.0.0/0 reject\n{rules}")
+            });
         }
-        if let Err(e) = check("pg_ctl reload", self.pg_ctl(&["reload"]).output()) {
-            panic!("{e}");
-        }
+        self.reload();
         // The reload is read by the postmaster between connections: wait
         // until a TLS handshake is offered.
         let deadline = Instant::now() + Duration::from_secs(10);
         while !offers_tls(self.port) {
             assert!(Instant::now() < deadline, "the server did not turn TLS on");
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Rewrites the data directory's configuration file `name` with what
+    /// `edit` makes of its text.
+    fn edit_conf(&self, name: &str, edit: impl FnOnce(String) -> String) {
+        let path = self.dir.path().join("data").join(name);
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&path, edit(text)).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Makes the running server read its configuration files again.
+    fn reload(&self) {
+        if let Err(e) = check("pg_ctl reload", self.pg_ctl(&["reload"]).output()) {
+            panic!("{e}");
         }
     }
 
