@@ -330,11 +330,11 @@ impl PgStore {
         // A host cut off in the middle of a transaction must not keep the
         // rows it locked (a grant's row, while leasing) from every other
         // host until TCP gives up on it, which takes minutes: the server
-        // ends such a session after SESSION_IDLE_IN_TRANSACTION, and a
-        // statement waits for a lock at most LOCK_WAIT (the caller tries
-        // again). Options the URL gives come first; these are added.
-        // The same for a session whose sent data the host never acknowledges
-        // (tcp_user_timeout; TCP connections only).
+        // ends such a session after SESSION_IDLE_IN_TRANSACTION, or once
+        // what it sent goes unacknowledged for UNACKNOWLEDGED
+        // (tcp_user_timeout; TCP connections only), and a statement waits
+        // for a lock at most LOCK_WAIT (the caller tries again). Options the
+        // URL gives come first; these are added after them.
         let ours = format!(
             "-c idle_in_transaction_session_timeout={} -c lock_timeout={} -c tcp_user_timeout={}",
             SESSION_IDLE_IN_TRANSACTION.as_millis(),

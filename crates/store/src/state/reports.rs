@@ -235,8 +235,8 @@ impl State {
 
     /// Re-computes the hash chain over every ledger row and compares it with
     /// the stored hashes and the chain head: any edited, inserted or deleted
-    /// row is named.
-    /// The usage sums kept for start-up are checked against the rows too.
+    /// row is named. The usage sums kept for start-up are checked against
+    /// the rows too.
     pub fn audit(&self) -> Result<AuditReport, StateError> {
         let mut report = self.audit_after(0, GENESIS)?;
         let left = MAX_PROBLEMS.saturating_sub(report.problems.len());

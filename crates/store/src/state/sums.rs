@@ -96,15 +96,18 @@ fn fold(
     Ok(())
 }
 
+/// The row the stored sums go up to, if they were ever stored.
+fn mark(tx: &Transaction<'_>) -> rusqlite::Result<Option<u64>> {
+    tx.query_row("SELECT upto FROM ledger_sums_mark WHERE id = 1", [], |r| {
+        r.get(0)
+    })
+    .optional()
+}
+
 /// The stored sums and runs, and the row they go up to (none without a
 /// mark).
 fn stored(tx: &Transaction<'_>) -> rusqlite::Result<(u64, Sums, Runs)> {
-    let Some(upto) = tx
-        .query_row("SELECT upto FROM ledger_sums_mark WHERE id = 1", [], |r| {
-            r.get::<_, u64>(0)
-        })
-        .optional()?
-    else {
+    let Some(upto) = mark(tx)? else {
         // No mark: whatever the tables hold counts for nothing.
         return Ok((0, Sums::new(), Runs::new()));
     };
@@ -209,14 +212,8 @@ impl State {
             let tx = conn
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                 .map_err(|e| self.err(e))?;
-            let mark: Option<u64> = tx
-                .query_row("SELECT upto FROM ledger_sums_mark WHERE id = 1", [], |r| {
-                    r.get(0)
-                })
-                .optional()
-                .map_err(|e| self.err(e))?;
             // Another reader may have moved the mark meanwhile: keep its.
-            if mark.unwrap_or(0) == after {
+            if mark(&tx).map_err(|e| self.err(e))?.unwrap_or(0) == after {
                 store(&tx, upto, &sums, &runs).map_err(|e| self.err(e))?;
             }
             tx.commit().map_err(|e| self.err(e))?;
