@@ -233,8 +233,11 @@ fn under_load<T>(
                 })
             })
             .collect();
-        let result = during(&delivered);
+        // The clients stop even when `during` fails, so that a failed
+        // check fails the test instead of leaving it waiting for them.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| during(&delivered)));
         stop.store(true, Ordering::Relaxed);
+        let result = result.unwrap_or_else(|failed| std::panic::resume_unwind(failed));
         let outcomes = workers
             .into_iter()
             .flat_map(|w| w.join().expect("client"))
