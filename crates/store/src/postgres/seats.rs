@@ -14,7 +14,7 @@
 //! asked, less a margin, so it stops using the seats no later than the
 //! database frees them.
 
-use super::{PgError, PgStore};
+use super::{PgError, PgStore, SESSION_IDLE_IN_TRANSACTION};
 use std::time::Duration;
 use tokio_postgres::IsolationLevel;
 
@@ -122,6 +122,17 @@ impl PgStore {
             .start()
             .await
             .map_err(PgError::query("begin a seat lease"))?;
+        // This transaction locks the grant's row, which every host's lease
+        // waits for: if this host is cut off inside it, the server ends it
+        // within a fifth of the batch TTL, before the others' batches lapse
+        // (the session's own limit is longer, for every other transaction).
+        let hold = (ttl / 5).clamp(Duration::from_millis(200), SESSION_IDLE_IN_TRANSACTION);
+        tx.batch_execute(&format!(
+            "SET LOCAL idle_in_transaction_session_timeout = {}",
+            hold.as_millis()
+        ))
+        .await
+        .map_err(PgError::query("bound a seat lease"))?;
         let grant = tx
             .query_opt(
                 "SELECT seats FROM grants WHERE grant_id = $1 FOR UPDATE",
