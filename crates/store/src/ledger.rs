@@ -2,27 +2,42 @@
 //! calls' events per transaction (group commit), each row hash-chained.
 
 use crate::chain::{GENESIS, kind_names, row_format, row_hash};
+use crate::open::OpenSet;
 use rusqlite::{Connection, params};
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 use tollgate_license::ledger::{EventKind, Ledger, LedgerError, SyncFuture, UsageEvent};
 
 /// Most events in one transaction before the writer commits unasked.
 const MAX_BATCH: usize = 4096;
 /// Events nobody waits for are committed at least this often.
-const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
+const FLUSH_EVERY: Duration = Duration::from_millis(50);
 /// Rows waiting for their commit past which new calls are refused (they
 /// fail closed with `ledger-unavailable`); rows of calls already running
 /// still go in, so a seat's return never waits for room.
 pub const MAX_QUEUED_ROWS: usize = 100_000;
 /// After a failed commit the writer tries again after this long, doubling
 /// up to [`RETRY_MAX`].
-const RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(100);
+const RETRY_FIRST: Duration = Duration::from_millis(100);
 /// The longest wait between two tries of a failing commit.
-const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(2);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+/// The longest a commit that callers wait for is held back for calls still
+/// running, whose rows are queued, to ask for theirs too (group commit).
+const GROUP_WAIT_MAX: Duration = Duration::from_millis(1);
+
+/// An invocation whose rows are not all committed yet.
+#[derive(Clone, Copy)]
+struct Uncommitted {
+    /// The sequence number of its last row recorded.
+    last: u64,
+    /// Whether it asked for its rows' commit since its last row.
+    asked: bool,
+}
 
 struct Pending {
     queue: Vec<UsageEvent>,
@@ -34,9 +49,126 @@ struct Pending {
     /// commit that succeeds.
     failed: Option<Arc<rusqlite::Error>>,
     shutdown: bool,
-    /// The last sequence number recorded for each invocation whose rows
-    /// are not all committed yet.
-    uncommitted: HashMap<u64, u64>,
+    /// Each invocation whose rows are not all committed yet.
+    uncommitted: HashMap<u64, Uncommitted>,
+    /// How many of `uncommitted` have not asked for their commit: calls
+    /// still running, which will ask once they end.
+    unasked: usize,
+    /// When the first caller still waiting asked for a commit.
+    first_ask: Option<Instant>,
+    /// A caller asked for every row (a host-wide sync): commit at once.
+    urgent: bool,
+    /// How long the last commit took (its wall time), the most the writer
+    /// holds a commit back for running calls to join it.
+    group_wait: Duration,
+}
+
+impl Pending {
+    /// Nothing queued, rows up to `seq` committed.
+    fn after(seq: u64) -> Self {
+        Self {
+            queue: Vec::new(),
+            wanted: seq,
+            next_seq: seq + 1,
+            committed_seq: seq,
+            failed: None,
+            shutdown: false,
+            uncommitted: HashMap::new(),
+            unasked: 0,
+            first_ask: None,
+            urgent: false,
+            group_wait: Duration::ZERO,
+        }
+    }
+
+    /// Whether the writer should commit now: a caller waits and no call
+    /// still running is worth waiting for (none is, the wait is over, or
+    /// the caller asked for everything).
+    fn commit_due(&self, now: Instant) -> bool {
+        if self.wanted <= self.committed_seq {
+            return false;
+        }
+        self.urgent
+            || self.unasked == 0
+            || self
+                .first_ask
+                .is_none_or(|t| now.saturating_duration_since(t) >= self.group_wait)
+    }
+
+    /// Takes the next sequence number for a row of `invocation`, which
+    /// then counts as running until it asks for its commit.
+    fn note_row(&mut self, invocation: u64) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let fresh = match self.uncommitted.entry(invocation) {
+            Entry::Occupied(mut e) => {
+                let u = e.get_mut();
+                u.last = seq;
+                std::mem::replace(&mut u.asked, false)
+            }
+            Entry::Vacant(e) => {
+                e.insert(Uncommitted {
+                    last: seq,
+                    asked: false,
+                });
+                true
+            }
+        };
+        if fresh {
+            self.unasked += 1;
+        }
+        seq
+    }
+
+    /// Asks, at `now`, for the commit of the rows of `invocation` (every
+    /// row, when `None`); returns the sequence number to wait for and
+    /// whether the writer needs waking: to start a group, to end one that
+    /// every running call has joined, or for a host-wide sync (otherwise
+    /// its group's deadline wakes it).
+    fn ask(&mut self, invocation: Option<u64>, now: Instant) -> (u64, bool) {
+        let target = match invocation {
+            // Rows of an invocation not in the map are all committed.
+            Some(invocation) => match self.uncommitted.get_mut(&invocation) {
+                Some(u) => {
+                    if !std::mem::replace(&mut u.asked, true) {
+                        self.unasked -= 1;
+                    }
+                    u.last
+                }
+                None => self.committed_seq,
+            },
+            None => self.next_seq - 1,
+        };
+        if target <= self.committed_seq {
+            return (target, false);
+        }
+        if invocation.is_none() {
+            self.urgent = true;
+        }
+        let first = self.wanted <= self.committed_seq;
+        if first {
+            self.first_ask = Some(now);
+        }
+        self.wanted = self.wanted.max(target);
+        (target, first || self.unasked == 0 || self.urgent)
+    }
+
+    /// Forgets the invocations whose rows are all committed up to `last`.
+    fn committed_up_to(&mut self, last: u64) {
+        self.committed_seq = last;
+        let mut unasked = self.unasked;
+        self.uncommitted.retain(|_, u| {
+            let keep = u.last > last;
+            if !keep && !u.asked {
+                unasked -= 1;
+            }
+            keep
+        });
+        self.unasked = unasked;
+        if self.wanted <= last {
+            self.first_ask = None;
+        }
+    }
 }
 
 struct Shared {
@@ -71,7 +203,7 @@ pub struct CommitStats {
     pub last_seq: u64,
     /// CPU time the writer thread has used so far (hashing, SQLite, the
     /// commits' system calls), where the system reports it (Linux).
-    pub writer_cpu: Option<std::time::Duration>,
+    pub writer_cpu: Option<Duration>,
 }
 
 /// A usage ledger in an SQLite database, written by a background thread.
@@ -89,7 +221,7 @@ impl std::fmt::Debug for SqliteLedger {
 /// Opens a connection with the settings every tollgate connection uses.
 pub(crate) fn connect(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.busy_timeout(Duration::from_secs(5))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -134,12 +266,14 @@ impl SqliteLedger {
     pub fn open(path: &Path) -> Result<Self, LedgerError> {
         let err = |e: rusqlite::Error| LedgerError::store(format!("open {}", path.display()), e);
         let conn = connect(path).map_err(err)?;
-        let (seq, hash): (u64, Vec<u8>) = conn
-            .query_row("SELECT seq, hash FROM chain_head WHERE id = 1", [], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
+        let (seq, hash, open_from, last_lease): (u64, Vec<u8>, u64, u64) = conn
+            .query_row(
+                "SELECT seq, hash, open_from, last_lease FROM chain_head WHERE id = 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
             .or_else(|e| match e {
-                rusqlite::Error::QueryReturnedNoRows => Ok((0, GENESIS.to_vec())),
+                rusqlite::Error::QueryReturnedNoRows => Ok((0, GENESIS.to_vec(), 0, 0)),
                 e => Err(e),
             })
             .map_err(err)?;
@@ -149,16 +283,12 @@ impl SqliteLedger {
                 ChainHeadError(bytes.len()),
             )
         })?;
+        // The seats open now, walked from the point the last commit kept,
+        // so each commit can keep where open seats start.
+        let open =
+            crate::open::walk(&conn, open_from, OpenSet::after_lease(last_lease)).map_err(err)?;
         let shared = Arc::new(Shared {
-            pending: Mutex::new(Pending {
-                queue: Vec::new(),
-                wanted: seq,
-                next_seq: seq + 1,
-                committed_seq: seq,
-                failed: None,
-                shutdown: false,
-                uncommitted: HashMap::new(),
-            }),
+            pending: Mutex::new(Pending::after(seq)),
             work: Condvar::new(),
             committed: Condvar::new(),
             committed_async: tokio::sync::Notify::new(),
@@ -170,7 +300,7 @@ impl SqliteLedger {
         let writer_shared = shared.clone();
         let writer = std::thread::Builder::new()
             .name("tollgate-ledger".into())
-            .spawn(move || write_loop(conn, head, &writer_shared))
+            .spawn(move || write_loop(conn, Chain { head, open }, &writer_shared))
             .map_err(|e| LedgerError::store("start its writer thread", e))?;
         Ok(Self {
             shared,
@@ -212,12 +342,12 @@ fn own_tid() -> Option<u64> {
 
 /// CPU time used so far by thread `tid` of this process: the kernel's
 /// scheduler statistics (nanoseconds), else its tick counts.
-fn thread_cpu(tid: u64) -> Option<std::time::Duration> {
+fn thread_cpu(tid: u64) -> Option<Duration> {
     let dir = format!("/proc/self/task/{tid}");
     if let Ok(text) = std::fs::read_to_string(format!("{dir}/schedstat"))
         && let Some(ns) = text.split_whitespace().next().and_then(|f| f.parse().ok())
     {
-        return Some(std::time::Duration::from_nanos(ns));
+        return Some(Duration::from_nanos(ns));
     }
     // stat: fields 14 and 15 (user and system time, in ticks of 1/100 s
     // on every Linux configuration tollgate runs on), after the
@@ -227,7 +357,7 @@ fn thread_cpu(tid: u64) -> Option<std::time::Duration> {
     let mut fields = rest.split_whitespace().skip(11);
     let user: u64 = fields.next()?.parse().ok()?;
     let system: u64 = fields.next()?.parse().ok()?;
-    Some(std::time::Duration::from_millis((user + system) * 10))
+    Some(Duration::from_millis((user + system) * 10))
 }
 
 /// Sets SQLite's page cap for `max_bytes` (0: the largest it allows).
@@ -241,7 +371,15 @@ fn apply_size_limit(conn: &Connection, max_bytes: u64) -> rusqlite::Result<()> {
     conn.pragma_update(None, "max_page_count", pages)
 }
 
-fn write_loop(mut conn: Connection, mut head: [u8; 32], shared: &Shared) {
+/// What the writer carries from one commit to the next.
+struct Chain {
+    /// The hash of the last row committed.
+    head: [u8; 32],
+    /// The seats open after the last row queued for commit.
+    open: OpenSet,
+}
+
+fn write_loop(mut conn: Connection, mut chain: Chain, shared: &Shared) {
     shared
         .writer_tid
         .store(own_tid().unwrap_or(0), Ordering::Release);
@@ -250,19 +388,27 @@ fn write_loop(mut conn: Connection, mut head: [u8; 32], shared: &Shared) {
     loop {
         let batch = {
             let mut p = shared.lock();
-            // Commit when a caller waits for durability (sync), on shutdown,
-            // when the queue is large, or after FLUSH_EVERY: events recorded
-            // in the meantime ride along in the same transaction.
+            // Commit when callers wait for durability (once the calls still
+            // running have joined them, or the group's wait is over), on
+            // shutdown, when the queue is large, or after FLUSH_EVERY:
+            // events recorded in the meantime ride along.
             loop {
-                if p.shutdown || p.wanted > p.committed_seq || p.queue.len() >= MAX_BATCH {
+                let now = Instant::now();
+                if p.shutdown || p.queue.len() >= MAX_BATCH || p.commit_due(now) {
                     break;
                 }
+                let wait = match p.first_ask {
+                    Some(t) if p.wanted > p.committed_seq => p
+                        .group_wait
+                        .saturating_sub(now.saturating_duration_since(t)),
+                    _ => FLUSH_EVERY,
+                };
                 let (next, timeout) = shared
                     .work
-                    .wait_timeout(p, FLUSH_EVERY)
+                    .wait_timeout(p, wait)
                     .unwrap_or_else(PoisonError::into_inner);
                 p = next;
-                if timeout.timed_out() && !p.queue.is_empty() {
+                if timeout.timed_out() && wait == FLUSH_EVERY && !p.queue.is_empty() {
                     break;
                 }
             }
@@ -272,6 +418,7 @@ fn write_loop(mut conn: Connection, mut head: [u8; 32], shared: &Shared) {
                 }
                 continue;
             }
+            p.urgent = false;
             let n = p.queue.len().min(MAX_BATCH);
             p.queue.drain(..n).collect::<Vec<_>>()
         };
@@ -283,17 +430,21 @@ fn write_loop(mut conn: Connection, mut head: [u8; 32], shared: &Shared) {
             }
             applied_limit = limit;
         }
-        match append(&mut conn, &mut head, &batch) {
+        let started = Instant::now();
+        match append(&mut conn, &mut chain, &batch) {
             Ok(()) => {
                 retry = RETRY_FIRST;
                 shared.commits.fetch_add(1, Ordering::Relaxed);
                 shared.rows.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                let took = started.elapsed();
                 let mut p = shared.lock();
-                p.committed_seq = last;
+                p.committed_up_to(last);
+                // Half the last wait plus half this commit's time: one slow
+                // commit does not hold the next groups back for long.
+                p.group_wait = ((p.group_wait + took) / 2).min(GROUP_WAIT_MAX);
                 if p.failed.take().is_some() {
                     tracing::warn!("usage ledger commits again");
                 }
-                p.uncommitted.retain(|_, seq| *seq > last);
                 drop(p);
                 shared.committed.notify_all();
                 shared.committed_async.notify_waiters();
@@ -340,21 +491,17 @@ fn write_loop(mut conn: Connection, mut head: [u8; 32], shared: &Shared) {
     }
 }
 
-fn append(
-    conn: &mut Connection,
-    head: &mut [u8; 32],
-    batch: &[UsageEvent],
-) -> rusqlite::Result<()> {
+fn append(conn: &mut Connection, chain: &mut Chain, batch: &[UsageEvent]) -> rusqlite::Result<()> {
     // Every statement of a commit is prepared once per connection: parsing
     // them anew was a sixth of the writer's time under load.
     conn.prepare_cached("BEGIN")?.execute([])?;
-    let committed = append_rows(conn, head, batch).and_then(|hash| {
+    let committed = append_rows(conn, chain, batch).and_then(|hash| {
         conn.prepare_cached("COMMIT")?.execute([])?;
         Ok(hash)
     });
     match committed {
         Ok(hash) => {
-            *head = hash;
+            chain.head = hash;
             Ok(())
         }
         Err(e) => {
@@ -365,13 +512,15 @@ fn append(
 }
 
 /// Inserts `batch` and moves the stored chain head, inside a transaction;
-/// returns the new head.
+/// returns the new head. The open seats move past the batch even if the
+/// transaction then fails: the batch is tried again, and applying the same
+/// rows again in the same order leaves the same set.
 fn append_rows(
     conn: &Connection,
-    head: &[u8; 32],
+    chain: &mut Chain,
     batch: &[UsageEvent],
 ) -> rusqlite::Result<[u8; 32]> {
-    let mut hash = *head;
+    let mut hash = chain.head;
     let mut insert = conn.prepare_cached(
         "INSERT INTO ledger (seq, at_ms, kind, reason, license_id, plugin, digest, lease_id, invocation_id, hash,
                              format, seat_id, grant_id, count, token)
@@ -379,6 +528,7 @@ fn append_rows(
     )?;
     for e in batch {
         hash = row_hash(&hash, e);
+        chain.open.apply(e);
         let (kind, reason) = kind_names(e.kind);
         insert.execute(params![
             e.seq,
@@ -399,20 +549,22 @@ fn append_rows(
         ])?;
     }
     let last = batch.last().map_or(0, |e| e.seq);
+    // Every seat checked out before `open_from` is returned: recovery walks
+    // the rows from there on, not the whole ledger.
+    let open_from = chain.open.oldest().unwrap_or(last + 1);
     conn.prepare_cached(
-        "INSERT INTO chain_head (id, seq, hash) VALUES (1, ?1, ?2)
-         ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+        "INSERT INTO chain_head (id, seq, hash, open_from, last_lease) VALUES (1, ?1, ?2, ?3, ?4)
+         ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash,
+             open_from = excluded.open_from, last_lease = excluded.last_lease",
     )?
-    .execute(params![last, &hash[..]])?;
+    .execute(params![last, &hash[..], open_from, chain.open.last_lease()])?;
     Ok(hash)
 }
 
 impl Ledger for SqliteLedger {
     fn record(&self, mut event: UsageEvent) {
         let mut p = self.shared.lock();
-        event.seq = p.next_seq;
-        p.next_seq += 1;
-        p.uncommitted.insert(event.invocation_id, event.seq);
+        event.seq = p.note_row(event.invocation_id);
         p.queue.push(event);
         let full = p.queue.len() >= MAX_BATCH;
         drop(p);
@@ -460,17 +612,8 @@ impl SqliteLedger {
     /// Asks the writer to commit the rows recorded so far (of `invocation`
     /// only, when given); returns the sequence number to wait for.
     fn ask_for_commit(&self, p: &mut Pending, invocation: Option<u64>) -> u64 {
-        let target = match invocation {
-            // Rows of an invocation not in the map are all committed.
-            Some(invocation) => p
-                .uncommitted
-                .get(&invocation)
-                .copied()
-                .unwrap_or(p.committed_seq),
-            None => p.next_seq - 1,
-        };
-        if target > p.wanted {
-            p.wanted = target;
+        let (target, wake) = p.ask(invocation, Instant::now());
+        if wake {
             self.shared.work.notify_one();
         }
         target
@@ -528,5 +671,63 @@ impl Drop for SqliteLedger {
         if let Some(w) = self.writer.take() {
             let _ = w.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_commit_waits_for_running_calls_only_up_to_the_group_wait() {
+        let mut p = Pending::after(10);
+        p.group_wait = Duration::from_micros(300);
+        let t0 = Instant::now();
+        // Calls 1 and 2 are running: each has recorded a row.
+        assert_eq!(p.note_row(1), 11);
+        assert_eq!(p.note_row(2), 12);
+        assert!(!p.commit_due(t0), "nobody waits yet");
+        // Call 1 ends and asks: the writer wakes to start a group, but
+        // holds the commit back while call 2 still runs.
+        assert_eq!(p.ask(Some(1), t0), (11, true));
+        assert!(!p.commit_due(t0));
+        assert!(!p.commit_due(t0 + Duration::from_micros(299)));
+        // ... at most the group's wait.
+        assert!(p.commit_due(t0 + Duration::from_micros(300)));
+        // Call 2 asks before then: the group is whole, commit at once.
+        assert_eq!(p.ask(Some(2), t0 + Duration::from_micros(10)), (12, true));
+        assert!(p.commit_due(t0 + Duration::from_micros(10)));
+        // Committed: nothing is due, and asking again is answered at once.
+        p.committed_up_to(12);
+        assert_eq!(p.unasked, 0);
+        assert!(p.uncommitted.is_empty());
+        assert!(!p.commit_due(t0 + Duration::from_secs(1)));
+        assert_eq!(p.ask(Some(1), t0), (12, false));
+    }
+
+    #[test]
+    fn a_call_that_records_after_asking_runs_again_and_a_host_wide_sync_does_not_wait() {
+        let mut p = Pending::after(0);
+        p.group_wait = Duration::from_secs(3600);
+        let t0 = Instant::now();
+        p.note_row(1);
+        p.note_row(2);
+        assert_eq!(p.ask(Some(1), t0), (1, true));
+        // Call 1 records another row after asking: it runs again, and the
+        // next ask (not the first of the group, with call 2 running) does
+        // not wake the writer.
+        assert_eq!(p.note_row(1), 3);
+        assert_eq!(p.unasked, 2);
+        assert_eq!(p.ask(Some(1), t0), (3, false));
+        assert!(!p.commit_due(t0 + Duration::from_secs(1)));
+        // A host-wide sync wants every row now, running calls or not.
+        assert_eq!(p.ask(None, t0), (3, true));
+        assert!(p.commit_due(t0));
+        // A commit of the first rows only leaves call 1 waiting and call 2
+        // running; the group goes on from then.
+        p.committed_up_to(2);
+        assert_eq!(p.uncommitted.len(), 1);
+        assert_eq!(p.unasked, 0);
+        assert!(p.first_ask.is_some());
     }
 }

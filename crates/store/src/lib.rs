@@ -9,6 +9,7 @@
 pub mod chain;
 pub mod files;
 pub mod ledger;
+mod open;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod state;

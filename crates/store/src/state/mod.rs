@@ -25,6 +25,7 @@ pub use scopes::{
 pub(crate) use scopes::{Scopes, clean as clean_scope, scope_to_store};
 
 use crate::ledger::connect;
+use crate::open::OpenSet;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -40,8 +41,10 @@ pub const DB_FILE: &str = "tollgate.db";
 const LOCK_FILE: &str = "host.lock";
 /// The schema version this build writes: 2 added the seat, grant, count and
 /// row format of ledger rows, and revocations of single grants; 3 added
-/// issuer id scopes (and a name for every trusted key).
-const SCHEMA_VERSION: i64 = 3;
+/// issuer id scopes (and a name for every trusted key); 4 keeps in the
+/// chain head where open seats start and the last lease id, instead of
+/// indexing every ledger row by lease and seat.
+const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS trusted_issuers (
@@ -60,8 +63,9 @@ CREATE TABLE IF NOT EXISTS ledger (
     lease_id INTEGER, invocation_id INTEGER NOT NULL, hash BLOB NOT NULL,
     format INTEGER NOT NULL DEFAULT 1, seat_id INTEGER, grant_id TEXT,
     count INTEGER NOT NULL DEFAULT 1, token INTEGER);
-CREATE INDEX IF NOT EXISTS ledger_lease ON ledger(lease_id);
-CREATE TABLE IF NOT EXISTS chain_head (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL, hash BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS chain_head (
+    id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL, hash BLOB NOT NULL,
+    open_from INTEGER NOT NULL DEFAULT 0, last_lease INTEGER NOT NULL DEFAULT 0);
 ";
 
 /// How long a host waits for the state directory's lock before it says
@@ -319,8 +323,6 @@ impl State {
             .map_err(|e| db_error(&db, e))?;
         upgrade(&conn).map_err(|e| db_error(&db, e))?;
         scopes::upgrade(&conn).map_err(|e| db_error(&db, e))?;
-        conn.execute_batch("CREATE INDEX IF NOT EXISTS ledger_seat ON ledger(seat_id)")
-            .map_err(|e| db_error(&db, e))?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(|e| db_error(&db, e))?;
         Ok(Self {
@@ -709,75 +711,44 @@ impl State {
         }
     }
 
-    /// Seats taken and never returned, with the lease still open on each.
+    /// Seats taken and never returned, with the lease still open on each:
+    /// the rows from the point the chain head keeps (the oldest seat open
+    /// at the last commit) are walked, not the whole ledger.
     pub fn open_seats(&self) -> Result<Vec<OpenSeat>, StateError> {
-        // Rows of format 2: a seat returns with a `return` row.
-        let mut seats = self.query(
-            "SELECT c.seat_id, c.license_id, c.grant_id, c.plugin, c.digest, c.invocation_id,
-               (SELECT l.lease_id FROM ledger l
-                 WHERE l.seat_id = c.seat_id AND l.kind IN ('checkout', 'retake')
-                   AND NOT EXISTS (SELECT 1 FROM ledger e WHERE e.lease_id = l.lease_id
-                                    AND e.kind IN ('release', 'reclaim'))
-                 ORDER BY l.seq DESC LIMIT 1)
-             FROM ledger c
-             WHERE c.kind = 'checkout' AND c.seat_id IS NOT NULL AND NOT EXISTS (
-               SELECT 1 FROM ledger r WHERE r.seat_id = c.seat_id AND r.kind = 'return')
-             ORDER BY c.seq",
-            [],
-            |r| {
-                Ok(OpenSeat {
-                    seat_id: r.get(0)?,
-                    license_id: r.get(1)?,
-                    grant_id: r.get(2)?,
-                    plugin: r.get(3)?,
-                    digest: r.get(4)?,
-                    invocation_id: r.get(5)?,
-                    lease_id: r.get(6)?,
-                })
-            },
-        )?;
-        // Rows of format 1: the lease was the seat and ended with it.
-        seats.extend(self.query(
-            "SELECT c.lease_id, c.license_id, c.plugin, c.digest, c.invocation_id FROM ledger c
-                 WHERE c.kind = 'checkout' AND c.seat_id IS NULL AND NOT EXISTS (
-                   SELECT 1 FROM ledger e WHERE e.lease_id = c.lease_id AND e.kind IN ('release', 'reclaim'))
-                 ORDER BY c.seq",
-            [],
-            |r| {
-                Ok(OpenSeat {
-                    seat_id: r.get(0)?,
-                    lease_id: r.get(0)?,
-                    license_id: r.get(1)?,
-                    grant_id: None,
-                    plugin: r.get(2)?,
-                    digest: r.get(3)?,
-                    invocation_id: r.get(4)?,
-                })
-            },
-        )?);
-        Ok(seats)
-    }
-
-    /// The largest lease id and invocation id in the ledger.
-    pub fn last_ids(&self) -> Result<(u64, u64), StateError> {
-        self.conn()
-            .query_row(
-                "SELECT coalesce(max(lease_id), 0), coalesce(max(invocation_id), 0) FROM ledger",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .map_err(|e| self.err(e))
-    }
-
-    /// The largest lease id in the ledger, read from the lease index alone
-    /// (asking for it together with another maximum, as [`State::last_ids`]
-    /// does, reads every row).
-    pub fn last_lease_id(&self) -> Result<u64, StateError> {
-        self.conn()
-            .query_row("SELECT coalesce(max(lease_id), 0) FROM ledger", [], |r| {
+        let conn = self.conn();
+        let from: u64 = conn
+            .query_row("SELECT open_from FROM chain_head WHERE id = 1", [], |r| {
                 r.get(0)
             })
+            .optional()
+            .map_err(|e| self.err(e))?
+            .unwrap_or(0);
+        let set = crate::open::walk(&conn, from, OpenSet::default()).map_err(|e| self.err(e))?;
+        Ok(set.seats())
+    }
+
+    /// The largest lease id in the ledger and the largest invocation id.
+    pub fn last_ids(&self) -> Result<(u64, u64), StateError> {
+        let invocation = self
+            .conn()
+            .query_row(
+                "SELECT coalesce(max(invocation_id), 0) FROM ledger",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))?;
+        Ok((self.last_lease_id()?, invocation))
+    }
+
+    /// The largest lease id in the ledger, as the chain head keeps it.
+    pub fn last_lease_id(&self) -> Result<u64, StateError> {
+        self.conn()
+            .query_row("SELECT last_lease FROM chain_head WHERE id = 1", [], |r| {
+                r.get(0)
+            })
+            .optional()
             .map_err(|e| self.err(e))
+            .map(Option::unwrap_or_default)
     }
 }
 
@@ -901,6 +872,24 @@ fn upgrade(conn: &Connection) -> rusqlite::Result<()> {
         if !columns.iter().any(|c| c == column) {
             conn.execute_batch(&format!("ALTER TABLE ledger ADD COLUMN {column} {decl}"))?;
         }
+    }
+    // Schema 4: the chain head keeps where open seats start (0 until the
+    // next commit: every row is walked once) and the last lease id, taken
+    // here from the lease index before it goes.
+    let head: Vec<String> = conn
+        .prepare("SELECT name FROM pragma_table_info('chain_head')")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    if !head.iter().any(|c| c == "last_lease") {
+        let tx = conn.unchecked_transaction()?;
+        tx.execute_batch(
+            "ALTER TABLE chain_head ADD COLUMN open_from INTEGER NOT NULL DEFAULT 0;
+             ALTER TABLE chain_head ADD COLUMN last_lease INTEGER NOT NULL DEFAULT 0;
+             UPDATE chain_head SET last_lease = (SELECT coalesce(max(lease_id), 0) FROM ledger);
+             DROP INDEX IF EXISTS ledger_lease;
+             DROP INDEX IF EXISTS ledger_seat;",
+        )?;
+        tx.commit()?;
     }
     Ok(())
 }

@@ -4,6 +4,7 @@
 use super::{ScopeProblem, State, StateError};
 use crate::chain::{GENESIS, kind_from_names, row_hash_in};
 use crate::ledger::{LEDGER_COLUMNS, event_from_row};
+use crate::open::OpenSet;
 use rusqlite::params;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -257,15 +258,20 @@ impl State {
         let conn = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Deferred)
             .map_err(|e| self.err(e))?;
-        let (head_seq, head_hash): (u64, Vec<u8>) = conn
-            .query_row("SELECT seq, hash FROM chain_head WHERE id = 1", [], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
+        let (head_seq, head_hash, open_from, last_lease): (u64, Vec<u8>, u64, u64) = conn
+            .query_row(
+                "SELECT seq, hash, open_from, last_lease FROM chain_head WHERE id = 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
             .or_else(|e| match e {
-                rusqlite::Error::QueryReturnedNoRows => Ok((0, GENESIS.to_vec())),
+                rusqlite::Error::QueryReturnedNoRows => Ok((0, GENESIS.to_vec(), 0, 0)),
                 e => Err(e),
             })
             .map_err(|e| self.err(e))?;
+        // From the first row, the seats left open are known too, to check
+        // where the chain head says they start.
+        let mut open = (after == 0).then(OpenSet::default);
         let mut stmt = conn
             .prepare(&format!(
                 "SELECT {LEDGER_COLUMNS} FROM ledger WHERE seq > ?1 ORDER BY seq"
@@ -302,6 +308,9 @@ impl State {
                 continue;
             };
             let event = event_from_row(r, kind).map_err(|e| self.err(e))?;
+            if let Some(open) = open.as_mut() {
+                open.apply(&event);
+            }
             let format: u8 = r.get(10).map_err(|e| self.err(e))?;
             let computed = row_hash_in(format, &prev, &event);
             if computed.is_none() {
@@ -331,6 +340,24 @@ impl State {
             }
         } else if prev.as_slice() != head_hash.as_slice() {
             note(format!("the chain head does not match row {last} (edited)"));
+        }
+        if let Some(open) = open {
+            // `open_from` 0 (not yet moved since an upgrade) claims nothing.
+            if let Some(seat) = open.seats().first()
+                && open_from > 0
+                && open.oldest().is_some_and(|oldest| oldest < open_from)
+            {
+                note(format!(
+                    "the chain head says every seat taken before row {open_from} was returned, but seat {} (taken by invocation {}) is not; a restart would not return it (edited)",
+                    seat.seat_id, seat.invocation_id
+                ));
+            }
+            if open.last_lease() > last_lease && head_seq > 0 {
+                note(format!(
+                    "the chain head's last lease id {last_lease} is below lease {} in the rows; a restart would hand out lease ids again (edited)",
+                    open.last_lease()
+                ));
+            }
         }
         Ok(AuditReport {
             rows: count,

@@ -390,6 +390,103 @@ fn open_leases_are_found() {
     );
 }
 
+/// The chain head's point where open seats start, and its last lease id.
+fn open_point(state: &State) -> (u64, u64) {
+    state
+        .conn()
+        .query_row("SELECT open_from, last_lease FROM chain_head", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .expect("chain head")
+}
+
+#[test]
+fn open_seats_are_walked_from_the_oldest_one_open_and_the_audit_checks_that_point() {
+    let temp = temp_dir("open-point");
+    let dir = temp.path();
+    let state = State::open(dir).expect("opens");
+    let ledger = SqliteLedger::open(state.db_path()).expect("ledger");
+    // Seat 1 comes and goes; seat 2 is taken at row 3 and stays.
+    ledger.record(event(1, EventKind::Checkout, Some(1)));
+    ledger.record(event(
+        2,
+        EventKind::Return(ReclaimReason::InvocationEnded),
+        Some(1),
+    ));
+    ledger.sync().expect("durable");
+    assert_eq!(
+        open_point(&state),
+        (3, 1),
+        "nothing open: from the next row"
+    );
+    ledger.record(event(3, EventKind::Checkout, Some(2)));
+    for i in 4..=20 {
+        ledger.record(event(i, EventKind::Checkout, Some(i)));
+        ledger.record(event(
+            i,
+            EventKind::Return(ReclaimReason::InvocationEnded),
+            Some(i),
+        ));
+    }
+    ledger.sync().expect("durable");
+    assert_eq!(open_point(&state), (3, 20));
+    drop(ledger);
+    let open = |state: &State| {
+        state
+            .open_seats()
+            .expect("open")
+            .iter()
+            .map(|o| o.seat_id)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(open(&state), vec![2]);
+    assert!(state.audit().expect("audit").ok());
+    // A writer started again walks from the point, and moves it on once
+    // seat 2 is returned.
+    let ledger = SqliteLedger::open(state.db_path()).expect("ledger again");
+    ledger.record(event(21, EventKind::Checkout, Some(21)));
+    ledger.sync().expect("durable");
+    assert_eq!(open_point(&state), (3, 21));
+    ledger.record(event(
+        3,
+        EventKind::Return(ReclaimReason::InvocationEnded),
+        Some(2),
+    ));
+    ledger.sync().expect("durable");
+    assert_eq!(
+        open_point(&state),
+        (38, 21),
+        "seat 21, taken at row 38, is the oldest"
+    );
+    assert_eq!(open(&state), vec![21]);
+    drop(ledger);
+    assert!(state.audit().expect("audit").ok());
+    // A chain head moved past an open seat hides it from a restart.
+    let hidden = tamper(&state, "UPDATE chain_head SET open_from = 41");
+    assert_eq!(open(&state), Vec::<u64>::new());
+    assert!(
+        hidden
+            .problems
+            .iter()
+            .any(|p| p.contains("before row 41 was returned, but seat 21")),
+        "{:?}",
+        hidden.problems
+    );
+    let reused = tamper(
+        &state,
+        "UPDATE chain_head SET open_from = 38, last_lease = 5",
+    );
+    assert!(
+        reused
+            .problems
+            .iter()
+            .any(|p| p.contains("last lease id 5 is below lease 21")),
+        "{:?}",
+        reused.problems
+    );
+    assert_eq!(state.last_lease_id().expect("last lease"), 5);
+}
+
 fn tamper(state: &State, sql: &str) -> AuditReport {
     state.conn().execute_batch(sql).expect("tamper");
     state.audit().expect("audit runs")
