@@ -164,6 +164,20 @@ pub trait Ledger: Send + Sync {
         self.sync_async()
     }
 
+    /// A call has started whose rows will come and which will then ask for
+    /// their commit ([`Ledger::sync_invocation`] or its async form), or say
+    /// [`Ledger::call_abandoned`]: a ledger that groups commits may hold a
+    /// commit back a little for such calls. The default does nothing.
+    fn call_started(&self, invocation: u64) {
+        let _ = invocation;
+    }
+
+    /// A call announced with [`Ledger::call_started`] will not ask for its
+    /// rows' commit (its answer reaches no one): nothing waits for it.
+    fn call_abandoned(&self, invocation: u64) {
+        let _ = invocation;
+    }
+
     /// Whether a new call may start: an error when commits fail (a full
     /// disk) or too many rows wait for their commit. Calls already running
     /// still record; only new ones are refused.

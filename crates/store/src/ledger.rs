@@ -5,7 +5,6 @@ use crate::chain::{GENESIS, kind_names, row_format, row_hash};
 use crate::open::OpenSet;
 use rusqlite::{Connection, params};
 use std::collections::HashMap;
-use std::collections::hash_map::Entry;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -33,10 +32,14 @@ const GROUP_WAIT_MAX: Duration = Duration::from_millis(1);
 /// An invocation whose rows are not all committed yet.
 #[derive(Clone, Copy)]
 struct Uncommitted {
-    /// The sequence number of its last row recorded.
+    /// The sequence number of its last row recorded (0: none yet).
     last: u64,
-    /// Whether it asked for its rows' commit since its last row.
+    /// Whether it asked for its rows' commit since its last row (or was
+    /// abandoned).
     asked: bool,
+    /// Whether the call announced itself ([`Ledger::call_started`]): it is
+    /// then kept, as running, until it asks, even with its rows committed.
+    announced: bool,
 }
 
 struct Pending {
@@ -45,6 +48,8 @@ struct Pending {
     wanted: u64,
     next_seq: u64,
     committed_seq: u64,
+    /// Rows up to here are committed or in the commit under way.
+    taken: u64,
     /// Why the last commit failed, while commits fail; cleared by the next
     /// commit that succeeds.
     failed: Option<Arc<rusqlite::Error>>,
@@ -71,6 +76,7 @@ impl Pending {
             wanted: seq,
             next_seq: seq + 1,
             committed_seq: seq,
+            taken: seq,
             failed: None,
             shutdown: false,
             uncommitted: HashMap::new(),
@@ -100,24 +106,62 @@ impl Pending {
     fn note_row(&mut self, invocation: u64) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let fresh = match self.uncommitted.entry(invocation) {
-            Entry::Occupied(mut e) => {
-                let u = e.get_mut();
-                u.last = seq;
-                std::mem::replace(&mut u.asked, false)
-            }
-            Entry::Vacant(e) => {
-                e.insert(Uncommitted {
-                    last: seq,
-                    asked: false,
-                });
-                true
-            }
-        };
+        self.running(invocation, false).last = seq;
+        seq
+    }
+
+    /// The entry of `invocation`, which counts as running from now until it
+    /// asks for its commit.
+    fn running(&mut self, invocation: u64, announced: bool) -> &mut Uncommitted {
+        let mut fresh = true;
+        let u = self
+            .uncommitted
+            .entry(invocation)
+            .and_modify(|u| fresh = std::mem::replace(&mut u.asked, false))
+            .or_insert(Uncommitted {
+                last: 0,
+                asked: false,
+                announced,
+            });
+        u.announced |= announced;
         if fresh {
             self.unasked += 1;
         }
-        seq
+        u
+    }
+
+    /// A call has started that will record rows and ask for their commit.
+    fn call_started(&mut self, invocation: u64) {
+        self.running(invocation, true);
+    }
+
+    /// `invocation` asks for its commit, or will not ask after all; returns
+    /// the sequence number of its last row not yet committed, if any.
+    fn done_running(&mut self, invocation: u64) -> Option<u64> {
+        let committed = self.committed_seq;
+        let u = self.uncommitted.get_mut(&invocation)?;
+        if !std::mem::replace(&mut u.asked, true) {
+            self.unasked -= 1;
+        }
+        let last = u.last;
+        if last <= committed {
+            self.uncommitted.remove(&invocation);
+            return None;
+        }
+        Some(last)
+    }
+
+    /// Whether a group waits only for the writer to notice that no call
+    /// runs any more.
+    fn group_complete(&self) -> bool {
+        self.wanted > self.committed_seq && self.unasked == 0
+    }
+
+    /// The call `invocation` will not ask for its commit (its answer
+    /// reaches no one); returns whether the writer needs waking.
+    fn call_abandoned(&mut self, invocation: u64) -> bool {
+        self.done_running(invocation);
+        self.group_complete()
     }
 
     /// Asks, at `now`, for the commit of the rows of `invocation` (every
@@ -128,24 +172,17 @@ impl Pending {
     fn ask(&mut self, invocation: Option<u64>, now: Instant) -> (u64, bool) {
         let target = match invocation {
             // Rows of an invocation not in the map are all committed.
-            Some(invocation) => match self.uncommitted.get_mut(&invocation) {
-                Some(u) => {
-                    if !std::mem::replace(&mut u.asked, true) {
-                        self.unasked -= 1;
-                    }
-                    u.last
-                }
-                None => self.committed_seq,
-            },
+            Some(invocation) => self.done_running(invocation).unwrap_or(self.committed_seq),
             None => self.next_seq - 1,
         };
         if target <= self.committed_seq {
-            return (target, false);
+            return (target, self.group_complete());
         }
         if invocation.is_none() {
             self.urgent = true;
         }
-        let first = self.wanted <= self.committed_seq;
+        // The first ask beyond the commit under way starts the next group.
+        let first = target > self.taken && self.wanted <= self.taken;
         if first {
             self.first_ask = Some(now);
         }
@@ -153,12 +190,20 @@ impl Pending {
         (target, first || self.unasked == 0 || self.urgent)
     }
 
-    /// Forgets the invocations whose rows are all committed up to `last`.
+    /// The writer takes the rows up to `last` for a commit: the next ask
+    /// beyond them starts the next group.
+    fn take(&mut self, last: u64) {
+        self.taken = last;
+        self.first_ask = None;
+    }
+
+    /// Forgets the invocations whose rows are all committed up to `last`,
+    /// but for announced calls still running.
     fn committed_up_to(&mut self, last: u64) {
         self.committed_seq = last;
         let mut unasked = self.unasked;
         self.uncommitted.retain(|_, u| {
-            let keep = u.last > last;
+            let keep = u.last > last || (u.announced && !u.asked);
             if !keep && !u.asked {
                 unasked -= 1;
             }
@@ -420,7 +465,10 @@ fn write_loop(mut conn: Connection, mut chain: Chain, shared: &Shared) {
             }
             p.urgent = false;
             let n = p.queue.len().min(MAX_BATCH);
-            p.queue.drain(..n).collect::<Vec<_>>()
+            let batch = p.queue.drain(..n).collect::<Vec<_>>();
+            let last = batch.last().map_or(p.taken, |e| e.seq);
+            p.take(last);
+            batch
         };
         let last = batch.last().map_or(0, |e| e.seq);
         let limit = shared.size_limit.load(Ordering::SeqCst);
@@ -460,6 +508,7 @@ fn write_loop(mut conn: Connection, mut chain: Chain, shared: &Shared) {
                     );
                 }
                 p.failed = Some(Arc::new(e));
+                p.taken = p.committed_seq;
                 let later = std::mem::take(&mut p.queue);
                 p.queue = batch;
                 p.queue.extend(later);
@@ -593,6 +642,16 @@ impl Ledger for SqliteLedger {
         Box::pin(self.wait_for_async(target))
     }
 
+    fn call_started(&self, invocation: u64) {
+        self.shared.lock().call_started(invocation);
+    }
+
+    fn call_abandoned(&self, invocation: u64) {
+        if self.shared.lock().call_abandoned(invocation) {
+            self.shared.work.notify_one();
+        }
+    }
+
     fn ready(&self) -> Result<(), LedgerError> {
         let p = self.shared.lock();
         if let Some(e) = &p.failed {
@@ -723,11 +782,50 @@ mod tests {
         // A host-wide sync wants every row now, running calls or not.
         assert_eq!(p.ask(None, t0), (3, true));
         assert!(p.commit_due(t0));
-        // A commit of the first rows only leaves call 1 waiting and call 2
-        // running; the group goes on from then.
-        p.committed_up_to(2);
-        assert_eq!(p.uncommitted.len(), 1);
+        // Committed: call 2 never announced itself, so with its rows
+        // committed it no longer counts as running.
+        p.take(3);
+        p.committed_up_to(3);
+        assert!(p.uncommitted.is_empty());
         assert_eq!(p.unasked, 0);
-        assert!(p.first_ask.is_some());
+    }
+
+    #[test]
+    fn announced_calls_count_as_running_until_they_ask_and_asks_during_a_commit_start_the_next_group()
+     {
+        let mut p = Pending::after(0);
+        p.group_wait = Duration::from_micros(500);
+        let t0 = Instant::now();
+        // Call 1 has started but recorded nothing yet; call 2 ends.
+        p.call_started(1);
+        p.note_row(2);
+        assert_eq!(p.ask(Some(2), t0), (1, true));
+        assert!(!p.commit_due(t0), "call 1 is running");
+        // The writer commits at the deadline; the commit leaves call 1
+        // running, rows or not.
+        let t1 = t0 + Duration::from_micros(500);
+        assert!(p.commit_due(t1));
+        p.take(1);
+        // Call 1 records and asks while that commit is under way: its ask
+        // starts the next group, from its own time.
+        p.call_started(3);
+        p.note_row(1);
+        let t2 = t1 + Duration::from_micros(100);
+        assert_eq!(p.ask(Some(1), t2), (2, true));
+        p.committed_up_to(1);
+        assert_eq!(p.unasked, 1, "call 3 runs");
+        assert!(!p.commit_due(t2 + Duration::from_micros(499)));
+        assert!(p.commit_due(t2 + Duration::from_micros(500)));
+        // Call 3 is abandoned: the group is whole, and the writer is woken.
+        assert!(p.call_abandoned(3));
+        assert!(p.commit_due(t2));
+        p.take(2);
+        p.committed_up_to(2);
+        assert!(p.uncommitted.is_empty());
+        // A call that recorded nothing and asks is answered at once.
+        p.call_started(4);
+        assert_eq!(p.ask(Some(4), t2), (2, false));
+        assert!(p.uncommitted.is_empty());
+        assert_eq!(p.unasked, 0);
     }
 }

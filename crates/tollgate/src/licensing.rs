@@ -181,6 +181,36 @@ pub struct LicensedCall {
     seats: CallSeats,
     licenses: Arc<LicenseManager>,
     requires: Vec<String>,
+    will_ask: WillAsk,
+}
+
+/// A call's promise to the ledger that it will ask for its rows' commit
+/// ([`Ledger::call_started`]), kept until it does; dropped before, the
+/// call is abandoned there, so no commit waits for it.
+#[derive(Debug)]
+struct WillAsk {
+    licenses: Arc<LicenseManager>,
+    invocation: u64,
+    asked: bool,
+}
+
+impl WillAsk {
+    fn new(licenses: &Arc<LicenseManager>, invocation: u64) -> Self {
+        licenses.ledger().call_started(invocation);
+        Self {
+            licenses: licenses.clone(),
+            invocation,
+            asked: false,
+        }
+    }
+}
+
+impl Drop for WillAsk {
+    fn drop(&mut self) {
+        if !self.asked {
+            self.licenses.ledger().call_abandoned(self.invocation);
+        }
+    }
 }
 
 impl LicensedCall {
@@ -195,10 +225,12 @@ impl LicensedCall {
         requires: Vec<String>,
         limits: CallLimits,
     ) -> Self {
+        let will_ask = WillAsk::new(licenses, holder.invocation);
         Self {
             seats: licenses.call(holder, entitlement, limits),
             licenses: licenses.clone(),
             requires,
+            will_ask,
         }
     }
 
@@ -257,6 +289,7 @@ impl LicensedCall {
             invocation,
             leases: ended.leases,
             outcome,
+            will_ask: self.will_ask,
         }
     }
 
@@ -283,6 +316,7 @@ pub struct EndedCall<T> {
     invocation: u64,
     leases: Vec<u64>,
     outcome: Result<T, Withheld>,
+    will_ask: WillAsk,
 }
 
 impl<T> fmt::Debug for EndedCall<T> {
@@ -318,16 +352,19 @@ impl<T> EndedCall<T> {
     /// The answer, once the call's ledger rows are committed (blocking the
     /// thread until they are); withheld if they cannot be. Must not be
     /// called from async code; use [`EndedCall::commit_async`] there.
-    pub fn commit(self) -> Result<T, Withheld> {
+    pub fn commit(mut self) -> Result<T, Withheld> {
+        self.will_ask.asked = true;
         let synced = self.licenses.ledger().sync_invocation(self.invocation);
         self.answer(synced)
     }
 
     /// Like [`EndedCall::commit`], awaiting the commit.
-    pub async fn commit_async(self) -> Result<T, Withheld>
+    pub async fn commit_async(mut self) -> Result<T, Withheld>
     where
         T: Send,
     {
+        // The ask is made when the future is created, before it is awaited.
+        self.will_ask.asked = true;
         let synced = self
             .licenses
             .ledger()

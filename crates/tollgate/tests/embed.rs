@@ -314,3 +314,96 @@ fn open_call_refuses_a_bad_plugin_name_or_license_id() {
         .expect_err("bad id");
     assert!(err.to_string().contains("no spaces allowed"), "{err}");
 }
+
+/// Records like a memory ledger, and logs what each call told it: that it
+/// started, asked for its commit, or was abandoned.
+#[derive(Default)]
+struct AnnouncedLedger {
+    rows: MemoryLedger,
+    log: std::sync::Mutex<Vec<String>>,
+}
+
+impl AnnouncedLedger {
+    fn note(&self, what: &str, invocation: u64) {
+        self.log
+            .lock()
+            .expect("log")
+            .push(format!("{what} {invocation}"));
+    }
+
+    fn log(&self) -> Vec<String> {
+        self.log.lock().expect("log").clone()
+    }
+}
+
+impl Ledger for AnnouncedLedger {
+    fn record(&self, event: UsageEvent) {
+        self.rows.record(event);
+    }
+
+    fn sync_invocation(&self, invocation: u64) -> Result<(), LedgerError> {
+        self.note("asked", invocation);
+        Ok(())
+    }
+
+    fn sync_invocation_async(&self, invocation: u64) -> tollgate::license::ledger::SyncFuture<'_> {
+        self.note("asked", invocation);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn call_started(&self, invocation: u64) {
+        self.note("started", invocation);
+    }
+
+    fn call_abandoned(&self, invocation: u64) {
+        self.note("abandoned", invocation);
+    }
+}
+
+#[tokio::test]
+async fn every_call_tells_the_ledger_it_started_and_then_asks_or_is_abandoned() {
+    // The ledger holds a group commit back for calls that said they started
+    // and have not asked yet, so each must end one way or the other.
+    let ledger = Arc::new(AnnouncedLedger::default());
+    let host = host(ledger.clone());
+    let runner = Runner::new();
+    let bytes = test_guests::bytes::HELLO_LICENSED;
+    // Ended and committed: it asks, once.
+    let call = open(&host, "hello", bytes);
+    let first = call.holder().invocation;
+    let (returned, store) = runner.run(call, bytes, b"world").await;
+    let answer = store.into_data().licensing.finish_async(returned).await;
+    assert!(answer.is_ok(), "{answer:?}");
+    // The store dropped with the call unended: abandoned.
+    let call = open(&host, "hello", bytes);
+    let second = call.holder().invocation;
+    drop(runner.run(call, bytes, b"world").await);
+    // Ended, but the answer dropped without its commit: abandoned.
+    let call = open(&host, "hello", bytes);
+    let third = call.holder().invocation;
+    let (returned, store) = runner.run(call, bytes, b"world").await;
+    drop(store.into_data().licensing.end(CallEnd::Returned(returned)));
+    // Ended and committed through the blocking form.
+    let call = open(&host, "hello", bytes);
+    let fourth = call.holder().invocation;
+    let (returned, store) = runner.run(call, bytes, b"world").await;
+    let ended = store.into_data().licensing.end(CallEnd::Returned(returned));
+    let answer = tokio::task::spawn_blocking(move || ended.commit())
+        .await
+        .expect("joins");
+    assert!(answer.is_ok(), "{answer:?}");
+    assert_eq!(
+        ledger.log(),
+        [
+            format!("started {first}"),
+            format!("asked {first}"),
+            format!("started {second}"),
+            format!("abandoned {second}"),
+            format!("started {third}"),
+            format!("abandoned {third}"),
+            format!("started {fourth}"),
+            format!("asked {fourth}"),
+        ]
+    );
+    assert_balanced(&demo(&host));
+}
