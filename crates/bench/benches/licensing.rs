@@ -19,6 +19,8 @@ use tollgate::runtime::Allocator;
 use tollgate::store::state::State;
 use tollgate::{Host, Limits, PluginSpec, Seats, Terms};
 
+#[path = "licensing/http.rs"]
+mod http;
 #[path = "licensing/shared.rs"]
 mod shared;
 
@@ -26,6 +28,32 @@ const LICENSE: &str = "bench";
 
 /// The results file this run writes besides stdout, once opened.
 static RESULTS: Mutex<Option<std::fs::File>> = Mutex::new(None);
+/// The directory of the results file, where cases put their raw CSV.
+static RESULTS_DIR: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+/// The directory this run writes its results to, if it writes any.
+fn results_dir() -> Option<PathBuf> {
+    RESULTS_DIR
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
+}
+
+/// This machine in a few words: cores and CPU model.
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    format!(
+        "{} cores, {cpu}",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    )
+}
 
 /// Prints `line` and writes it to the results file, if there is one.
 fn say(line: &str) {
@@ -102,6 +130,9 @@ fn open_results(date: &str, commit: &str, cases: &[String]) -> Option<PathBuf> {
             *RESULTS
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(file);
+            *RESULTS_DIR
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(dir);
             Some(path)
         }
         Err(e) => {
@@ -849,160 +880,14 @@ fn case_h() {
     );
 }
 
-/// Starts `tollgate serve` in this process on a loopback port, with the
-/// licensed and bare bench plugins and a signed license in a fresh state
-/// directory (every client comes from 127.0.0.1, so that address is not
-/// capped per client); returns the base URL. The server runs until the process exits.
-fn start_server(dir: &std::path::Path) -> String {
-    drop(durable_host(&dir.join("state")));
-    let config = format!(
-        "listen = \"127.0.0.1:0\"\nstate = \"state\"\ncompile_cache = \"cache\"\n\
-         max_concurrent_calls = 256\n\
-         trusted_proxies = [\"127.0.0.1\"]\n\
-         [[plugin]]\nname = \"licensed\"\ncomponent = {:?}\nrequires = [\"{LICENSE}\"]\n\
-         [[plugin]]\nname = \"bare\"\ncomponent = {:?}\n",
-        guest("bench-licensed").display().to_string(),
-        guest("bench-bare").display().to_string(),
-    );
-    let path = dir.join("tollgate.toml");
-    std::fs::write(&path, config).expect("write config");
-    let config = tollgate_server::config::Config::load(&path).expect("bench config");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .expect("server runtime");
-        rt.block_on(tollgate_server::serve(config, move |addr| {
-            let _ = tx.send(addr);
-        }))
-        .expect("server runs");
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("server is listening");
-    format!("http://{addr}")
-}
-
-/// Requests per second and every latency (µs) from `clients` keep-alive
-/// HTTP clients calling `plugin` for `window`.
-fn http_load(base: &str, plugin: &str, clients: usize, window: Duration) -> (f64, Vec<f64>) {
-    let url = format!("{base}/v1/plugins/{plugin}/invoke");
-    let input = b"work:16 the quick brown fox jumps over the lazy dog";
-    let stop = AtomicBool::new(false);
-    let barrier = Barrier::new(clients + 1);
-    let latencies = std::sync::Mutex::new(Vec::new());
-    std::thread::scope(|s| {
-        for _ in 0..clients {
-            s.spawn(|| {
-                let agent: ureq::Agent = ureq::Agent::config_builder()
-                    .http_status_as_error(false)
-                    .build()
-                    .into();
-                let mut mine = Vec::new();
-                barrier.wait();
-                while !stop.load(Ordering::Relaxed) {
-                    let t = Instant::now();
-                    let mut r = agent.post(&url).send(&input[..]).expect("request");
-                    let body = r.body_mut().read_to_vec().expect("body");
-                    assert_eq!(
-                        r.status().as_u16(),
-                        200,
-                        "{}",
-                        String::from_utf8_lossy(&body)
-                    );
-                    mine.push(t.elapsed().as_secs_f64() * 1e6);
-                }
-                latencies.lock().expect("latencies").extend(mine);
-            });
-        }
-        barrier.wait();
-        std::thread::sleep(window);
-        stop.store(true, Ordering::Relaxed);
-    });
-    let all = latencies.into_inner().expect("latencies");
-    (all.len() as f64 / window.as_secs_f64(), all)
-}
-
-fn case_g(plan: &Plan) {
-    // The state directory on the temp dir's disk (each acknowledged call
-    // waits for an fsync it shares with concurrent calls) and, where there
-    // is one, on tmpfs (the same work without the disk's flush latency).
-    let mut places = vec![("disk", std::env::temp_dir())];
-    if std::path::Path::new("/dev/shm").is_dir() {
-        places.push(("tmpfs", PathBuf::from("/dev/shm")));
-    }
-    // Client counts: `TOLLGATE_BENCH_CLIENTS=8,32` (default 8).
-    let counts: Vec<usize> = std::env::var("TOLLGATE_BENCH_CLIENTS")
-        .ok()
-        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
-        .filter(|v: &Vec<usize>| !v.is_empty())
-        .unwrap_or_else(|| vec![8]);
-    // `TOLLGATE_BENCH_G_PLACE=tmpfs` (or `disk`) measures one place only.
-    let only_place = std::env::var("TOLLGATE_BENCH_G_PLACE").ok();
-    places.retain(|(label, _)| only_place.as_deref().is_none_or(|p| p == *label));
-    for (label, place) in places {
-        for &clients in &counts {
-            http_case(plan, label, &place, clients);
-        }
-    }
-}
-
-fn http_case(plan: &Plan, label: &str, place: &std::path::Path, clients: usize) {
-    let dir = tempfile::Builder::new()
-        .prefix(&format!("tollgate-bench-g-{label}-{clients}-"))
-        .tempdir_in(place)
-        .expect("bench dir");
-    let base = start_server(dir.path());
-    // Warm both plugins and the connections' first-call paths.
-    http_load(&base, "licensed", clients, Duration::from_millis(200));
-    http_load(&base, "bare", clients, Duration::from_millis(200));
-    // For profiling one side alone: `TOLLGATE_BENCH_G_ONLY=licensed` (or
-    // `bare`) runs only that plugin and prints its rate.
-    if let Ok(only) = std::env::var("TOLLGATE_BENCH_G_ONLY") {
-        let rates: Vec<f64> = (0..plan.rounds)
-            .map(|_| http_load(&base, &only, clients, plan.window).0)
-            .collect();
-        println!(
-            "G {only} alone, {clients} clients, {label}: {:.0} requests/s",
-            median(rates)
-        );
-        return;
-    }
-    let (mut rates, mut p99s) = ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()]);
-    for r in 0..plan.rounds {
-        let order = if r % 2 == 0 { [0, 1] } else { [1, 0] };
-        for i in order {
-            let plugin = ["licensed", "bare"][i];
-            let (rate, mut lat) = http_load(&base, plugin, clients, plan.window);
-            rates[i].push(rate);
-            p99s[i].push(percentile(&mut lat, 0.99));
-        }
-    }
-    let [l, b] = rates.map(median);
-    let [lp, bp] = p99s.map(median);
-    row(
-        "G",
-        &format!("HTTP requests/s, {clients} keep-alive clients, durable ledger on {label}"),
-        format!("{l:.0}"),
-        format!("{b:.0}"),
-        format!("{:.3}", l / b),
-        "≥ 0.90",
-    );
-    row(
-        "G",
-        &format!("HTTP p99 latency, {clients} clients, ledger on {label} (µs)"),
-        format!("{lp:.0}"),
-        format!("{bp:.0}"),
-        format!("{:.3}", lp / bp),
-        "report",
-    );
-}
-
 /// One benchmark case.
 type Case = dyn Fn(&Plan);
 
 fn main() {
+    if let Some(config) = std::env::var_os(http::SERVE_ENV) {
+        http::serve_child(std::path::Path::new(&config));
+        return;
+    }
     let quick = std::env::args().any(|a| a == "--quick");
     // `cargo bench` passes `--bench`; ignore it and other flags below.
     let plan = if quick {
@@ -1022,14 +907,6 @@ fn main() {
             ledger_rows: 10_000_000,
         }
     };
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_default();
     // Case letters on the command line (e.g. `-- B C`) pick cases; default all.
     let only: Vec<String> = std::env::args()
         .skip(1)
@@ -1059,8 +936,8 @@ fn main() {
         }
     ));
     say(&format!(
-        "machine: {} cores, {cpu}; rounds {} (medians of interleaved rounds)\n",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "machine: {}; rounds {} (medians of interleaved rounds)\n",
+        machine(),
         plan.rounds
     ));
     say("| case | what | licensed | baseline | ratio | target |");
@@ -1074,7 +951,7 @@ fn main() {
         ("D", &case_d),
         ("E", &case_e),
         ("F", &case_f),
-        ("G", &case_g),
+        ("G", &http::case_g),
         ("H", &|_: &Plan| case_h()),
         ("I", &shared::case_i),
         ("S", &case_s),

@@ -1,0 +1,510 @@
+//! Case G: `tollgate serve` under HTTP load, licensed plugin against the
+//! same plugin unlicensed, the durable ledger on this machine's disk.
+//!
+//! The server runs in a process of its own (this bench binary started again
+//! with `TOLLGATE_BENCH_SERVE` set), a fresh one with a fresh state
+//! directory for every round, stopped before the next. The load comes from
+//! processes of their own too: `wrk` (closed loop, keep-alive connections)
+//! for requests per second at saturation, and `oha` at a fixed open-loop
+//! rate with latency correction for the latency at moderate load, so that
+//! a stalled server shows in p99 instead of slowing the load down. Each
+//! round also times this disk's fsync, since an acknowledged durable call
+//! cannot cost less than one. Verdicts come from a bootstrap confidence
+//! interval over the rounds: a target is met only when the whole interval
+//! clears it. Every round's raw figures go to `G.csv` beside the table.
+
+use super::{LICENSE, Plan, durable_host, guest, median, row, say};
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::os::unix::fs::FileExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The request body every call sends: the guest reads it and answers.
+const BODY: &str = "work:16 the quick brown fox jumps over the lazy dog";
+
+/// The environment variable that makes this binary a server process: its
+/// value is the configuration file to serve.
+pub(crate) const SERVE_ENV: &str = "TOLLGATE_BENCH_SERVE";
+
+/// Runs `tollgate serve` on `config` in this process and prints the
+/// address it listens on as the first line of stdout; returns when the
+/// server stops (SIGTERM).
+pub(crate) fn serve_child(config: &Path) {
+    let config = tollgate_server::config::Config::load(config).expect("bench server config");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("server runtime");
+    rt.block_on(tollgate_server::serve(config, |addr| {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{addr}");
+        let _ = out.flush();
+    }))
+    .expect("bench server runs");
+}
+
+/// A `tollgate serve` process of its own, stopped when dropped.
+struct Server {
+    child: Child,
+    base: String,
+    /// The state directory's parent, removed after the server stops.
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    /// Starts a server with the licensed and bare bench plugins and a
+    /// signed license in a fresh state directory under the temp dir.
+    fn start() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("tollgate-bench-g-")
+            .tempdir()
+            .expect("bench dir");
+        drop(durable_host(&dir.path().join("state")));
+        let config = format!(
+            "listen = \"127.0.0.1:0\"\nstate = \"state\"\ncompile_cache = \"cache\"\n\
+             max_concurrent_calls = 256\n\
+             trusted_proxies = [\"127.0.0.1\"]\n\
+             [[plugin]]\nname = \"licensed\"\ncomponent = {:?}\nrequires = [\"{LICENSE}\"]\n\
+             [[plugin]]\nname = \"bare\"\ncomponent = {:?}\n",
+            guest("bench-licensed").display().to_string(),
+            guest("bench-bare").display().to_string(),
+        );
+        let path = dir.path().join("tollgate.toml");
+        std::fs::write(&path, config).expect("write config");
+        let mut child = Command::new(std::env::current_exe().expect("this bench's path"))
+            .env(SERVE_ENV, &path)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the server process");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("server stdout"))
+            .read_line(&mut line)
+            .expect("server prints its address");
+        assert!(!line.trim().is_empty(), "the server process ended early");
+        Self {
+            child,
+            base: format!("http://{}", line.trim()),
+            _dir: dir,
+        }
+    }
+
+    fn url(&self, plugin: &str) -> String {
+        format!("{}/v1/plugins/{plugin}/invoke", self.base)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SIGTERM: the server drains and stops; killed if it does not.
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What one load run measured.
+#[derive(Clone, Copy, Default)]
+struct Load {
+    rps: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+/// The wrk script: POSTs [`BODY`] and prints the figures as one line.
+fn wrk_script(dir: &Path) -> PathBuf {
+    let path = dir.join("post.lua");
+    std::fs::write(
+        &path,
+        format!(
+            "wrk.method = \"POST\"\nwrk.body = {BODY:?}\n\
+             done = function(summary, latency, requests)\n\
+             io.write(string.format(\"TOLLGATE %d %d %d %d %d %d\\n\", summary.requests, summary.duration,\n\
+             latency:percentile(50), latency:percentile(99), summary.errors.status,\n\
+             summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))\n\
+             end\n"
+        ),
+    )
+    .expect("write the wrk script");
+    path
+}
+
+/// `wrk` with `connections` keep-alive connections for `secs` seconds.
+fn wrk(script: &Path, url: &str, connections: usize, secs: u64) -> Load {
+    let out = Command::new("wrk")
+        .args(["-t2", &format!("-c{connections}"), &format!("-d{secs}s")])
+        .arg("-s")
+        .arg(script)
+        .arg(url)
+        .output()
+        .expect("case G needs wrk (apt-get install wrk; crates/bench/install-tools.sh)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("TOLLGATE "))
+        .unwrap_or_else(|| panic!("wrk printed no figures: {text}"));
+    let f: Vec<f64> = line
+        .split_whitespace()
+        .map(|v| v.parse().expect("wrk figure"))
+        .collect();
+    let [
+        requests,
+        duration_us,
+        p50,
+        p99,
+        status_errors,
+        socket_errors,
+    ] = f[..]
+    else {
+        panic!("wrk printed {line:?}");
+    };
+    assert_eq!(
+        status_errors, 0.0,
+        "{url}: {status_errors} answers were not 2xx under wrk"
+    );
+    assert_eq!(socket_errors, 0.0, "{url}: {socket_errors} socket errors");
+    Load {
+        rps: requests / (duration_us / 1e6),
+        p50_us: p50,
+        p99_us: p99,
+    }
+}
+
+/// Where `oha` is: `target/bench-tools/bin/oha` (where
+/// `crates/bench/install-tools.sh` puts it), else on `PATH`.
+fn oha_path() -> Option<PathBuf> {
+    let tools = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../target/bench-tools/bin/oha"
+    ));
+    if tools.is_file() {
+        return Some(tools);
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join("oha"))
+            .find(|p| p.is_file())
+    })
+}
+
+/// `oha` at an open-loop `rate` of requests per second for `secs` seconds,
+/// latencies corrected for coordinated omission.
+fn run_oha(oha: &Path, url: &str, rate: f64, secs: u64) -> Load {
+    let out = Command::new(oha)
+        .args([
+            "--no-tui",
+            "--output-format",
+            "json",
+            "--latency-correction",
+        ])
+        .args([
+            "-c",
+            "64",
+            "-q",
+            &format!("{rate:.0}"),
+            "-z",
+            &format!("{secs}s"),
+        ])
+        .args(["-m", "POST", "-d", BODY])
+        .arg(url)
+        .output()
+        .expect("run oha");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "oha printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let codes = &json["statusCodeDistribution"];
+    let ok = codes["200"].as_f64().unwrap_or(0.0);
+    let all: f64 = codes.as_object().map_or(0.0, |m| {
+        m.values().filter_map(serde_json::Value::as_f64).sum()
+    });
+    assert!(all > 0.0 && ok == all, "{url}: oha saw answers {codes}");
+    let secs = |v: &serde_json::Value| v.as_f64().expect("oha latency") * 1e6;
+    Load {
+        rps: json["summary"]["requestsPerSec"].as_f64().unwrap_or(0.0),
+        p50_us: secs(&json["latencyPercentiles"]["p50"]),
+        p99_us: secs(&json["latencyPercentiles"]["p99"]),
+    }
+}
+
+/// The median and 99th percentile (µs) of `n` 4 KiB writes each followed
+/// by `fdatasync`, in `dir`: what one durable commit cannot go below.
+fn fsync_us(dir: &Path, n: usize) -> (f64, f64) {
+    let path = dir.join("fsync-probe");
+    let file = std::fs::File::create(&path).expect("fsync probe");
+    let page = [7u8; 4096];
+    let mut times: Vec<f64> = (0..n)
+        .map(|i| {
+            let t = Instant::now();
+            file.write_all_at(&page, (i % 64) as u64 * 4096)
+                .expect("probe write");
+            file.sync_data().expect("probe fdatasync");
+            t.elapsed().as_secs_f64() * 1e6
+        })
+        .collect();
+    let _ = std::fs::remove_file(&path);
+    times.sort_by(f64::total_cmp);
+    (times[n / 2], times[(n * 99 / 100).min(n - 1)])
+}
+
+/// CPU time stolen by the hypervisor and all CPU time so far (ticks), from
+/// `/proc/stat`.
+fn cpu_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    (fields.get(7).copied().unwrap_or(0), fields.iter().sum())
+}
+
+/// A 95% bootstrap confidence interval of `stat` over rounds: rounds are
+/// drawn with replacement (each round's pair kept together), 2,000 times,
+/// with a fixed seed so a table can be produced again from its CSV.
+fn bootstrap(pairs: &[(f64, f64)], stat: impl Fn(&[(f64, f64)]) -> f64) -> (f64, f64) {
+    let mut rng = fastrand::Rng::with_seed(0x746f_6c6c);
+    let mut stats: Vec<f64> = (0..2000)
+        .map(|_| {
+            let sample: Vec<(f64, f64)> = (0..pairs.len())
+                .map(|_| pairs[rng.usize(..pairs.len())])
+                .collect();
+            stat(&sample)
+        })
+        .collect();
+    stats.sort_by(f64::total_cmp);
+    (stats[50], stats[1949])
+}
+
+/// The ratio of the medians of the pairs' two sides.
+fn ratio_of_medians(pairs: &[(f64, f64)]) -> f64 {
+    median(pairs.iter().map(|p| p.0).collect()) / median(pairs.iter().map(|p| p.1).collect())
+}
+
+/// The median of the pairs' differences.
+fn median_difference(pairs: &[(f64, f64)]) -> f64 {
+    median(pairs.iter().map(|p| p.0 - p.1).collect())
+}
+
+/// One CSV line per round and side, to `G.csv` in the results directory.
+struct Csv(Option<std::fs::File>);
+
+impl Csv {
+    fn open() -> Self {
+        let file = super::results_dir().and_then(|dir| {
+            let mut f = std::fs::File::create(dir.join("G.csv")).ok()?;
+            writeln!(
+                f,
+                "commit,machine,connections,round,side,load,rate_asked,requests_per_s,p50_us,p99_us,fsync_p50_us,fsync_p99_us,steal_pct"
+            )
+            .ok()?;
+            Some(f)
+        });
+        Self(file)
+    }
+
+    fn line(&mut self, fields: &[String]) {
+        if let Some(f) = self.0.as_mut() {
+            let _ = writeln!(
+                f,
+                "{},{},{}",
+                super::commit(),
+                super::machine().replace(',', ";"),
+                fields.join(",")
+            );
+        }
+    }
+}
+
+/// Case G. `TOLLGATE_BENCH_CLIENTS=8,32,64` picks the connection counts
+/// (default all three); the largest one is the saturation target's, and
+/// the moderate load runs at half of the bare plugin's rate there.
+pub(crate) fn case_g(plan: &Plan) {
+    let counts: Vec<usize> = std::env::var("TOLLGATE_BENCH_CLIENTS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .filter(|v: &Vec<usize>| !v.is_empty())
+        .unwrap_or_else(|| vec![8, 32, 64]);
+    let saturation = counts.iter().copied().max().unwrap_or(64);
+    let oha = oha_path().expect(
+        "case G needs oha for its open-loop latency (crates/bench/install-tools.sh puts it in target/bench-tools)",
+    );
+    let secs = plan.window.as_secs().max(1) + u64::from(plan.rounds > 3);
+    let rounds = if plan.rounds > 3 {
+        plan.rounds.max(5)
+    } else {
+        2
+    };
+    let scripts = tempfile::tempdir().expect("script dir");
+    let script = wrk_script(scripts.path());
+    let mut csv = Csv::open();
+    let (steal0, total0) = cpu_ticks();
+    // Per connection count: (licensed, bare) requests/s per round.
+    let mut rps: Vec<Vec<(f64, f64)>> = vec![Vec::new(); counts.len()];
+    // Moderate load: (licensed, bare) p50 and p99 per round, and fsync.
+    let (mut p50s, mut p99s, mut fsyncs) = (Vec::new(), Vec::new(), Vec::new());
+    let mut rate_asked = Vec::new();
+    for round in 0..rounds {
+        let (s0, t0) = cpu_ticks();
+        let server = Server::start();
+        let (licensed, bare) = (server.url("licensed"), server.url("bare"));
+        // Warm both plugins, the compile cache and the connections.
+        wrk(&script, &licensed, 8, 1);
+        wrk(&script, &bare, 8, 1);
+        let fsync = fsync_us(server._dir.path(), 200);
+        fsyncs.push(fsync);
+        let mut sides = [("licensed", &licensed), ("bare", &bare)];
+        if round % 2 == 1 {
+            sides.reverse();
+        }
+        let mut bare_at_saturation = 0.0;
+        for (i, &connections) in counts.iter().enumerate() {
+            let mut pair = (0.0, 0.0);
+            for (side, url) in sides {
+                let load = wrk(&script, url, connections, secs);
+                if side == "licensed" {
+                    pair.0 = load.rps;
+                } else {
+                    pair.1 = load.rps;
+                }
+                csv.line(&[
+                    connections.to_string(),
+                    round.to_string(),
+                    side.into(),
+                    "wrk".into(),
+                    String::new(),
+                    format!("{:.0}", load.rps),
+                    format!("{:.0}", load.p50_us),
+                    format!("{:.0}", load.p99_us),
+                    format!("{:.0}", fsync.0),
+                    format!("{:.0}", fsync.1),
+                    String::new(),
+                ]);
+            }
+            if connections == saturation {
+                bare_at_saturation = pair.1;
+            }
+            rps[i].push(pair);
+        }
+        let rate = bare_at_saturation / 2.0;
+        rate_asked.push(rate);
+        let mut p50 = (0.0, 0.0);
+        let mut p99 = (0.0, 0.0);
+        for (side, url) in sides {
+            let load = run_oha(&oha, url, rate, secs);
+            if side == "licensed" {
+                (p50.0, p99.0) = (load.p50_us, load.p99_us);
+            } else {
+                (p50.1, p99.1) = (load.p50_us, load.p99_us);
+            }
+            csv.line(&[
+                "64".into(),
+                round.to_string(),
+                side.into(),
+                "oha open loop".into(),
+                format!("{rate:.0}"),
+                format!("{:.0}", load.rps),
+                format!("{:.0}", load.p50_us),
+                format!("{:.0}", load.p99_us),
+                format!("{:.0}", fsync.0),
+                format!("{:.0}", fsync.1),
+                String::new(),
+            ]);
+        }
+        p50s.push(p50);
+        p99s.push(p99);
+        drop(server);
+        let (s1, t1) = cpu_ticks();
+        csv.line(&[
+            String::new(),
+            round.to_string(),
+            "round".into(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            format!("{:.2}", steal_pct(s1 - s0, t1 - t0)),
+        ]);
+    }
+    let (steal1, total1) = cpu_ticks();
+    for (i, &connections) in counts.iter().enumerate() {
+        let pairs = &rps[i];
+        let ratio = ratio_of_medians(pairs);
+        let (lo, hi) = bootstrap(pairs, ratio_of_medians);
+        let target = connections == saturation;
+        row(
+            "G",
+            &format!(
+                "`tollgate serve` requests/s, wrk with {connections} keep-alive connections (own process), durable ledger on disk; {rounds} server processes"
+            ),
+            format!("{:.0}", median(pairs.iter().map(|p| p.0).collect())),
+            format!("{:.0}", median(pairs.iter().map(|p| p.1).collect())),
+            format!("{ratio:.3} (95% CI {lo:.3}–{hi:.3})"),
+            &if target {
+                format!("≥ 0.90: {}", verdict(lo >= 0.90))
+            } else {
+                "report".into()
+            },
+        );
+    }
+    let fsync50 = median(fsyncs.iter().map(|f| f.0).collect());
+    let fsync99 = median(fsyncs.iter().map(|f| f.1).collect());
+    let rate = median(rate_asked);
+    for (what, pairs, allowed) in [
+        ("p50", &p50s, fsync50 + 50.0),
+        ("p99", &p99s, 2.0 * fsync50 + 100.0),
+    ] {
+        let extra = median_difference(pairs);
+        let (_, hi) = bootstrap(pairs, median_difference);
+        row(
+            "G",
+            &format!(
+                "`tollgate serve` {what} latency at a moderate load (oha, open loop at {rate:.0} requests/s, half of bare's saturation; corrected for coordinated omission), µs"
+            ),
+            format!("{:.0}", median(pairs.iter().map(|p| p.0).collect())),
+            format!("{:.0}", median(pairs.iter().map(|p| p.1).collect())),
+            format!("+{extra:.0} µs (95% CI up to +{hi:.0})"),
+            &format!(
+                "≤ +{allowed:.0} µs ({}fsync {fsync50:.0} µs + {:.0}): {}",
+                if what == "p99" { "2 × " } else { "" },
+                allowed - if what == "p99" { 2.0 } else { 1.0 } * fsync50,
+                verdict(hi <= allowed)
+            ),
+        );
+    }
+    say(&format!(
+        "\nG: this disk's fsync (4 KiB write + fdatasync, in the state directory's file system): median {fsync50:.0} µs, p99 {fsync99:.0} µs; CPU steal over the case {:.2}%.\n",
+        steal_pct(steal1 - steal0, total1 - total0)
+    ));
+}
+
+fn steal_pct(steal: u64, total: u64) -> f64 {
+    if total == 0 {
+        0.0
+    } else {
+        steal as f64 * 100.0 / total as f64
+    }
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "missed" }
+}
