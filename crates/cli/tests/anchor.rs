@@ -224,6 +224,18 @@ fn checkpoints_catch_a_cut_tail_and_a_recomputed_chain() {
         )
         .expect("truncate");
     }
+    // The usage sums the writer stored up to row 30 give the cut away...
+    let plain = tg(root, &["audit", "verify"]);
+    assert_eq!(plain.status.code(), Some(5), "{}", text(&plain));
+    assert!(
+        text(&plain).contains("stored usage sums up to row 30 differ"),
+        "{}",
+        text(&plain)
+    );
+    // ... unless they go too, and then the chain alone cannot show it.
+    db(root)
+        .execute_batch("DELETE FROM ledger_sums_mark")
+        .expect("drop the sums");
     let plain = tg(root, &["audit", "verify"]);
     assert!(
         plain.status.success(),
@@ -267,6 +279,18 @@ fn checkpoints_catch_a_cut_tail_and_a_recomputed_chain() {
         .expect("edit");
         recompute_chain(&conn);
     }
+    // The stored usage sums count the row for its first plugin...
+    let plain = tg(root, &["audit", "verify"]);
+    assert_eq!(plain.status.code(), Some(5), "{}", text(&plain));
+    assert!(
+        text(&plain).contains("stored usage sums up to row 30 differ"),
+        "{}",
+        text(&plain)
+    );
+    // ... unless they go too, and then the chain alone cannot show it.
+    db(root)
+        .execute_batch("DELETE FROM ledger_sums_mark")
+        .expect("drop the sums");
     let plain = tg(root, &["audit", "verify"]);
     assert!(plain.status.success(), "{}", text(&plain));
     let anchored = tg(root, &["audit", "verify", "--checkpoint", &p("cp")]);

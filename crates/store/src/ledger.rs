@@ -3,6 +3,7 @@
 
 use crate::chain::{GENESIS, kind_names, row_format, row_hash};
 use crate::open::OpenSet;
+use crate::state::{Kept, SUMS_STORED_EVERY_ROWS};
 use rusqlite::{Connection, params};
 use std::collections::HashMap;
 use std::path::Path;
@@ -310,7 +311,10 @@ impl SqliteLedger {
     /// continuing the chain from its stored head.
     pub fn open(path: &Path) -> Result<Self, LedgerError> {
         let err = |e: rusqlite::Error| LedgerError::store(format!("open {}", path.display()), e);
-        let conn = connect(path).map_err(err)?;
+        let mut conn = connect(path).map_err(err)?;
+        // The usage sums up to the last row, folding what the last writer
+        // left unstored (after a crash, at most a store interval's rows).
+        let sums = Kept::load(&mut conn).map_err(err)?;
         let (seq, hash, open_from, last_lease): (u64, Vec<u8>, u64, u64) = conn
             .query_row(
                 "SELECT seq, hash, open_from, last_lease FROM chain_head WHERE id = 1",
@@ -345,7 +349,16 @@ impl SqliteLedger {
         let writer_shared = shared.clone();
         let writer = std::thread::Builder::new()
             .name("tollgate-ledger".into())
-            .spawn(move || write_loop(conn, Chain { head, open }, &writer_shared))
+            .spawn(move || {
+                let stored = sums.upto;
+                let chain = Chain {
+                    head,
+                    open,
+                    sums,
+                    stored,
+                };
+                write_loop(conn, chain, &writer_shared);
+            })
             .map_err(|e| LedgerError::store("start its writer thread", e))?;
         Ok(Self {
             shared,
@@ -422,6 +435,30 @@ struct Chain {
     head: [u8; 32],
     /// The seats open after the last row queued for commit.
     open: OpenSet,
+    /// The usage sums of every row committed.
+    sums: Kept,
+    /// The row up to which the sums were last stored.
+    stored: u64,
+}
+
+/// Stores the usage sums if rows were committed since they last were (when
+/// the writer stops), so the next start folds nothing.
+fn store_sums(conn: &mut Connection, chain: &mut Chain) {
+    if chain.sums.upto == chain.stored {
+        return;
+    }
+    let stored = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .and_then(|tx| {
+            chain.sums.store(&tx)?;
+            tx.commit()
+        });
+    match stored {
+        Ok(()) => chain.stored = chain.sums.upto,
+        Err(e) => tracing::warn!(
+            "the usage sums were not stored ({e}); the next start adds up the rows since they last were"
+        ),
+    }
 }
 
 fn write_loop(mut conn: Connection, mut chain: Chain, shared: &Shared) {
@@ -459,6 +496,8 @@ fn write_loop(mut conn: Connection, mut chain: Chain, shared: &Shared) {
             }
             if p.queue.is_empty() {
                 if p.shutdown {
+                    drop(p);
+                    store_sums(&mut conn, &mut chain);
                     return;
                 }
                 continue;
@@ -541,16 +580,28 @@ fn write_loop(mut conn: Connection, mut chain: Chain, shared: &Shared) {
 }
 
 fn append(conn: &mut Connection, chain: &mut Chain, batch: &[UsageEvent]) -> rusqlite::Result<()> {
+    // The sums of the rows committed before this batch ride along every
+    // SUMS_STORED_EVERY_ROWS rows: a restart then folds only the rows since.
+    let store = chain.sums.upto >= chain.stored + SUMS_STORED_EVERY_ROWS;
     // Every statement of a commit is prepared once per connection: parsing
     // them anew was a sixth of the writer's time under load.
     conn.prepare_cached("BEGIN")?.execute([])?;
     let committed = append_rows(conn, chain, batch).and_then(|hash| {
+        if store {
+            chain.sums.store(conn)?;
+        }
         conn.prepare_cached("COMMIT")?.execute([])?;
         Ok(hash)
     });
     match committed {
         Ok(hash) => {
             chain.head = hash;
+            if store {
+                chain.stored = chain.sums.upto;
+            }
+            for e in batch {
+                chain.sums.apply(e);
+            }
             Ok(())
         }
         Err(e) => {

@@ -7,6 +7,8 @@ mod ids;
 mod reports;
 mod scopes;
 mod sums;
+pub(crate) use sums::Kept;
+pub use sums::SUMS_STORED_EVERY_ROWS;
 
 #[cfg(feature = "postgres")]
 pub(crate) use anchor::stored_grant_problem;

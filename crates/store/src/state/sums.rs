@@ -1,15 +1,22 @@
 //! The ledger's sums kept up to a row, so that start-up reads only the rows
 //! after it: per (license, plugin, kind, reason, format) the sum of the
 //! rows' counts, and per license and per (license, plugin) the seats in use
-//! at that row and the most held at once up to it. Each start adds the rows
-//! written since and moves the mark; a full audit checks the stored sums
-//! against the ledger.
+//! at that row and the most held at once up to it. The ledger writer keeps
+//! them as it commits and stores them every [`SUMS_STORED_EVERY_ROWS`] rows (and
+//! when it stops); a start adds the rows written since the last store and
+//! moves the mark; a full audit checks the stored sums against the ledger.
 
 use super::{SEAT_MOVE, State, StateError, add, clamp};
-use crate::chain::kind_from_names;
-use rusqlite::{OptionalExtension, Transaction, params};
-use std::collections::BTreeMap;
+use crate::chain::{kind_from_names, kind_names, row_format};
+use rusqlite::{Connection, OptionalExtension, params};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use tollgate_license::ledger::{EventKind, UsageEvent};
 use tollgate_license::store::LedgerCounters;
+
+/// The ledger writer stores its sums at least this many rows apart: a start
+/// after a crash folds at most this many rows (plus one commit's).
+pub const SUMS_STORED_EVERY_ROWS: u64 = 50_000;
 
 /// The tables (created with the schema).
 pub(super) const SCHEMA: &str = "
@@ -34,7 +41,7 @@ type Runs = BTreeMap<(String, String), (i64, i64)>;
 
 /// The sums and runs of rows `after < seq <= upto`, starting from `runs`.
 fn fold(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     after: u64,
     upto: u64,
     sums: &mut Sums,
@@ -97,7 +104,7 @@ fn fold(
 }
 
 /// The row the stored sums go up to, if they were ever stored.
-fn mark(tx: &Transaction<'_>) -> rusqlite::Result<Option<u64>> {
+fn mark(tx: &Connection) -> rusqlite::Result<Option<u64>> {
     tx.query_row("SELECT upto FROM ledger_sums_mark WHERE id = 1", [], |r| {
         r.get(0)
     })
@@ -106,7 +113,7 @@ fn mark(tx: &Transaction<'_>) -> rusqlite::Result<Option<u64>> {
 
 /// The stored sums and runs, and the row they go up to (none without a
 /// mark).
-fn stored(tx: &Transaction<'_>) -> rusqlite::Result<(u64, Sums, Runs)> {
+fn stored(tx: &Connection) -> rusqlite::Result<(u64, Sums, Runs)> {
     let Some(upto) = mark(tx)? else {
         // No mark: whatever the tables hold counts for nothing.
         return Ok((0, Sums::new(), Runs::new()));
@@ -138,7 +145,7 @@ fn stored(tx: &Transaction<'_>) -> rusqlite::Result<(u64, Sums, Runs)> {
 }
 
 /// Replaces the stored sums and runs with these, up to row `upto`.
-fn store(tx: &Transaction<'_>, upto: u64, sums: &Sums, runs: &Runs) -> rusqlite::Result<()> {
+fn store(tx: &Connection, upto: u64, sums: &Sums, runs: &Runs) -> rusqlite::Result<()> {
     tx.execute_batch("DELETE FROM ledger_sums; DELETE FROM ledger_runs;")?;
     let mut put = tx.prepare(
         "INSERT INTO ledger_sums (license_id, plugin, kind, reason, format, n) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -184,6 +191,131 @@ fn counters(sums: &Sums, runs: &Runs) -> LedgerCounters {
     out
 }
 
+/// A key of [`Kept`]'s added sums: (license, plugin, kind, reason or "",
+/// format), from the rows' own strings.
+type AddedKey = (Arc<str>, Arc<str>, &'static str, &'static str, i64);
+
+/// The sums and runs of every row up to `upto`.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Kept {
+    sums: Sums,
+    runs: Runs,
+    /// Sums added by [`Kept::apply`] since the last [`Kept::store`], keyed
+    /// without allocating (the rows' own shared strings).
+    added: HashMap<AddedKey, i64>,
+    /// The runs touched by [`Kept::apply`], current (those in `runs` may be
+    /// older), likewise keyed.
+    live: HashMap<(Arc<str>, Arc<str>), (i64, i64)>,
+    /// [`WHOLE_LICENSE`], shared.
+    whole: Arc<str>,
+    /// The last row they cover.
+    pub(crate) upto: u64,
+}
+
+impl Kept {
+    /// The stored sums, with the rows after their mark folded in; the
+    /// result is stored (moving the mark) when there were such rows. The
+    /// rows are folded in a read transaction, which never holds up a
+    /// running host's ledger writer (WAL); only storing takes the write
+    /// lock, briefly.
+    pub(crate) fn load(conn: &mut Connection) -> rusqlite::Result<Self> {
+        let (after, mut kept) = {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Deferred)?;
+            let (after, mut sums, mut runs) = stored(&tx)?;
+            let upto: u64 =
+                tx.query_row("SELECT coalesce(max(seq), 0) FROM ledger", [], |r| r.get(0))?;
+            if upto > after {
+                fold(&tx, after, upto, &mut sums, &mut runs)?;
+            }
+            let kept = Self {
+                sums,
+                runs,
+                upto,
+                whole: WHOLE_LICENSE.into(),
+                ..Self::default()
+            };
+            (after, kept)
+        };
+        if kept.upto > after {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            // Another reader may have moved the mark meanwhile: keep its.
+            if mark(&tx)?.unwrap_or(0) == after {
+                kept.store(&tx)?;
+            }
+            tx.commit()?;
+        }
+        Ok(kept)
+    }
+
+    /// Adds one committed row.
+    pub(crate) fn apply(&mut self, e: &UsageEvent) {
+        let (kind, reason) = kind_names(e.kind);
+        let format = i64::from(row_format(e));
+        let key = (
+            e.license_id.clone(),
+            e.plugin.clone(),
+            kind,
+            reason.unwrap_or(""),
+            format,
+        );
+        *self.added.entry(key).or_default() += i64::try_from(e.count).unwrap_or(i64::MAX);
+        // The same seat moves as `SEAT_MOVE` counts them.
+        let mv = match e.kind {
+            EventKind::Checkout => 1,
+            EventKind::Return(_) => -1,
+            EventKind::Release | EventKind::Reclaim(_) if format == 1 => -1,
+            _ => 0,
+        };
+        for plugin in [&e.plugin, &self.whole] {
+            let runs = &self.runs;
+            let (peak, run) = self
+                .live
+                .entry((e.license_id.clone(), plugin.clone()))
+                .or_insert_with(|| {
+                    runs.get(&(e.license_id.to_string(), plugin.to_string()))
+                        .copied()
+                        .unwrap_or_default()
+                });
+            *run += mv;
+            *peak = (*peak).max(*run);
+        }
+        self.upto = e.seq;
+    }
+
+    /// Folds what [`Kept::apply`] added into the sums and runs.
+    fn settle(&mut self) {
+        for ((license, plugin, kind, reason, format), n) in self.added.drain() {
+            *self
+                .sums
+                .entry((
+                    license.to_string(),
+                    plugin.to_string(),
+                    kind.to_string(),
+                    reason.to_string(),
+                    format,
+                ))
+                .or_default() += n;
+        }
+        for ((license, plugin), value) in &self.live {
+            self.runs
+                .insert((license.to_string(), plugin.to_string()), *value);
+        }
+    }
+
+    /// Stores these sums and moves the mark to [`Kept::upto`], inside the
+    /// caller's transaction.
+    pub(crate) fn store(&mut self, tx: &Connection) -> rusqlite::Result<()> {
+        self.settle();
+        store(tx, self.upto, &self.sums, &self.runs)
+    }
+
+    /// The counters these sums give.
+    fn counters(mut self) -> LedgerCounters {
+        self.settle();
+        counters(&self.sums, &self.runs)
+    }
+}
+
 impl State {
     /// Counters per license id (and per plugin) computed from the ledger
     /// alone: the stored sums up to their mark, plus the rows written since,
@@ -191,34 +323,17 @@ impl State {
     /// their call) end the seat with the lease: their release or reclaim
     /// counts as a return.
     pub fn ledger_counters(&self) -> Result<LedgerCounters, StateError> {
-        let mut conn = self.conn();
-        // The rows are folded in a read transaction, which never holds up a
-        // running host's ledger writer (WAL); only storing the result takes
-        // the write lock, briefly.
-        let (after, upto, sums, runs) = {
-            let tx = conn
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Deferred)
-                .map_err(|e| self.err(e))?;
-            let (after, mut sums, mut runs) = stored(&tx).map_err(|e| self.err(e))?;
-            let upto: u64 = tx
-                .query_row("SELECT coalesce(max(seq), 0) FROM ledger", [], |r| r.get(0))
-                .map_err(|e| self.err(e))?;
-            if upto > after {
-                fold(&tx, after, upto, &mut sums, &mut runs).map_err(|e| self.err(e))?;
-            }
-            (after, upto, sums, runs)
-        };
-        if upto > after {
-            let tx = conn
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                .map_err(|e| self.err(e))?;
-            // Another reader may have moved the mark meanwhile: keep its.
-            if mark(&tx).map_err(|e| self.err(e))?.unwrap_or(0) == after {
-                store(&tx, upto, &sums, &runs).map_err(|e| self.err(e))?;
-            }
-            tx.commit().map_err(|e| self.err(e))?;
-        }
-        Ok(counters(&sums, &runs))
+        let kept = Kept::load(&mut self.conn()).map_err(|e| self.err(e))?;
+        Ok(kept.counters())
+    }
+
+    /// Drops the stored usage sums: the next start adds up every row again
+    /// (what a database from before they were kept does once).
+    pub fn forget_usage_sums(&self) -> Result<(), StateError> {
+        self.conn()
+            .execute("DELETE FROM ledger_sums_mark", [])
+            .map(drop)
+            .map_err(|e| self.err(e))
     }
 
     /// What differs between the stored sums and the ledger's rows up to the

@@ -313,6 +313,64 @@ fn counters_kept_across_starts_match_the_ledger_counted_from_scratch() {
     );
 }
 
+/// The row the stored usage sums go up to.
+fn sums_mark(state: &State) -> Option<u64> {
+    state
+        .conn()
+        .query_row("SELECT upto FROM ledger_sums_mark", [], |r| r.get(0))
+        .optional()
+        .expect("mark")
+}
+
+#[test]
+fn the_writer_stores_the_usage_sums_as_it_goes_and_when_it_stops() {
+    let temp = temp_dir("writer-sums");
+    let state = State::open(temp.path()).expect("opens");
+    let ledger = SqliteLedger::open(state.db_path()).expect("ledger");
+    let ended = EventKind::Return(ReclaimReason::InvocationEnded);
+    // Seats taken and returned, a few held across commits, and denials.
+    let (mut seq, mut seat) = (0, 0);
+    while seq < SUMS_STORED_EVERY_ROWS + 1_000 {
+        for _ in 0..100 {
+            seat += 1;
+            let plugin = if seat % 3 == 0 { "q" } else { "p" };
+            ledger.record(row_of(plugin, seat, EventKind::Checkout, Some(seat)));
+            if seat % 7 != 0 {
+                ledger.record(row_of(plugin, seat, ended, Some(seat)));
+                seq += 1;
+            }
+            seq += 1;
+        }
+        ledger.record(row_of(
+            "q",
+            seat,
+            EventKind::Denial(Denial::Exhausted),
+            None,
+        ));
+        seq += 1;
+        ledger.sync().expect("durable");
+    }
+    // Stored while it runs, once SUMS_STORED_EVERY_ROWS rows were committed, by
+    // the commit after them.
+    let mark = sums_mark(&state).expect("stored while running");
+    assert!(
+        (SUMS_STORED_EVERY_ROWS..seq).contains(&mark),
+        "mark {mark} of {seq} rows"
+    );
+    // Stored up to the last row when it stops.
+    drop(ledger);
+    assert_eq!(sums_mark(&state), Some(seq));
+    assert!(state.audit().expect("audit").ok());
+    // The sums it kept are those counted from the first row.
+    let kept = state.ledger_counters().expect("counters");
+    state.forget_usage_sums().expect("forgotten");
+    let counted = state.ledger_counters().expect("counters");
+    assert_eq!(kept, counted);
+    let c = &counted["a"].0;
+    assert_eq!(c.in_use, u32::try_from(seat / 7).expect("small"));
+    assert_eq!(c.peak, c.in_use + 1);
+}
+
 #[test]
 fn a_call_waits_only_for_its_own_rows() {
     let temp = temp_dir("own-rows");
