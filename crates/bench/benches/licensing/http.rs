@@ -181,9 +181,13 @@ fn wrk(script: &Path, url: &str, connections: usize, secs: u64) -> Load {
     }
 }
 
-/// Where `oha` is: `target/bench-tools/bin/oha` (where
-/// `crates/bench/install-tools.sh` puts it), else on `PATH`.
+/// Where `oha` is: `TOLLGATE_BENCH_OHA` if set, else
+/// `target/bench-tools/bin/oha` (where `crates/bench/install-tools.sh` puts
+/// it), else on `PATH`.
 fn oha_path() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("TOLLGATE_BENCH_OHA") {
+        return Some(PathBuf::from(path));
+    }
     let tools = PathBuf::from(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../target/bench-tools/bin/oha"
