@@ -23,6 +23,9 @@ use std::time::{Duration, Instant};
 /// The request body every call sends: the guest reads it and answers.
 const BODY: &str = "work:16 the quick brown fox jumps over the lazy dog";
 
+/// The connections oha keeps open to offer its open-loop rate.
+const OHA_CONNECTIONS: usize = 64;
+
 /// The environment variable that makes this binary a server process: its
 /// value is the configuration file to serve.
 pub(crate) const SERVE_ENV: &str = "TOLLGATE_BENCH_SERVE";
@@ -301,13 +304,23 @@ fn ratio_of_medians(pairs: &[(f64, f64)]) -> f64 {
     median(pairs.iter().map(|p| p.0).collect()) / median(pairs.iter().map(|p| p.1).collect())
 }
 
+/// The medians of the pairs' two sides, formatted.
+fn side_medians(pairs: &[(f64, f64)]) -> (String, String) {
+    let side = |f: fn(&(f64, f64)) -> f64| format!("{:.0}", median(pairs.iter().map(f).collect()));
+    (side(|p| p.0), side(|p| p.1))
+}
+
 /// The median of the pairs' differences.
 fn median_difference(pairs: &[(f64, f64)]) -> f64 {
     median(pairs.iter().map(|p| p.0 - p.1).collect())
 }
 
 /// One CSV line per round and side, to `G.csv` in the results directory.
-struct Csv(Option<std::fs::File>);
+struct Csv {
+    file: Option<std::fs::File>,
+    /// The round under way and its fsync times.
+    round: (usize, (f64, f64)),
+}
 
 impl Csv {
     fn open() -> Self {
@@ -320,11 +333,46 @@ impl Csv {
             .ok()?;
             Some(f)
         });
-        Self(file)
+        Self {
+            file,
+            round: (0, (0.0, 0.0)),
+        }
+    }
+
+    /// One load run's line.
+    fn load(&mut self, connections: usize, side: &str, tool: &str, rate: Option<f64>, load: Load) {
+        let (round, fsync) = self.round;
+        self.line(&[
+            connections.to_string(),
+            round.to_string(),
+            side.into(),
+            tool.into(),
+            rate.map_or_else(String::new, |r| format!("{r:.0}")),
+            format!("{:.0}", load.rps),
+            format!("{:.0}", load.p50_us),
+            format!("{:.0}", load.p99_us),
+            format!("{:.0}", fsync.0),
+            format!("{:.0}", fsync.1),
+            String::new(),
+        ]);
+    }
+
+    /// The round the next lines are of, and the fsync measured in it.
+    fn start_round(&mut self, round: usize, fsync: (f64, f64)) {
+        self.round = (round, fsync);
+    }
+
+    /// A round's own line: the CPU stolen while it ran.
+    fn end_round(&mut self, round: usize, steal_pct: f64) {
+        let mut fields = vec![String::new(); 11];
+        fields[1] = round.to_string();
+        fields[2] = "round".into();
+        fields[10] = format!("{steal_pct:.2}");
+        self.line(&fields);
     }
 
     fn line(&mut self, fields: &[String]) {
-        if let Some(f) = self.0.as_mut() {
+        if let Some(f) = self.file.as_mut() {
             let _ = writeln!(
                 f,
                 "{},{},{}",
@@ -373,6 +421,7 @@ pub(crate) fn case_g(plan: &Plan) {
         wrk(&script, &bare, 8, 1);
         let fsync = fsync_us(server._dir.path(), 200);
         fsyncs.push(fsync);
+        csv.start_round(round, fsync);
         let mut sides = [("licensed", &licensed), ("bare", &bare)];
         if round % 2 == 1 {
             sides.reverse();
@@ -387,19 +436,7 @@ pub(crate) fn case_g(plan: &Plan) {
                 } else {
                     pair.1 = load.rps;
                 }
-                csv.line(&[
-                    connections.to_string(),
-                    round.to_string(),
-                    side.into(),
-                    "wrk".into(),
-                    String::new(),
-                    format!("{:.0}", load.rps),
-                    format!("{:.0}", load.p50_us),
-                    format!("{:.0}", load.p99_us),
-                    format!("{:.0}", fsync.0),
-                    format!("{:.0}", fsync.1),
-                    String::new(),
-                ]);
+                csv.load(connections, side, "wrk", None, load);
             }
             if connections == saturation {
                 bare_at_saturation = pair.1;
@@ -417,37 +454,13 @@ pub(crate) fn case_g(plan: &Plan) {
             } else {
                 (p50.1, p99.1) = (load.p50_us, load.p99_us);
             }
-            csv.line(&[
-                "64".into(),
-                round.to_string(),
-                side.into(),
-                "oha open loop".into(),
-                format!("{rate:.0}"),
-                format!("{:.0}", load.rps),
-                format!("{:.0}", load.p50_us),
-                format!("{:.0}", load.p99_us),
-                format!("{:.0}", fsync.0),
-                format!("{:.0}", fsync.1),
-                String::new(),
-            ]);
+            csv.load(OHA_CONNECTIONS, side, "oha open loop", Some(rate), load);
         }
         p50s.push(p50);
         p99s.push(p99);
         drop(server);
         let (s1, t1) = cpu_ticks();
-        csv.line(&[
-            String::new(),
-            round.to_string(),
-            "round".into(),
-            String::new(),
-            String::new(),
-            String::new(),
-            String::new(),
-            String::new(),
-            String::new(),
-            String::new(),
-            format!("{:.2}", steal_pct(s1 - s0, t1 - t0)),
-        ]);
+        csv.end_round(round, steal_pct(s1 - s0, t1 - t0));
     }
     let (steal1, total1) = cpu_ticks();
     for (i, &connections) in counts.iter().enumerate() {
@@ -455,13 +468,14 @@ pub(crate) fn case_g(plan: &Plan) {
         let ratio = ratio_of_medians(pairs);
         let (lo, hi) = bootstrap(pairs, ratio_of_medians);
         let target = connections == saturation;
+        let (licensed, bare) = side_medians(pairs);
         row(
             "G",
             &format!(
                 "`tollgate serve` requests/s, wrk with {connections} keep-alive connections (own process), durable ledger on disk; {rounds} server processes"
             ),
-            format!("{:.0}", median(pairs.iter().map(|p| p.0).collect())),
-            format!("{:.0}", median(pairs.iter().map(|p| p.1).collect())),
+            licensed,
+            bare,
             format!("{ratio:.3} (95% CI {lo:.3}–{hi:.3})"),
             &if target {
                 format!("≥ 0.90: {}", verdict(lo >= 0.90))
@@ -479,13 +493,14 @@ pub(crate) fn case_g(plan: &Plan) {
     ] {
         let extra = median_difference(pairs);
         let (_, hi) = bootstrap(pairs, median_difference);
+        let (licensed, bare) = side_medians(pairs);
         row(
             "G",
             &format!(
                 "`tollgate serve` {what} latency at a moderate load (oha, open loop at {rate:.0} requests/s, half of bare's saturation; corrected for coordinated omission), µs"
             ),
-            format!("{:.0}", median(pairs.iter().map(|p| p.0).collect())),
-            format!("{:.0}", median(pairs.iter().map(|p| p.1).collect())),
+            licensed,
+            bare,
             format!("+{extra:.0} µs (95% CI up to +{hi:.0})"),
             &format!(
                 "≤ +{allowed:.0} µs ({}fsync {fsync50:.0} µs + {:.0}): {}",
