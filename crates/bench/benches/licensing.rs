@@ -21,6 +21,8 @@ use tollgate::{Host, Limits, PluginSpec, Seats, Terms};
 
 #[path = "licensing/http.rs"]
 mod http;
+#[path = "licensing/many.rs"]
+mod many;
 #[path = "licensing/shared.rs"]
 mod shared;
 
@@ -911,6 +913,10 @@ fn main() {
         http::serve_child(std::path::Path::new(&config));
         return;
     }
+    if let Some(cache) = std::env::var_os(many::FILL_ENV) {
+        many::fill(std::path::Path::new(&cache));
+        return;
+    }
     let quick = std::env::args().any(|a| a == "--quick");
     // `cargo bench` passes `--bench`; ignore it and other flags below.
     let plan = if quick {
@@ -966,7 +972,7 @@ fn main() {
     say("| case | what | licensed | baseline | ratio | target |");
     say("|---|---|---|---|---|---|");
     let wanted = |case: &str| only.is_empty() || only.iter().any(|o| o.eq_ignore_ascii_case(case));
-    let cases: [(&str, &Case); 11] = [
+    let cases: [(&str, &Case); 12] = [
         ("A", &case_a),
         ("B", &case_b),
         ("B0", &case_b0),
@@ -977,6 +983,7 @@ fn main() {
         ("G", &http::case_g),
         ("H", &|_: &Plan| case_h()),
         ("I", &shared::case_i),
+        ("P", &many::case_p),
         ("S", &case_s),
     ];
     for (name, case) in cases {
