@@ -382,6 +382,39 @@ fn case_a(plan: &Plan) {
 
 /// Where B's difference comes from: the licensed component doing the same
 /// work without calling the host, against the bare component.
+/// Case L: a licensed call on a host with 10,000 license ids installed
+/// against the same call on a host with the one it uses.
+fn case_l(plan: &Plan) {
+    const IDS: usize = 10_000;
+    let one = host(Allocator::OnDemand);
+    let mut builder = Host::builder()
+        .license(LICENSE, Terms::new(Seats::Unlimited))
+        .allocator(Allocator::OnDemand);
+    for i in 1..IDS {
+        builder = builder.license(format!("other-{i:05}"), Terms::new(Seats::Counted(4)));
+    }
+    let many = builder.build().expect("host with many ids");
+    load_pair(&many);
+    assert_eq!(many.licenses().ids().len(), IDS);
+    let input = b"work:16 the quick brown fox jumps over the lazy dog";
+    let (ls, bs) = side_by_side_rounds(
+        plan.rounds,
+        || per_call(&many, "licensed", input, plan.calls),
+        || per_call(&one, "licensed", input, plan.calls),
+    );
+    let pairs: Vec<(f64, f64)> = ls.iter().copied().zip(bs.iter().copied()).collect();
+    let ratio = http::ratio_of_medians(&pairs);
+    let (lo, hi) = http::bootstrap(&pairs, http::ratio_of_medians);
+    row(
+        "L",
+        &format!("licensed call, {IDS} license ids installed vs one (µs/call)"),
+        format!("{:.1}", median(ls)),
+        format!("{:.1}", median(bs)),
+        format!("{ratio:.3} (95% CI {lo:.3}–{hi:.3})"),
+        &format!("≤ 1.10: {}", if hi <= 1.10 { "met" } else { "missed" }),
+    );
+}
+
 fn case_b0(plan: &Plan) {
     let host = host(Allocator::OnDemand);
     host.load_plugin(PluginSpec::file("licensed-idle", guest("bench-licensed")))
@@ -972,7 +1005,7 @@ fn main() {
     say("| case | what | licensed | baseline | ratio | target |");
     say("|---|---|---|---|---|---|");
     let wanted = |case: &str| only.is_empty() || only.iter().any(|o| o.eq_ignore_ascii_case(case));
-    let cases: [(&str, &Case); 12] = [
+    let cases: [(&str, &Case); 13] = [
         ("A", &case_a),
         ("B", &case_b),
         ("B0", &case_b0),
@@ -983,6 +1016,7 @@ fn main() {
         ("G", &http::case_g),
         ("H", &|_: &Plan| case_h()),
         ("I", &shared::case_i),
+        ("L", &case_l),
         ("P", &many::case_p),
         ("S", &case_s),
     ];

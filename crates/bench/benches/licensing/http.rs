@@ -285,7 +285,7 @@ fn cpu_ticks() -> (u64, u64) {
 /// A 95% bootstrap confidence interval of `stat` over rounds: rounds are
 /// drawn with replacement (each round's pair kept together), 2,000 times,
 /// with a fixed seed so a table can be produced again from its CSV.
-fn bootstrap(pairs: &[(f64, f64)], stat: impl Fn(&[(f64, f64)]) -> f64) -> (f64, f64) {
+pub(crate) fn bootstrap(pairs: &[(f64, f64)], stat: impl Fn(&[(f64, f64)]) -> f64) -> (f64, f64) {
     let mut rng = fastrand::Rng::with_seed(0x746f_6c6c);
     let mut stats: Vec<f64> = (0..2000)
         .map(|_| {
@@ -300,7 +300,7 @@ fn bootstrap(pairs: &[(f64, f64)], stat: impl Fn(&[(f64, f64)]) -> f64) -> (f64,
 }
 
 /// The ratio of the medians of the pairs' two sides.
-fn ratio_of_medians(pairs: &[(f64, f64)]) -> f64 {
+pub(crate) fn ratio_of_medians(pairs: &[(f64, f64)]) -> f64 {
     median(pairs.iter().map(|p| p.0).collect()) / median(pairs.iter().map(|p| p.1).collect())
 }
 
