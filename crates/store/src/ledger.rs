@@ -64,8 +64,9 @@ struct Pending {
     first_ask: Option<Instant>,
     /// A caller asked for every row (a host-wide sync): commit at once.
     urgent: bool,
-    /// How long the last commit took (its wall time), the most the writer
-    /// holds a commit back for running calls to join it.
+    /// The most the writer holds a commit back for running calls to join
+    /// it: the recent commits' wall time, averaged (at most
+    /// [`GROUP_WAIT_MAX`]).
     group_wait: Duration,
 }
 
@@ -196,6 +197,7 @@ impl Pending {
     fn take(&mut self, last: u64) {
         self.taken = last;
         self.first_ask = None;
+        self.urgent = false;
     }
 
     /// Forgets the invocations whose rows are all committed up to `last`,
@@ -211,9 +213,6 @@ impl Pending {
             keep
         });
         self.unasked = unasked;
-        if self.wanted <= last {
-            self.first_ask = None;
-        }
     }
 }
 
@@ -301,6 +300,45 @@ pub(crate) fn event_from_row(
     })
 }
 
+/// The stored chain head: the last row committed, its hash, where open
+/// seats start and the last lease id (row 0, the genesis hash, 0 and 0
+/// before the first commit).
+pub(crate) struct Head {
+    /// The last row's sequence number.
+    pub(crate) seq: u64,
+    /// The last row's hash, as stored.
+    pub(crate) hash: Vec<u8>,
+    /// Every seat checked out before this row is returned.
+    pub(crate) open_from: u64,
+    /// The largest lease id in the rows.
+    pub(crate) last_lease: u64,
+}
+
+/// Reads the stored chain head.
+pub(crate) fn read_head(conn: &Connection) -> rusqlite::Result<Head> {
+    conn.query_row(
+        "SELECT seq, hash, open_from, last_lease FROM chain_head WHERE id = 1",
+        [],
+        |r| {
+            Ok(Head {
+                seq: r.get(0)?,
+                hash: r.get(1)?,
+                open_from: r.get(2)?,
+                last_lease: r.get(3)?,
+            })
+        },
+    )
+    .or_else(|e| match e {
+        rusqlite::Error::QueryReturnedNoRows => Ok(Head {
+            seq: 0,
+            hash: GENESIS.to_vec(),
+            open_from: 0,
+            last_lease: 0,
+        }),
+        e => Err(e),
+    })
+}
+
 /// The stored chain head is not a 32-byte hash.
 #[derive(Debug, thiserror::Error)]
 #[error("the stored chain head hash has {0} bytes, not 32; the database was altered")]
@@ -315,17 +353,12 @@ impl SqliteLedger {
         // The usage sums up to the last row, folding what the last writer
         // left unstored (after a crash, at most a store interval's rows).
         let sums = Kept::load(&mut conn).map_err(err)?;
-        let (seq, hash, open_from, last_lease): (u64, Vec<u8>, u64, u64) = conn
-            .query_row(
-                "SELECT seq, hash, open_from, last_lease FROM chain_head WHERE id = 1",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-            )
-            .or_else(|e| match e {
-                rusqlite::Error::QueryReturnedNoRows => Ok((0, GENESIS.to_vec(), 0, 0)),
-                e => Err(e),
-            })
-            .map_err(err)?;
+        let Head {
+            seq,
+            hash,
+            open_from,
+            last_lease,
+        } = read_head(&conn).map_err(err)?;
         let head: [u8; 32] = hash.try_into().map_err(|bytes: Vec<u8>| {
             LedgerError::store(
                 format!("open {}", path.display()),
@@ -468,7 +501,7 @@ fn write_loop(mut conn: Connection, mut chain: Chain, shared: &Shared) {
     let mut retry = RETRY_FIRST;
     let mut applied_limit = 0;
     loop {
-        let batch = {
+        let (batch, last) = {
             let mut p = shared.lock();
             // Commit when callers wait for durability (once the calls still
             // running have joined them, or the group's wait is over), on
@@ -502,14 +535,12 @@ fn write_loop(mut conn: Connection, mut chain: Chain, shared: &Shared) {
                 }
                 continue;
             }
-            p.urgent = false;
             let n = p.queue.len().min(MAX_BATCH);
             let batch = p.queue.drain(..n).collect::<Vec<_>>();
             let last = batch.last().map_or(p.taken, |e| e.seq);
             p.take(last);
-            batch
+            (batch, last)
         };
-        let last = batch.last().map_or(0, |e| e.seq);
         let limit = shared.size_limit.load(Ordering::SeqCst);
         if limit != applied_limit {
             if let Err(e) = apply_size_limit(&conn, limit) {

@@ -11,6 +11,7 @@
 use super::{Grant, State, StateError};
 use crate::chain::GENESIS;
 use crate::files;
+use crate::ledger::read_head;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
@@ -436,11 +437,7 @@ impl State {
         let (head, row) = {
             let mut conn = self.conn();
             let tx = conn.transaction().map_err(|e| self.err(e))?;
-            let head: u64 = tx
-                .query_row("SELECT seq FROM chain_head WHERE id = 1", [], |r| r.get(0))
-                .optional()
-                .map_err(|e| self.err(e))?
-                .unwrap_or(0);
+            let head = read_head(&tx).map_err(|e| self.err(e))?.seq;
             let row: Option<Vec<u8>> = tx
                 .query_row("SELECT hash FROM ledger WHERE seq = ?1", [seq], |r| {
                     r.get(0)

@@ -26,7 +26,7 @@ pub use scopes::{
 #[cfg(feature = "postgres")]
 pub(crate) use scopes::{Scopes, clean as clean_scope, scope_to_store};
 
-use crate::ledger::connect;
+use crate::ledger::{connect, read_head};
 use crate::open::OpenSet;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use std::collections::{BTreeMap, BTreeSet};
@@ -718,13 +718,7 @@ impl State {
     /// at the last commit) are walked, not the whole ledger.
     pub fn open_seats(&self) -> Result<Vec<OpenSeat>, StateError> {
         let conn = self.conn();
-        let from: u64 = conn
-            .query_row("SELECT open_from FROM chain_head WHERE id = 1", [], |r| {
-                r.get(0)
-            })
-            .optional()
-            .map_err(|e| self.err(e))?
-            .unwrap_or(0);
+        let from = read_head(&conn).map_err(|e| self.err(e))?.open_from;
         let set = crate::open::walk(&conn, from, OpenSet::default()).map_err(|e| self.err(e))?;
         Ok(set.seats())
     }
@@ -744,13 +738,9 @@ impl State {
 
     /// The largest lease id in the ledger, as the chain head keeps it.
     pub fn last_lease_id(&self) -> Result<u64, StateError> {
-        self.conn()
-            .query_row("SELECT last_lease FROM chain_head WHERE id = 1", [], |r| {
-                r.get(0)
-            })
-            .optional()
+        read_head(&self.conn())
+            .map(|head| head.last_lease)
             .map_err(|e| self.err(e))
-            .map(Option::unwrap_or_default)
     }
 }
 

@@ -3,7 +3,7 @@
 
 use super::{ScopeProblem, State, StateError};
 use crate::chain::{GENESIS, kind_from_names, row_hash_in};
-use crate::ledger::{LEDGER_COLUMNS, event_from_row};
+use crate::ledger::{Head, LEDGER_COLUMNS, event_from_row, read_head};
 use crate::open::OpenSet;
 use rusqlite::params;
 use serde::Serialize;
@@ -258,17 +258,12 @@ impl State {
         let conn = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Deferred)
             .map_err(|e| self.err(e))?;
-        let (head_seq, head_hash, open_from, last_lease): (u64, Vec<u8>, u64, u64) = conn
-            .query_row(
-                "SELECT seq, hash, open_from, last_lease FROM chain_head WHERE id = 1",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-            )
-            .or_else(|e| match e {
-                rusqlite::Error::QueryReturnedNoRows => Ok((0, GENESIS.to_vec(), 0, 0)),
-                e => Err(e),
-            })
-            .map_err(|e| self.err(e))?;
+        let Head {
+            seq: head_seq,
+            hash: head_hash,
+            open_from,
+            last_lease,
+        } = read_head(&conn).map_err(|e| self.err(e))?;
         // From the first row, the seats left open are known too, to check
         // where the chain head says they start.
         let mut open = (after == 0).then(OpenSet::default);
@@ -343,9 +338,9 @@ impl State {
         }
         if let Some(open) = open {
             // `open_from` 0 (not yet moved since an upgrade) claims nothing.
-            if let Some(seat) = open.seats().first()
-                && open_from > 0
+            if open_from > 0
                 && open.oldest().is_some_and(|oldest| oldest < open_from)
+                && let Some(seat) = open.seats().first()
             {
                 note(format!(
                     "the chain head says every seat taken before row {open_from} was returned, but seat {} (taken by invocation {}) is not; a restart would not return it (edited)",
