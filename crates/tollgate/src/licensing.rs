@@ -179,8 +179,8 @@ pub enum CallEnd<T> {
 #[derive(Debug)]
 pub struct LicensedCall {
     seats: CallSeats,
-    licenses: Arc<LicenseManager>,
     requires: Vec<String>,
+    /// Also the call's license manager and invocation id.
     will_ask: WillAsk,
 }
 
@@ -228,7 +228,6 @@ impl LicensedCall {
         let will_ask = WillAsk::new(licenses, holder.invocation);
         Self {
             seats: licenses.call(holder, entitlement, limits),
-            licenses: licenses.clone(),
             requires,
             will_ask,
         }
@@ -275,7 +274,7 @@ impl LicensedCall {
                 } else {
                     drop(returned);
                     for m in &missing {
-                        self.licenses.record_withheld(holder, &m.id);
+                        self.will_ask.licenses.record_withheld(holder, &m.id);
                     }
                     Err(Withheld::Unlicensed {
                         invocation,
@@ -285,8 +284,6 @@ impl LicensedCall {
             }
         };
         EndedCall {
-            licenses: self.licenses.clone(),
-            invocation,
             leases: ended.leases,
             outcome,
             will_ask: self.will_ask,
@@ -312,17 +309,16 @@ impl LicensedCall {
 /// seats are back either way.
 #[must_use = "the answer reaches the caller only through `commit`, once the call's usage is durable"]
 pub struct EndedCall<T> {
-    licenses: Arc<LicenseManager>,
-    invocation: u64,
     leases: Vec<u64>,
     outcome: Result<T, Withheld>,
+    /// Also the call's license manager and invocation id.
     will_ask: WillAsk,
 }
 
 impl<T> fmt::Debug for EndedCall<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EndedCall")
-            .field("invocation", &self.invocation)
+            .field("invocation", &self.will_ask.invocation)
             .field("leases", &self.leases)
             .field("withheld", &self.withheld())
             .finish_non_exhaustive()
@@ -332,7 +328,7 @@ impl<T> fmt::Debug for EndedCall<T> {
 impl<T> EndedCall<T> {
     /// The call's invocation id.
     pub fn invocation(&self) -> u64 {
-        self.invocation
+        self.will_ask.invocation
     }
 
     /// Every lease handed out during the call, in order.
@@ -354,7 +350,8 @@ impl<T> EndedCall<T> {
     /// called from async code; use [`EndedCall::commit_async`] there.
     pub fn commit(mut self) -> Result<T, Withheld> {
         self.will_ask.asked = true;
-        let synced = self.licenses.ledger().sync_invocation(self.invocation);
+        let call = &self.will_ask;
+        let synced = call.licenses.ledger().sync_invocation(call.invocation);
         self.answer(synced)
     }
 
@@ -365,10 +362,11 @@ impl<T> EndedCall<T> {
     {
         // The ask is made when the future is created, before it is awaited.
         self.will_ask.asked = true;
-        let synced = self
+        let call = &self.will_ask;
+        let synced = call
             .licenses
             .ledger()
-            .sync_invocation_async(self.invocation)
+            .sync_invocation_async(call.invocation)
             .await;
         self.answer(synced)
     }
@@ -377,7 +375,7 @@ impl<T> EndedCall<T> {
         match synced {
             Ok(()) => self.outcome,
             Err(source) => Err(Withheld::NotRecorded {
-                invocation: self.invocation,
+                invocation: self.will_ask.invocation,
                 source,
             }),
         }
