@@ -41,6 +41,14 @@ fn results_dir() -> Option<PathBuf> {
         .clone()
 }
 
+/// The number in environment variable `name`, else `default`.
+fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// This machine in a few words: cores and CPU model.
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
@@ -714,10 +722,7 @@ fn rss_bytes() -> u64 {
 /// (`Host::builder().state(..).build()`), `status`, and `audit verify`
 /// in full and `--since-checkpoint` over the last 1,000 rows are timed.
 fn case_s(plan: &Plan) {
-    let rows: u64 = std::env::var("TOLLGATE_BENCH_S_ROWS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(plan.ledger_rows);
+    let rows = env_number("TOLLGATE_BENCH_S_ROWS", plan.ledger_rows);
     let dir = tempfile::Builder::new()
         .prefix("tollgate-bench-s-")
         .tempdir()

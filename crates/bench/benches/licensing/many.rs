@@ -8,7 +8,7 @@
 //! [`FILL_ENV`]), so the measuring process starts with none of the cold
 //! compiles' memory to reuse.
 
-use super::{LICENSE, Plan, guest, row, rss_bytes};
+use super::{LICENSE, Plan, env_number, guest, row, rss_bytes};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -70,10 +70,7 @@ fn load_all(cache: &Path, count: usize) -> (Host, usize) {
 
 /// The plugin count: [`COUNT_ENV`], else `default`.
 fn count(default: usize) -> usize {
-    std::env::var(COUNT_ENV)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    env_number(COUNT_ENV, default)
 }
 
 /// Fills the compile cache `cache` (the child process's whole work).
