@@ -51,8 +51,9 @@ pub(crate) fn serve_child(config: &Path) {
 struct Server {
     child: Child,
     base: String,
-    /// The state directory's parent, removed after the server stops.
-    _dir: tempfile::TempDir,
+    /// The state directory's parent, where this disk's fsync is timed too;
+    /// removed after the server stops.
+    dir: tempfile::TempDir,
 }
 
 impl Server {
@@ -89,7 +90,7 @@ impl Server {
         Self {
             child,
             base: format!("http://{}", line.trim()),
-            _dir: dir,
+            dir,
         }
     }
 
@@ -419,7 +420,7 @@ pub(crate) fn case_g(plan: &Plan) {
         // Warm both plugins, the compile cache and the connections.
         wrk(&script, &licensed, 8, 1);
         wrk(&script, &bare, 8, 1);
-        let fsync = fsync_us(server._dir.path(), 200);
+        let fsync = fsync_us(server.dir.path(), 200);
         fsyncs.push(fsync);
         csv.start_round(round, fsync);
         let mut sides = [("licensed", &licensed), ("bare", &bare)];
