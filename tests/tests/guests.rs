@@ -588,7 +588,7 @@ fn every_guest_has_a_test() {
         };
     }
     tollgate_tests::for_each_guest!(has_test);
-    assert_eq!(guests::GUESTS.len(), 23);
+    assert_eq!(guests::GUESTS.len(), 24);
 }
 
 #[test]
@@ -646,6 +646,33 @@ fn bench_licensed() {
     let c = seat(&host).counters;
     assert_eq!((c.checkouts, c.releases), (1 + 101 + 1, 103));
     assert_balanced(&host);
+}
+
+/// The bare guest's source plus acquire and release of license `bench`:
+/// the same answer as `bench-bare`, one checkout per call, and withheld
+/// where `bench` has no free seat.
+#[test]
+fn bench_leased() {
+    let host = Host::builder()
+        .license("bench", Terms::new(Seats::Counted(1)))
+        .build()
+        .expect("host starts");
+    host.load_plugin(PluginSpec::file("leased", guests::BENCH_LEASED).requires("bench"))
+        .expect("loads");
+    host.load_plugin(PluginSpec::file("bare", guests::BENCH_BARE))
+        .expect("loads");
+    for _ in 0..3 {
+        assert_eq!(
+            host.invoke("leased", b"work:3 abc").expect("licensed"),
+            host.invoke("bare", b"work:3 abc").expect("bare"),
+            "same work"
+        );
+    }
+    let c = host.licenses().describe("bench").expect("bench").counters;
+    assert_eq!((c.checkouts, c.releases, c.in_use), (3, 3, 0), "{c:?}");
+    host.revoke_license("bench").expect("revokes");
+    let err = host.invoke("leased", b"x").expect_err("refused");
+    assert!(err.is_unlicensed(), "{err}");
 }
 
 #[test]
