@@ -11,6 +11,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tollgate::license::{LicenseId, PluginName};
+use tollgate::runtime::Allocator;
 use tollgate::{Host, InvokeError, Limits, PluginSpec, Seats, Terms};
 
 /// Bytes in a MiB, the unit of `--memory-mib`.
@@ -166,7 +167,15 @@ struct Tally {
 
 pub(crate) fn run(args: RunArgs) -> Result<Exit, Failure> {
     let input = read_input(args.input.as_deref())?;
-    let mut builder = Host::builder();
+    let limits = Limits {
+        memory_bytes: args.memory_mib.saturating_mul(MIB),
+        time: args.timeout.into(),
+        wait_for_seat: args.wait,
+        ..Limits::default()
+    };
+    // A pooled slot set for each caller thread, each as large as the
+    // plugin's limits allow.
+    let mut builder = Host::builder().allocator(Allocator::pooling(args.concurrency, [&limits]));
     let mut trials = BTreeSet::new();
     for (id, seats) in &args.licenses {
         if !trials.insert(id.clone()) {
@@ -204,9 +213,7 @@ pub(crate) fn run(args: RunArgs) -> Result<Exit, Failure> {
     }
     let name = plugin_name(&args)?;
     let mut spec = PluginSpec::file(name.clone(), &args.plugin);
-    spec.limits.memory_bytes = args.memory_mib.saturating_mul(MIB);
-    spec.limits.time = args.timeout.into();
-    spec.limits.wait_for_seat = args.wait;
+    spec.limits = limits;
     spec.requires = requires.into_iter().map(String::from).collect();
     spec.may_use = args.allow.iter().map(ToString::to_string).collect();
     host.load_plugin(spec).map_err(Failure::usage)?;

@@ -162,6 +162,46 @@ fn stdin_input_and_repeat_with_concurrency() {
     assert_seats_back(&s);
 }
 
+/// Where the platform will not reserve the pool's address space (here an
+/// address-space limit of 16 GiB, far below the pool for 64 calls), the
+/// host falls back to mapping memory per call, says why, and still runs.
+#[test]
+fn without_room_for_the_pool_run_falls_back_to_on_demand_and_says_why() {
+    let tmp = scratch();
+    let input = tmp.path().join("input");
+    std::fs::write(&input, "world").expect("write input");
+    let o = Command::new("sh")
+        .args(["-c", "ulimit -v 16777216 && exec \"$0\" \"$@\"", BIN, "run"])
+        .arg(guest("hello-licensed"))
+        .args(["--license", "demo=1", "--concurrency", "64", "--input"])
+        .arg(&input)
+        .output()
+        .expect("run under sh");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "hello, world! (licensed by demo)");
+    let err = stderr(&o);
+    assert!(
+        err.contains("the pooling allocator could not reserve its slots")
+            && err.contains("on demand instead")
+            && err.contains("ulimit -v"),
+        "{err}"
+    );
+    // With room for it, the same run says nothing of the kind.
+    let o = run_guest(
+        "hello-licensed",
+        &[
+            "--license",
+            "demo=1",
+            "--concurrency",
+            "64",
+            "--input",
+            input.to_str().expect("utf-8"),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("pooling allocator"), "{}", stderr(&o));
+}
+
 #[test]
 fn every_guest_gets_its_exit_code() {
     let tmp = scratch();

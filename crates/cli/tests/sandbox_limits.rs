@@ -201,9 +201,16 @@ fn the_memory_limit_counts_every_memory_of_a_call() {
 /// Counts a component's core instances, memories, tables and table
 /// elements go over the defaults with (each alone would pass the old
 /// per-memory and per-table checks).
+/// Checked as the call runs, on demand (a pooled host refuses a component
+/// over the counts when it loads: see
+/// `one_pooled_call_cannot_take_every_memory_slot`).
 #[test]
 fn instances_memories_tables_elements_and_resources_are_capped_per_call() {
-    let host = host(1);
+    let host = Host::builder()
+        .license(SEAT, Terms::new(Seats::Counted(1)))
+        .allocator(tollgate::runtime::Allocator::OnDemand)
+        .build()
+        .expect("host starts");
     let cases = [
         (
             "instances",
@@ -372,4 +379,82 @@ fn one_pooled_call_cannot_take_every_memory_slot() {
         "{err}"
     );
     assert!(err.to_string().contains("5 Wasm linear memories"), "{err}");
+}
+
+/// The library's default allocator is a pool, and a plugin whose memory
+/// limit is larger than its slot is refused when it loads, saying how to
+/// fix it, rather than failing in the middle of a call; on demand it loads.
+#[test]
+fn a_memory_limit_over_the_pool_slot_is_refused_at_load_with_the_fix() {
+    let host = host(1);
+    let slot = match host.allocator() {
+        tollgate::runtime::Allocator::Pooling {
+            max_memory_bytes, ..
+        } => max_memory_bytes,
+        other => panic!(
+            "the default allocator is {other:?}: {:?}",
+            host.allocator_fallback()
+        ),
+    };
+    assert_eq!(slot, Limits::default().memory_bytes);
+    let big = Limits {
+        memory_bytes: 2 * slot,
+        ..Limits::default()
+    };
+    let spec = PluginSpec::bytes("big", component(Shape::default()))
+        .requires(SEAT)
+        .limits(big);
+    let err = host.load_plugin(spec.clone()).expect_err("over the slot");
+    assert!(
+        matches!(err, tollgate::LoadError::OverMemorySlot { limit, .. } if limit == 2 * slot),
+        "{err}"
+    );
+    let text = err.to_string();
+    assert!(text.contains("plugin big"), "{text}");
+    assert!(text.contains("Allocator::OnDemand"), "{text}");
+    assert!(host.status().plugins.is_empty());
+    let on_demand = Host::builder()
+        .license(SEAT, Terms::new(Seats::Counted(1)))
+        .allocator(tollgate::runtime::Allocator::OnDemand)
+        .build()
+        .expect("host starts");
+    on_demand.load_plugin(spec).expect("no slot to outgrow");
+    assert_eq!(pages(&on_demand.invoke("big", &[1]).expect("call")), 0);
+}
+
+/// More calls at once than the pool has slots for: the extra ones wait for
+/// a slot and all succeed, instead of failing to instantiate.
+#[test]
+fn calls_past_the_pool_wait_for_a_slot() {
+    const CALLS: usize = 6;
+    let host = Host::builder()
+        .license(SEAT, Terms::new(Seats::Unlimited))
+        .allocator(tollgate::runtime::Allocator::pooling(
+            2,
+            [&Limits::default()],
+        ))
+        .build()
+        .expect("host starts");
+    host.load_plugin(PluginSpec::file("slow", test_guests::path("slow")).requires(SEAT))
+        .expect("slow loads");
+    let started = std::sync::Barrier::new(CALLS);
+    std::thread::scope(|s| {
+        let calls: Vec<_> = (0..CALLS)
+            .map(|_| {
+                s.spawn(|| {
+                    started.wait();
+                    host.invoke("slow", b"30")
+                })
+            })
+            .collect();
+        for call in calls {
+            let out = call
+                .join()
+                .expect("caller")
+                .expect("the call waits, then runs");
+            assert_eq!(out, b"held 30ms, valid=true");
+        }
+    });
+    let c = host.licenses().describe(SEAT).expect("seat").counters;
+    assert_eq!((c.checkouts, c.in_use), (CALLS as u64, 0), "{c:?}");
 }

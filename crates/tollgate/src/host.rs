@@ -117,7 +117,11 @@ impl HostBuilder {
         self
     }
 
-    /// Chooses how instances get memory (default: on demand).
+    /// Chooses how instances get memory (default: [`Allocator::default`],
+    /// a pool for 64 calls at once of plugins within [`crate::Limits::default`],
+    /// falling back to on demand where the platform refuses the pool). A
+    /// plugin whose memory limit exceeds the pool's slot is refused when it
+    /// loads.
     pub fn allocator(mut self, allocator: Allocator) -> Self {
         self.allocator = allocator;
         self
@@ -310,6 +314,17 @@ impl Host {
     /// The license manager.
     pub fn licenses(&self) -> &Arc<LicenseManager> {
         &self.licenses
+    }
+
+    /// The instance allocator in use; see [`Runtime::allocator_fallback`]
+    /// for why it may not be the one asked for.
+    pub fn allocator(&self) -> Allocator {
+        self.runtime.allocator()
+    }
+
+    /// Why the pooling allocator asked for is not in use, if it is not.
+    pub fn allocator_fallback(&self) -> Option<&str> {
+        self.runtime.allocator_fallback()
     }
 
     /// Installs (or replaces the terms of) a license.

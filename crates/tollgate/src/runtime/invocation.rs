@@ -241,6 +241,13 @@ impl Runtime {
             plugin.spec.requires.clone(),
             CallLimits::from(&plugin.spec.limits),
         );
+        // A pooled call waits here for a slot set of its own, so that a
+        // call past the pool's size waits rather than fails; the permit
+        // lives until the store (and with it the instance) is gone.
+        let slot = match &self.slots {
+            Some(slots) => slots.acquire().await.ok(),
+            None => None,
+        };
         let state = InvocationState::new(plugin, invocation, licensing);
         let mut store = Store::new(&self.engine, state);
         // wasmtime reads the instance, memory and table counts when the
@@ -285,6 +292,7 @@ impl Runtime {
         // returns now; a required license counts only if the call held its
         // seat to this moment from a grant still in force.
         let ended = store.into_data().licensing.end(end);
+        drop(slot);
         let (counter, code) = match (ended.withheld(), failure) {
             (Some(missing), _) => (&plugin.stats.unlicensed, unlicensed_code(missing)),
             (None, None) => (&plugin.stats.ok, "ok"),

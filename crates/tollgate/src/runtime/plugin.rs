@@ -251,6 +251,20 @@ pub enum LoadError {
         /// What wasmtime reported.
         reason: String,
     },
+    /// The plugin's memory limit is larger than the pooling allocator's
+    /// memory slot, so its calls could not grow to the limit they were
+    /// given.
+    #[error(
+        "plugin {plugin}: its memory limit ({limit} bytes) is larger than the {slot} bytes a call may have in this host's pooling allocator; lower the plugin's memory limit, or build the host with an allocator sized for it (`Allocator::pooling` with this plugin's limits, or `Allocator::OnDemand`)"
+    )]
+    OverMemorySlot {
+        /// The plugin.
+        plugin: String,
+        /// Its memory limit, in bytes.
+        limit: usize,
+        /// The pool's memory slot, in bytes.
+        slot: usize,
+    },
     /// The bytes are not WebAssembly at all, or are malformed.
     #[error("plugin {plugin}: not a valid WebAssembly component: {reason}")]
     Malformed {
@@ -400,6 +414,15 @@ impl Runtime {
     /// Checks, compiles and pre-links a plugin.
     pub fn load(&self, spec: PluginSpec) -> Result<Plugin, LoadError> {
         let name = PluginName::try_from(spec.name.as_str())?.into_string();
+        if let Some(slot) = self.allocator.memory_slot()
+            && spec.limits.memory_bytes > slot
+        {
+            return Err(LoadError::OverMemorySlot {
+                plugin: name,
+                limit: spec.limits.memory_bytes,
+                slot,
+            });
+        }
         for id in spec.requires.iter().chain(&spec.may_use) {
             LicenseId::try_from(id.as_str()).map_err(|source| LoadError::InvalidLicenseId {
                 plugin: name.clone(),
