@@ -71,7 +71,7 @@ impl Server {
              trusted_proxies = [\"127.0.0.1\"]\n\
              [[plugin]]\nname = \"licensed\"\ncomponent = {:?}\nrequires = [\"{LICENSE}\"]\n\
              [[plugin]]\nname = \"bare\"\ncomponent = {:?}\n",
-            guest("bench-licensed").display().to_string(),
+            guest("bench-leased").display().to_string(),
             guest("bench-bare").display().to_string(),
         );
         let path = dir.path().join("tollgate.toml");
