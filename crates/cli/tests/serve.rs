@@ -115,6 +115,48 @@ fn every_status_admin_auth_and_live_license_changes() {
     )
     .expect("usage");
     assert_eq!(usage[0]["checkouts"], 1, "{usage}");
+    // The same rows as CloudEvents, page by page behind the cursor header.
+    let events_page = |query: &str| {
+        let mut r = s
+            .agent
+            .get(format!("{}/v1/admin/usage/events?{query}", s.base))
+            .header("Authorization", format!("Bearer {TOKEN}"))
+            .call()
+            .expect("events");
+        let cursor = r
+            .headers()
+            .get("tollgate-cursor")
+            .and_then(|v| v.to_str().ok())
+            .expect("a cursor header")
+            .to_string();
+        let body = r.body_mut().read_to_string().expect("body");
+        let events: Vec<Value> = body
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON event per line"))
+            .collect();
+        (events, cursor)
+    };
+    let (first, cursor) = events_page("limit=2");
+    assert_eq!(first.len(), 2);
+    assert_eq!(first[0]["type"], "tollgate.seat.checkout", "{first:?}");
+    let (rest, end) = events_page(&format!("after={cursor}&limit=10000"));
+    assert_eq!(rest[0]["data"]["seq"], 3, "{rest:?}");
+    let (none, same) = events_page(&format!("after={end}"));
+    assert!(none.is_empty() && same == end);
+    for bad in ["limit=0", "after=nope", "limit=10001", "color=red"] {
+        let (st, body) = s.admin(
+            "GET",
+            &format!("/v1/admin/usage/events?{bad}"),
+            None,
+            Some(TOKEN),
+        );
+        assert_eq!(
+            (st, code(&body).as_str()),
+            (400, "bad-request"),
+            "{bad}: {body}"
+        );
+    }
+    assert_eq!(s.admin("GET", "/v1/admin/usage/events", None, None).0, 401);
 
     // Install a second grant over the API while calls run: seats add up at once.
     sign_license(root, "demo", "2", "more.license");

@@ -19,7 +19,7 @@ use tollgate::PluginSpec;
 use tollgate_license::issuer::{MAX_LICENSE_BYTES, SignedLicense, parse_time};
 use tollgate_license::{Clock, LicenseId, PluginName, SystemClock};
 use tollgate_store::postgres::{PgError, PgStore};
-use tollgate_store::state::UsageFilter;
+use tollgate_store::state::{ExportCursor, HostKey, MAX_EXPORT_PAGE, UsageFilter};
 
 /// Largest license file accepted over the API (as large as from a file),
 /// and how a refusal names it.
@@ -38,6 +38,7 @@ pub(super) fn routes(server: Arc<Server>) -> Router<Arc<Server>> {
         .route("/v1/admin/plugins/{name}", get(plugin).delete(unload))
         .route("/v1/admin/plugins/{name}/reload", post(reload))
         .route("/v1/admin/usage", get(usage))
+        .route("/v1/admin/usage/events", get(usage_events))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(server, authorize))
 }
@@ -404,6 +405,87 @@ async fn usage(Extract(server): Extract<Arc<Server>>, RawQuery(query): RawQuery)
         Ok(rows) => Json(rows).into_response(),
         Err(e) => state_error(e),
     }
+}
+
+/// The query of `GET /v1/admin/usage/events`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+/// The response header that carries the cursor of the next page.
+pub const CURSOR_HEADER: &str = "tollgate-cursor";
+
+/// Ledger rows after a cursor as CloudEvents 1.0 JSON lines; the next
+/// cursor in the `tollgate-cursor` header.
+async fn usage_events(
+    Extract(server): Extract<Arc<Server>>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let q: EventsQuery = match serde_urlencoded::from_bytes(
+        query.as_deref().unwrap_or("").as_bytes(),
+    ) {
+        Ok(q) => q,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad-request",
+                format!(
+                    "the query takes after (a cursor or a ledger row number) and limit (1 to {MAX_EXPORT_PAGE}), each at most once: {e}"
+                ),
+            );
+        }
+    };
+    let limit = q.limit.unwrap_or(1000);
+    if !(1..=MAX_EXPORT_PAGE).contains(&limit) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad-request",
+            format!("limit must be 1 to {MAX_EXPORT_PAGE}, not {limit}"),
+        );
+    }
+    let Some(state) = server.host.state() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "no-state",
+            "this host keeps no usage ledger",
+        );
+    };
+    let host = match HostKey::open_or_create(state.dir()) {
+        Ok(key) => key.key_id(),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e),
+    };
+    let cursor = match ExportCursor::parse(q.after.as_deref().unwrap_or("0"), &host) {
+        Ok(cursor) => cursor,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad-request", e),
+    };
+    let page = match state.usage_events(&host, &cursor, limit) {
+        Ok(page) => page,
+        Err(e) => return state_error(e),
+    };
+    let mut body = String::new();
+    for event in &page.events {
+        match serde_json::to_string(event) {
+            Ok(line) => {
+                body.push_str(&line);
+                body.push('\n');
+            }
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e),
+        }
+    }
+    (
+        [
+            (header::CONTENT_TYPE, "application/x-ndjson".to_string()),
+            (
+                header::HeaderName::from_static(CURSOR_HEADER),
+                page.next.encode(),
+            ),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 async fn metrics(Extract(server): Extract<Arc<Server>>) -> Response {

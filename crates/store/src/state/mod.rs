@@ -2,11 +2,15 @@
 //! issuers, installed license grants, revocations and the usage ledger.
 
 mod anchor;
+mod export;
 mod ids;
 
 mod reports;
 mod scopes;
 mod sums;
+pub use export::{
+    CloudEvent, CursorError, EventData, ExportCursor, ExportPage, MAX_EXPORT_PAGE, event_type,
+};
 pub(crate) use sums::Kept;
 pub use sums::SUMS_STORED_EVERY_ROWS;
 
