@@ -19,7 +19,7 @@ pub use clock::{Clock, ManualClock, SystemClock, Timer};
 pub use names::{InvalidLicenseId, InvalidPluginName, LicenseId, PluginName};
 pub use pool::{
     Counters, Grant, GrantDemand, GrantStatus, Holder, LeaseEnding, LicenseStatus, Rules,
-    STORE_ANSWER_WAIT, Seat, SeatLost, SeatPool, Seats, Share, Terms, within_window,
+    STORE_ANSWER_WAIT, Seat, SeatHolder, SeatLost, SeatPool, Seats, Share, Terms, within_window,
 };
 pub use reason::{Denial, ReasonCounts, ReclaimReason};
 

@@ -245,6 +245,26 @@ pub struct LicenseStatus {
     pub counters: Counters,
     /// Counters per plugin name.
     pub per_plugin: BTreeMap<String, Counters>,
+    /// Who holds each seat in use now, by seat id.
+    pub holders: Vec<SeatHolder>,
+}
+
+/// A seat in use, as the status shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SeatHolder {
+    /// The seat (the id of its first lease).
+    pub seat: u64,
+    /// The grant it was taken from.
+    pub grant: String,
+    /// The plugin whose call holds it.
+    pub plugin: String,
+    /// That call.
+    pub invocation: u64,
+    /// The lease the plugin holds on it (`None`: sent back; the seat
+    /// lingers with the call).
+    pub lease: Option<u64>,
+    /// When it was taken, unix milliseconds.
+    pub since_ms: u64,
 }
 
 /// How a lease ended.
@@ -362,6 +382,8 @@ pub enum SeatLost {
 /// A seat held by a running call.
 struct SeatHold {
     holder: Holder,
+    /// When it was taken, unix milliseconds.
+    since_ms: u64,
     grant: Arc<str>,
     /// The lease the plugin holds on it, if it has not sent it back.
     lease: Option<u64>,
@@ -628,9 +650,14 @@ impl SeatPool {
     /// Records one ledger row; called with the pool locked, so rows keep
     /// the order of the seats' moves.
     fn record(&self, row: Row<'_>) {
+        self.record_at(row, self.clock.now_ms());
+    }
+
+    /// [`SeatPool::record`] at `at_ms`, a time the caller read already.
+    fn record_at(&self, row: Row<'_>, at_ms: u64) {
         self.ledger.record(UsageEvent {
             seq: 0,
-            at_ms: self.clock.now_ms(),
+            at_ms,
             kind: row.kind,
             license_id: self.id.clone(),
             plugin: row.holder.plugin.clone(),
@@ -1000,25 +1027,30 @@ impl SeatPool {
         let seat = self.lease_ids.fetch_add(1, Ordering::Relaxed);
         let token = st.grants[grant].token();
         let grant = st.grants[grant].id.clone();
+        let at_ms = self.clock.now_ms();
         st.held.insert(
             seat,
             SeatHold {
                 holder: holder.clone(),
+                since_ms: at_ms,
                 grant: grant.clone(),
                 lease: Some(seat),
                 token,
             },
         );
         st.count(holder, Some(&grant), Counters::take);
-        self.record(Row {
-            kind: EventKind::Checkout,
-            holder,
-            lease: Some(seat),
-            seat: Some(seat),
-            grant: Some(&grant),
-            count: 1,
-            token,
-        });
+        self.record_at(
+            Row {
+                kind: EventKind::Checkout,
+                holder,
+                lease: Some(seat),
+                seat: Some(seat),
+                grant: Some(&grant),
+                count: 1,
+                token,
+            },
+            at_ms,
+        );
         Taken { seat, grant }
     }
 
@@ -1192,6 +1224,22 @@ impl SeatPool {
                 .iter()
                 .map(|(name, c)| (name.to_string(), c.clone()))
                 .collect(),
+            holders: {
+                let mut holders: Vec<SeatHolder> = st
+                    .held
+                    .iter()
+                    .map(|(seat, h)| SeatHolder {
+                        seat: *seat,
+                        grant: h.grant.to_string(),
+                        plugin: h.holder.plugin.to_string(),
+                        invocation: h.holder.invocation,
+                        lease: h.lease,
+                        since_ms: h.since_ms,
+                    })
+                    .collect();
+                holders.sort_by_key(|h| h.seat);
+                holders
+            },
         }
     }
 

@@ -1077,3 +1077,32 @@ fn unlimited_grants_need_no_batch_and_unknown_grants_are_named() {
         Err(LicenseError::UnknownGrant { .. })
     ));
 }
+
+#[test]
+fn the_status_names_who_holds_each_seat_and_since_when() {
+    let clock = Arc::new(ManualClock::at_secs(1_000));
+    let m = manager_with(Arc::new(MemoryLedger::default()), clock.clone());
+    counted(&m, "a", 2);
+    let mut first = call(&m, "p", 7);
+    let lease = first.acquire("a").expect("seat");
+    clock.set_secs(1_005);
+    let mut second = call(&m, "q", 8);
+    second.acquire("a").expect("seat");
+    first.release(lease);
+    let holders = m.describe("a").expect("a").holders;
+    let seen: Vec<(&str, u64, Option<u64>, u64)> = holders
+        .iter()
+        .map(|h| (h.plugin.as_str(), h.invocation, h.lease, h.since_ms))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("p", 7, None, 1_000_000),
+            ("q", 8, Some(holders[1].seat), 1_005_000)
+        ]
+    );
+    assert_eq!(holders[0].seat, lease);
+    first.end(ReclaimReason::InvocationEnded);
+    second.end(ReclaimReason::InvocationEnded);
+    assert!(m.describe("a").expect("a").holders.is_empty());
+}
