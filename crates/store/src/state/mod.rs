@@ -1,6 +1,7 @@
 //! The host's state directory: an SQLite database (WAL) holding trusted
 //! issuers, installed license grants, revocations and the usage ledger.
 
+mod alerts;
 mod anchor;
 mod export;
 mod ids;
@@ -8,6 +9,7 @@ mod ids;
 mod reports;
 mod scopes;
 mod sums;
+pub use alerts::OutboxEntry;
 pub use export::{
     CloudEvent, CursorError, EventData, ExportCursor, ExportPage, MAX_EXPORT_PAGE, event_type,
 };
