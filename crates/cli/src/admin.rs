@@ -295,8 +295,20 @@ pub(crate) struct UsageArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
+    /// Sum per UTC day, or per hour (the DAY column then holds YYYY-MM-DDTHH:00Z).
+    #[arg(long, value_enum, default_value_t = Per::Day)]
+    per: Per,
     #[command(flatten)]
     state: StateArg,
+}
+
+/// The period `tollgate usage` sums over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Per {
+    /// Per UTC day.
+    Day,
+    /// Per hour.
+    Hour,
 }
 
 /// `tollgate usage` subcommands.
@@ -760,6 +772,7 @@ pub(crate) fn usage(args: UsageArgs) -> Result<Exit, Failure> {
         until: args.until,
         license: args.license,
         plugin: args.plugin,
+        hourly: args.per == Per::Hour,
     };
     let rows = match args.state.target()? {
         Target::Dir(state) => state.usage(&filter).map_err(Failure::usage)?,

@@ -312,13 +312,14 @@ fn read_spool(
 }
 
 impl PgStore {
-    /// Usage per day (UTC), license and plugin over every host's shipped
+    /// Usage per day or hour (UTC), license and plugin over every host's shipped
     /// rows, as `State::usage` gives it for one host.
     pub async fn usage(&self, f: &crate::state::UsageFilter) -> Result<Vec<UsageRow>, PgError> {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT to_char(to_timestamp(at_ms / 1000) AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS day,
+                "SELECT to_char(to_timestamp(at_ms / 1000) AT TIME ZONE 'UTC',
+                                CASE WHEN $5 THEN 'YYYY-MM-DD\"T\"HH24:00\"Z\"' ELSE 'YYYY-MM-DD' END) AS day,
                         license_id, plugin,
                         sum(CASE WHEN kind IN ('checkout', 'retake') THEN count ELSE 0 END)::bigint,
                         sum(CASE WHEN kind = 'release' THEN count ELSE 0 END)::bigint,
@@ -329,7 +330,7 @@ impl PgStore {
                  WHERE ($1::bigint IS NULL OR at_ms >= $1 * 1000) AND ($2::bigint IS NULL OR at_ms < $2 * 1000)
                    AND ($3::text IS NULL OR license_id = $3) AND ($4::text IS NULL OR plugin = $4)
                  GROUP BY day, license_id, plugin ORDER BY day, license_id, plugin",
-                &[&f.since.map(to_db), &f.until.map(to_db), &f.license, &f.plugin],
+                &[&f.since.map(to_db), &f.until.map(to_db), &f.license, &f.plugin, &f.hourly],
             )
             .await
             .map_err(PgError::query("read usage"))?;

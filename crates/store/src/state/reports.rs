@@ -64,12 +64,14 @@ pub struct UsageFilter {
     pub license: Option<String>,
     /// Only this plugin.
     pub plugin: Option<String>,
+    /// Per hour instead of per day.
+    pub hourly: bool,
 }
 
-/// Usage of one license by one plugin on one UTC day.
+/// Usage of one license by one plugin on one UTC day (or hour).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct UsageRow {
-    /// The day, `YYYY-MM-DD` (UTC).
+    /// The day, `YYYY-MM-DD` (UTC); per hour, the hour, `YYYY-MM-DDTHH:00Z`.
     pub day: String,
     /// The license id.
     pub license_id: String,
@@ -205,10 +207,11 @@ impl State {
             .collect())
     }
 
-    /// Usage aggregated per day, license and plugin.
+    /// Usage aggregated per day (or hour), license and plugin.
     pub fn usage(&self, f: &UsageFilter) -> Result<Vec<UsageRow>, StateError> {
         self.query(
-            "SELECT date(at_ms / 1000, 'unixepoch') AS day, license_id, plugin,
+            "SELECT CASE WHEN ?5 THEN strftime('%Y-%m-%dT%H:00Z', at_ms / 1000, 'unixepoch')
+                    ELSE date(at_ms / 1000, 'unixepoch') END AS day, license_id, plugin,
                sum(CASE WHEN kind IN ('checkout', 'retake') THEN count ELSE 0 END),
                sum(CASE WHEN kind = 'release' THEN count ELSE 0 END),
                sum(CASE WHEN kind = 'reclaim' THEN count ELSE 0 END),
@@ -218,7 +221,7 @@ impl State {
              WHERE (?1 IS NULL OR at_ms >= ?1 * 1000) AND (?2 IS NULL OR at_ms < ?2 * 1000)
                AND (?3 IS NULL OR license_id = ?3) AND (?4 IS NULL OR plugin = ?4)
              GROUP BY day, license_id, plugin ORDER BY day, license_id, plugin",
-            params![f.since, f.until, f.license, f.plugin],
+            params![f.since, f.until, f.license, f.plugin, f.hourly],
             |r| {
                 Ok(UsageRow {
                     day: r.get(0)?,

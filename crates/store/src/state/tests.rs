@@ -224,6 +224,15 @@ fn ledger_commits_chain_and_counts() {
         (2, 1, 1, 1)
     );
     assert_eq!(usage[0].day, "2027-01-15");
+    let hourly = state
+        .usage(&UsageFilter {
+            hourly: true,
+            ..UsageFilter::default()
+        })
+        .expect("usage per hour");
+    assert_eq!(hourly.len(), 1);
+    assert_eq!(hourly[0].day, "2027-01-15T08:00Z");
+    assert_eq!(hourly[0].checkouts, usage[0].checkouts);
     let none = state
         .usage(&UsageFilter {
             plugin: Some("other".into()),
