@@ -92,10 +92,15 @@ pub(crate) fn serve(args: ServeArgs) -> Result<Exit, Failure> {
         .thread_name("tollgate-serve")
         .build()
         .context("starting the async runtime")?;
+    let scheme = if config.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     runtime
         .block_on(tollgate_server::serve(config, |addr| {
             // Scripts and tests read the bound address from this line.
-            println!("tollgate serve: listening on http://{addr}");
+            println!("tollgate serve: listening on {scheme}://{addr}");
         }))
         .map_err(Failure::usage)?;
     Ok(Exit::Ok)

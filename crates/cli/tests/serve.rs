@@ -553,3 +553,173 @@ fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// With `tls_cert` and `tls_key`, `serve` speaks HTTPS only: a client that
+/// trusts the certificate calls a plugin and the admin API; a plain HTTP
+/// request gets no answer; a key that does not go with the certificate, or
+/// half of the pair, is refused by `check-config` naming the setting.
+#[test]
+fn serves_https_with_the_configured_certificate() {
+    let scratch = prepare("tls", "2");
+    let root = scratch.path();
+    let made =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).expect("certificate");
+    std::fs::write(root.join("cert.pem"), made.cert.pem()).expect("cert");
+    std::fs::write(root.join("key.pem"), made.signing_key.serialize_pem()).expect("key");
+    let s = Server::start_with(
+        root,
+        "5s",
+        "tls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\n",
+    );
+    assert!(s.base.starts_with("https://127.0.0.1:"), "{}", s.base);
+    let trusted = ureq::tls::Certificate::from_pem(made.cert.pem().as_bytes())
+        .expect("PEM")
+        .to_owned();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .tls_config(
+            ureq::tls::TlsConfig::builder()
+                .root_certs(ureq::tls::RootCerts::Specific(std::sync::Arc::new(vec![
+                    trusted,
+                ])))
+                .build(),
+        )
+        .build()
+        .into();
+    let mut r = agent
+        .post(format!("{}/v1/plugins/hello/invoke", s.base))
+        .send("tls")
+        .expect("HTTPS call");
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(
+        r.body_mut().read_to_string().expect("body"),
+        "hello, tls! (licensed by demo)"
+    );
+    let r = agent
+        .get(format!("{}/v1/admin/status", s.base))
+        .header("Authorization", format!("Bearer {TOKEN}"))
+        .call()
+        .expect("admin over HTTPS");
+    assert_eq!(r.status().as_u16(), 200);
+    // A client that does not trust the certificate gets no answer.
+    assert!(
+        ureq::Agent::config_builder()
+            .build()
+            .new_agent()
+            .get(format!("{}/healthz", s.base))
+            .call()
+            .is_err()
+    );
+    // Plain HTTP on the TLS port: no HTTP answer comes back.
+    let addr = s.base.trim_start_matches("https://");
+    let mut plain = TcpStream::connect(addr).expect("connect");
+    plain
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    plain
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer);
+    assert!(!answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
+    drop(s);
+
+    let other =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).expect("certificate");
+    std::fs::write(root.join("other.pem"), other.signing_key.serialize_pem()).expect("key");
+    for (settings, needle) in [
+        (
+            "tls_cert = \"cert.pem\"\ntls_key = \"other.pem\"\n",
+            "does not go with the certificate",
+        ),
+        (
+            "tls_cert = \"cert.pem\"\n",
+            "`tls_cert` is set without `tls_key`",
+        ),
+        (
+            "tls_cert = \"key.pem\"\ntls_key = \"key.pem\"\n",
+            "holds no certificate",
+        ),
+    ] {
+        std::fs::write(root.join("bad.toml"), settings).expect("config");
+        let o = tg(
+            root,
+            &["check-config", &root.join("bad.toml").to_string_lossy()],
+        );
+        let err = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_eq!(o.status.code(), Some(2), "{settings}: {err}");
+        assert!(err.contains(needle), "{settings}: {err}");
+    }
+}
+
+/// The viewer token reads what the admin token reads and changes nothing:
+/// the admin API answers 403 to it for every change, and nothing changed.
+#[test]
+fn the_viewer_token_reads_everything_and_changes_nothing() {
+    const VIEWER: &str = "viewer-token-0123456789";
+    let scratch = prepare("viewer", "2");
+    let root = scratch.path();
+    std::fs::write(root.join("viewer.token"), VIEWER).expect("token");
+    let s = Server::start_with(root, "5s", "viewer_token_file = \"viewer.token\"\n");
+    for path in [
+        "/v1/admin/status",
+        "/v1/admin/licenses/demo",
+        "/v1/admin/plugins",
+        "/v1/admin/usage",
+        "/v1/admin/usage/events",
+        "/v1/admin/alerts",
+        "/metrics",
+    ] {
+        let (st, body) = s.admin("GET", path, None, Some(VIEWER));
+        assert_eq!(st, 200, "{path}: {body}");
+    }
+    sign_license(root, "demo", "2", "more.license");
+    let text = std::fs::read_to_string(root.join("more.license")).expect("license");
+    for (method, path, body) in [
+        ("POST", "/v1/admin/licenses/demo/revoke", None),
+        ("POST", "/v1/admin/licenses", Some(text.as_str())),
+        ("POST", "/v1/admin/plugins/hello/reload", None),
+        ("DELETE", "/v1/admin/plugins/hello", None),
+    ] {
+        let (st, answer) = s.admin(method, path, body, Some(VIEWER));
+        assert_eq!(
+            (st, code(&answer).as_str()),
+            (403, "forbidden"),
+            "{method} {path}: {answer}"
+        );
+    }
+    assert_eq!(s.demo()["revoked"], false, "{}", s.demo());
+    assert_eq!(s.demo()["seats"]["counted"], 2, "{}", s.demo());
+    assert_eq!(
+        s.invoke("hello", b"still"),
+        (200, "hello, still! (licensed by demo)".into(), None)
+    );
+    // The admin token still changes things.
+    let (st, body) = s.admin("POST", "/v1/admin/licenses/demo/revoke", None, Some(TOKEN));
+    assert_eq!(st, 200, "{body}");
+    // The viewer file must not hold the admin token.
+    std::fs::write(root.join("viewer.token"), TOKEN).expect("token");
+    std::fs::write(
+        root.join("bad.toml"),
+        "admin_token_file = \"admin.token\"\nviewer_token_file = \"viewer.token\"\n",
+    )
+    .expect("config");
+    let o = tg(
+        root,
+        &["check-config", &root.join("bad.toml").to_string_lossy()],
+    );
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(o.status.code(), Some(2), "{out}");
+    assert!(
+        out.contains("`viewer_token_file` holds the admin token"),
+        "{out}"
+    );
+}

@@ -463,7 +463,7 @@ fn malformed_and_oversized_requests_change_nothing() {
                 let body = json_body(&reply).expect("a JSON error");
                 assert_eq!(
                     body,
-                    json!({ "error": "unauthorized", "message": "a valid admin bearer token is required" }),
+                    json!({ "error": "unauthorized", "message": "a valid admin (or, to read, viewer) bearer token is required" }),
                     "{reply}"
                 );
                 for secret in ["demo", "hello", "tollgate_", TOKEN] {

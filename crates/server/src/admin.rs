@@ -6,7 +6,7 @@ use axum::Json;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, Request, State as Extract};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -39,11 +39,43 @@ pub(super) fn routes(server: Arc<Server>) -> Router<Arc<Server>> {
         .route("/v1/admin/plugins/{name}/reload", post(reload))
         .route("/v1/admin/usage", get(usage))
         .route("/v1/admin/usage/events", get(usage_events))
+        .route("/v1/admin/alerts", get(alerts))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(server, authorize))
 }
 
-/// Lets a request through only with `Authorization: Bearer <admin token>`.
+/// Who a bearer token names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// The admin token: reads and changes.
+    Admin,
+    /// The viewer token: reads only.
+    Viewer,
+}
+
+/// Whether `given` is `token`, in the same time whatever both are: both
+/// sides are hashed, and the digests compared in constant time.
+fn same_token(given: &str, token: Option<&str>) -> bool {
+    token.is_some_and(|token| {
+        bool::from(Sha256::digest(given.as_bytes()).ct_eq(&Sha256::digest(token.as_bytes())))
+    })
+}
+
+/// The role `given` grants on `server`, if any.
+pub(crate) fn role_of(server: &Server, given: &str) -> Option<Role> {
+    // Both comparisons are made, whichever matches.
+    let admin = same_token(given, server.admin_token.as_deref());
+    let viewer = same_token(given, server.viewer_token.as_deref());
+    match (admin, viewer) {
+        (true, _) => Some(Role::Admin),
+        (false, true) => Some(Role::Viewer),
+        (false, false) => None,
+    }
+}
+
+/// Lets a request through with `Authorization: Bearer <admin token>`, or
+/// with the viewer token when it only reads (GET or HEAD): the viewer token
+/// changing anything gets 403.
 async fn authorize(
     Extract(server): Extract<Arc<Server>>,
     request: Request,
@@ -53,29 +85,37 @@ async fn authorize(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    let ok = match &server.admin_token {
-        // Hash both sides so the comparison takes the same time whatever
-        // their lengths, then compare the digests in constant time.
-        Some(token) => {
-            bool::from(Sha256::digest(given.as_bytes()).ct_eq(&Sha256::digest(token.as_bytes())))
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let reads = matches!(*request.method(), Method::GET | Method::HEAD);
+    // The dashboard's requests carry its session cookie instead.
+    if given.is_none()
+        && let Some(session) = server.sessions.of(request.headers())
+    {
+        return match crate::ui::session_allows(&session, reads, request.headers()) {
+            Ok(()) => next.run(request).await,
+            Err(refused) => *refused,
+        };
+    }
+    match role_of(&server, given.unwrap_or("")) {
+        Some(Role::Admin) => next.run(request).await,
+        Some(Role::Viewer) if reads => next.run(request).await,
+        Some(Role::Viewer) => error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the viewer token may read but not change anything; use the admin token",
+        ),
+        None => {
+            let mut r = error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a valid admin (or, to read, viewer) bearer token is required",
+            );
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+            r
         }
-        None => false,
-    };
-    if ok {
-        next.run(request).await
-    } else {
-        let mut r = error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "a valid admin bearer token is required",
-        );
-        r.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            header::HeaderValue::from_static("Bearer"),
-        );
-        r
     }
 }
 
@@ -110,8 +150,14 @@ async fn status(Extract(server): Extract<Arc<Server>>) -> Response {
         },
         None => None,
     };
-    Json(json!({ "host": host, "licenses": issued, "draining": server.shutdown.is_cancelled() }))
-        .into_response()
+    Json(json!({
+        "host": host,
+        "licenses": issued,
+        "draining": server.shutdown.is_cancelled(),
+        "latency": server.metrics.percentiles(),
+        "audit": server.audits.last(),
+    }))
+    .into_response()
 }
 
 async fn licenses(Extract(server): Extract<Arc<Server>>) -> Response {
@@ -275,14 +321,20 @@ fn parse_load_request(body: &[u8]) -> Result<LoadRequest, String> {
 /// Reads the query string of `GET /v1/admin/usage`.
 fn usage_query(query: &[u8]) -> Result<UsageFilter, String> {
     let q: UsageQuery = serde_urlencoded::from_bytes(query).map_err(|e| {
-        format!("the query takes since, until (times), license and plugin, each at most once: {e}")
+        format!("the query takes since, until (times), license, plugin and per (day or hour), each at most once: {e}")
     })?;
     let time = |t: Option<String>| t.as_deref().map(parse_time).transpose();
+    let hourly = match q.per.as_deref() {
+        None | Some("day") => false,
+        Some("hour") => true,
+        Some(other) => return Err(format!("per is day or hour, not {other:?}")),
+    };
     Ok(UsageFilter {
         since: time(q.since)?,
         until: time(q.until)?,
         license: q.license,
         plugin: q.plugin,
+        hourly,
     })
 }
 
@@ -387,6 +439,7 @@ struct UsageQuery {
     until: Option<String>,
     license: Option<String>,
     plugin: Option<String>,
+    per: Option<String>,
 }
 
 async fn usage(Extract(server): Extract<Arc<Server>>, RawQuery(query): RawQuery) -> Response {
@@ -405,6 +458,23 @@ async fn usage(Extract(server): Extract<Arc<Server>>, RawQuery(query): RawQuery)
         Ok(rows) => Json(rows).into_response(),
         Err(e) => state_error(e),
     }
+}
+
+/// The alerts firing now, and the last webhook deliveries with their
+/// attempts.
+async fn alerts(Extract(server): Extract<Arc<Server>>) -> Response {
+    let deliveries = match server.host.state() {
+        Some(state) => match state.outbox_recent(50) {
+            Ok(recent) => recent,
+            Err(e) => return state_error(e),
+        },
+        None => Vec::new(),
+    };
+    Json(json!({
+        "firing": server.alerts.firing(),
+        "deliveries": deliveries,
+    }))
+    .into_response()
 }
 
 /// The query of `GET /v1/admin/usage/events`.

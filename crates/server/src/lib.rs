@@ -11,10 +11,14 @@
 #![deny(missing_docs)]
 
 mod admin;
+pub mod alerts;
+mod audit;
 pub mod config;
 mod conn;
 mod metrics;
 mod shared;
+pub mod tls;
+pub mod ui;
 
 pub use admin::{AdminBody, parse_admin_body};
 
@@ -35,6 +39,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tollgate::runtime::{Allocator, InvokeError};
@@ -71,6 +76,9 @@ pub enum ServeError {
     /// The shared store could not be used.
     #[error(transparent)]
     Store(#[from] tollgate_store::postgres::PgError),
+    /// The TLS certificate or key could not be used.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// A shared store needs a state directory for the ledger spool.
     #[error("a host on a shared store needs a state directory for its ledger spool; set `state`")]
     SharedNeedsState,
@@ -80,6 +88,12 @@ pub enum ServeError {
 pub(crate) struct Server {
     pub(crate) host: Arc<Host>,
     pub(crate) admin_token: Option<String>,
+    /// Bearer token that may read the admin API but change nothing.
+    pub(crate) viewer_token: Option<String>,
+    /// The dashboard's logged-in browsers.
+    pub(crate) sessions: ui::Sessions,
+    /// Whether the server speaks HTTPS (session cookies are `Secure` then).
+    pub(crate) tls: bool,
     pub(crate) metrics: Metrics,
     calls: Semaphore,
     /// Cancelled when the server starts shutting down: it drains.
@@ -105,6 +119,10 @@ pub(crate) struct Server {
     /// On a shared store: the store, where the admin API installs and
     /// revokes licenses for every host.
     pub(crate) shared_store: std::sync::OnceLock<tollgate_store::postgres::PgStore>,
+    /// Alert thresholds, which fire, and their webhook.
+    pub(crate) alerts: Arc<alerts::Alerts>,
+    /// The ledger's last audit.
+    pub(crate) audits: Arc<audit::Audits>,
 }
 
 impl Server {
@@ -115,10 +133,32 @@ impl Server {
             config.max_connections_per_client,
             config.trusted_proxies.clone(),
         ));
+        let metrics = Metrics::new(host.clone(), bodies.clone(), clients.clone());
+        let host_id = match host.state() {
+            Some(state) => match tollgate_store::state::HostKey::open_or_create(state.dir()) {
+                Ok(key) => key.key_id(),
+                Err(e) => {
+                    tracing::warn!("alerts name this host \"unknown\": {e}");
+                    "unknown".to_string()
+                }
+            },
+            None => "unknown".to_string(),
+        };
+        let alerts = Arc::new(alerts::Alerts::new(
+            config.alerts.clone(),
+            &host,
+            host_id,
+            metrics.alert_gauge(),
+        ));
         Self {
             host: host.clone(),
             admin_token: config.admin_token.clone(),
-            metrics: Metrics::new(host, bodies.clone(), clients.clone()),
+            viewer_token: config.viewer_token.clone(),
+            sessions: ui::Sessions::default(),
+            tls: config.tls_cert.is_some(),
+            metrics,
+            alerts,
+            audits: Arc::default(),
             calls: Semaphore::new(config.max_concurrent_calls as usize),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -228,12 +268,35 @@ pub async fn serve(config: Config, ready: impl FnOnce(SocketAddr)) -> Result<(),
             source,
         })?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, "listening");
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(tokio_rustls::TlsAcceptor::from(
+            tls::server_config(cert, key).map_err(ServeError::Tls)?,
+        )),
+        _ => None,
+    };
+    tracing::info!(%addr, tls = tls.is_some(), "listening");
     ready(addr);
     server
         .tasks
         .spawn(refresh_licenses(host.clone(), server.shutdown.clone()));
-    accept_until_signal(listener, app, &server, &config).await;
+    server.tasks.spawn(audit::run(
+        host.clone(),
+        server.audits.clone(),
+        server.shutdown.clone(),
+    ));
+    if server.alerts.configured() {
+        server.tasks.spawn(alerts::evaluate(
+            host.clone(),
+            server.alerts.clone(),
+            server.shutdown.clone(),
+        ));
+        server.tasks.spawn(alerts::deliver(
+            host.clone(),
+            server.alerts.clone(),
+            server.shutdown.clone(),
+        ));
+    }
+    accept_until_signal(listener, app, &server, &config, tls).await;
     let grace = config.grace_period;
     tracing::info!("shutting down: no new connections; calls in flight have {grace:?}");
     // Idle connections close now, busy ones after their response; the
@@ -313,6 +376,7 @@ async fn accept_until_signal(
     app: Router,
     server: &Server,
     config: &Config,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
     let open = Arc::new(Semaphore::new(config.max_connections as usize));
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -355,10 +419,31 @@ async fn accept_until_signal(
             drop(permit);
             continue;
         };
-        let io = TokioIo::new(TimedWrites::new(stream, config.write_timeout));
-        let conn = http.serve_connection(io, TowerToHyperService::new(app.clone()));
+        let timed = TimedWrites::new(stream, config.write_timeout);
+        let service = TowerToHyperService::new(app.clone());
+        let http = http.clone();
         let shutdown = server.shutdown.clone();
+        let tls = tls.clone();
+        // A TLS handshake has as long as a request head to arrive.
+        let handshake = config.read_timeout;
         server.tasks.spawn(async move {
+            let io = match tls {
+                None => Either::Left(timed),
+                Some(acceptor) => {
+                    match tokio::time::timeout(handshake, acceptor.accept(timed)).await {
+                        Ok(Ok(stream)) => Either::Right(stream),
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, "TLS handshake failed: {e}");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    }
+                }
+            };
+            let conn = http.serve_connection(TokioIo::new(io), service);
             let mut conn = std::pin::pin!(conn);
             let ended = tokio::select! {
                 ended = conn.as_mut() => ended,
@@ -401,6 +486,7 @@ fn router(server: Arc<Server>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .merge(admin::routes(server.clone()))
+        .merge(ui::routes(server.clone()))
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,

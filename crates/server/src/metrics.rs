@@ -52,6 +52,23 @@ pub(crate) struct Metrics {
     latency: Family<PluginLabels, Histogram, fn() -> Histogram>,
     /// On a shared store: the last ledger row the store holds.
     shipped: Arc<OnceLock<Arc<AtomicU64>>>,
+    /// Alerts firing (1) or not (0), by license and alert.
+    alerts: Family<crate::alerts::AlertLabels, prometheus_client::metrics::gauge::Gauge>,
+    /// The last [`LATENCY_SAMPLES`] call durations per plugin, in seconds,
+    /// for the percentiles the dashboard shows.
+    recent: std::sync::Mutex<std::collections::HashMap<String, std::collections::VecDeque<f64>>>,
+}
+
+/// How many recent call durations per plugin the percentiles are taken over.
+pub(crate) const LATENCY_SAMPLES: usize = 1024;
+
+/// The 50th, 95th and 99th percentiles of recent calls, in milliseconds.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub(crate) struct Percentiles {
+    p50_ms: f64,
+    p95_ms: f64,
+    p99_ms: f64,
+    samples: usize,
 }
 
 impl Metrics {
@@ -73,6 +90,12 @@ impl Metrics {
             Unit::Seconds,
             latency.clone(),
         );
+        let alerts = Family::default();
+        registry.register(
+            "alert_firing",
+            "Alerts firing now (1) or not (0), by license and alert",
+            alerts.clone(),
+        );
         let shipped = Arc::new(OnceLock::new());
         registry.register_collector(Box::new(Shipping {
             host: host.clone(),
@@ -85,7 +108,43 @@ impl Metrics {
             calls,
             latency,
             shipped,
+            alerts,
+            recent: std::sync::Mutex::default(),
         }
+    }
+
+    /// Latency percentiles of each plugin's recent calls over HTTP.
+    pub(crate) fn percentiles(&self) -> std::collections::BTreeMap<String, Percentiles> {
+        let recent = self
+            .recent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        recent
+            .iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(plugin, v)| {
+                let mut sorted: Vec<f64> = v.iter().copied().collect();
+                sorted.sort_by(f64::total_cmp);
+                let at = |p: f64| {
+                    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+                    sorted[i.min(sorted.len() - 1)] * 1e3
+                };
+                let p = Percentiles {
+                    p50_ms: at(0.50),
+                    p95_ms: at(0.95),
+                    p99_ms: at(0.99),
+                    samples: sorted.len(),
+                };
+                (plugin.clone(), p)
+            })
+            .collect()
+    }
+
+    /// The alert gauge, for the alerts to set.
+    pub(crate) fn alert_gauge(
+        &self,
+    ) -> Family<crate::alerts::AlertLabels, prometheus_client::metrics::gauge::Gauge> {
+        self.alerts.clone()
     }
 
     /// Reports the shipping lag from now on: `shipped` holds the last
@@ -107,6 +166,15 @@ impl Metrics {
                 plugin: plugin.to_string(),
             })
             .observe(took.as_secs_f64());
+        let mut recent = self
+            .recent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let samples = recent.entry(plugin.to_string()).or_default();
+        if samples.len() == LATENCY_SAMPLES {
+            samples.pop_front();
+        }
+        samples.push_back(took.as_secs_f64());
     }
 
     /// The text exposition.

@@ -39,6 +39,10 @@ const SETTINGS: &[Setting] = &[
         c.admin_token_file = Some(path);
         Ok(())
     }),
+    Setting::path("viewer_token_file", |c, path| {
+        c.viewer_token = Some(super::read_token_file(&path)?);
+        Ok(())
+    }),
     Setting::own("trusted_issuers", |checker, value, c| {
         c.trusted_issuers = Some(checker.issuer_pins(value));
     }),
@@ -87,10 +91,18 @@ const SETTINGS: &[Setting] = &[
     Setting::duration("seat_batch_ttl", Some(MAX_SEAT_BATCH_TTL), |c| {
         &mut c.seat_batch_ttl
     }),
+    Setting::path("tls_cert", |c, path| {
+        c.tls_cert = Some(path);
+        Ok(())
+    }),
+    Setting::path("tls_key", |c, path| {
+        c.tls_key = Some(path);
+        Ok(())
+    }),
 ];
 
 /// Top-level keys that are sections with readers of their own, after the settings.
-const SECTIONS: &[&str] = &["plugin", "license"];
+const SECTIONS: &[&str] = &["plugin", "license", "alerts"];
 
 /// Settings that may not both be set, with what to do about it: the later
 /// one is reported, and neither is read.
@@ -744,6 +756,7 @@ impl<'t> Checker<'t> {
             state: None,
             admin_token: None,
             admin_token_file: None,
+            viewer_token: None,
             trusted_issuers: None,
             log_format: LogFormat::Human,
             grace_period: Duration::from_secs(10),
@@ -760,6 +773,9 @@ impl<'t> Checker<'t> {
             licenses: BTreeMap::new(),
             store: None,
             seat_batch_ttl: Duration::from_secs(15),
+            tls_cert: None,
+            tls_key: None,
+            alerts: super::AlertsConfig::default(),
         };
         let known: Vec<&str> = top_level_keys().collect();
         self.unknown_keys(root, &known, "");
@@ -785,6 +801,26 @@ impl<'t> Checker<'t> {
                 self.setting(setting, value, &mut config);
             }
         }
+        self.tls(root, &mut config);
+        if let (Some(viewer), Some(admin)) = (&config.viewer_token, &config.admin_token)
+            && viewer == admin
+            && let Some(v) = root.get("viewer_token_file")
+        {
+            self.problem(
+                v.span(),
+                "`viewer_token_file` holds the admin token; give the viewer a token of its own",
+            );
+            config.viewer_token = None;
+        }
+        if config.viewer_token.is_some()
+            && config.admin_token.is_none()
+            && let Some(v) = root.get("viewer_token_file")
+        {
+            self.problem(
+                v.span(),
+                "`viewer_token_file` is set without an admin token; set `admin_token_file` too (the admin API is off without it)",
+            );
+        }
         // Host state no plugin directory may overlap; a state directory
         // taken from the environment is checked when the host starts.
         self.protected.push((path.to_path_buf(), "the config file"));
@@ -801,6 +837,12 @@ impl<'t> Checker<'t> {
         if let Some(file) = &config.admin_token_file {
             self.protected.push((file.clone(), "the admin token file"));
         }
+        if let Some(v) = root.get("viewer_token_file")
+            && let DeValue::String(file) = v.get_ref()
+        {
+            let file = self.dir.join(file.as_ref());
+            self.protected.push((file, "the viewer token file"));
+        }
 
         let refs = match root.get("plugin") {
             Some(value) => self.plugins(value, &mut config),
@@ -810,7 +852,37 @@ impl<'t> Checker<'t> {
         if let Some(value) = root.get("license") {
             self.licenses(value, &refs, &mut config);
         }
+        if let Some(value) = root.get("alerts") {
+            self.alerts(value, &refs, &mut config);
+        }
         config
+    }
+
+    /// Checks `tls_cert` and `tls_key` together: both or neither, and a
+    /// certificate chain with the key that goes with it.
+    fn tls(&mut self, root: &DeTable<'_>, config: &mut Config) {
+        let span = |key: &str| root.get(key).map(|v| v.span()).unwrap_or_default();
+        let problem = match (&config.tls_cert, &config.tls_key) {
+            (None, None) => return,
+            (Some(cert), Some(key)) => match crate::tls::server_config(cert, key) {
+                Ok(_) => {
+                    self.protected.push((key.clone(), "the TLS key"));
+                    return;
+                }
+                Err(why) => (span("tls_key"), format!("`tls_cert`/`tls_key`: {why}")),
+            },
+            (Some(_), None) => (
+                span("tls_cert"),
+                "`tls_cert` is set without `tls_key`; set both (PEM files) to serve HTTPS, or neither".to_string(),
+            ),
+            (None, Some(_)) => (
+                span("tls_key"),
+                "`tls_key` is set without `tls_cert`; set both (PEM files) to serve HTTPS, or neither".to_string(),
+            ),
+        };
+        self.problem(problem.0, problem.1);
+        config.tls_cert = None;
+        config.tls_key = None;
     }
 
     /// Reads one top-level setting as its row in [`SETTINGS`] says.
@@ -1361,6 +1433,137 @@ impl<'t> Checker<'t> {
                     format!("[license.{id:?}]: no [[plugin]] lists license `{id}` in `requires` or `may_use`{todo}"),
                 );
             }
+        }
+    }
+
+    /// Reads the `[alerts]` section.
+    fn alerts(&mut self, value: &Value<'_>, plugins: &[PluginRefs], config: &mut Config) {
+        let DeValue::Table(table) = value.get_ref() else {
+            self.wrong_type(
+                value,
+                "alerts",
+                "",
+                "a table: write [alerts] and its settings below it",
+            );
+            return;
+        };
+        let place = " in [alerts]";
+        self.unknown_keys(table, &["webhook", "secret_file", "license"], place);
+        if let Some(v) = table.get("webhook")
+            && let Some(url) = self.string(
+                v,
+                "webhook",
+                place,
+                "a URL string like \"https://hooks.example.com/tollgate\"",
+            )
+        {
+            match super::check_webhook(url) {
+                Ok(()) => config.alerts.webhook = Some(url.to_string()),
+                Err(why) => self.problem(v.span(), format!("`webhook`{place}: {why}")),
+            }
+        }
+        if let Some(v) = table.get("secret_file")
+            && let Some(path) = self.path(v, "secret_file", place)
+        {
+            match super::read_secret_file(&path) {
+                Ok(secret) => config.alerts.secret = Some(secret),
+                Err(why) => self.problem(v.span(), format!("`secret_file`{place}: {why}")),
+            }
+            self.protected.push((path, "the webhook secret file"));
+        }
+        if let (Some(v), None) = (table.get("webhook"), table.get("secret_file")) {
+            self.problem(
+                v.span(),
+                format!("`webhook`{place} needs `secret_file` too: receivers check each delivery's HMAC-SHA256 signature with it"),
+            );
+        }
+        let Some(licenses) = table.get("license") else {
+            return;
+        };
+        let DeValue::Table(licenses) = licenses.get_ref() else {
+            self.wrong_type(
+                licenses,
+                "license",
+                place,
+                "a table: write [alerts.license.\"<id>\"] sections",
+            );
+            return;
+        };
+        let used: BTreeSet<&str> = plugins
+            .iter()
+            .flat_map(|p| p.requires.iter().chain(&p.may_use))
+            .map(String::as_str)
+            .collect();
+        for (key, value) in licenses.iter() {
+            let id = key.get_ref().as_ref();
+            let place = format!(" in [alerts.license.{}]", quoted(id));
+            if let Err(why) = id.parse::<LicenseId>() {
+                self.problem(key.span(), format!("[alerts.license.{id:?}]: {why}"));
+                continue;
+            }
+            if !used.contains(id) {
+                let hint = did_you_mean(id, used.iter().copied());
+                self.problem(
+                    key.span(),
+                    format!("[alerts.license.{id:?}]: no [[plugin]] lists license `{id}` in `requires` or `may_use`{hint}"),
+                );
+            }
+            let DeValue::Table(t) = value.get_ref() else {
+                self.wrong_type(
+                    value,
+                    &format!("alerts.license.{id}"),
+                    "",
+                    "a table of thresholds",
+                );
+                continue;
+            };
+            self.unknown_keys(
+                t,
+                &[
+                    "in_use_percent",
+                    "in_use_for",
+                    "denials_per_minute",
+                    "expires_within",
+                ],
+                &place,
+            );
+            let mut th = super::Thresholds::default();
+            if let Some(v) = t.get("in_use_percent")
+                && let Some(n) = self.integer(v, "in_use_percent", &place)
+            {
+                match u32::try_from(n) {
+                    Ok(n) if (1..=100).contains(&n) => th.in_use_percent = Some(n),
+                    _ => self.problem(
+                        v.span(),
+                        format!("`in_use_percent`{place} is {n}; use a percentage from 1 to 100"),
+                    ),
+                }
+            }
+            if let Some(v) = t.get("in_use_for")
+                && let Some(d) = self.duration(v, "in_use_for", &place)
+            {
+                th.in_use_for = d;
+                if t.get("in_use_percent").is_none() {
+                    self.problem(v.span(), format!("`in_use_for`{place} needs `in_use_percent`: the share of seats that must stay in use this long"));
+                }
+            }
+            if let Some(v) = t.get("denials_per_minute")
+                && let Some(n) = self.integer(v, "denials_per_minute", &place)
+            {
+                match u32::try_from(n) {
+                    Ok(n) if n >= 1 => th.denials_per_minute = Some(n),
+                    _ => self.problem(
+                        v.span(),
+                        format!("`denials_per_minute`{place} is {n}; use a whole number from 1"),
+                    ),
+                }
+            }
+            if let Some(v) = t.get("expires_within")
+                && let Some(d) = self.duration(v, "expires_within", &place)
+            {
+                th.expires_within = Some(d);
+            }
+            config.alerts.licenses.insert(id.to_string(), th);
         }
     }
 

@@ -49,6 +49,9 @@ pub struct Config {
     /// The file the admin token was read from (`admin_token_file`), which
     /// no plugin directory may overlap.
     pub admin_token_file: Option<PathBuf>,
+    /// Bearer token that reads the admin API and changes nothing
+    /// (`viewer_token_file`).
+    pub viewer_token: Option<String>,
     /// The issuer keys the state database must trust, exactly
     /// (`trusted_issuers`); `None`: not pinned.
     pub trusted_issuers: Option<Vec<tollgate_store::state::IssuerPin>>,
@@ -94,6 +97,49 @@ pub struct Config {
     /// How long a seat batch leased from the shared store lives unless
     /// renewed (`seat_batch_ttl`).
     pub seat_batch_ttl: Duration,
+    /// PEM certificate chain to serve HTTPS with (`tls_cert`, with `tls_key`).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert` (`tls_key`).
+    pub tls_key: Option<PathBuf>,
+    /// Alert thresholds and where crossings are sent (`[alerts]`).
+    pub alerts: AlertsConfig,
+}
+
+/// The `[alerts]` section: thresholds per license id, and the webhook each
+/// crossing is sent to, signed with HMAC-SHA256.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct AlertsConfig {
+    /// The `http://` or `https://` URL crossings are POSTed to (`webhook`).
+    pub webhook: Option<String>,
+    /// The HMAC-SHA256 key the `tollgate-signature` header is made with,
+    /// read from `secret_file`.
+    pub secret: Option<String>,
+    /// Thresholds per license id (`[alerts.license.<id>]`).
+    pub licenses: BTreeMap<String, Thresholds>,
+}
+
+impl fmt::Debug for AlertsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AlertsConfig")
+            .field("webhook", &self.webhook)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("licenses", &self.licenses)
+            .finish()
+    }
+}
+
+/// When one license id's alerts fire.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Thresholds {
+    /// Seats in use at or above this percentage of the seats in force
+    /// (`in_use_percent`) …
+    pub in_use_percent: Option<u32>,
+    /// … for at least this long (`in_use_for`, default 0s).
+    pub in_use_for: Duration,
+    /// Refused requests in the last minute at or above this (`denials_per_minute`).
+    pub denials_per_minute: Option<u32>,
+    /// Every grant in force ends within this long (`expires_within`).
+    pub expires_within: Option<Duration>,
 }
 
 impl fmt::Debug for Config {
@@ -107,6 +153,10 @@ impl fmt::Debug for Config {
                 &self.admin_token.as_ref().map(|_| "<redacted>"),
             )
             .field("admin_token_file", &self.admin_token_file)
+            .field(
+                "viewer_token",
+                &self.viewer_token.as_ref().map(|_| "<redacted>"),
+            )
             .field("trusted_issuers", &self.trusted_issuers)
             .field("log_format", &self.log_format)
             .field("grace_period", &self.grace_period)
@@ -129,6 +179,9 @@ impl fmt::Debug for Config {
             .field("licenses", &self.licenses)
             .field("store", &self.store)
             .field("seat_batch_ttl", &self.seat_batch_ttl)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .field("alerts", &self.alerts)
             .finish()
     }
 }
@@ -383,6 +436,28 @@ fn check_token(token: &str) -> Result<(), String> {
         return Err("the admin token starts or ends with whitespace; remove it".to_string());
     }
     Ok(())
+}
+
+/// Checks a webhook URL: `http://` or `https://`, with a host.
+fn check_webhook(url: &str) -> Result<(), String> {
+    let uri: axum::http::Uri = url.parse().map_err(|e| {
+        format!("{url:?} is not a URL ({e}); write one like \"https://hooks.example.com/tollgate\"")
+    })?;
+    match (uri.scheme_str(), uri.host()) {
+        (Some("http" | "https"), Some(host)) if !host.is_empty() => Ok(()),
+        _ => Err(format!(
+            "{url:?} is not an http:// or https:// URL with a host; write one like \"https://hooks.example.com/tollgate\""
+        )),
+    }
+}
+
+/// Reads the webhook secret file: like a token file, at least 16 characters.
+fn read_secret_file(path: &Path) -> Result<String, String> {
+    read_token_file(path).map_err(|why| {
+        why.replace("admin token", "webhook secret")
+            .replace("token file", "secret file")
+            .replace("the token", "the secret")
+    })
 }
 
 /// Reads an admin token file: its contents, trimmed, must be a usable token.

@@ -1284,3 +1284,86 @@ fn a_shared_store_is_a_postgres_url_with_a_batch_ttl() {
         "{err}"
     );
 }
+
+const PLUGIN_WITH_DEMO: &str = r#"
+[[plugin]]
+name = "hello"
+component = "plugins/hello.wasm"
+requires = ["demo"]
+"#;
+
+#[test]
+fn alerts_are_read_with_their_webhook_secret_and_thresholds() {
+    let dir = ConfigDir::with_component();
+    dir.file("alerts.secret", "  0123456789abcdef0123\n");
+    let config = ok(
+        &dir,
+        &format!(
+            "{PLUGIN_WITH_DEMO}
+[alerts]
+webhook = \"https://hooks.example.com/tollgate\"
+secret_file = \"alerts.secret\"
+[alerts.license.demo]
+in_use_percent = 80
+in_use_for = \"1m\"
+denials_per_minute = 10
+expires_within = \"14days\"
+"
+        ),
+    );
+    let alerts = &config.alerts;
+    assert_eq!(
+        alerts.webhook.as_deref(),
+        Some("https://hooks.example.com/tollgate")
+    );
+    assert_eq!(alerts.secret.as_deref(), Some("0123456789abcdef0123"));
+    assert!(
+        !format!("{config:?}").contains("0123456789abcdef0123"),
+        "the secret is redacted"
+    );
+    assert_eq!(
+        alerts.licenses["demo"],
+        super::Thresholds {
+            in_use_percent: Some(80),
+            in_use_for: Duration::from_secs(60),
+            denials_per_minute: Some(10),
+            expires_within: Some(Duration::from_secs(14 * 86_400)),
+        }
+    );
+}
+
+#[test]
+fn bad_alert_settings_are_reported() {
+    let dir = ConfigDir::with_component();
+    dir.file("short.secret", "short");
+    assert_problems(
+        "bad_alerts",
+        &dir,
+        &format!(
+            "{PLUGIN_WITH_DEMO}
+[alerts]
+webhook = \"ftp://hooks.example.com/\"
+secret_file = \"short.secret\"
+colour = \"red\"
+[alerts.license.demo]
+in_use_percent = 120
+in_use_for = \"soon\"
+denials_per_minute = 0
+[alerts.license.dmeo]
+expires_within = \"14d\"
+"
+        ),
+    );
+    assert_problems(
+        "alerts_webhook_without_secret",
+        &dir,
+        &format!(
+            "{PLUGIN_WITH_DEMO}
+[alerts]
+webhook = \"http://127.0.0.1:9000/hook\"
+[alerts.license.demo]
+in_use_for = \"1m\"
+"
+        ),
+    );
+}
