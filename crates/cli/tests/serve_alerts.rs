@@ -8,7 +8,7 @@ use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 mod common;
@@ -36,51 +36,85 @@ impl Delivery {
     }
 }
 
-/// A webhook receiver on `listener`: answers 500 to the first `failures`
-/// requests and 200 after, and hands every request to the channel.
-fn receiver(listener: TcpListener, failures: usize) -> mpsc::Receiver<Delivery> {
+/// Reads one request from `stream`, answers it with `status`, and hands
+/// it back.
+fn answer<S: Read + Write>(mut stream: S, status: &str) -> Option<Delivery> {
+    let mut reader = BufReader::new(&mut stream);
+    let mut headers = Vec::new();
+    let mut line = String::new();
+    reader.read_line(&mut line).ok()?;
+    loop {
+        line.clear();
+        reader.read_line(&mut line).ok()?;
+        let Some((name, value)) = line.trim_end().split_once(':') else {
+            break;
+        };
+        headers.push((name.to_ascii_lowercase(), value.trim().to_string()));
+    }
+    let length: usize = headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).ok()?;
+    drop(reader);
+    stream
+        .write_all(
+            format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .ok()?;
+    stream.flush().ok()?;
+    Some(Delivery {
+        headers,
+        body: String::from_utf8(body).expect("UTF-8 body"),
+    })
+}
+
+/// A webhook receiver on `listener` (over TLS with `tls`): answers 500 to
+/// the first `failures` requests and 200 after, and hands every request to
+/// the channel.
+fn receiver_on(
+    listener: TcpListener,
+    failures: usize,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> mpsc::Receiver<Delivery> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for (n, stream) in listener.incoming().enumerate() {
-            let Ok(mut stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-            let mut headers = Vec::new();
-            let mut line = String::new();
-            reader.read_line(&mut line).expect("request line");
-            loop {
-                line.clear();
-                reader.read_line(&mut line).expect("header");
-                let Some((name, value)) = line.trim_end().split_once(':') else {
-                    break;
-                };
-                headers.push((name.to_ascii_lowercase(), value.trim().to_string()));
-            }
-            let length: usize = headers
-                .iter()
-                .find(|(n, _)| n == "content-length")
-                .and_then(|(_, v)| v.parse().ok())
-                .unwrap_or(0);
-            let mut body = vec![0; length];
-            reader.read_exact(&mut body).expect("body");
+            let Ok(stream) = stream else { continue };
             let status = if n < failures {
                 "500 Internal Server Error"
             } else {
                 "200 OK"
             };
-            let _ = stream.write_all(
-                format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-                    .as_bytes(),
-            );
-            let delivery = Delivery {
-                headers,
-                body: String::from_utf8(body).expect("UTF-8 body"),
+            let delivery = match &tls {
+                None => answer(stream, status),
+                Some(config) => {
+                    let Ok(conn) = rustls::ServerConnection::new(config.clone()) else {
+                        continue;
+                    };
+                    let mut tls = rustls::StreamOwned::new(conn, stream);
+                    let delivery = answer(&mut tls, status);
+                    tls.conn.send_close_notify();
+                    let _ = tls.flush();
+                    delivery
+                }
             };
-            if tx.send(delivery).is_err() {
+            if let Some(delivery) = delivery
+                && tx.send(delivery).is_err()
+            {
                 return;
             }
         }
     });
     rx
+}
+
+/// A plain-HTTP webhook receiver; see [`receiver_on`].
+fn receiver(listener: TcpListener, failures: usize) -> mpsc::Receiver<Delivery> {
+    receiver_on(listener, failures, None)
 }
 
 /// The `[alerts]` section sending to `addr`, firing when demo's one seat
@@ -228,4 +262,49 @@ fn a_crossing_queued_while_the_receiver_is_down_is_delivered_after_a_restart() {
         "the firing is not sent again"
     );
     drop(s);
+}
+
+/// An `https://` webhook whose certificate chains to the CA in `ca_file`
+/// (not a public one): delivered over TLS, signed.
+#[test]
+fn an_https_webhook_is_delivered_with_its_own_ca() {
+    let scratch = prepare("alerts-tls", "1");
+    let root = scratch.path();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let ca = ca_params.self_signed(&ca_key).expect("CA");
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let leaf_key = rcgen::KeyPair::generate().expect("key");
+    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .expect("params")
+        .signed_by(&leaf_key, &issuer)
+        .expect("leaf");
+    std::fs::write(root.join("alerts-ca.pem"), ca.pem()).expect("CA file");
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+        )
+        .expect("server config");
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let rx = receiver_on(listener, 0, Some(Arc::new(server)));
+    std::fs::write(root.join("alerts.secret"), SECRET).expect("secret");
+    let alerts = alerts_config(addr)
+        .replace("http://", "https://")
+        .replace("secret_file", "ca_file = \"alerts-ca.pem\"\nsecret_file");
+    let s = Server::start_with_plugins(root, "5s", "", &alerts);
+    std::thread::scope(|scope| {
+        let holder = scope.spawn(|| s.invoke("slow", b"1500"));
+        let fired = next(&rx, "the firing, over HTTPS");
+        assert_signed(&fired);
+        assert_eq!(fired.json()["type"], "tollgate.alert.firing");
+        assert_eq!(holder.join().expect("holder").0, 200);
+    });
 }

@@ -319,11 +319,23 @@ pub(crate) async fn deliver(host: Arc<Host>, alerts: Arc<Alerts>, stop: Cancella
     ) else {
         return;
     };
-    let agent: ureq::Agent = ureq::Agent::config_builder()
+    let mut builder = ureq::Agent::config_builder()
         .http_status_as_error(false)
-        .timeout_global(Some(ATTEMPT_TIMEOUT))
-        .build()
-        .into();
+        .timeout_global(Some(ATTEMPT_TIMEOUT));
+    if let Some(pem) = &alerts.config.ca_pem {
+        let roots: Vec<ureq::tls::Certificate<'static>> = ureq::tls::parse_pem(pem)
+            .filter_map(|item| match item {
+                Ok(ureq::tls::PemItem::Certificate(cert)) => Some(cert),
+                _ => None,
+            })
+            .collect();
+        builder = builder.tls_config(
+            ureq::tls::TlsConfig::builder()
+                .root_certs(ureq::tls::RootCerts::Specific(Arc::new(roots)))
+                .build(),
+        );
+    }
+    let agent: ureq::Agent = builder.build().into();
     loop {
         let now_ms = SystemClock.now_ms();
         let due = tokio::task::block_in_place(|| state.outbox_due(now_ms, 16));

@@ -1448,7 +1448,11 @@ impl<'t> Checker<'t> {
             return;
         };
         let place = " in [alerts]";
-        self.unknown_keys(table, &["webhook", "secret_file", "license"], place);
+        self.unknown_keys(
+            table,
+            &["webhook", "secret_file", "ca_file", "license"],
+            place,
+        );
         if let Some(v) = table.get("webhook")
             && let Some(url) = self.string(
                 v,
@@ -1470,6 +1474,14 @@ impl<'t> Checker<'t> {
                 Err(why) => self.problem(v.span(), format!("`secret_file`{place}: {why}")),
             }
             self.protected.push((path, "the webhook secret file"));
+        }
+        if let Some(v) = table.get("ca_file")
+            && let Some(path) = self.path(v, "ca_file", place)
+        {
+            match super::read_ca_file(&path) {
+                Ok(pem) => config.alerts.ca_pem = Some(pem),
+                Err(why) => self.problem(v.span(), format!("`ca_file`{place}: {why}")),
+            }
         }
         if let (Some(v), None) = (table.get("webhook"), table.get("secret_file")) {
             self.problem(

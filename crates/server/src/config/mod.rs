@@ -116,6 +116,9 @@ pub struct AlertsConfig {
     pub secret: Option<String>,
     /// Thresholds per license id (`[alerts.license.<id>]`).
     pub licenses: BTreeMap<String, Thresholds>,
+    /// PEM certificates of the only CAs an `https://` webhook's certificate
+    /// may chain to (`ca_file`); `None`: the public web roots.
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 impl fmt::Debug for AlertsConfig {
@@ -124,8 +127,27 @@ impl fmt::Debug for AlertsConfig {
             .field("webhook", &self.webhook)
             .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
             .field("licenses", &self.licenses)
+            .field("ca_pem", &self.ca_pem.as_ref().map(Vec::len))
             .finish()
     }
+}
+
+/// Reads the webhook's CA file: PEM, with at least one certificate.
+fn read_ca_file(path: &Path) -> Result<Vec<u8>, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let shown = path.display();
+    let pem = std::fs::read(path)
+        .map_err(|e| format!("cannot read {shown}: {e}; create it or fix the path"))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{shown} is not PEM ({e}); give the CA certificates as PEM"))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{shown} holds no certificate (a PEM block starting with -----BEGIN CERTIFICATE-----)"
+        ));
+    }
+    Ok(pem)
 }
 
 /// When one license id's alerts fire.

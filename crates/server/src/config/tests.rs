@@ -1344,6 +1344,7 @@ fn bad_alert_settings_are_reported() {
 [alerts]
 webhook = \"ftp://hooks.example.com/\"
 secret_file = \"short.secret\"
+ca_file = \"short.secret\"
 colour = \"red\"
 [alerts.license.demo]
 in_use_percent = 120
