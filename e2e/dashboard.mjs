@@ -5,7 +5,8 @@
 // (the admin API answers 403 to it, not just a hidden button). Saves
 // screenshots; fails on any JavaScript error the page logs.
 //
-// Usage: node dashboard.mjs BASE_URL ADMIN_TOKEN VIEWER_TOKEN SCREENSHOT_DIR
+// Usage: node dashboard.mjs BASE_URL ADMIN_TOKEN VIEWER_TOKEN SCREENSHOT_DIR LICENSE_FILE
+// (LICENSE_FILE: a second grant of `demo`, 3 seats, for the page to install)
 // Talks to the test that started it on stdout/stdin: prints "LOAD" when
 // the page shows the license, and waits for "LOADED" back once the load
 // is running.
@@ -15,9 +16,9 @@ import { createInterface } from "node:readline";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 
-const [base, adminToken, viewerToken, shots] = process.argv.slice(2);
-if (!shots) {
-  console.error("usage: node dashboard.mjs BASE_URL ADMIN_TOKEN VIEWER_TOKEN SCREENSHOT_DIR");
+const [base, adminToken, viewerToken, shots, licenseFile] = process.argv.slice(2);
+if (!licenseFile) {
+  console.error("usage: node dashboard.mjs BASE_URL ADMIN_TOKEN VIEWER_TOKEN SCREENSHOT_DIR LICENSE_FILE");
   process.exit(2);
 }
 mkdirSync(shots, { recursive: true });
@@ -84,6 +85,29 @@ try {
   check(navigations === 0, "the page updated without reloading");
   check(Number(await page.locator('#plugins tr[data-plugin="slow"] td').nth(1).textContent()) > 0,
     "the plugin table counts the calls");
+
+  // The admin installs a second grant from a file, and reloads a plugin,
+  // each after confirming.
+  const confirmations = [];
+  const accept = (d) => {
+    confirmations.push(d.message());
+    d.accept();
+  };
+  page.on("dialog", accept);
+  await page.setInputFiles("#license-file", licenseFile);
+  await page.click("#install button[type=submit]");
+  await page.locator("#grants tbody tr").nth(1).waitFor();
+  await page.waitForFunction(
+    () => document.querySelector('#licenses tr[data-license="demo"] td.seats')?.textContent === "5",
+  );
+  check(confirmations.some((m) => m.startsWith("Install the license file")), "the installed grant adds its 3 seats, after a confirmation");
+  const [reloaded] = await Promise.all([
+    page.waitForResponse((r) => r.url().endsWith("/v1/admin/plugins/hello/reload")),
+    page.click('#plugins tr[data-plugin="hello"] button'),
+  ]);
+  check(confirmations.some((m) => m.startsWith("Reload plugin hello")), "reloading asks for confirmation");
+  check(reloaded.status() === 200, `the plugin reloaded (${reloaded.status()})`);
+  page.off("dialog", accept);
 
   // The admin revokes demo from the page, confirming the dialog.
   let asked = "";

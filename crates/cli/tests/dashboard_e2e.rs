@@ -26,10 +26,13 @@ fn the_dashboard_in_chromium_shows_load_revokes_and_keeps_the_viewer_read_only()
     let root = scratch.path();
     std::fs::write(root.join("viewer.token"), VIEWER).expect("token");
     let s = Server::start_with(root, "5s", "viewer_token_file = \"viewer.token\"\n");
+    // A second grant of demo, for the page to install.
+    sign_license(root, "demo", "3", "more.license");
     let mut node = Command::new("node")
         .arg(e2e.join("dashboard.mjs"))
         .args([s.base.as_str(), TOKEN, VIEWER])
         .arg(&shots)
+        .arg(root.join("more.license"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()

@@ -641,17 +641,7 @@ fn serves_https_with_the_configured_certificate() {
             "holds no certificate",
         ),
     ] {
-        std::fs::write(root.join("bad.toml"), settings).expect("config");
-        let o = tg(
-            root,
-            &["check-config", &root.join("bad.toml").to_string_lossy()],
-        );
-        let err = format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        assert_eq!(o.status.code(), Some(2), "{settings}: {err}");
+        let err = refused_config(root, settings);
         assert!(err.contains(needle), "{settings}: {err}");
     }
 }
@@ -703,11 +693,20 @@ fn the_viewer_token_reads_everything_and_changes_nothing() {
     assert_eq!(st, 200, "{body}");
     // The viewer file must not hold the admin token.
     std::fs::write(root.join("viewer.token"), TOKEN).expect("token");
-    std::fs::write(
-        root.join("bad.toml"),
+    let out = refused_config(
+        root,
         "admin_token_file = \"admin.token\"\nviewer_token_file = \"viewer.token\"\n",
-    )
-    .expect("config");
+    );
+    assert!(
+        out.contains("`viewer_token_file` holds the admin token"),
+        "{out}"
+    );
+}
+
+/// What `check-config` prints for `settings` written to `root/bad.toml`,
+/// which it must refuse (exit 2).
+fn refused_config(root: &std::path::Path, settings: &str) -> String {
+    std::fs::write(root.join("bad.toml"), settings).expect("config");
     let o = tg(
         root,
         &["check-config", &root.join("bad.toml").to_string_lossy()],
@@ -717,9 +716,6 @@ fn the_viewer_token_reads_everything_and_changes_nothing() {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     );
-    assert_eq!(o.status.code(), Some(2), "{out}");
-    assert!(
-        out.contains("`viewer_token_file` holds the admin token"),
-        "{out}"
-    );
+    assert_eq!(o.status.code(), Some(2), "{settings}: {out}");
+    out
 }

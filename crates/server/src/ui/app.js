@@ -93,7 +93,7 @@ async function act(question, path, options) {
 function renderLicenses(licenses) {
   replaceRows("licenses", licenses.map((l) => el("tr", { "data-license": l.id },
     el("td", {}, l.id, l.revoked ? el("span", { class: "firing" }, " revoked") : ""),
-    el("td", {}, seats(l.seats)),
+    el("td", { class: "seats" }, seats(l.seats)),
     el("td", { class: "in-use" }, l.counters.in_use),
     el("td", {}, l.counters.peak),
     el("td", {}, l.waiting),
