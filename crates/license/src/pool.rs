@@ -6,6 +6,7 @@ use super::clock::Clock;
 use super::clock::Timer;
 use super::reason::{Denial, ReasonCounts, ReclaimReason};
 use crate::ledger::{EventKind, Ledger, UsageEvent};
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -399,9 +400,9 @@ struct PoolState {
     /// The whole license id is revoked, grants installed later included.
     revoked: bool,
     /// Seats held by running calls, by seat id.
-    held: HashMap<u64, SeatHold>,
+    held: FxHashMap<u64, SeatHold>,
     totals: Counters,
-    per_plugin: HashMap<Arc<str>, Counters>,
+    per_plugin: FxHashMap<Arc<str>, Counters>,
     /// Waiters in arrival order: ticket and who waits.
     queue: VecDeque<(u64, Holder)>,
     next_ticket: u64,
@@ -412,11 +413,26 @@ struct PoolState {
     /// with the batches put in force when they came: each waits for one
     /// answer of the store, then takes a seat or is refused.
     asking: HashMap<u64, u64>,
+    /// When the pool was made: the instant [`PoolState::batch_now`] gives
+    /// when no grant has a batch whose deadline it would be compared with.
+    created: Instant,
 }
 
 impl PoolState {
     fn held_by(&self, plugin: &str) -> u32 {
         self.per_plugin.get(plugin).map_or(0, |c| c.in_use)
+    }
+
+    /// The instant shared grants' batch deadlines are compared with: now
+    /// when a grant is shared; else no deadline is looked at, so the clock
+    /// is not read (a call takes and returns its seats with no monotonic
+    /// clock read at all).
+    fn batch_now(&self) -> Instant {
+        if self.grants.iter().any(|g| g.shared) {
+            Instant::now()
+        } else {
+            self.created
+        }
     }
 
     fn grant(&self, id: &str) -> Option<&GrantSlot> {
@@ -430,7 +446,7 @@ impl PoolState {
     /// Whether the grant `id` is installed and in force at `now`.
     fn grant_in_force(&self, id: &str, now: u64) -> bool {
         self.grant(id)
-            .is_some_and(|g| g.in_force(self.revoked, now) && !g.lapsed(Instant::now()))
+            .is_some_and(|g| g.in_force(self.revoked, now) && !g.lapsed(self.batch_now()))
     }
 
     /// Why `holder` cannot have a seat at `now` whatever the others hold,
@@ -467,7 +483,7 @@ impl PoolState {
     /// entitle it and have a seat free, the one that ends first; `None` when
     /// every seat is taken (or held back by the license's rules).
     fn pick(&self, holder: &Holder, now: u64) -> Option<usize> {
-        let at = Instant::now();
+        let at = self.batch_now();
         if self
             .rules
             .max_per_plugin
@@ -617,13 +633,14 @@ impl SeatPool {
                 shared,
                 rules: Rules::default(),
                 revoked: false,
-                held: HashMap::new(),
+                held: FxHashMap::default(),
                 totals: Counters::default(),
-                per_plugin: HashMap::new(),
+                per_plugin: FxHashMap::default(),
                 queue: VecDeque::new(),
                 next_ticket: 0,
                 share_rounds: 0,
                 asking: HashMap::new(),
+                created: Instant::now(),
             }),
             seat_freed: Condvar::new(),
             seat_freed_async: tokio::sync::Notify::new(),
@@ -722,7 +739,7 @@ impl SeatPool {
         // The common case costs one look per grant: every grant that has
         // seats held is still in force. (Seats of a grant that was removed
         // are ended by `set_grants`, which sweeps in full.)
-        let at = Instant::now();
+        let at = st.batch_now();
         if st
             .grants
             .iter()
@@ -737,7 +754,7 @@ impl SeatPool {
     /// Ends every held seat whose grant is not in force at `now` or gone,
     /// or whose batch lapsed.
     fn sweep_all(&self, st: &mut PoolState, now: u64) -> usize {
-        let at = Instant::now();
+        let at = st.batch_now();
         let ended: Vec<(u64, ReclaimReason)> = st
             .held
             .iter()
