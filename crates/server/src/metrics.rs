@@ -261,6 +261,12 @@ impl Collector for LicenseCounters {
                 .iter()
                 .filter_map(|l| Some((id(l), u64::from(l.seats.limit()?)))),
         )?;
+        gauges(
+            &mut encoder,
+            "license_expires_at_seconds",
+            "When the last grant in force ends, unix seconds (absent when one never ends).",
+            licenses.iter().filter_map(|l| Some((id(l), l.expires_at?))),
+        )?;
         counters(
             &mut encoder,
             "checkouts",
@@ -379,8 +385,12 @@ mod tests {
 
     #[test]
     fn calls_and_client_limits_are_exposed_under_their_names() {
+        let ending = Terms {
+            expires_at: Some(4_000_000_000),
+            ..Terms::new(Seats::Counted(3))
+        };
         let host = Host::builder()
-            .trial_license("demo", Terms::new(Seats::Counted(3)))
+            .trial_license("demo", ending)
             .trial_license("open", Terms::new(Seats::Unlimited))
             .build()
             .expect("host");
@@ -420,6 +430,10 @@ mod tests {
                 "3",
             ),
             ("tollgate_seats_issued{license=\"demo\"}", "3"),
+            (
+                "tollgate_license_expires_at_seconds{license=\"demo\"}",
+                "4000000000",
+            ),
             ("tollgate_seats_in_use{license=\"open\"}", "0"),
             (
                 "tollgate_denials_total{license=\"demo\",reason=\"exhausted\"}",
@@ -445,6 +459,14 @@ mod tests {
             sample(&text, "tollgate_seats_issued{license=\"open\"}"),
             None,
             "an unlimited license has no issued seats: {text}"
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "tollgate_license_expires_at_seconds{license=\"open\"}"
+            ),
+            None,
+            "a license that never ends has no end: {text}"
         );
         for family in [
             "# TYPE tollgate_invocations_total counter",
