@@ -19,7 +19,7 @@ use tollgate::PluginSpec;
 use tollgate_license::issuer::{MAX_LICENSE_BYTES, SignedLicense, parse_time};
 use tollgate_license::{Clock, LicenseId, PluginName, SystemClock};
 use tollgate_store::postgres::{PgError, PgStore};
-use tollgate_store::state::{ExportCursor, HostKey, MAX_EXPORT_PAGE, UsageFilter};
+use tollgate_store::state::{ExportCursor, MAX_EXPORT_PAGE, UsageFilter};
 
 /// Largest license file accepted over the API (as large as from a file),
 /// and how a refusal names it.
@@ -523,15 +523,18 @@ async fn usage_events(
             "this host keeps no usage ledger",
         );
     };
-    let host = match HostKey::open_or_create(state.dir()) {
-        Ok(key) => key.key_id(),
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e),
+    let Some(host) = server.host_id.as_deref() else {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the host key, which names this host's ledger chain, could not be read (the server's log says why)",
+        );
     };
-    let cursor = match ExportCursor::parse(q.after.as_deref().unwrap_or("0"), &host) {
+    let cursor = match ExportCursor::parse(q.after.as_deref().unwrap_or("0"), host) {
         Ok(cursor) => cursor,
         Err(e) => return error(StatusCode::BAD_REQUEST, "bad-request", e),
     };
-    let page = match state.usage_events(&host, &cursor, limit) {
+    let page = match state.usage_events(host, &cursor, limit) {
         Ok(page) => page,
         Err(e) => return state_error(e),
     };

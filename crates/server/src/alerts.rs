@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tollgate::Host;
+use tollgate_license::issuer::{format_time, format_time_ms};
 use tollgate_license::{Clock, SystemClock};
 use tollgate_store::state::OutboxEntry;
 
@@ -45,6 +46,9 @@ pub(crate) enum Kind {
 }
 
 impl Kind {
+    /// Every kind.
+    const ALL: [Kind; 3] = [Kind::InUse, Kind::Denials, Kind::Expiry];
+
     /// Its name in webhooks, metrics and the state database.
     pub(crate) fn as_str(self) -> &'static str {
         match self {
@@ -103,9 +107,7 @@ impl Alerts {
         match stored {
             Ok(stored) => {
                 for (license, alert, since_ms) in stored.unwrap_or_default() {
-                    let kind = [Kind::InUse, Kind::Denials, Kind::Expiry]
-                        .into_iter()
-                        .find(|k| k.as_str() == alert);
+                    let kind = Kind::ALL.into_iter().find(|k| k.as_str() == alert);
                     if let Some(kind) = kind {
                         alerts.mark(&license, kind, 1);
                         alerts.lock().insert(
@@ -152,18 +154,21 @@ impl Alerts {
     /// crossing with its webhook body (when a webhook is set).
     fn set(&self, host: &Host, license: &str, kind: Kind, on: bool, detail: String) {
         let key = (license.to_string(), kind);
-        let was = self.lock().contains_key(&key);
-        if was == on {
-            if let Some(f) = self.lock().get_mut(&key) {
-                f.detail = detail;
+        let since = {
+            let mut firing = self.lock();
+            match firing.get_mut(&key) {
+                // Still firing: only what it says changes.
+                Some(f) if on => {
+                    f.detail = detail;
+                    return;
+                }
+                Some(f) => Some(f.since_ms),
+                None if !on => return,
+                None => None,
             }
-            return;
-        }
-        let now_ms = SystemClock.now_ms();
-        let since_ms = match self.lock().get(&key) {
-            Some(f) => f.since_ms,
-            None => now_ms,
         };
+        let now_ms = SystemClock.now_ms();
+        let since_ms = since.unwrap_or(now_ms);
         let kind_name = kind.as_str();
         let body = json!({
             "id": format!("{}-{license}-{kind_name}-{since_ms}-{}", self.host_id, if on { "firing" } else { "resolved" }),
@@ -171,8 +176,8 @@ impl Alerts {
             "alert": kind_name,
             "license_id": license,
             "host": self.host_id,
-            "time": rfc3339(now_ms),
-            "since": rfc3339(since_ms),
+            "time": format_time_ms(now_ms),
+            "since": format_time_ms(since_ms),
             "detail": detail,
         })
         .to_string();
@@ -217,11 +222,6 @@ impl Alerts {
             self.queued.notify_one();
         }
     }
-}
-
-/// Unix milliseconds as RFC 3339 in UTC.
-fn rfc3339(ms: u64) -> String {
-    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
 /// What one license's checks remember between ticks.
@@ -301,7 +301,7 @@ fn check(host: &Host, alerts: &Alerts, id: &str, th: &Thresholds, watch: &mut Wa
         let detail = match status.expires_at {
             Some(end) => format!(
                 "the last grant in force ends {}; the threshold is {}",
-                humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(end)),
+                format_time(end),
                 humantime::format_duration(within)
             ),
             None => "no grant in force ends".to_string(),
@@ -348,8 +348,8 @@ pub(crate) async fn deliver(host: Arc<Host>, alerts: Arc<Alerts>, stop: Cancella
                     let outcome = attempt(&agent, &url, &secret, &entry).await;
                     let now_ms = SystemClock.now_ms();
                     let failed = outcome.is_err();
-                    let recorded = match &outcome {
-                        Ok(()) => state.outbox_attempted(entry.id, now_ms, Ok(())),
+                    let attempted = match &outcome {
+                        Ok(()) => Ok(()),
                         Err(why) => {
                             let wait = backoff(entry.attempts + 1);
                             tracing::warn!(
@@ -359,9 +359,12 @@ pub(crate) async fn deliver(host: Arc<Host>, alerts: Arc<Alerts>, stop: Cancella
                             );
                             let retry =
                                 now_ms + u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
-                            state.outbox_attempted(entry.id, now_ms, Err((why, retry)))
+                            Err((why.as_str(), retry))
                         }
                     };
+                    let recorded = tokio::task::block_in_place(|| {
+                        state.outbox_attempted(entry.id, now_ms, attempted)
+                    });
                     if let Err(e) = recorded {
                         tracing::error!(
                             delivery = entry.id,

@@ -119,6 +119,9 @@ pub(crate) struct Server {
     /// On a shared store: the store, where the admin API installs and
     /// revokes licenses for every host.
     pub(crate) shared_store: std::sync::OnceLock<tollgate_store::postgres::PgStore>,
+    /// The host key's id, which names this host's ledger chain (`None`:
+    /// no state directory, or its key could not be read).
+    pub(crate) host_id: Option<String>,
     /// Alert thresholds, which fire, and their webhook.
     pub(crate) alerts: Arc<alerts::Alerts>,
     /// The ledger's last audit.
@@ -134,20 +137,18 @@ impl Server {
             config.trusted_proxies.clone(),
         ));
         let metrics = Metrics::new(host.clone(), bodies.clone(), clients.clone());
-        let host_id = match host.state() {
-            Some(state) => match tollgate_store::state::HostKey::open_or_create(state.dir()) {
-                Ok(key) => key.key_id(),
-                Err(e) => {
-                    tracing::warn!("alerts name this host \"unknown\": {e}");
-                    "unknown".to_string()
-                }
-            },
-            None => "unknown".to_string(),
-        };
+        let host_id = host.state().and_then(|state| {
+            tollgate_store::state::HostKey::open_or_create(state.dir())
+                .map(|key| key.key_id())
+                .inspect_err(|e| {
+                    tracing::warn!("the host key cannot be read: {e}; alerts name this host \"unknown\" and usage export is off")
+                })
+                .ok()
+        });
         let alerts = Arc::new(alerts::Alerts::new(
             config.alerts.clone(),
             &host,
-            host_id,
+            host_id.clone().unwrap_or_else(|| "unknown".to_string()),
             metrics.alert_gauge(),
         ));
         Self {
@@ -157,6 +158,7 @@ impl Server {
             sessions: ui::Sessions::default(),
             tls: config.tls_cert.is_some(),
             metrics,
+            host_id,
             alerts,
             audits: Arc::default(),
             calls: Semaphore::new(config.max_concurrent_calls as usize),

@@ -170,7 +170,11 @@ impl Metrics {
             .recent
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let samples = recent.entry(plugin.to_string()).or_default();
+        // Allocates the plugin's name only for its first call.
+        let samples = match recent.get_mut(plugin) {
+            Some(samples) => samples,
+            None => recent.entry(plugin.to_string()).or_default(),
+        };
         if samples.len() == LATENCY_SAMPLES {
             samples.pop_front();
         }

@@ -183,15 +183,11 @@ pub(crate) fn routes(server: Arc<Server>) -> Router<Arc<Server>> {
             "/ui/style.css",
             get(|| async { asset("text/css", STYLE_CSS) }),
         )
-        .layer(middleware::from_fn_with_state(server, secure_headers))
+        .layer(middleware::from_fn(secure_headers))
 }
 
 /// Adds the Content-Security-Policy and its companions to every response.
-async fn secure_headers(
-    Extract(_server): Extract<Arc<Server>>,
-    request: Request,
-    next: Next,
-) -> Response {
+async fn secure_headers(request: Request, next: Next) -> Response {
     let mut response = next.run(request).await;
     let h = response.headers_mut();
     h.insert(

@@ -112,6 +112,12 @@ pub fn format_time(secs: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
 }
 
+/// Unix milliseconds as RFC 3339 in UTC with milliseconds
+/// (`2027-01-31T00:00:00.000Z`).
+pub fn format_time_ms(ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
 /// Parses RFC 3339 (`2027-01-31T00:00:00Z`), a date (`2027-01-31`), or unix seconds.
 pub fn parse_time(s: &str) -> Result<u64, String> {
     let s = s.trim();

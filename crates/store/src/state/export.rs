@@ -11,6 +11,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
+use tollgate_license::issuer::format_time_ms;
 use tollgate_license::ledger::{EventKind, UsageEvent};
 
 /// Most events one page may hold.
@@ -176,12 +177,6 @@ pub fn event_type(kind: EventKind) -> &'static str {
     }
 }
 
-/// Unix milliseconds as RFC 3339 in UTC, with milliseconds.
-fn rfc3339(at_ms: u64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(at_ms);
-    humantime::format_rfc3339_millis(t).to_string()
-}
-
 impl State {
     /// Up to `limit` (at most [`MAX_EXPORT_PAGE`]) committed ledger rows of
     /// this host's chain after `cursor`, as CloudEvents whose ids and source
@@ -262,7 +257,7 @@ impl State {
                     .grant_id
                     .as_deref()
                     .and_then(|g| customers.get(g).cloned()),
-                time: rfc3339(e.at_ms),
+                time: format_time_ms(e.at_ms),
                 datacontenttype: "application/json",
                 data: EventData {
                     seq: e.seq,
