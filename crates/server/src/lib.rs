@@ -204,8 +204,8 @@ fn build_host_on(
         .compile_cache(cache)
         .allocator(allocator)
         .protect(&config.path, "the config file");
-    if let Some(file) = &config.admin_token_file {
-        builder = builder.protect(file, "the admin token file");
+    for (file, what) in config.secret_files() {
+        builder = builder.protect(file, what);
     }
     if let Some(pins) = &config.trusted_issuers {
         builder = builder.pin_issuers(pins.clone());

@@ -30,17 +30,18 @@ const SETTINGS: &[Setting] = &[
         Ok(())
     }),
     Setting::text("admin_token", "a string", |c, text| {
-        super::check_token(text)?;
+        super::check_token(text, super::ADMIN_TOKEN)?;
         c.admin_token = Some(text.to_string());
         Ok(())
     }),
     Setting::path("admin_token_file", |c, path| {
-        c.admin_token = Some(super::read_token_file(&path)?);
+        c.admin_token = Some(super::read_token_file(&path, super::ADMIN_TOKEN)?);
         c.admin_token_file = Some(path);
         Ok(())
     }),
     Setting::path("viewer_token_file", |c, path| {
-        c.viewer_token = Some(super::read_token_file(&path)?);
+        c.viewer_token = Some(super::read_token_file(&path, super::VIEWER_TOKEN)?);
+        c.viewer_token_file = Some(path);
         Ok(())
     }),
     Setting::own("trusted_issuers", |checker, value, c| {
@@ -118,6 +119,15 @@ pub(super) fn top_level_keys() -> impl Iterator<Item = &'static str> {
         .iter()
         .map(|s| s.name)
         .chain(SECTIONS.iter().copied())
+}
+
+/// The license ids some plugin lists in `requires` or `may_use`.
+fn used_license_ids(plugins: &[PluginRefs]) -> BTreeSet<&str> {
+    plugins
+        .iter()
+        .flat_map(|p| p.requires.iter().chain(&p.may_use))
+        .map(String::as_str)
+        .collect()
 }
 
 /// The keys allowed in a `[license.<id>]` table.
@@ -757,6 +767,7 @@ impl<'t> Checker<'t> {
             admin_token: None,
             admin_token_file: None,
             viewer_token: None,
+            viewer_token_file: None,
             trusted_issuers: None,
             log_format: LogFormat::Human,
             grace_period: Duration::from_secs(10),
@@ -834,14 +845,14 @@ impl<'t> Checker<'t> {
                 .push((state.join("compile-cache"), "the compile cache")),
             (None, None) => {}
         }
-        if let Some(file) = &config.admin_token_file {
-            self.protected.push((file.clone(), "the admin token file"));
-        }
-        if let Some(v) = root.get("viewer_token_file")
-            && let DeValue::String(file) = v.get_ref()
-        {
-            let file = self.dir.join(file.as_ref());
-            self.protected.push((file, "the viewer token file"));
+        // Read before the plugins, so that its secret file is known when
+        // their directories are checked.
+        let alert_ids = match root.get("alerts") {
+            Some(value) => self.alerts(value, &mut config),
+            None => Vec::new(),
+        };
+        for (file, what) in config.secret_files() {
+            self.protected.push((file.to_path_buf(), what));
         }
 
         let refs = match root.get("plugin") {
@@ -852,8 +863,9 @@ impl<'t> Checker<'t> {
         if let Some(value) = root.get("license") {
             self.licenses(value, &refs, &mut config);
         }
-        if let Some(value) = root.get("alerts") {
-            self.alerts(value, &refs, &mut config);
+        let used = used_license_ids(&refs);
+        for (id, span) in alert_ids {
+            self.unlisted_license("alerts.license", &id, span, &used, "thresholds");
         }
         config
     }
@@ -865,10 +877,7 @@ impl<'t> Checker<'t> {
         let problem = match (&config.tls_cert, &config.tls_key) {
             (None, None) => return,
             (Some(cert), Some(key)) => match crate::tls::server_config(cert, key) {
-                Ok(_) => {
-                    self.protected.push((key.clone(), "the TLS key"));
-                    return;
-                }
+                Ok(_) => return,
                 Err(why) => (span("tls_key"), format!("`tls_cert`/`tls_key`: {why}")),
             },
             (Some(_), None) => (
@@ -1410,34 +1419,49 @@ impl<'t> Checker<'t> {
             return;
         };
         let names = Names::new(plugins);
-        let used_ids: BTreeSet<&str> = plugins
-            .iter()
-            .flat_map(|p| p.requires.iter().chain(&p.may_use))
-            .map(String::as_str)
-            .collect();
+        let used = used_license_ids(plugins);
         for (key, rules) in table.iter() {
             let id = key.get_ref().as_ref();
             if let Some(rules) = self.license(key, rules, &names, plugins) {
                 config.licenses.insert(id.to_string(), rules);
             }
-            if id.parse::<LicenseId>().is_ok() && !used_ids.contains(id) {
-                let hint = did_you_mean(id, used_ids.iter().copied());
-                let todo = if hint.is_empty() {
-                    "; list it in a plugin's `requires` or `may_use`, or remove these rules"
-                        .to_string()
-                } else {
-                    hint
-                };
-                self.problem(
-                    key.span(),
-                    format!("[license.{id:?}]: no [[plugin]] lists license `{id}` in `requires` or `may_use`{todo}"),
-                );
+            if id.parse::<LicenseId>().is_ok() {
+                self.unlisted_license("license", id, key.span(), &used, "rules");
             }
         }
     }
 
-    /// Reads the `[alerts]` section.
-    fn alerts(&mut self, value: &Value<'_>, plugins: &[PluginRefs], config: &mut Config) {
+    /// Reports license id `id` of a `[<section>.<id>]` table that no
+    /// plugin lists in `requires` or `may_use`, so its `what` would apply
+    /// to nothing.
+    fn unlisted_license(
+        &mut self,
+        section: &str,
+        id: &str,
+        span: Range<usize>,
+        used: &BTreeSet<&str>,
+        what: &str,
+    ) {
+        if used.contains(id) {
+            return;
+        }
+        let hint = did_you_mean(id, used.iter().copied());
+        let todo = if hint.is_empty() {
+            format!("; list it in a plugin's `requires` or `may_use`, or remove these {what}")
+        } else {
+            hint
+        };
+        self.problem(
+            span,
+            format!("[{section}.{id:?}]: no [[plugin]] lists license `{id}` in `requires` or `may_use`{todo}"),
+        );
+    }
+
+    /// Reads the `[alerts]` section; returns the valid license ids it sets
+    /// thresholds for, with where each is, for [`Checker::unlisted_license`]
+    /// once the plugins are read.
+    fn alerts(&mut self, value: &Value<'_>, config: &mut Config) -> Vec<(String, Range<usize>)> {
+        let mut ids = Vec::new();
         let DeValue::Table(table) = value.get_ref() else {
             self.wrong_type(
                 value,
@@ -1445,7 +1469,7 @@ impl<'t> Checker<'t> {
                 "",
                 "a table: write [alerts] and its settings below it",
             );
-            return;
+            return ids;
         };
         let place = " in [alerts]";
         self.unknown_keys(
@@ -1469,11 +1493,11 @@ impl<'t> Checker<'t> {
         if let Some(v) = table.get("secret_file")
             && let Some(path) = self.path(v, "secret_file", place)
         {
-            match super::read_secret_file(&path) {
+            match super::read_token_file(&path, super::WEBHOOK_SECRET) {
                 Ok(secret) => config.alerts.secret = Some(secret),
                 Err(why) => self.problem(v.span(), format!("`secret_file`{place}: {why}")),
             }
-            self.protected.push((path, "the webhook secret file"));
+            config.alerts.secret_file = Some(path);
         }
         if let Some(v) = table.get("ca_file")
             && let Some(path) = self.path(v, "ca_file", place)
@@ -1490,7 +1514,7 @@ impl<'t> Checker<'t> {
             );
         }
         let Some(licenses) = table.get("license") else {
-            return;
+            return ids;
         };
         let DeValue::Table(licenses) = licenses.get_ref() else {
             self.wrong_type(
@@ -1499,13 +1523,8 @@ impl<'t> Checker<'t> {
                 place,
                 "a table: write [alerts.license.\"<id>\"] sections",
             );
-            return;
+            return ids;
         };
-        let used: BTreeSet<&str> = plugins
-            .iter()
-            .flat_map(|p| p.requires.iter().chain(&p.may_use))
-            .map(String::as_str)
-            .collect();
         for (key, value) in licenses.iter() {
             let id = key.get_ref().as_ref();
             let place = format!(" in [alerts.license.{}]", quoted(id));
@@ -1513,13 +1532,7 @@ impl<'t> Checker<'t> {
                 self.problem(key.span(), format!("[alerts.license.{id:?}]: {why}"));
                 continue;
             }
-            if !used.contains(id) {
-                let hint = did_you_mean(id, used.iter().copied());
-                self.problem(
-                    key.span(),
-                    format!("[alerts.license.{id:?}]: no [[plugin]] lists license `{id}` in `requires` or `may_use`{hint}"),
-                );
-            }
+            ids.push((id.to_string(), key.span()));
             let DeValue::Table(t) = value.get_ref() else {
                 self.wrong_type(
                     value,
@@ -1577,6 +1590,7 @@ impl<'t> Checker<'t> {
             }
             config.alerts.licenses.insert(id.to_string(), th);
         }
+        ids
     }
 
     fn license(

@@ -52,6 +52,9 @@ pub struct Config {
     /// Bearer token that reads the admin API and changes nothing
     /// (`viewer_token_file`).
     pub viewer_token: Option<String>,
+    /// The file the viewer token was read from (`viewer_token_file`), which
+    /// no plugin directory may overlap.
+    pub viewer_token_file: Option<PathBuf>,
     /// The issuer keys the state database must trust, exactly
     /// (`trusted_issuers`); `None`: not pinned.
     pub trusted_issuers: Option<Vec<tollgate_store::state::IssuerPin>>,
@@ -114,6 +117,9 @@ pub struct AlertsConfig {
     /// The HMAC-SHA256 key the `tollgate-signature` header is made with,
     /// read from `secret_file`.
     pub secret: Option<String>,
+    /// The file the secret was read from (`secret_file`), which no plugin
+    /// directory may overlap.
+    pub secret_file: Option<PathBuf>,
     /// Thresholds per license id (`[alerts.license.<id>]`).
     pub licenses: BTreeMap<String, Thresholds>,
     /// PEM certificates of the only CAs an `https://` webhook's certificate
@@ -126,6 +132,7 @@ impl fmt::Debug for AlertsConfig {
         f.debug_struct("AlertsConfig")
             .field("webhook", &self.webhook)
             .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("secret_file", &self.secret_file)
             .field("licenses", &self.licenses)
             .field("ca_pem", &self.ca_pem.as_ref().map(Vec::len))
             .finish()
@@ -175,6 +182,7 @@ impl fmt::Debug for Config {
                 &self.admin_token.as_ref().map(|_| "<redacted>"),
             )
             .field("admin_token_file", &self.admin_token_file)
+            .field("viewer_token_file", &self.viewer_token_file)
             .field(
                 "viewer_token",
                 &self.viewer_token.as_ref().map(|_| "<redacted>"),
@@ -291,6 +299,21 @@ fn render(path: &Path, problems: &[Problem]) -> String {
 }
 
 impl Config {
+    /// The files holding this config's secrets, each with what it is in
+    /// messages: the admin and viewer token files, the TLS key and the
+    /// webhook secret file. No plugin directory may overlap one.
+    pub fn secret_files(&self) -> Vec<(&Path, &'static str)> {
+        [
+            (&self.admin_token_file, "the admin token file"),
+            (&self.viewer_token_file, "the viewer token file"),
+            (&self.tls_key, "the TLS key"),
+            (&self.alerts.secret_file, "the webhook secret file"),
+        ]
+        .into_iter()
+        .filter_map(|(file, what)| Some((file.as_deref()?, what)))
+        .collect()
+    }
+
     /// The host names requests must name: `allowed_hosts` when set; else,
     /// when `listen` is a loopback address, `localhost`, `127.0.0.1` and
     /// `[::1]` on any port; else any (`None`: the check is off).
@@ -365,7 +388,7 @@ impl Config {
             (Some(_), Some(_)) => problems.push(Problem::outside(
                 "environment variables TOLLGATE_ADMIN_TOKEN and TOLLGATE_ADMIN_TOKEN_FILE are both set; unset one of them",
             )),
-            (Some(token), None) => match check_token(&token) {
+            (Some(token), None) => match check_token(&token, ADMIN_TOKEN) {
                 Ok(()) => {
                     next.admin_token = Some(token);
                     next.admin_token_file = None;
@@ -374,7 +397,7 @@ impl Config {
                     "environment variable TOLLGATE_ADMIN_TOKEN: {why}"
                 ))),
             },
-            (None, Some(file)) => match read_token_file(Path::new(&file)) {
+            (None, Some(file)) => match read_token_file(Path::new(&file), ADMIN_TOKEN) {
                 Ok(token) => {
                     next.admin_token = Some(token);
                     next.admin_token_file = Some(PathBuf::from(file));
@@ -446,16 +469,49 @@ fn config_text(bytes: &[u8]) -> Result<&str, Problem> {
     })
 }
 
-/// Checks an admin token's length; the token itself never appears in messages.
-fn check_token(token: &str) -> Result<(), String> {
+/// What a secret read from the config is, for its messages.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SecretKind {
+    /// Its name: "admin token".
+    what: &'static str,
+    /// The file that holds it: "token file".
+    file: &'static str,
+    /// It, in a sentence: "the token".
+    it: &'static str,
+}
+
+/// The admin API's bearer token.
+pub(crate) const ADMIN_TOKEN: SecretKind = SecretKind {
+    what: "admin token",
+    file: "token file",
+    it: "the token",
+};
+/// The read-only token.
+pub(crate) const VIEWER_TOKEN: SecretKind = SecretKind {
+    what: "viewer token",
+    file: "token file",
+    it: "the token",
+};
+/// The key alert webhooks are signed with.
+pub(crate) const WEBHOOK_SECRET: SecretKind = SecretKind {
+    what: "webhook secret",
+    file: "secret file",
+    it: "the secret",
+};
+
+/// Checks a secret's length; the secret itself never appears in messages.
+fn check_token(token: &str, kind: SecretKind) -> Result<(), String> {
+    let what = kind.what;
     let chars = token.chars().count();
     if chars < MIN_TOKEN_CHARS {
         return Err(format!(
-            "the admin token is {chars} characters long; use at least {MIN_TOKEN_CHARS} random characters (for example the output of `openssl rand -hex 32`)"
+            "the {what} is {chars} characters long; use at least {MIN_TOKEN_CHARS} random characters (for example the output of `openssl rand -hex 32`)"
         ));
     }
     if token.trim() != token {
-        return Err("the admin token starts or ends with whitespace; remove it".to_string());
+        return Err(format!(
+            "the {what} starts or ends with whitespace; remove it"
+        ));
     }
     Ok(())
 }
@@ -473,41 +529,32 @@ fn check_webhook(url: &str) -> Result<(), String> {
     }
 }
 
-/// Reads the webhook secret file: like a token file, at least 16 characters.
-fn read_secret_file(path: &Path) -> Result<String, String> {
-    read_token_file(path).map_err(|why| {
-        why.replace("admin token", "webhook secret")
-            .replace("token file", "secret file")
-            .replace("the token", "the secret")
-    })
-}
-
-/// Reads an admin token file: its contents, trimmed, must be a usable token.
-fn read_token_file(path: &Path) -> Result<String, String> {
+/// Reads a file holding a secret of `kind`: its contents, trimmed, must be
+/// a usable secret.
+fn read_token_file(path: &Path, kind: SecretKind) -> Result<String, String> {
+    let SecretKind { file, it, .. } = kind;
     let shown = path.display();
     let metadata = std::fs::metadata(path)
-        .map_err(|e| format!("cannot read token file {shown}: {e}; create it or fix the path"))?;
+        .map_err(|e| format!("cannot read {file} {shown}: {e}; create it or fix the path"))?;
     if !metadata.is_file() {
         return Err(format!(
-            "token file {shown} is not a regular file; point to a file holding the token"
+            "{file} {shown} is not a regular file; point to a file holding {it}"
         ));
     }
     if metadata.len() > 64 * 1024 {
         return Err(format!(
-            "token file {shown} is larger than 64 KiB; it should hold just the token"
+            "{file} {shown} is larger than 64 KiB; it should hold just {it}"
         ));
     }
     let text = std::fs::read_to_string(path).map_err(|e| {
-        format!(
-            "cannot read token file {shown}: {e}; check its permissions and that it is UTF-8 text"
-        )
+        format!("cannot read {file} {shown}: {e}; check its permissions and that it is UTF-8 text")
     })?;
     let token = text.trim();
     if token.is_empty() {
         return Err(format!(
-            "token file {shown} is empty; write the token into it (at least {MIN_TOKEN_CHARS} characters)"
+            "{file} {shown} is empty; write {it} into it (at least {MIN_TOKEN_CHARS} characters)"
         ));
     }
-    check_token(token).map_err(|why| format!("token file {shown}: {why}"))?;
+    check_token(token, kind).map_err(|why| format!("{file} {shown}: {why}"))?;
     Ok(token.to_string())
 }

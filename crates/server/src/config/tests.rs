@@ -1085,6 +1085,38 @@ dirs = [
 ]
 "#,
     );
+    // The other secrets count as the admin token does: the viewer token,
+    // the TLS key and the webhook secret, whichever section names them.
+    for d in ["viewer", "tls", "hooks"] {
+        dir.dir(d);
+    }
+    dir.file("viewer/viewer.token", "viewer-token-0123456789");
+    dir.file("hooks/alerts.secret", "webhook-secret-0123456789");
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
+    dir.file("tls/cert.pem", &made.cert.pem());
+    dir.file("tls/key.pem", &made.signing_key.serialize_pem());
+    assert_problems(
+        "dirs_overlap_secret_files",
+        &dir,
+        r#"admin_token_file = "secrets/admin.token"
+viewer_token_file = "viewer/viewer.token"
+tls_cert = "tls/cert.pem"
+tls_key = "tls/key.pem"
+
+[[plugin]]
+name = "hello"
+component = "plugins/hello.wasm"
+dirs = [
+  { host = "viewer", guest = "/v" },
+  { host = "tls", guest = "/t" },
+  { host = "hooks", guest = "/h" },
+]
+
+[alerts]
+webhook = "https://hooks.example.com/tollgate"
+secret_file = "hooks/alerts.secret"
+"#,
+    );
     // Without compile_cache, the default cache inside the state directory counts.
     assert_problems(
         "dirs_overlap_default_compile_cache",
