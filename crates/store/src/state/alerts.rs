@@ -6,7 +6,8 @@ use super::{State, StateError};
 use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
-const TABLES: &str = "
+/// The alert tables, created when the state directory is opened.
+pub(super) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS alert_firing (
     license_id TEXT NOT NULL, alert TEXT NOT NULL, since_ms INTEGER NOT NULL,
     PRIMARY KEY (license_id, alert));
@@ -50,13 +51,8 @@ fn entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxEntry> {
 const ENTRY_COLUMNS: &str = "id, created_ms, body, attempts, next_ms, delivered_ms, last_error";
 
 impl State {
-    fn alert_tables(&self) -> Result<(), StateError> {
-        self.conn().execute_batch(TABLES).map_err(|e| self.err(e))
-    }
-
     /// The alerts firing now, as `(license id, alert, since)`.
     pub fn firing_alerts(&self) -> Result<Vec<(String, String, u64)>, StateError> {
-        self.alert_tables()?;
         self.query(
             "SELECT license_id, alert, since_ms FROM alert_firing ORDER BY license_id, alert",
             [],
@@ -76,7 +72,6 @@ impl State {
         body: Option<&str>,
         now_ms: u64,
     ) -> Result<Option<u64>, StateError> {
-        self.alert_tables()?;
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(|e| self.err(e))?;
         match since_ms {
@@ -109,7 +104,6 @@ impl State {
     /// first that is not due at `now_ms`: deliveries go out in order, and
     /// one waiting for its retry holds back those after it.
     pub fn outbox_due(&self, now_ms: u64, limit: usize) -> Result<Vec<OutboxEntry>, StateError> {
-        self.alert_tables()?;
         let pending = self.query(
             &format!(
                 "SELECT {ENTRY_COLUMNS} FROM alert_outbox
@@ -126,7 +120,6 @@ impl State {
 
     /// When the oldest undelivered entry is due, if any is waiting.
     pub fn outbox_next_due(&self) -> Result<Option<u64>, StateError> {
-        self.alert_tables()?;
         self.conn()
             .query_row(
                 "SELECT next_ms FROM alert_outbox WHERE delivered_ms IS NULL ORDER BY id LIMIT 1",
@@ -140,7 +133,6 @@ impl State {
 
     /// The last `limit` outbox entries, newest first.
     pub fn outbox_recent(&self, limit: usize) -> Result<Vec<OutboxEntry>, StateError> {
-        self.alert_tables()?;
         self.query(
             &format!("SELECT {ENTRY_COLUMNS} FROM alert_outbox ORDER BY id DESC LIMIT ?1"),
             params![limit as u64],
@@ -156,7 +148,6 @@ impl State {
         now_ms: u64,
         outcome: Result<(), (&str, u64)>,
     ) -> Result<(), StateError> {
-        self.alert_tables()?;
         let conn = self.conn();
         match outcome {
             Ok(()) => conn.execute(

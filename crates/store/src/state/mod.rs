@@ -329,6 +329,8 @@ impl State {
         conn.execute_batch(SCHEMA).map_err(|e| db_error(&db, e))?;
         conn.execute_batch(sums::SCHEMA)
             .map_err(|e| db_error(&db, e))?;
+        conn.execute_batch(alerts::SCHEMA)
+            .map_err(|e| db_error(&db, e))?;
         upgrade(&conn).map_err(|e| db_error(&db, e))?;
         scopes::upgrade(&conn).map_err(|e| db_error(&db, e))?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
