@@ -5,7 +5,7 @@ use crate::chain::{GENESIS, kind_names, row_format, row_hash};
 use crate::open::OpenSet;
 use crate::state::{Kept, SUMS_STORED_EVERY_ROWS};
 use rusqlite::{Connection, params};
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -56,7 +56,7 @@ struct Pending {
     failed: Option<Arc<rusqlite::Error>>,
     shutdown: bool,
     /// Each invocation whose rows are not all committed yet.
-    uncommitted: HashMap<u64, Uncommitted>,
+    uncommitted: FxHashMap<u64, Uncommitted>,
     /// How many of `uncommitted` have not asked for their commit: calls
     /// still running, which will ask once they end.
     unasked: usize,
@@ -81,7 +81,7 @@ impl Pending {
             taken: seq,
             failed: None,
             shutdown: false,
-            uncommitted: HashMap::new(),
+            uncommitted: FxHashMap::default(),
             unasked: 0,
             first_ask: None,
             urgent: false,
@@ -380,9 +380,14 @@ impl SqliteLedger {
             writer_tid: AtomicU64::new(0),
         });
         let writer_shared = shared.clone();
+        let (started, has_started) = std::sync::mpsc::sync_channel(1);
         let writer = std::thread::Builder::new()
             .name("tollgate-ledger".into())
             .spawn(move || {
+                writer_shared
+                    .writer_tid
+                    .store(own_tid().unwrap_or(0), Ordering::Release);
+                let _ = started.send(());
                 let stored = sums.upto;
                 let chain = Chain {
                     head,
@@ -393,6 +398,8 @@ impl SqliteLedger {
                 write_loop(conn, chain, &writer_shared);
             })
             .map_err(|e| LedgerError::store("start its writer thread", e))?;
+        // Its thread id is known before the first `stats`.
+        let _ = has_started.recv();
         Ok(Self {
             shared,
             writer: Some(writer),
@@ -495,9 +502,6 @@ fn store_sums(conn: &mut Connection, chain: &mut Chain) {
 }
 
 fn write_loop(mut conn: Connection, mut chain: Chain, shared: &Shared) {
-    shared
-        .writer_tid
-        .store(own_tid().unwrap_or(0), Ordering::Release);
     let mut retry = RETRY_FIRST;
     let mut applied_limit = 0;
     loop {

@@ -6,7 +6,8 @@
 use crate::chain::kind_from_names;
 use crate::ledger::{LEDGER_COLUMNS, event_from_row};
 use rusqlite::Connection;
-use std::collections::{BTreeMap, HashMap};
+use rustc_hash::FxHashMap;
+use std::collections::VecDeque;
 use tollgate_license::ledger::{EventKind, UsageEvent};
 use tollgate_license::store::OpenSeat;
 
@@ -38,9 +39,12 @@ struct Open {
 pub(crate) struct OpenSet {
     /// Each open seat by its id (for rows of format 1, which have no seat,
     /// the id of its only lease).
-    seats: HashMap<u64, Open>,
-    /// The open seats' ids by the sequence number of their checkout row.
-    by_checkout: BTreeMap<u64, u64>,
+    seats: FxHashMap<u64, Open>,
+    /// `(checkout row, seat id)` in the order the checkouts were applied
+    /// (rising sequence numbers); an entry whose seat has closed, or opened
+    /// again from a later row, is stale and dropped when met, or when stale
+    /// entries outnumber the open seats.
+    by_checkout: VecDeque<(u64, u64)>,
     /// The largest lease id seen.
     last_lease: u64,
 }
@@ -82,28 +86,36 @@ impl OpenSet {
     }
 
     fn open(&mut self, seat: u64, checkout: &UsageEvent, lease: Option<u64>) {
-        let previous = self.seats.insert(
+        self.seats.insert(
             seat,
             Open {
                 checkout: checkout.clone(),
                 lease,
             },
         );
-        if let Some(previous) = previous {
-            self.by_checkout.remove(&previous.checkout.seq);
-        }
-        self.by_checkout.insert(checkout.seq, seat);
+        self.by_checkout.push_back((checkout.seq, seat));
     }
 
     fn close(&mut self, seat: u64) {
-        if let Some(open) = self.seats.remove(&seat) {
-            self.by_checkout.remove(&open.checkout.seq);
+        if self.seats.remove(&seat).is_some() && self.by_checkout.len() > 2 * self.seats.len() + 64
+        {
+            // Keeps the stale entries fewer than the live ones (plus a
+            // little), however long the oldest seat stays open.
+            let seats = &self.seats;
+            self.by_checkout
+                .retain(|&(seq, seat)| is_open_from(seats, seq, seat));
         }
     }
 
     /// The sequence number of the oldest open seat's checkout row.
-    pub(crate) fn oldest(&self) -> Option<u64> {
-        self.by_checkout.keys().next().copied()
+    pub(crate) fn oldest(&mut self) -> Option<u64> {
+        while let Some(&(seq, seat)) = self.by_checkout.front() {
+            if is_open_from(&self.seats, seq, seat) {
+                return Some(seq);
+            }
+            self.by_checkout.pop_front();
+        }
+        None
     }
 
     /// The largest lease id among the rows applied.
@@ -114,8 +126,9 @@ impl OpenSet {
     /// The open seats, oldest checkout first, each with its lease still held.
     pub(crate) fn seats(&self) -> Vec<OpenSeat> {
         self.by_checkout
-            .values()
-            .filter_map(|seat| self.seats.get(seat).map(|open| (*seat, open)))
+            .iter()
+            .filter(|&&(seq, seat)| is_open_from(&self.seats, seq, seat))
+            .filter_map(|(_, seat)| self.seats.get(seat).map(|open| (*seat, open)))
             .map(|(seat_id, open)| {
                 let c = &open.checkout;
                 OpenSeat {
@@ -129,5 +142,60 @@ impl OpenSet {
                 }
             })
             .collect()
+    }
+}
+
+/// Whether `seat` is open from the checkout in row `seq` (not closed since,
+/// nor opened again by a later row).
+fn is_open_from(seats: &FxHashMap<u64, Open>, seq: u64, seat: u64) -> bool {
+    seats
+        .get(&seat)
+        .is_some_and(|open| open.checkout.seq == seq)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tollgate_license::ReclaimReason;
+
+    fn row(seq: u64, kind: EventKind, seat: u64) -> UsageEvent {
+        UsageEvent {
+            seq,
+            seat_id: Some(seat),
+            lease_id: matches!(kind, EventKind::Checkout).then_some(seat),
+            ..UsageEvent::new(kind, 0, "l".into(), "p".into(), "d".into(), seat)
+        }
+    }
+
+    #[test]
+    fn a_long_held_seat_stays_oldest_and_the_calls_behind_it_leave_little_behind() {
+        let ended = EventKind::Return(ReclaimReason::InvocationEnded);
+        let mut set = OpenSet::default();
+        set.apply(&row(1, EventKind::Checkout, 1));
+        let mut seq = 1;
+        for seat in 2..10_000 {
+            seq += 1;
+            set.apply(&row(seq, EventKind::Checkout, seat));
+            assert_eq!(set.oldest(), Some(1));
+            seq += 1;
+            set.apply(&row(seq, ended, seat));
+            assert!(set.by_checkout.len() <= 2 * set.seats.len() + 65);
+        }
+        assert_eq!(set.seats().len(), 1);
+        // A seat id taken again from a later row is open from that row.
+        seq += 1;
+        set.apply(&row(seq, EventKind::Checkout, 7));
+        seq += 1;
+        set.apply(&row(seq, ended, 1));
+        assert_eq!(set.oldest(), Some(seq - 1));
+        assert_eq!(
+            set.seats().iter().map(|s| s.seat_id).collect::<Vec<_>>(),
+            [7]
+        );
+        seq += 1;
+        set.apply(&row(seq, ended, 7));
+        assert_eq!(set.oldest(), None);
+        assert!(set.seats().is_empty());
+        assert_eq!(set.last_lease(), 9_999);
     }
 }

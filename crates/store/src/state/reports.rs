@@ -152,15 +152,14 @@ impl State {
             })
             .collect();
         let mut counters = self.ledger_counters()?;
-        let held: BTreeMap<String, i64> = self
-            .query(
-                "SELECT grant_id, sum(CASE kind WHEN 'checkout' THEN 1 WHEN 'return' THEN -1 ELSE 0 END)
-                 FROM ledger WHERE grant_id IS NOT NULL GROUP BY grant_id",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )?
-            .into_iter()
-            .collect();
+        // Seats held per grant: the open seats, walked from the point the
+        // chain head keeps (not a scan of every row).
+        let mut held: BTreeMap<String, i64> = BTreeMap::new();
+        for seat in self.open_seats()? {
+            if let Some(grant) = seat.grant_id {
+                *held.entry(grant).or_default() += 1;
+            }
+        }
         let revoked_grants = enforced.revoked;
         let mut grant_reports: BTreeMap<String, Vec<GrantReport>> = BTreeMap::new();
         let mut issued: BTreeMap<String, BTreeMap<String, Option<u32>>> = BTreeMap::new();
@@ -339,7 +338,7 @@ impl State {
         } else if prev.as_slice() != head_hash.as_slice() {
             note(format!("the chain head does not match row {last} (edited)"));
         }
-        if let Some(open) = open {
+        if let Some(mut open) = open {
             // `open_from` 0 (not yet moved since an upgrade) claims nothing.
             if open_from > 0
                 && open.oldest().is_some_and(|oldest| oldest < open_from)

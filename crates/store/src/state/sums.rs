@@ -9,7 +9,8 @@
 use super::{SEAT_MOVE, State, StateError, add, clamp};
 use crate::chain::{kind_from_names, kind_names, row_format};
 use rusqlite::{Connection, OptionalExtension, params};
-use std::collections::{BTreeMap, HashMap};
+use rustc_hash::FxHashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use tollgate_license::ledger::{EventKind, UsageEvent};
 use tollgate_license::store::LedgerCounters;
@@ -202,10 +203,10 @@ pub(crate) struct Kept {
     runs: Runs,
     /// Sums added by [`Kept::apply`] since the last [`Kept::store`], keyed
     /// without allocating (the rows' own shared strings).
-    added: HashMap<AddedKey, i64>,
+    added: FxHashMap<AddedKey, i64>,
     /// The runs touched by [`Kept::apply`], current (those in `runs` may be
     /// older), likewise keyed.
-    live: HashMap<(Arc<str>, Arc<str>), (i64, i64)>,
+    live: FxHashMap<(Arc<str>, Arc<str>), (i64, i64)>,
     /// [`WHOLE_LICENSE`], shared.
     whole: Arc<str>,
     /// The last row they cover.
