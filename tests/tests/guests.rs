@@ -588,7 +588,7 @@ fn every_guest_has_a_test() {
         };
     }
     tollgate_tests::for_each_guest!(has_test);
-    assert_eq!(guests::GUESTS.len(), 24);
+    assert_eq!(guests::GUESTS.len(), 25);
 }
 
 #[test]
@@ -673,6 +673,35 @@ fn bench_leased() {
     host.revoke_license("bench").expect("revokes");
     let err = host.invoke("leased", b"x").expect_err("refused");
     assert!(err.is_unlicensed(), "{err}");
+}
+
+/// The `wasi:http` twin of `bench-bare`, for `wasmtime serve` in bench
+/// case G' (which checks that it answers what the plugins answer): a
+/// `wasi:http` proxy, which tollgate refuses to load as a plugin, naming
+/// the `wasi:http` import it does not provide.
+#[test]
+fn bench_http() {
+    let host = host_with(Seats::Counted(1));
+    let report = host
+        .inspect(&std::fs::read(guests::BENCH_HTTP).expect("guest"))
+        .expect("inspects");
+    assert!(
+        report
+            .exports
+            .iter()
+            .any(|e| e.starts_with("wasi:http/incoming-handler@0.2.")),
+        "{report:?}"
+    );
+    assert!(report.refused.is_some(), "{report:?}");
+    let err = host
+        .load_plugin(PluginSpec::file("http", guests::BENCH_HTTP))
+        .expect_err("not a service-offer plugin");
+    let text = err.to_string();
+    assert!(
+        text.contains("imports something this host does not provide")
+            && text.contains("wasi:http/types"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -21,7 +21,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The request body every call sends: the guest reads it and answers.
-const BODY: &str = "work:16 the quick brown fox jumps over the lazy dog";
+pub(crate) const BODY: &str = "work:16 the quick brown fox jumps over the lazy dog";
 
 /// The connections oha keeps open to offer its open-loop rate.
 const OHA_CONNECTIONS: usize = 64;
@@ -48,7 +48,7 @@ pub(crate) fn serve_child(config: &Path) {
 }
 
 /// A `tollgate serve` process of its own, stopped when dropped.
-struct Server {
+pub(crate) struct Server {
     child: Child,
     base: String,
     /// The state directory's parent, where this disk's fsync is timed too;
@@ -59,16 +59,23 @@ struct Server {
 impl Server {
     /// Starts a server with the licensed and bare bench plugins and a
     /// signed license in a fresh state directory under the temp dir.
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let dir = tempfile::Builder::new()
             .prefix("tollgate-bench-g-")
             .tempdir()
             .expect("bench dir");
         drop(durable_host(&dir.path().join("state")));
+        Self::serve(dir, "state", "")
+    }
+
+    /// Starts a server in `dir` on the state directory `state` (relative
+    /// to `dir`, or absolute) with the licensed and bare bench plugins, the
+    /// configuration ending with `extra`; returns once it listens.
+    pub(crate) fn serve(dir: tempfile::TempDir, state: &str, extra: &str) -> Self {
         let config = format!(
-            "listen = \"127.0.0.1:0\"\nstate = \"state\"\ncompile_cache = \"cache\"\n\
+            "listen = \"127.0.0.1:0\"\nstate = {state:?}\ncompile_cache = \"cache\"\n\
              max_concurrent_calls = 256\n\
-             trusted_proxies = [\"127.0.0.1\"]\n\
+             trusted_proxies = [\"127.0.0.1\"]\n{extra}\n\
              [[plugin]]\nname = \"licensed\"\ncomponent = {:?}\nrequires = [\"{LICENSE}\"]\n\
              [[plugin]]\nname = \"bare\"\ncomponent = {:?}\n",
             guest("bench-leased").display().to_string(),
@@ -94,7 +101,44 @@ impl Server {
         }
     }
 
-    fn url(&self, plugin: &str) -> String {
+    /// The body of this server's answer to a GET of `path`, and how long
+    /// it took (a connection of its own).
+    pub(crate) fn get(&self, path: &str, token: Option<&str>) -> (String, Duration) {
+        use std::io::Read as _;
+        let addr = self.base.trim_start_matches("http://");
+        let started = Instant::now();
+        let mut s = std::net::TcpStream::connect(addr).expect("connect");
+        let auth = token.map_or_else(String::new, |t| format!("authorization: Bearer {t}\r\n"));
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nhost: {addr}\r\n{auth}connection: close\r\n\r\n"
+        )
+        .expect("send");
+        let mut text = String::new();
+        s.read_to_string(&mut text).expect("read the answer");
+        let took = started.elapsed();
+        assert!(text.starts_with("HTTP/1.1 200"), "GET {path}: {text}");
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        (body.to_string(), took)
+    }
+
+    /// CPU time the server's ledger writer thread has used so far (its
+    /// scheduler statistics, nanoseconds), if the system tells.
+    fn ledger_cpu(&self) -> Option<Duration> {
+        let tasks = format!("/proc/{}/task", self.child.id());
+        std::fs::read_dir(&tasks).ok()?.flatten().find_map(|task| {
+            let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
+            if comm.trim() != "tollgate-ledger" {
+                return None;
+            }
+            let stat = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
+            Some(Duration::from_nanos(
+                stat.split_whitespace().next()?.parse().ok()?,
+            ))
+        })
+    }
+
+    pub(crate) fn url(&self, plugin: &str) -> String {
         format!("{}/v1/plugins/{plugin}/invoke", self.base)
     }
 }
@@ -120,14 +164,16 @@ impl Drop for Server {
 
 /// What one load run measured.
 #[derive(Clone, Copy, Default)]
-struct Load {
-    rps: f64,
+pub(crate) struct Load {
+    pub(crate) rps: f64,
+    /// Requests answered (wrk only; 0 from oha).
+    requests: f64,
     p50_us: f64,
     p99_us: f64,
 }
 
 /// The wrk script: POSTs [`BODY`] and prints the figures as one line.
-fn wrk_script(dir: &Path) -> PathBuf {
+pub(crate) fn wrk_script(dir: &Path) -> PathBuf {
     let path = dir.join("post.lua");
     std::fs::write(
         &path,
@@ -145,7 +191,7 @@ fn wrk_script(dir: &Path) -> PathBuf {
 }
 
 /// `wrk` with `connections` keep-alive connections for `secs` seconds.
-fn wrk(script: &Path, url: &str, connections: usize, secs: u64) -> Load {
+pub(crate) fn wrk(script: &Path, url: &str, connections: usize, secs: u64) -> Load {
     let out = Command::new("wrk")
         .args(["-t2", &format!("-c{connections}"), &format!("-d{secs}s")])
         .arg("-s")
@@ -180,6 +226,7 @@ fn wrk(script: &Path, url: &str, connections: usize, secs: u64) -> Load {
     assert_eq!(socket_errors, 0.0, "{url}: {socket_errors} socket errors");
     Load {
         rps: requests / (duration_us / 1e6),
+        requests,
         p50_us: p50,
         p99_us: p99,
     }
@@ -243,6 +290,7 @@ fn run_oha(oha: &Path, url: &str, rate: f64, secs: u64) -> Load {
     let secs = |v: &serde_json::Value| v.as_f64().expect("oha latency") * 1e6;
     Load {
         rps: json["summary"]["requestsPerSec"].as_f64().unwrap_or(0.0),
+        requests: 0.0,
         p50_us: secs(&json["latencyPercentiles"]["p50"]),
         p99_us: secs(&json["latencyPercentiles"]["p99"]),
     }
@@ -410,6 +458,8 @@ pub(crate) fn case_g(plan: &Plan) {
     let (steal0, total0) = cpu_ticks();
     // Per connection count: (licensed, bare) requests/s per round.
     let mut rps: Vec<Vec<(f64, f64)>> = vec![Vec::new(); counts.len()];
+    // The ledger writer's CPU per licensed request at saturation, µs.
+    let mut writer_us = Vec::new();
     // Moderate load: (licensed, bare) p50 and p99 per round, and fsync.
     let (mut p50s, mut p99s, mut fsyncs) = (Vec::new(), Vec::new(), Vec::new());
     let mut rate_asked = Vec::new();
@@ -431,8 +481,15 @@ pub(crate) fn case_g(plan: &Plan) {
         for (i, &connections) in counts.iter().enumerate() {
             let mut pair = (0.0, 0.0);
             for (side, url) in sides {
+                let cpu_before = server.ledger_cpu();
                 let load = wrk(&script, url, connections, secs);
                 if side == "licensed" {
+                    if connections == saturation
+                        && let (Some(before), Some(after)) = (cpu_before, server.ledger_cpu())
+                        && load.requests > 0.0
+                    {
+                        writer_us.push((after - before).as_secs_f64() * 1e6 / load.requests);
+                    }
                     pair.0 = load.rps;
                 } else {
                     pair.1 = load.rps;
@@ -485,6 +542,21 @@ pub(crate) fn case_g(plan: &Plan) {
             },
         );
     }
+    if !writer_us.is_empty() {
+        let pairs: Vec<(f64, f64)> = writer_us.iter().map(|&w| (w, 0.0)).collect();
+        let first = |p: &[(f64, f64)]| median(p.iter().map(|p| p.0).collect());
+        let (lo, hi) = bootstrap(&pairs, first);
+        row(
+            "G",
+            &format!(
+                "ledger writer thread's CPU per licensed request under wrk with {saturation} connections (its scheduler time over the run / requests answered), µs; synchronous=FULL"
+            ),
+            format!("{:.1} (95% CI {lo:.1}–{hi:.1})", first(&pairs)),
+            "-".into(),
+            "-".into(),
+            &format!("≤ 5 µs: {}", verdict(hi <= 5.0)),
+        );
+    }
     let fsync50 = median(fsyncs.iter().map(|f| f.0).collect());
     let fsync99 = median(fsyncs.iter().map(|f| f.1).collect());
     let rate = median(rate_asked);
@@ -525,6 +597,6 @@ fn steal_pct(steal: u64, total: u64) -> f64 {
     }
 }
 
-fn verdict(met: bool) -> &'static str {
+pub(crate) fn verdict(met: bool) -> &'static str {
     if met { "met" } else { "missed" }
 }
