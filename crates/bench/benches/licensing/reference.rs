@@ -97,7 +97,24 @@ fn answer(url: &str) -> String {
     let mut text = String::new();
     s.read_to_string(&mut text).expect("read the answer");
     assert!(text.starts_with("HTTP/1.1 200"), "{url} answered {text:?}");
-    text.rsplit("\r\n\r\n").next().unwrap_or("").to_string()
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    if !head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return body.to_string();
+    }
+    // Chunked: a hex size line, then that many bytes, until size 0.
+    let (mut out, mut rest) = (String::new(), body);
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).expect("chunk size");
+        if size == 0 {
+            break;
+        }
+        out.push_str(&after[..size]);
+        rest = after[size..].trim_start_matches("\r\n");
+    }
+    out
 }
 
 /// Case G'.

@@ -201,11 +201,22 @@ function renderAudit(audit) {
   problems.replaceChildren(...(audit.problems || []).map((p) => el("li", {}, p)));
 }
 
-async function refresh() {
+// Usage is read from the ledger's rows, so it is fetched every 30 s (and
+// when its filters change), not on every tick: hourly totals move slowly.
+const USAGE_EVERY_MS = 30000;
+let usageAt = 0;
+
+async function refreshUsage() {
   const per = document.getElementById("usage-per").value;
   const since = Math.floor(Date.now() / 1000) - (per === "hour" ? 48 * 3600 : 30 * 86400);
-  const [status, alerts, usage] = await Promise.all([
-    api("/v1/admin/status"), api("/v1/admin/alerts"), api(`/v1/admin/usage?per=${per}&since=${since}`),
+  usageAt = Date.now();
+  renderUsage((await api(`/v1/admin/usage?per=${per}&since=${since}`)) || [], per);
+}
+
+async function refresh() {
+  const [status, alerts] = await Promise.all([
+    api("/v1/admin/status"), api("/v1/admin/alerts"),
+    Date.now() - usageAt >= USAGE_EVERY_MS ? refreshUsage() : null,
   ]);
   renderLicenses(status.host.licenses);
   renderPlugins(status.host.plugins, status.latency);
@@ -213,7 +224,6 @@ async function refresh() {
   renderAudit(status.audit);
   fillSelect("usage-license", status.host.licenses.map((l) => l.id));
   fillSelect("usage-plugin", status.host.plugins.map((p) => p.name));
-  renderUsage(usage || [], per);
   document.getElementById("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
 }
 
@@ -232,7 +242,7 @@ async function start() {
   document.body.classList.toggle("viewer", session.role !== "admin");
   document.getElementById("install").addEventListener("submit", install);
   for (const id of ["usage-per", "usage-license", "usage-plugin"]) {
-    document.getElementById(id).addEventListener("change", () => refresh().catch((e) => problem(e.message)));
+    document.getElementById(id).addEventListener("change", () => refreshUsage().catch((e) => problem(e.message)));
   }
   const tick = async () => {
     try {
