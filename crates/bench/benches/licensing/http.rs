@@ -433,6 +433,18 @@ impl Csv {
     }
 }
 
+/// Seconds per load run and server processes (rounds) for the HTTP cases:
+/// at least 5 rounds of 2 s, or 2 of 1 s in a quick run.
+pub(crate) fn load_plan(plan: &Plan) -> (u64, usize) {
+    let secs = plan.window.as_secs().max(1) + u64::from(plan.rounds > 3);
+    let rounds = if plan.rounds > 3 {
+        plan.rounds.max(5)
+    } else {
+        2
+    };
+    (secs, rounds)
+}
+
 /// Case G. `TOLLGATE_BENCH_CLIENTS=8,32,64` picks the connection counts
 /// (default all three); the largest one is the saturation target's, and
 /// the moderate load runs at half of the bare plugin's rate there.
@@ -446,12 +458,7 @@ pub(crate) fn case_g(plan: &Plan) {
     let oha = oha_path().expect(
         "case G needs oha for its open-loop latency (crates/bench/install-tools.sh puts it in target/bench-tools)",
     );
-    let secs = plan.window.as_secs().max(1) + u64::from(plan.rounds > 3);
-    let rounds = if plan.rounds > 3 {
-        plan.rounds.max(5)
-    } else {
-        2
-    };
+    let (secs, rounds) = load_plan(plan);
     let scripts = tempfile::tempdir().expect("script dir");
     let script = wrk_script(scripts.path());
     let mut csv = Csv::open();

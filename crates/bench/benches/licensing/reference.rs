@@ -120,12 +120,7 @@ fn answer(url: &str) -> String {
 /// Case G'.
 pub(crate) fn case_g_prime(plan: &Plan) {
     let wasmtime = wasmtime_path();
-    let secs = plan.window.as_secs().max(1) + u64::from(plan.rounds > 3);
-    let rounds = if plan.rounds > 3 {
-        plan.rounds.max(5)
-    } else {
-        2
-    };
+    let (secs, rounds) = super::http::load_plan(plan);
     let scripts = tempfile::tempdir().expect("script dir");
     let script = wrk_script(scripts.path());
     let version = Command::new(&wasmtime)
