@@ -1180,14 +1180,7 @@ fn usage_export(args: ExportArgs) -> Result<Exit, Failure> {
 /// Writes `cursor` to `file` so that a crash leaves the old or the new one,
 /// never half of either.
 fn save_cursor(file: &std::path::Path, cursor: &str) -> Result<(), Failure> {
-    let tmp = file.with_extension("tmp");
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(cursor.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, file)
-    };
-    write()
+    tollgate::store::files::write_atomic(file, cursor.as_bytes())
         .with_context(|| format!("cannot write cursor file {}", file.display()))
         .map_err(Failure::usage)
 }

@@ -4,7 +4,7 @@
 //! idempotency key counts every row once, however often it is sent.
 
 use super::{State, StateError};
-use crate::chain::kind_from_names;
+use crate::chain::{kind_from_names, kind_names};
 use crate::ledger::{LEDGER_COLUMNS, event_from_row};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -243,11 +243,7 @@ impl State {
                 }
                 _ => None,
             };
-            let reason = match e.kind {
-                EventKind::Reclaim(r) | EventKind::Return(r) => Some(r.as_str()),
-                EventKind::Denial(d) => Some(d.as_str()),
-                _ => None,
-            };
+            let (_, reason) = kind_names(e.kind);
             out.push(CloudEvent {
                 specversion: "1.0",
                 id: format!("{host}-{}", e.seq),
