@@ -168,8 +168,21 @@ fn login_sessions_csrf_and_the_viewer_role() {
     assert_eq!(s.demo()["revoked"], false);
 
     // Logging out ends the session: its cookie no longer works.
-    let (st, _) = post(&s, "/ui/logout", &admin, None);
-    assert_eq!(st, 303);
+    let out = agent()
+        .post(format!("{}/ui/logout", s.base))
+        .header("cookie", &admin)
+        .send("")
+        .expect("POST");
+    assert_eq!(out.status().as_u16(), 303);
+    let cleared = out
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    assert!(
+        cleared.starts_with("tollgate_session=;") && cleared.contains("Max-Age=0"),
+        "the browser is told to drop the cookie: {cleared}"
+    );
     assert_eq!(get(&s, "/ui/session", &admin).0, 401);
     assert_eq!(get(&s, "/v1/admin/status", &admin).0, 401);
     assert_eq!(

@@ -282,10 +282,10 @@ async fn login(Extract(server): Extract<Arc<Server>>, body: Body) -> Response {
 async fn logout(Extract(server): Extract<Arc<Server>>, headers: HeaderMap) -> Response {
     server.sessions.close(&headers);
     let mut response = Redirect::to("/ui/login").into_response();
-    response.headers_mut().insert(
-        header::SET_COOKIE,
-        HeaderValue::from_static("tollgate_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
-    );
+    let cleared = format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
+    if let Ok(value) = HeaderValue::from_str(&cleared) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
     response
 }
 
