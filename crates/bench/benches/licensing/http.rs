@@ -104,22 +104,13 @@ impl Server {
     /// The body of this server's answer to a GET of `path`, and how long
     /// it took (a connection of its own).
     pub(crate) fn get(&self, path: &str, token: Option<&str>) -> (String, Duration) {
-        use std::io::Read as _;
-        let addr = self.base.trim_start_matches("http://");
         let started = Instant::now();
-        let mut s = std::net::TcpStream::connect(addr).expect("connect");
-        let auth = token.map_or_else(String::new, |t| format!("authorization: Bearer {t}\r\n"));
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nhost: {addr}\r\n{auth}connection: close\r\n\r\n"
-        )
-        .expect("send");
-        let mut text = String::new();
-        s.read_to_string(&mut text).expect("read the answer");
-        let took = started.elapsed();
-        assert!(text.starts_with("HTTP/1.1 200"), "GET {path}: {text}");
-        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-        (body.to_string(), took)
+        let mut request = ureq::get(format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let body = ok_body(request.call(), &format!("GET {path}"));
+        (body, started.elapsed())
     }
 
     /// CPU time the server's ledger writer thread has used so far (its
@@ -160,6 +151,16 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The body of a 200 answer; panics naming `what` on anything else.
+pub(crate) fn ok_body(
+    answer: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    what: &str,
+) -> String {
+    answer
+        .and_then(|mut r| r.body_mut().read_to_string())
+        .unwrap_or_else(|e| panic!("{what}: {e}"))
 }
 
 /// What one load run measured.

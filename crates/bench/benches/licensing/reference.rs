@@ -7,7 +7,7 @@
 //! alternating by round. Run it by name (`-- "G'"`); a run of every case
 //! leaves it out, since CI does not build wasmtime-cli.
 
-use super::http::{Server, bootstrap, ratio_of_medians, verdict, wrk, wrk_script};
+use super::http::{BODY, Server, bootstrap, ok_body, ratio_of_medians, verdict, wrk, wrk_script};
 use super::{Plan, guest, median, row, say};
 use std::io::{BufRead as _, BufReader};
 use std::path::PathBuf;
@@ -80,41 +80,9 @@ impl Drop for Reference {
     }
 }
 
-/// The body of the answer to a POST of the bench body to `url` (plain
-/// HTTP/1.1 on a socket of its own).
+/// The body of the answer to a POST of the bench body to `url`.
 fn answer(url: &str) -> String {
-    use std::io::{Read as _, Write as _};
-    let rest = url.strip_prefix("http://").expect("an http URL");
-    let (host, path) = rest.split_once('/').map_or((rest, ""), |(h, p)| (h, p));
-    let mut s = std::net::TcpStream::connect(host).expect("connect");
-    let body = super::http::BODY;
-    write!(
-        s,
-        "POST /{path} HTTP/1.1\r\nhost: {host}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .expect("send");
-    let mut text = String::new();
-    s.read_to_string(&mut text).expect("read the answer");
-    assert!(text.starts_with("HTTP/1.1 200"), "{url} answered {text:?}");
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    if !head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        return body.to_string();
-    }
-    // Chunked: a hex size line, then that many bytes, until size 0.
-    let (mut out, mut rest) = (String::new(), body);
-    while let Some((size, after)) = rest.split_once("\r\n") {
-        let size = usize::from_str_radix(size.trim(), 16).expect("chunk size");
-        if size == 0 {
-            break;
-        }
-        out.push_str(&after[..size]);
-        rest = after[size..].trim_start_matches("\r\n");
-    }
-    out
+    ok_body(ureq::post(url).send(BODY), &format!("POST {url}"))
 }
 
 /// Case G'.
