@@ -236,9 +236,23 @@ fn metrics_count_exactly_the_calls_made() {
         ("tollgate_request_body_bytes_buffered_peak", "gauge"),
         ("tollgate_request_body_bytes_budget", "gauge"),
         ("tollgate_requests_refused_total", "counter"),
+        ("tollgate_ledger_commits_total", "counter"),
+        ("tollgate_ledger_rows_total", "counter"),
+        ("tollgate_ledger_writer_cpu_seconds_total", "counter"),
     ] {
         assert_eq!(m.type_of(family), Some(kind), "{family} in {m:?}");
     }
+    // Every licensed call's checkout and return, and the releases, went
+    // through the durable ledger, several rows to a commit at most.
+    let rows = m.value("tollgate_ledger_rows_total", &[]).unwrap_or(0.0);
+    let commits = m.value("tollgate_ledger_commits_total", &[]).unwrap_or(0.0);
+    assert!(rows >= 4.0 + 3.0 + 4.0, "{m:?}");
+    assert!(commits >= 1.0 && commits <= rows, "{m:?}");
+    assert!(
+        m.value("tollgate_ledger_writer_cpu_seconds_total", &[])
+            .is_some_and(|s| s > 0.0),
+        "{m:?}"
+    );
     let calls = |plugin: &str, outcome: &str| {
         m.value(
             "tollgate_invocations_total",

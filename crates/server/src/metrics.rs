@@ -484,7 +484,10 @@ mod tests {
     }
 }
 
-/// The ledger rows committed here and not yet in the shared store.
+/// The durable ledger's group commit, read at each scrape: transactions
+/// and rows committed and the writer thread's CPU time (how many calls
+/// share one commit, and what a commit costs), and on a shared store the
+/// rows committed here and not yet there.
 #[derive(Debug)]
 struct Shipping {
     host: Arc<Host>,
@@ -493,7 +496,38 @@ struct Shipping {
 
 impl Collector for Shipping {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
-        let (Some(shipped), Some(stats)) = (self.shipped.get(), self.host.ledger_stats()) else {
+        let Some(stats) = self.host.ledger_stats() else {
+            return Ok(());
+        };
+        let total = |encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64| {
+            ConstCounter::new(value).encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                MetricType::Counter,
+            )?)
+        };
+        total(
+            &mut encoder,
+            "ledger_commits",
+            "Ledger transactions committed since the server started (each one sync of the disk).",
+            stats.commits,
+        )?;
+        total(
+            &mut encoder,
+            "ledger_rows",
+            "Ledger rows committed since the server started.",
+            stats.rows,
+        )?;
+        if let Some(cpu) = stats.writer_cpu {
+            ConstCounter::new(cpu.as_secs_f64()).encode(encoder.encode_descriptor(
+                "ledger_writer_cpu",
+                "CPU time of the ledger's writer thread since the server started.",
+                Some(&Unit::Seconds),
+                MetricType::Counter,
+            )?)?;
+        }
+        let Some(shipped) = self.shipped.get() else {
             return Ok(());
         };
         let behind = stats
