@@ -170,6 +170,19 @@ struct Plan {
     ledger_rows: u64,
 }
 
+impl Plan {
+    /// Rounds for a ratio whose sides differ by about this machine's
+    /// round-to-round noise, which nine rounds do not settle: three times
+    /// the usual, at least 15 (a quick run keeps its own).
+    fn close_rounds(&self) -> usize {
+        if self.rounds > 3 {
+            self.rounds.max(5) * 3
+        } else {
+            self.rounds
+        }
+    }
+}
+
 fn host(allocator: Allocator) -> Host {
     let host = Host::builder()
         .license(LICENSE, Terms::new(Seats::Unlimited))
@@ -272,6 +285,42 @@ fn ratio_with_spread(xs: &[f64], ys: &[f64]) -> String {
     )
 }
 
+/// A target on a ratio: at most, or at least, this much.
+#[derive(Clone, Copy)]
+enum Bound {
+    AtMost(f64),
+    AtLeast(f64),
+}
+
+/// A table row for rounds run side by side: the medians of both sides,
+/// their ratio with its bootstrap 95% interval, and the verdict, which is
+/// "met" only when the whole interval clears `bound` (`Err(note)`: no
+/// target, the note stands in the target column).
+fn ratio_row(
+    case: &str,
+    what: &str,
+    (xs, ys): (Vec<f64>, Vec<f64>),
+    decimals: usize,
+    bound: Result<Bound, &str>,
+) {
+    let pairs: Vec<(f64, f64)> = xs.iter().copied().zip(ys.iter().copied()).collect();
+    let ratio = http::ratio_of_medians(&pairs);
+    let (lo, hi) = http::bootstrap(&pairs, http::ratio_of_medians);
+    let target = match bound {
+        Ok(Bound::AtMost(b)) => format!("≤ {b:.2}: {}", http::verdict(hi <= b)),
+        Ok(Bound::AtLeast(b)) => format!("≥ {b:.2}: {}", http::verdict(lo >= b)),
+        Err(note) => note.to_string(),
+    };
+    row(
+        case,
+        what,
+        format!("{:.decimals$}", median(xs)),
+        format!("{:.decimals$}", median(ys)),
+        format!("{ratio:.3} (95% CI {lo:.3}–{hi:.3})"),
+        &target,
+    );
+}
+
 fn row(case: &str, what: &str, licensed: String, baseline: String, ratio: String, target: &str) {
     say(&format!(
         "| {case} | {what} | {licensed} | {baseline} | {ratio} | {target} |"
@@ -297,35 +346,32 @@ fn case_b(plan: &Plan) {
         for plugin in ["leased", "licensed", "bare"] {
             per_call(&host, plugin, input, 50);
         }
-        let (l, b) = side_by_side(
-            plan.rounds,
-            || per_call(&host, "leased", input, plan.calls),
-            || per_call(&host, "bare", input, plan.calls),
-        );
-        row(
+        let rounds = plan.close_rounds();
+        ratio_row(
             "B",
             &format!(
                 "per call, fresh instance, {label}, the bare guest's source plus acquire + release of a known id (µs/call)"
             ),
-            format!("{l:.1}"),
-            format!("{b:.1}"),
-            format!("{:.3}", l / b),
-            "≤ 1.10",
+            side_by_side_rounds(
+                rounds,
+                || per_call(&host, "leased", input, plan.calls),
+                || per_call(&host, "bare", input, plan.calls),
+            ),
+            1,
+            Ok(Bound::AtMost(1.10)),
         );
-        let (l, b) = side_by_side(
-            plan.rounds,
-            || per_call(&host, "licensed", input, plan.calls),
-            || per_call(&host, "bare", input, plan.calls),
-        );
-        row(
+        ratio_row(
             "B",
             &format!(
                 "per call, fresh instance, {label}, license-ids + acquire + release, larger guest (µs/call)"
             ),
-            format!("{l:.1}"),
-            format!("{b:.1}"),
-            format!("{:.3}", l / b),
-            "report",
+            side_by_side_rounds(
+                rounds,
+                || per_call(&host, "licensed", input, plan.calls),
+                || per_call(&host, "bare", input, plan.calls),
+            ),
+            1,
+            Err("report"),
         );
     }
 }
@@ -432,9 +478,7 @@ fn case_l(plan: &Plan) {
     let pair_ns = |host: &Host| per_call(host, "licensed", &pairs_input, 1) * 1e3 / n;
     pair_ns(&many);
     pair_ns(&one);
-    // Three times the usual rounds: the two sides differ by less than this
-    // machine's round-to-round noise, which nine rounds did not settle.
-    let (ls, bs) = side_by_side_rounds(plan.rounds.max(5) * 3, || pair_ns(&many), || pair_ns(&one));
+    let (ls, bs) = side_by_side_rounds(plan.close_rounds(), || pair_ns(&many), || pair_ns(&one));
     let pairs: Vec<(f64, f64)> = ls.iter().copied().zip(bs.iter().copied()).collect();
     let ratio = http::ratio_of_medians(&pairs);
     let (lo, hi) = http::bootstrap(&pairs, http::ratio_of_medians);
@@ -531,18 +575,16 @@ fn case_d(plan: &Plan) {
             continue;
         }
         for &t in &threads {
-            let (l, b) = side_by_side(
-                plan.rounds,
-                || throughput(&host, "leased", input, t, plan.window),
-                || throughput(&host, "bare", input, t, plan.window),
-            );
-            row(
+            ratio_row(
                 "D",
                 &format!("throughput, {label}, {t} thread(s) (calls/s)"),
-                format!("{l:.0}"),
-                format!("{b:.0}"),
-                format!("{:.3}", l / b),
-                "≥ 0.90",
+                side_by_side_rounds(
+                    plan.close_rounds(),
+                    || throughput(&host, "leased", input, t, plan.window),
+                    || throughput(&host, "bare", input, t, plan.window),
+                ),
+                0,
+                Ok(Bound::AtLeast(0.90)),
             );
         }
     }
@@ -853,7 +895,7 @@ fn case_s(plan: &Plan) {
     // listening, then `/metrics` and the admin status over HTTP, each the
     // slowest of 5 (the full audit a server starts runs meanwhile).
     let (serve_start, metrics, admin_status) = {
-        const TOKEN: &str = "bench-admin-token-0123456789abcdef";
+        const TOKEN: &str = http::ADMIN_TOKEN;
         let config_dir = tempfile::Builder::new()
             .prefix("tollgate-bench-s-serve-")
             .tempdir()

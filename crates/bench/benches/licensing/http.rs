@@ -47,6 +47,18 @@ pub(crate) fn serve_child(config: &Path) {
     .expect("bench server runs");
 }
 
+/// The admin token of the bench's servers.
+pub(crate) const ADMIN_TOKEN: &str = "bench-admin-token-0123456789abcdef";
+
+/// A server's durable ledger over some stretch: commits, rows, and its
+/// writer thread's CPU seconds.
+#[derive(Clone, Copy)]
+struct LedgerFigures {
+    commits: f64,
+    rows: f64,
+    writer_s: f64,
+}
+
 /// A `tollgate serve` process of its own, stopped when dropped.
 pub(crate) struct Server {
     child: Child,
@@ -65,7 +77,7 @@ impl Server {
             .tempdir()
             .expect("bench dir");
         drop(durable_host(&dir.path().join("state")));
-        Self::serve(dir, "state", "")
+        Self::serve(dir, "state", &format!("admin_token = {ADMIN_TOKEN:?}"))
     }
 
     /// Starts a server in `dir` on the state directory `state` (relative
@@ -113,19 +125,18 @@ impl Server {
         (body, started.elapsed())
     }
 
-    /// CPU time the server's ledger writer thread has used so far (its
-    /// scheduler statistics, nanoseconds), if the system tells.
-    fn ledger_cpu(&self) -> Option<Duration> {
-        let tasks = format!("/proc/{}/task", self.child.id());
-        std::fs::read_dir(&tasks).ok()?.flatten().find_map(|task| {
-            let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
-            if comm.trim() != "tollgate-ledger" {
-                return None;
-            }
-            let stat = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
-            Some(Duration::from_nanos(
-                stat.split_whitespace().next()?.parse().ok()?,
-            ))
+    /// The server's ledger figures so far, from its `/metrics`: commits,
+    /// rows and the writer thread's CPU time.
+    fn ledger(&self) -> Option<LedgerFigures> {
+        let (text, _) = self.get("/metrics", Some(ADMIN_TOKEN));
+        let value = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        };
+        Some(LedgerFigures {
+            commits: value("tollgate_ledger_commits_total")?,
+            rows: value("tollgate_ledger_rows_total")?,
+            writer_s: value("tollgate_ledger_writer_cpu_seconds_total")?,
         })
     }
 
@@ -466,8 +477,10 @@ pub(crate) fn case_g(plan: &Plan) {
     let (steal0, total0) = cpu_ticks();
     // Per connection count: (licensed, bare) requests/s per round.
     let mut rps: Vec<Vec<(f64, f64)>> = vec![Vec::new(); counts.len()];
-    // The ledger writer's CPU per licensed request at saturation, µs.
-    let mut writer_us = Vec::new();
+    // The ledger writer's CPU per licensed request at saturation, µs, and
+    // per commit, µs; licensed requests per commit.
+    let (mut writer_us, mut commit_us) = (Vec::new(), Vec::new());
+    let (mut per_commit, mut rows_per_commit) = (Vec::new(), Vec::new());
     // Moderate load: (licensed, bare) p50 and p99 per round, and fsync.
     let (mut p50s, mut p99s, mut fsyncs) = (Vec::new(), Vec::new(), Vec::new());
     let mut rate_asked = Vec::new();
@@ -489,14 +502,20 @@ pub(crate) fn case_g(plan: &Plan) {
         for (i, &connections) in counts.iter().enumerate() {
             let mut pair = (0.0, 0.0);
             for (side, url) in sides {
-                let cpu_before = server.ledger_cpu();
+                let before = server.ledger();
                 let load = wrk(&script, url, connections, secs);
                 if side == "licensed" {
                     if connections == saturation
-                        && let (Some(before), Some(after)) = (cpu_before, server.ledger_cpu())
+                        && let (Some(before), Some(after)) = (before, server.ledger())
                         && load.requests > 0.0
+                        && after.commits > before.commits
                     {
-                        writer_us.push((after - before).as_secs_f64() * 1e6 / load.requests);
+                        let cpu_us = (after.writer_s - before.writer_s) * 1e6;
+                        let commits = after.commits - before.commits;
+                        writer_us.push(cpu_us / load.requests);
+                        commit_us.push(cpu_us / commits);
+                        per_commit.push(load.requests / commits);
+                        rows_per_commit.push((after.rows - before.rows) / commits);
                     }
                     pair.0 = load.rps;
                 } else {
@@ -563,6 +582,21 @@ pub(crate) fn case_g(plan: &Plan) {
             "-".into(),
             "-".into(),
             &format!("≤ 5 µs: {}", verdict(hi <= 5.0)),
+        );
+        // What that CPU is made of: each commit's share (its fsync, WAL
+        // writes and chain head) is spread over the calls it acknowledges.
+        let calls = median(per_commit.clone());
+        let rows = median(rows_per_commit.clone());
+        let commit = median(commit_us.clone());
+        row(
+            "G",
+            &format!(
+                "ledger commits under wrk with {saturation} connections: licensed requests (rows) per commit; the writer's CPU per commit (µs) (from the server's /metrics)"
+            ),
+            format!("{calls:.1} ({rows:.1} rows) per commit"),
+            format!("{commit:.0} µs per commit"),
+            format!("{:.1} µs per request", commit / calls),
+            "explains the writer's CPU",
         );
     }
     let fsync50 = median(fsyncs.iter().map(|f| f.0).collect());
