@@ -733,3 +733,78 @@ fn refused_config(root: &std::path::Path, settings: &str) -> String {
     assert_eq!(o.status.code(), Some(2), "{settings}: {out}");
     out
 }
+
+/// Reads one HTTP/1.1 response from `stream`: its status, its head
+/// (lowercased) and its body (by its Content-Length).
+fn read_response(stream: &mut TcpStream) -> (u16, String, Vec<u8>) {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = stream.read(&mut byte).expect("read");
+        assert_eq!(
+            n,
+            1,
+            "the connection closed after {:?}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status");
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().expect("a length"));
+    let mut body = vec![0; length];
+    stream.read_exact(&mut body).expect("the body");
+    (status, head, body)
+}
+
+/// A request answered before its body was read (the viewer token trying a
+/// change) says `Connection: close`, so a client does not send its next
+/// request on a connection the server then closes; a call whose body was
+/// read keeps its connection for the next request.
+#[test]
+fn a_request_refused_with_its_body_unread_says_its_connection_closes() {
+    const VIEWER: &str = "viewer-token-0123456789";
+    let scratch = prepare("unread", "1");
+    let root = scratch.path();
+    std::fs::write(root.join("viewer.token"), VIEWER).expect("token");
+    let s = Server::start_with(root, "5s", "viewer_token_file = \"viewer.token\"\n");
+    let addr = s.base.trim_start_matches("http://").to_string();
+    let connect = || {
+        let c = TcpStream::connect(&addr).expect("connect");
+        c.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("read timeout");
+        c
+    };
+    // The head alone: the refusal cannot have read a body not yet sent.
+    let mut refused = connect();
+    write!(
+        refused,
+        "POST /v1/admin/licenses HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {VIEWER}\r\nContent-Length: 10\r\n\r\n"
+    )
+    .expect("send");
+    let (status, head, _) = read_response(&mut refused);
+    assert_eq!(status, 403, "{head}");
+    assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
+    let mut kept = connect();
+    write!(
+        kept,
+        "POST /v1/plugins/hello/invoke HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\r\nworld"
+    )
+    .expect("send");
+    let (status, head, body) = read_response(&mut kept);
+    assert_eq!(
+        (status, String::from_utf8_lossy(&body).as_ref()),
+        (200, "hello, world! (licensed by demo)"),
+        "{head}"
+    );
+    assert!(!head.contains("connection: close"), "{head}");
+    write!(kept, "GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("send");
+    assert_eq!(read_response(&mut kept).0, 200);
+}

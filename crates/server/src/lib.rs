@@ -19,6 +19,7 @@ mod metrics;
 mod shared;
 pub mod tls;
 pub mod ui;
+mod unread;
 
 pub use admin::{AdminBody, parse_admin_body};
 
@@ -497,6 +498,7 @@ fn router(server: Arc<Server>) -> Router {
             )
         })
         .layer(middleware::from_fn_with_state(server.clone(), allowed_host))
+        .layer(middleware::from_fn(unread::close_if_unread))
         .with_state(server)
 }
 
