@@ -1268,9 +1268,10 @@ fn main() {
         }
     ));
     say(&format!(
-        "machine: {}; rounds {} (medians of interleaved rounds)\n",
+        "machine: {}; rounds {} (medians of interleaved rounds; B, D and L: {}, with a bootstrap interval)\n",
         machine(),
-        plan.rounds
+        plan.rounds,
+        plan.close_rounds()
     ));
     say("| case | what | licensed | baseline | ratio | target |");
     say("|---|---|---|---|---|---|");
