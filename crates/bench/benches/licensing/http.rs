@@ -13,7 +13,7 @@
 //! interval over the rounds: a target is met only when the whole interval
 //! clears it. Every round's raw figures go to `G.csv` beside the table.
 
-use super::{LICENSE, Plan, durable_host, guest, median, row, say};
+use super::{Bound, LICENSE, Plan, durable_host, guest, median, ratio_row, row, say};
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
@@ -549,23 +549,17 @@ pub(crate) fn case_g(plan: &Plan) {
     }
     let (steal1, total1) = cpu_ticks();
     for (i, &connections) in counts.iter().enumerate() {
-        let pairs = &rps[i];
-        let ratio = ratio_of_medians(pairs);
-        let (lo, hi) = bootstrap(pairs, ratio_of_medians);
-        let target = connections == saturation;
-        let (licensed, bare) = side_medians(pairs);
-        row(
+        ratio_row(
             "G",
             &format!(
                 "`tollgate serve` requests/s, wrk with {connections} keep-alive connections (own process), durable ledger on disk; {rounds} server processes"
             ),
-            licensed,
-            bare,
-            format!("{ratio:.3} (95% CI {lo:.3}–{hi:.3})"),
-            &if target {
-                format!("≥ 0.90: {}", verdict(lo >= 0.90))
+            &rps[i],
+            0,
+            if connections == saturation {
+                Ok(Bound::AtLeast(0.90))
             } else {
-                "report".into()
+                Err("report")
             },
         );
     }

@@ -4,7 +4,7 @@
 //! (on-demand) allocator, synchronous calls, no epoch, and `acquire` /
 //! `release` answered with no bookkeeping at all.
 
-use super::{LICENSE, Plan, guest, http, median, per_call, row, side_by_side_rounds};
+use super::{Bound, LICENSE, Plan, guest, paired, per_call, ratio_row, side_by_side_rounds};
 use ::tollgate::runtime::Allocator;
 use ::tollgate::{Host, PluginSpec, Seats, Terms};
 use std::time::Instant;
@@ -133,18 +133,15 @@ pub(crate) fn case_b_prime(plan: &Plan) {
     );
     per_call(&host, "leased", input, 50);
     plain.per_call(input, 50);
-    let (ours, theirs) = side_by_side_rounds(
+    let pairs = paired(side_by_side_rounds(
         plan.rounds,
         || per_call(&host, "leased", input, plan.calls),
         || plain.per_call(input, plan.calls),
-    );
-    let pairs: Vec<(f64, f64)> = ours.iter().copied().zip(theirs.iter().copied()).collect();
-    let ratio = http::ratio_of_medians(&pairs);
-    let (lo, hi) = http::bootstrap(&pairs, http::ratio_of_medians);
+    ));
     let fallback = host
         .allocator_fallback()
         .map_or(String::new(), |why| format!("; fell back: {why}"));
-    row(
+    ratio_row(
         "B'",
         &format!(
             "per licensed call, `Host::builder()` defaults ({}{fallback}) vs a minimal wasmtime host (on demand, sync, no epoch, no bookkeeping) (µs/call)",
@@ -153,9 +150,8 @@ pub(crate) fn case_b_prime(plan: &Plan) {
                 Allocator::Pooling { .. } => "pooling",
             }
         ),
-        format!("{:.1}", median(ours)),
-        format!("{:.1}", median(theirs)),
-        format!("{ratio:.3} (95% CI {lo:.3}–{hi:.3})"),
-        &format!("≤ 0.60: {}", if hi <= 0.60 { "met" } else { "missed" }),
+        &pairs,
+        1,
+        Ok(Bound::AtMost(0.60)),
     );
 }

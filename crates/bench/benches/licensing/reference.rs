@@ -7,8 +7,8 @@
 //! alternating by round. Run it by name (`-- "G'"`); a run of every case
 //! leaves it out, since CI does not build wasmtime-cli.
 
-use super::http::{BODY, Server, bootstrap, ok_body, ratio_of_medians, verdict, wrk, wrk_script};
-use super::{Plan, guest, median, row, say};
+use super::http::{BODY, Server, ok_body, wrk, wrk_script};
+use super::{Bound, Plan, guest, ratio_row, say};
 use std::io::{BufRead as _, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -133,20 +133,17 @@ pub(crate) fn case_g_prime(plan: &Plan) {
         ("licensed", &licensed_pairs, true),
         ("bare", &bare_pairs, false),
     ] {
-        let ratio = ratio_of_medians(pairs);
-        let (lo, hi) = bootstrap(pairs, ratio_of_medians);
-        row(
+        ratio_row(
             "G'",
             &format!(
                 "`tollgate serve` {what} vs `wasmtime serve` ({version}, pooling, keep-resident memory, a fresh instance per request) on the same work, requests/s, wrk with {CONNECTIONS} connections; {rounds} process pairs"
             ),
-            format!("{:.0}", median(pairs.iter().map(|p| p.0).collect())),
-            format!("{:.0}", median(pairs.iter().map(|p| p.1).collect())),
-            format!("{ratio:.3} (95% CI {lo:.3}–{hi:.3})"),
-            &if target {
-                format!("≥ 1.8: {}", verdict(lo >= 1.8))
+            pairs,
+            0,
+            if target {
+                Ok(Bound::AtLeast(1.8))
             } else {
-                "report".into()
+                Err("report")
             },
         );
     }
