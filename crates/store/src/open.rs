@@ -127,8 +127,10 @@ impl OpenSet {
     pub(crate) fn seats(&self) -> Vec<OpenSeat> {
         self.by_checkout
             .iter()
-            .filter(|&&(seq, seat)| is_open_from(&self.seats, seq, seat))
-            .filter_map(|(_, seat)| self.seats.get(seat).map(|open| (*seat, open)))
+            .filter_map(|&(seq, seat)| {
+                let open = self.seats.get(&seat)?;
+                (open.checkout.seq == seq).then_some((seat, open))
+            })
             .map(|(seat_id, open)| {
                 let c = &open.checkout;
                 OpenSeat {
