@@ -97,7 +97,7 @@ impl Metrics {
             alerts.clone(),
         );
         let shipped = Arc::new(OnceLock::new());
-        registry.register_collector(Box::new(Shipping {
+        registry.register_collector(Box::new(LedgerCommits {
             host: host.clone(),
             shipped: shipped.clone(),
         }));
@@ -226,6 +226,16 @@ fn family<L: EncodeLabelSet, M: EncodeMetric>(
         metric(value).encode(family.encode_family(&labels)?)?;
     }
     Ok(())
+}
+
+/// Writes one counter without labels.
+fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> fmt::Result {
+    ConstCounter::new(value).encode(encoder.encode_descriptor(
+        name,
+        help,
+        None,
+        MetricType::Counter,
+    )?)
 }
 
 /// Writes one gauge without labels.
@@ -489,31 +499,23 @@ mod tests {
 /// share one commit, and what a commit costs), and on a shared store the
 /// rows committed here and not yet there.
 #[derive(Debug)]
-struct Shipping {
+struct LedgerCommits {
     host: Arc<Host>,
     shipped: Arc<OnceLock<Arc<AtomicU64>>>,
 }
 
-impl Collector for Shipping {
+impl Collector for LedgerCommits {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
         let Some(stats) = self.host.ledger_stats() else {
             return Ok(());
         };
-        let total = |encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64| {
-            ConstCounter::new(value).encode(encoder.encode_descriptor(
-                name,
-                help,
-                None,
-                MetricType::Counter,
-            )?)
-        };
-        total(
+        counter(
             &mut encoder,
             "ledger_commits",
             "Ledger transactions committed since the server started (each one sync of the disk).",
             stats.commits,
         )?;
-        total(
+        counter(
             &mut encoder,
             "ledger_rows",
             "Ledger rows committed since the server started.",
