@@ -660,15 +660,22 @@ fn serves_https_with_the_configured_certificate() {
     }
 }
 
+/// The viewer token of the servers [`start_with_viewer`] starts.
+const VIEWER: &str = "viewer-token-0123456789";
+
+/// A server on `root` whose viewer token is [`VIEWER`].
+fn start_with_viewer(root: &std::path::Path) -> Server {
+    std::fs::write(root.join("viewer.token"), VIEWER).expect("token");
+    Server::start_with(root, "5s", "viewer_token_file = \"viewer.token\"\n")
+}
+
 /// The viewer token reads what the admin token reads and changes nothing:
 /// the admin API answers 403 to it for every change, and nothing changed.
 #[test]
 fn the_viewer_token_reads_everything_and_changes_nothing() {
-    const VIEWER: &str = "viewer-token-0123456789";
     let scratch = prepare("viewer", "2");
     let root = scratch.path();
-    std::fs::write(root.join("viewer.token"), VIEWER).expect("token");
-    let s = Server::start_with(root, "5s", "viewer_token_file = \"viewer.token\"\n");
+    let s = start_with_viewer(root);
     for path in [
         "/v1/admin/status",
         "/v1/admin/licenses/demo",
@@ -770,11 +777,8 @@ fn read_response(stream: &mut TcpStream) -> (u16, String, Vec<u8>) {
 /// read keeps its connection for the next request.
 #[test]
 fn a_request_refused_with_its_body_unread_says_its_connection_closes() {
-    const VIEWER: &str = "viewer-token-0123456789";
     let scratch = prepare("unread", "1");
-    let root = scratch.path();
-    std::fs::write(root.join("viewer.token"), VIEWER).expect("token");
-    let s = Server::start_with(root, "5s", "viewer_token_file = \"viewer.token\"\n");
+    let s = start_with_viewer(scratch.path());
     let addr = s.base.trim_start_matches("http://").to_string();
     let connect = || {
         let c = TcpStream::connect(&addr).expect("connect");
